@@ -1,0 +1,12 @@
+//! layoutfs: a local content-addressed store of container images, shown as OCI image-layout
+//! directories. This crate holds the store, the OCI model, import and export; `main.rs` is a
+//! thin command line over it.
+
+pub mod digest;
+pub mod error;
+pub mod oci;
+
+pub mod reference;
+pub mod store;
+
+pub use error::{Error, Result};

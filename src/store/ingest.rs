@@ -1,0 +1,239 @@
+//! Ingest: writing one blob into the store. Bytes go to `ingest/<id>/data` and are hashed as
+//! they are written; `commit` checks size and digest, fsyncs, makes the file read-only and
+//! renames it to `blobs/<alg>/<hex>`, then fsyncs that directory. A blob already present is a
+//! success. An ingest dropped without a commit removes its directory, so a failure leaves
+//! nothing under `blobs/`.
+
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::digest::{Digest, Hasher};
+use crate::error::{Error, IoContext, Result};
+
+use super::Store;
+
+/// Mode of a committed blob: read-only for everyone.
+pub const BLOB_MODE: u32 = 0o444;
+/// Bytes moved per read/write while copying into an ingest.
+pub const COPY_CHUNK: usize = 1 << 20;
+/// Dirty bytes after which the kernel is asked to start writing back, so that the final fsync
+/// finds little left to do and disk writes overlap hashing.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// One blob being written.
+pub struct Ingest<'s> {
+    store: &'s Store,
+    dir: PathBuf,
+    file: File,
+    hasher: Hasher,
+    expected: Digest,
+    expected_size: Option<u64>,
+    written: u64,
+    flushed_to: u64,
+    done: bool,
+}
+
+impl<'s> Ingest<'s> {
+    pub(super) fn start(
+        store: &'s Store,
+        expected: &Digest,
+        expected_size: Option<u64>,
+    ) -> Result<Ingest<'s>> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id = format!(
+            "{}-{}-{nanos}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = store.root().join(super::INGEST_DIR).join(id);
+        fs::create_dir(&dir).at(&dir)?;
+        let data = dir.join("data");
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&data);
+        let file = match file {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = fs::remove_dir_all(&dir);
+                return Err(Error::io(data, e));
+            }
+        };
+        Ok(Ingest {
+            store,
+            dir,
+            file,
+            hasher: expected.algorithm().hasher(),
+            expected: expected.clone(),
+            expected_size,
+            written: 0,
+            flushed_to: 0,
+            done: false,
+        })
+    }
+
+    pub fn digest(&self) -> &Digest {
+        &self.expected
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Appends bytes. Writing past the expected size fails at once.
+    pub fn write_all(&mut self, buf: &[u8]) -> Result<()> {
+        let after = self.written + buf.len() as u64;
+        if let Some(size) = self.expected_size {
+            if after > size {
+                return Err(Error::SizeMismatch {
+                    digest: self.expected.clone(),
+                    expected: size,
+                    found: after,
+                });
+            }
+        }
+        self.hasher.update(buf);
+        self.file.write_all(buf).at(self.dir.join("data"))?;
+        self.written = after;
+        if self.written - self.flushed_to >= WRITEBACK_STEP {
+            start_writeback(&self.file, self.flushed_to, self.written - self.flushed_to);
+            self.flushed_to = self.written;
+        }
+        Ok(())
+    }
+
+    /// Copies everything `r` yields into the ingest; `what` names the source in errors.
+    /// `progress` is told of each chunk.
+    pub fn copy_from(
+        &mut self,
+        r: &mut dyn Read,
+        what: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let mut buf = vec![0u8; COPY_CHUNK];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::Stream {
+                        what: what.to_owned(),
+                        source: e,
+                    })
+                }
+            };
+            self.write_all(&buf[..n])?;
+            progress(n as u64);
+        }
+    }
+
+    /// Verifies and moves the blob into place. Returns false when it was already there.
+    pub fn commit(mut self) -> Result<bool> {
+        self.done = true;
+        let result = self.finish();
+        let _ = fs::remove_dir_all(&self.dir);
+        result
+    }
+
+    fn finish(&mut self) -> Result<bool> {
+        let data = self.dir.join("data");
+        if let Some(size) = self.expected_size {
+            if self.written != size {
+                return Err(Error::SizeMismatch {
+                    digest: self.expected.clone(),
+                    expected: size,
+                    found: self.written,
+                });
+            }
+        }
+        let hasher = std::mem::replace(&mut self.hasher, self.expected.algorithm().hasher());
+        let found = hasher.finish();
+        if found != self.expected {
+            return Err(Error::DigestMismatch {
+                expected: self.expected.clone(),
+                found,
+            });
+        }
+        let target = self.store.blob_path(&self.expected);
+        if target.exists() {
+            return Ok(false);
+        }
+        self.file.sync_all().at(&data)?;
+        self.file
+            .set_permissions(Permissions::from_mode(BLOB_MODE))
+            .at(&data)?;
+        let placed = rename_no_replace(&data, &target).at(&target)?;
+        if placed {
+            sync_dir(target.parent().unwrap_or(Path::new(".")))?;
+        }
+        Ok(placed)
+    }
+}
+
+impl Drop for Ingest<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists; returns whether it renamed. A blob in place is
+/// never replaced, so open readers and concurrent writers of one digest all see one file.
+fn rename_no_replace(from: &Path, to: &Path) -> io::Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let (cf, ct) = (c(from)?, c(to)?);
+    // SAFETY: both arguments are valid NUL-terminated paths that outlive the call.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            cf.as_ptr(),
+            libc::AT_FDCWD,
+            ct.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        // A filesystem without RENAME_NOREPLACE: replacing identical content is harmless.
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => fs::rename(from, to).map(|()| true),
+        _ => Err(err),
+    }
+}
+
+/// Makes a directory's entries durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+}
+
+/// Asks the kernel to begin writing a range back without waiting for it (a hint: failure is
+/// harmless, the fsync at commit is what makes the data durable).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments and the open descriptor.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}

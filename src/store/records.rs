@@ -1,0 +1,212 @@
+//! Image records in SQLite (`meta.db`, WAL mode): full image name -> target descriptor, with
+//! created and updated times. Every change is one transaction, so several processes can share
+//! the store and a failed import registers nothing.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Error, Result};
+use crate::oci::Descriptor;
+use crate::reference::Reference;
+
+/// How long a writer waits for another process's transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Schema version kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS images (
+    name       TEXT PRIMARY KEY,
+    repository TEXT NOT NULL,
+    descriptor TEXT NOT NULL,
+    created    INTEGER NOT NULL,
+    updated    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS images_by_repository ON images(repository);
+";
+
+/// One registered image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub name: Reference,
+    pub target: Descriptor,
+    /// Milliseconds since the Unix epoch.
+    pub created: i64,
+    pub updated: i64,
+}
+
+/// The image-record table of one store.
+pub struct Records {
+    conn: Mutex<Connection>,
+}
+
+impl Records {
+    pub fn open(path: &Path) -> Result<Records> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::Invalid(format!(
+                "{}: written by a newer layoutfs (schema {version})",
+                path.display()
+            )));
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(Records {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Registers (or re-points) images, all or none.
+    pub fn put(&self, images: &[(Reference, Descriptor)]) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        for (name, target) in images {
+            let json = serde_json::to_string(target).map_err(|e| Error::Invalid(e.to_string()))?;
+            tx.execute(
+                "INSERT INTO images (name, repository, descriptor, created, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT(name) DO UPDATE SET descriptor = ?3, updated = ?4",
+                params![name.to_string(), name.repository(), json, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Removes the named images, all or none: an unknown name fails the whole call.
+    pub fn remove(&self, names: &[Reference]) -> Result<()> {
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for name in names {
+            let n = tx.execute("DELETE FROM images WHERE name = ?1", [name.to_string()])?;
+            if n == 0 {
+                return Err(Error::NotFound(name.to_string()));
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn get(&self, name: &Reference) -> Result<Option<Image>> {
+        let conn = self.conn.lock();
+        conn.query_row(
+            "SELECT name, descriptor, created, updated FROM images WHERE name = ?1",
+            [name.to_string()],
+            row_to_raw,
+        )
+        .optional()?
+        .map(RawImage::parse)
+        .transpose()
+    }
+
+    /// All images, sorted by name.
+    pub fn list(&self) -> Result<Vec<Image>> {
+        self.query(
+            "SELECT name, descriptor, created, updated FROM images ORDER BY name",
+            [],
+        )
+    }
+
+    /// The images of one repository, sorted by name.
+    pub fn of_repository(&self, repository: &str) -> Result<Vec<Image>> {
+        self.query(
+            "SELECT name, descriptor, created, updated FROM images WHERE repository = ?1 ORDER BY name",
+            [repository],
+        )
+    }
+
+    fn query<P: rusqlite::Params>(&self, sql: &str, p: P) -> Result<Vec<Image>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(sql)?;
+        let raws = stmt
+            .query_map(p, row_to_raw)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        raws.into_iter().map(RawImage::parse).collect()
+    }
+}
+
+struct RawImage {
+    name: String,
+    descriptor: String,
+    created: i64,
+    updated: i64,
+}
+
+fn row_to_raw(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawImage> {
+    Ok(RawImage {
+        name: r.get(0)?,
+        descriptor: r.get(1)?,
+        created: r.get(2)?,
+        updated: r.get(3)?,
+    })
+}
+
+impl RawImage {
+    fn parse(self) -> Result<Image> {
+        let bad = |m: String| Error::Invalid(format!("image record {:?}: {m}", self.name));
+        let name = self.name.parse().map_err(|e| bad(format!("{e}")))?;
+        let target = serde_json::from_str(&self.descriptor).map_err(|e| bad(e.to_string()))?;
+        Ok(Image {
+            name,
+            target,
+            created: self.created,
+            updated: self.updated,
+        })
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::{Algorithm, Digest};
+
+    #[test]
+    fn put_get_list_remove() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Records::open(&dir.path().join("meta.db")).unwrap();
+        let d = crate::oci::tests::desc(
+            crate::oci::MEDIA_OCI_MANIFEST,
+            Digest::of(Algorithm::Sha256, b"m"),
+            1,
+        );
+        let a: Reference = "busybox:latest".parse().unwrap();
+        let b: Reference = "docker.io/library/busybox:1.36".parse().unwrap();
+        r.put(&[(a.clone(), d.clone()), (b.clone(), d.clone())])
+            .unwrap();
+        assert_eq!(r.get(&a).unwrap().unwrap().target, d);
+        let names: Vec<String> = r
+            .list()
+            .unwrap()
+            .iter()
+            .map(|i| i.name.to_string())
+            .collect();
+        assert_eq!(names, ["busybox:latest", "docker.io/library/busybox:1.36"]);
+        assert_eq!(r.of_repository("busybox").unwrap().len(), 1);
+        // A second process sees the same records.
+        let r2 = Records::open(&dir.path().join("meta.db")).unwrap();
+        assert_eq!(r2.list().unwrap().len(), 2);
+        // Removing an unknown name removes nothing.
+        let unknown: Reference = "nothere:1".parse().unwrap();
+        assert!(matches!(
+            r.remove(&[a.clone(), unknown]),
+            Err(Error::NotFound(_))
+        ));
+        assert_eq!(r.list().unwrap().len(), 2);
+        r.remove(&[a.clone()]).unwrap();
+        assert!(r.get(&a).unwrap().is_none());
+    }
+}
