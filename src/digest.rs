@@ -210,7 +210,8 @@ mod tests {
     #[test]
     fn invalid_digests_are_refused_with_their_reason() {
         let hex64 = "a".repeat(64);
-        let cases: &[(String, fn(&DigestError) -> bool)] = &[
+        type Case = (String, fn(&DigestError) -> bool);
+        let cases: &[Case] = &[
             (String::new(), |e| matches!(e, DigestError::Form(_))),
             ("sha256".into(), |e| matches!(e, DigestError::Form(_))),
             ("sha256:".into(), |e| matches!(e, DigestError::Form(_))),

@@ -2,10 +2,13 @@
 //! directories. This crate holds the store, the OCI model, import and export; `main.rs` is a
 //! thin command line over it.
 
+pub mod archive;
+pub mod cli;
 pub mod digest;
 pub mod error;
+pub mod layout;
 pub mod oci;
-
+pub mod progress;
 pub mod reference;
 pub mod store;
 

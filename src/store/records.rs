@@ -206,7 +206,7 @@ mod tests {
             Err(Error::NotFound(_))
         ));
         assert_eq!(r.list().unwrap().len(), 2);
-        r.remove(&[a.clone()]).unwrap();
+        r.remove(std::slice::from_ref(&a)).unwrap();
         assert!(r.get(&a).unwrap().is_none());
     }
 }

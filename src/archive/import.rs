@@ -1,0 +1,671 @@
+//! The importer: an OCI layout directory, or an OCI archive (tar, gzip or zstd, told apart by
+//! their magic bytes) from a file or standard input, into the store. Archives are streamed:
+//! each blob goes from its tar entry straight into an ingest, checked against the digest its
+//! path names. Directories are walked from `index.json`, manifests first, then the remaining
+//! blobs are copied in parallel with their sizes and digests checked. Nothing is registered
+//! until the closure of every listed image is present and verified; then all names are
+//! registered in one transaction.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::layout;
+use crate::oci::{
+    self, BlobSource, Descriptor, ImageIndex, OnMissing, ANNOTATION_IMAGE_NAME,
+    ANNOTATION_REF_NAME, MAX_JSON_SIZE,
+};
+use crate::progress::Progress;
+use crate::reference::{check_repository, check_tag, Reference};
+use crate::store::Store;
+
+const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
+const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
+/// Where a tar header block says "ustar".
+const USTAR_MAGIC_AT: std::ops::Range<usize> = 257..262;
+/// Bytes read ahead to recognise a stream.
+const SNIFF_LEN: usize = 512;
+/// Extensions dropped from a file name to make the default repository name.
+const ARCHIVE_EXTENSIONS: &[&str] = &[
+    ".tar.gz",
+    ".tar.zst",
+    ".tar.zstd",
+    ".tgz",
+    ".tzst",
+    ".tar",
+    ".oci",
+    ".gz",
+    ".zst",
+];
+
+/// Where an import reads from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Dir(PathBuf),
+    Archive(PathBuf),
+    Stdin,
+}
+
+impl Source {
+    /// `-` is standard input, a directory is a layout, anything else an archive.
+    pub fn from_arg(arg: &Path) -> Result<Source> {
+        if arg == Path::new("-") {
+            return Ok(Source::Stdin);
+        }
+        let meta = fs::metadata(arg).at(arg)?;
+        Ok(if meta.is_dir() {
+            Source::Dir(arg.to_path_buf())
+        } else {
+            Source::Archive(arg.to_path_buf())
+        })
+    }
+
+    /// The name errors use for this source.
+    fn label(&self) -> String {
+        match self {
+            Source::Dir(p) | Source::Archive(p) => p.display().to_string(),
+            Source::Stdin => "standard input".into(),
+        }
+    }
+
+    /// The repository an image named only by tag or digest goes to, when `--name` is absent.
+    fn default_repository(&self) -> Option<String> {
+        let path = match self {
+            Source::Dir(p) | Source::Archive(p) => p,
+            Source::Stdin => return None,
+        };
+        let canon = fs::canonicalize(path).unwrap_or_else(|_| path.clone());
+        let base = canon.file_name()?.to_str()?.to_owned();
+        let stem = ARCHIVE_EXTENSIONS
+            .iter()
+            .find_map(|ext| base.strip_suffix(ext))
+            .unwrap_or(&base);
+        Some(stem.to_owned())
+    }
+}
+
+/// What an import registered.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub names: Vec<Reference>,
+    /// Blobs newly written to the store (others were there already).
+    pub new_blobs: usize,
+    pub new_bytes: u64,
+}
+
+/// Imports `source`; `name` is the repository for images named only by tag or digest.
+pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Imported> {
+    let label = source.label();
+    let repository = match name {
+        Some(n) => {
+            check_repository(n).map_err(|why| {
+                Error::Invalid(format!("--name {n:?} is not a repository name: {why}"))
+            })?;
+            Some(n.to_owned())
+        }
+        None => source.default_repository(),
+    };
+    let (index, written) = match source {
+        Source::Dir(dir) => import_dir(store, dir)?,
+        Source::Archive(path) => {
+            let file = File::open(path).at(path)?;
+            let size = file.metadata().at(path)?.len();
+            import_stream(store, Box::new(file), &label, Some(size))?
+        }
+        Source::Stdin => import_stream(store, Box::new(io::stdin().lock()), &label, None)?,
+    };
+    let images = name_images(&index, repository.as_deref(), &label)?;
+    // Everything each image needs must be here and sound before any name is registered.
+    for (_, target) in &images {
+        oci::closure(store, target, OnMissing::Fail)?;
+    }
+    store.records().put(&images)?;
+    Ok(Imported {
+        names: images.into_iter().map(|(n, _)| n).collect(),
+        new_blobs: written.count,
+        new_bytes: written.bytes,
+    })
+}
+
+#[derive(Default)]
+struct Written {
+    count: usize,
+    bytes: u64,
+}
+
+impl Written {
+    fn add(&mut self, placed: bool, size: u64) {
+        if placed {
+            self.count += 1;
+            self.bytes += size;
+        }
+    }
+}
+
+/// The names the images of `index` get: `io.containerd.image.name` if present, else
+/// `org.opencontainers.image.ref.name` when it is a full name, else `REPO:<ref.name>`, and
+/// `REPO@<digest>` for a descriptor with no name at all.
+fn name_images(
+    index: &ImageIndex,
+    repository: Option<&str>,
+    label: &str,
+) -> Result<Vec<(Reference, Descriptor)>> {
+    let mut out: BTreeMap<Reference, Descriptor> = BTreeMap::new();
+    let need_repo = |what: String| -> Result<&str> {
+        let repo = repository.ok_or_else(|| {
+            Error::Invalid(format!("{label}: {what} needs a repository: pass --name"))
+        })?;
+        check_repository(repo).map_err(|why| {
+            Error::Invalid(format!(
+                "{label}: {repo:?} is not a repository name ({why}): pass --name"
+            ))
+        })?;
+        Ok(repo)
+    };
+    for d in &index.manifests {
+        let name = if let Some(full) = d.annotations.get(ANNOTATION_IMAGE_NAME) {
+            full.parse::<Reference>()
+                .map_err(|e| Error::layout("index.json", format!("{ANNOTATION_IMAGE_NAME}: {e}")))?
+        } else if let Some(r) = d.annotations.get(ANNOTATION_REF_NAME) {
+            if check_tag(r).is_ok() {
+                Reference::tagged(need_repo(format!("tag {r:?}"))?, r)?
+            } else {
+                r.parse::<Reference>().map_err(|_| {
+                    Error::layout(
+                        "index.json",
+                        format!(
+                            "{ANNOTATION_REF_NAME} {r:?} is neither a tag nor a full image name"
+                        ),
+                    )
+                })?
+            }
+        } else {
+            Reference::digested(
+                need_repo(format!("untagged image {}", d.digest))?,
+                d.digest.clone(),
+            )?
+        };
+        let target = layout::unnamed_descriptor(d);
+        if let Some(prev) = out.get(&name) {
+            if prev.digest != target.digest {
+                return Err(Error::layout(
+                    "index.json",
+                    format!("{name} names both {} and {}", prev.digest, target.digest),
+                ));
+            }
+        }
+        out.insert(name, target);
+    }
+    Ok(out.into_iter().collect())
+}
+
+// ---- directories ------------------------------------------------------------------------
+
+/// Reads a small file of a layout, refusing links and anything over the JSON cap.
+fn read_layout_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
+    let path = dir.join(name);
+    let file = open_regular(&path).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Error::layout(
+            path.display().to_string(),
+            "missing: not an OCI image layout",
+        ),
+        e => e,
+    })?;
+    let size = file.metadata().at(&path)?.len();
+    oci::check_json_size(&path.display().to_string(), size)?;
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(MAX_JSON_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .at(&path)?;
+    oci::check_json_size(&path.display().to_string(), bytes.len() as u64)?;
+    Ok(bytes)
+}
+
+/// Opens a regular file without following a symbolic link.
+fn open_regular(path: &Path) -> Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::io(path, io::Error::other("symbolic links are refused")),
+            _ => Error::io(path, e),
+        })?;
+    let meta = file.metadata().at(path)?;
+    if !meta.is_file() {
+        return Err(Error::io(path, io::Error::other("not a regular file")));
+    }
+    Ok(file)
+}
+
+fn import_dir(store: &Store, dir: &Path) -> Result<(ImageIndex, Written)> {
+    let layout_path = dir.join("oci-layout").display().to_string();
+    oci::check_layout_file(&layout_path, &read_layout_file(dir, "oci-layout")?)?;
+    let index_path = dir.join("index.json").display().to_string();
+    let index = ImageIndex::parse(&index_path, &read_layout_file(dir, "index.json")?)?;
+
+    // Walk the closure, copying manifests and indexes in as they are met (their children are
+    // read from the verified copy) and collecting the other blobs the store lacks.
+    let src = DirSource {
+        store,
+        dir,
+        written: Mutex::new(Written::default()),
+    };
+    let mut wanted: BTreeMap<Digest, Descriptor> = BTreeMap::new();
+    for d in &index.manifests {
+        for (digest, desc) in oci::closure(&src, d, OnMissing::Fail)? {
+            if !store.has_blob(&digest)? {
+                wanted.insert(digest, desc);
+            }
+        }
+    }
+    let mut written = src.written.into_inner();
+    let total = wanted.values().map(|d| d.size).sum();
+    let progress = Progress::bytes("importing", Some(total));
+    let mut jobs: Vec<Descriptor> = wanted.into_values().collect();
+    jobs.sort_by_key(|d| std::cmp::Reverse(d.size));
+    let placed = parallel_ingest(store, dir, jobs, &progress)?;
+    progress.finish();
+    for (placed, size) in placed {
+        written.add(placed, size);
+    }
+    Ok((index, written))
+}
+
+/// Copies blobs from a layout directory into the store on all cores, largest first.
+fn parallel_ingest(
+    store: &Store,
+    dir: &Path,
+    jobs: Vec<Descriptor>,
+    progress: &Progress,
+) -> Result<Vec<(bool, u64)>> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len().max(1));
+    let queue = Mutex::new(jobs.into_iter());
+    let failed = AtomicBool::new(false);
+    let results = Mutex::new(Vec::new());
+    let first_error = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some(desc) = queue.lock().next() else {
+                    return;
+                };
+                match ingest_file(store, dir, &desc, progress) {
+                    Ok(placed) => results.lock().push((placed, desc.size)),
+                    Err(e) => {
+                        failed.store(true, Ordering::Relaxed);
+                        first_error.lock().get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    match first_error.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(results.into_inner()),
+    }
+}
+
+/// Copies one blob of a layout directory into the store, verified against `desc`.
+fn ingest_file(store: &Store, dir: &Path, desc: &Descriptor, progress: &Progress) -> Result<bool> {
+    let path = dir.join(desc.digest.blob_path());
+    let mut file = open_regular(&path).map_err(|e| match e {
+        Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+            Error::MissingBlob {
+                digest: desc.digest.clone(),
+                referrer: None,
+            }
+        }
+        e => e,
+    })?;
+    let mut w = store.ingest(&desc.digest, Some(desc.size))?;
+    w.copy_from(&mut file, &path.display().to_string(), &mut |n| {
+        progress.add(n)
+    })?;
+    w.commit()
+}
+
+/// A layout directory seen through the store: blobs the store has are read from it; others
+/// are found in the directory, and manifests are copied in (verified) before being read.
+struct DirSource<'a> {
+    store: &'a Store,
+    dir: &'a Path,
+    written: Mutex<Written>,
+}
+
+impl BlobSource for DirSource<'_> {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        if let Some(size) = self.store.blob_size(digest)? {
+            return Ok(Some(size));
+        }
+        let path = self.dir.join(digest.blob_path());
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => Err(Error::io(
+                &path,
+                io::Error::other("symbolic links are refused"),
+            )),
+            Ok(m) if m.is_file() => Ok(Some(m.size())),
+            Ok(_) => Err(Error::io(&path, io::Error::other("not a regular file"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
+    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        if !self.store.has_blob(&desc.digest)? {
+            let placed = ingest_file(self.store, self.dir, desc, &Progress::hidden())?;
+            self.written.lock().add(placed, desc.size);
+        }
+        self.store.read_small(desc)
+    }
+}
+
+// ---- archives ---------------------------------------------------------------------------
+
+/// Recognises gzip and zstd by their magic bytes; anything else must be a tar.
+fn decompress<'r>(mut r: Box<dyn Read + 'r>, label: &str) -> Result<Box<dyn Read + 'r>> {
+    let mut head = Vec::with_capacity(SNIFF_LEN);
+    (&mut r)
+        .take(SNIFF_LEN as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::Stream {
+            what: label.to_owned(),
+            source: e,
+        })?;
+    let whole: Box<dyn Read + 'r> = Box::new(io::Cursor::new(head.clone()).chain(r));
+    if head.starts_with(GZIP_MAGIC) {
+        return Ok(Box::new(flate2::read::MultiGzDecoder::new(
+            io::BufReader::with_capacity(1 << 20, whole),
+        )));
+    }
+    if head.starts_with(ZSTD_MAGIC) {
+        let z = zstd::stream::read::Decoder::new(whole).map_err(|e| Error::Stream {
+            what: label.to_owned(),
+            source: e,
+        })?;
+        return Ok(Box::new(z));
+    }
+    if head.len() < SNIFF_LEN || &head[USTAR_MAGIC_AT] != b"ustar" {
+        return Err(Error::archive(
+            label,
+            "not a tar archive (nor gzip or zstd compressed)",
+        ));
+    }
+    Ok(whole)
+}
+
+/// What an archive entry is, by its path.
+enum Member {
+    LayoutFile,
+    Index,
+    DockerManifest,
+    Blob(Digest),
+    Dir,
+    Other,
+}
+
+fn classify(path: &str, is_dir: bool) -> Result<Member> {
+    if is_dir {
+        return Ok(Member::Dir);
+    }
+    Ok(match path {
+        "oci-layout" => Member::LayoutFile,
+        "index.json" => Member::Index,
+        "manifest.json" => Member::DockerManifest,
+        _ => match path
+            .strip_prefix("blobs/")
+            .map(|r| r.split('/').collect::<Vec<_>>())
+        {
+            Some(parts) if parts.len() == 2 => {
+                Member::Blob(Digest::from_parts(parts[0], parts[1])?)
+            }
+            Some(_) => {
+                return Err(Error::Invalid(format!(
+                    "unexpected file {path:?} under blobs/"
+                )))
+            }
+            None => Member::Other,
+        },
+    })
+}
+
+/// A tar entry's path made relative and checked: no absolute paths, no `..`.
+fn safe_path(raw: &Path) -> std::result::Result<String, String> {
+    let mut parts = Vec::new();
+    for c in raw.components() {
+        match c {
+            Component::Normal(p) => {
+                parts.push(p.to_str().ok_or_else(|| format!("{raw:?}: not UTF-8"))?)
+            }
+            Component::CurDir => {}
+            Component::ParentDir => return Err(format!("{}: '..' is refused", raw.display())),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("{}: absolute paths are refused", raw.display()))
+            }
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+fn import_stream(
+    store: &Store,
+    reader: Box<dyn Read + '_>,
+    label: &str,
+    size: Option<u64>,
+) -> Result<(ImageIndex, Written)> {
+    let progress = Progress::bytes("importing", size);
+    let counted = Counting {
+        inner: reader,
+        progress: &progress,
+    };
+    let reader = decompress(Box::new(counted), label)?;
+    let mut archive = tar::Archive::new(reader);
+    let bad = |m: String| Error::archive(label, m);
+    let tar_err = |e: io::Error| bad(format!("truncated or corrupt tar: {e}"));
+    let mut layout_file = None;
+    let mut index_bytes = None;
+    let mut seen = BTreeSet::new();
+    let mut written = Written::default();
+    for entry in archive.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let raw = entry.path().map_err(tar_err)?.into_owned();
+        let path = safe_path(&raw).map_err(|m| bad(format!("entry {m}")))?;
+        let kind = entry.header().entry_type();
+        let is_dir = kind.is_dir();
+        if !(kind.is_file() || is_dir) {
+            let what = if kind.is_symlink() {
+                "symbolic links are refused"
+            } else if kind.is_hard_link() {
+                "hard links are refused"
+            } else {
+                "only regular files and directories are accepted"
+            };
+            return Err(bad(format!("entry {path}: {what}")));
+        }
+        let member = classify(&path, is_dir).map_err(|e| bad(format!("entry {path}: {e}")))?;
+        let entry_size = entry.size();
+        match member {
+            Member::Dir | Member::Other => {}
+            Member::LayoutFile | Member::Index | Member::DockerManifest => {
+                oci::check_json_size(&format!("{label}: {path}"), entry_size)?;
+                let mut bytes = Vec::with_capacity(entry_size as usize);
+                entry.read_to_end(&mut bytes).map_err(tar_err)?;
+                match member {
+                    Member::LayoutFile => layout_file = Some(bytes),
+                    Member::Index if index_bytes.replace(bytes).is_some() => {
+                        return Err(bad("index.json appears twice".into()));
+                    }
+                    _ => {} // Docker's manifest.json: names come from index.json.
+                }
+            }
+            Member::Blob(digest) => {
+                if !seen.insert(digest.clone()) || store.has_blob(&digest)? {
+                    io::copy(&mut entry, &mut io::sink()).map_err(tar_err)?;
+                    continue;
+                }
+                let mut w = store.ingest(&digest, Some(entry_size))?;
+                w.copy_from(&mut entry, &format!("{label}: {path}"), &mut |_| {})
+                    .map_err(|e| match e {
+                        Error::Stream { source, .. } => tar_err(source),
+                        e => e,
+                    })?;
+                if w.written() != entry_size {
+                    return Err(tar_err(io::ErrorKind::UnexpectedEof.into()));
+                }
+                written.add(w.commit()?, entry_size);
+            }
+        }
+    }
+    progress.finish();
+    let layout_file =
+        layout_file.ok_or_else(|| bad("oci-layout is missing: not an OCI archive".into()))?;
+    oci::check_layout_file(&format!("{label}: oci-layout"), &layout_file)?;
+    let index_bytes = index_bytes.ok_or_else(|| bad("index.json is missing".into()))?;
+    let index = ImageIndex::parse(&format!("{label}: index.json"), &index_bytes)?;
+    Ok((index, written))
+}
+
+/// Counts the compressed bytes read, for the progress bar.
+struct Counting<'a, R> {
+    inner: R,
+    progress: &'a Progress,
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.progress.add(n as u64);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_paths() {
+        let ok = [
+            ("./blobs/sha256/x", "blobs/sha256/x"),
+            ("index.json", "index.json"),
+            ("./", ""),
+        ];
+        for (raw, want) in ok {
+            assert_eq!(safe_path(Path::new(raw)).unwrap(), want);
+        }
+        for raw in ["/etc/passwd", "../x", "blobs/../../x", "a/../b"] {
+            assert!(safe_path(Path::new(raw)).is_err(), "{raw}");
+        }
+    }
+
+    #[test]
+    fn classify_members() {
+        let hex = "a".repeat(64);
+        assert!(matches!(
+            classify(&format!("blobs/sha256/{hex}"), false),
+            Ok(Member::Blob(_))
+        ));
+        for bad in [
+            format!("blobs/sha384/{hex}"),
+            format!("blobs/sha256/{}", hex.to_uppercase()),
+            "blobs/sha256/abc".into(),
+            format!("blobs/x/sha256/{hex}"),
+        ] {
+            assert!(classify(&bad, false).is_err(), "{bad}");
+        }
+        assert!(matches!(classify("blobs/sha256", true), Ok(Member::Dir)));
+        assert!(matches!(classify("repositories", false), Ok(Member::Other)));
+    }
+
+    #[test]
+    fn default_repository_drops_archive_extensions() {
+        let cases = [
+            ("x/busybox.tar", "busybox"),
+            ("alpine.tar.gz", "alpine"),
+            ("a.tgz", "a"),
+            ("img.oci", "img"),
+            ("plain", "plain"),
+        ];
+        for (p, want) in cases {
+            assert_eq!(
+                Source::Archive(p.into()).default_repository().as_deref(),
+                Some(want)
+            );
+        }
+        assert_eq!(Source::Stdin.default_repository(), None);
+    }
+
+    #[test]
+    fn names_follow_the_annotations() {
+        use crate::digest::Algorithm;
+        let mk = |ann: &[(&str, &str)], seed: &[u8]| {
+            let mut d = oci::tests::desc(
+                oci::MEDIA_OCI_MANIFEST,
+                Digest::of(Algorithm::Sha256, seed),
+                1,
+            );
+            for (k, v) in ann {
+                d.annotations.insert((*k).into(), (*v).into());
+            }
+            d
+        };
+        let untagged = mk(&[], b"d");
+        let index = ImageIndex::new(vec![
+            mk(
+                &[
+                    (ANNOTATION_IMAGE_NAME, "docker.io/library/busybox:latest"),
+                    (ANNOTATION_REF_NAME, "latest"),
+                ],
+                b"a",
+            ),
+            mk(&[(ANNOTATION_REF_NAME, "1.0")], b"b"),
+            mk(&[(ANNOTATION_REF_NAME, "quay.io/x/y:2")], b"c"),
+            untagged.clone(),
+        ]);
+        let got: Vec<String> = name_images(&index, Some("mine"), "src")
+            .unwrap()
+            .iter()
+            .map(|(n, d)| {
+                assert!(
+                    d.annotations.is_empty(),
+                    "naming annotations are not stored"
+                );
+                n.to_string()
+            })
+            .collect();
+        let want = [
+            "docker.io/library/busybox:latest".to_owned(),
+            "mine:1.0".into(),
+            format!("mine@{}", untagged.digest),
+            "quay.io/x/y:2".into(),
+        ];
+        assert_eq!(got, want);
+        let err = name_images(&index, None, "standard input")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("pass --name"), "{err}");
+        let bad = ImageIndex::new(vec![mk(&[(ANNOTATION_REF_NAME, "a/b:c/d")], b"e")]);
+        assert!(name_images(&bad, Some("r"), "src").is_err());
+        let clash = ImageIndex::new(vec![
+            mk(&[(ANNOTATION_REF_NAME, "1")], b"a"),
+            mk(&[(ANNOTATION_REF_NAME, "1")], b"b"),
+        ]);
+        assert!(name_images(&clash, Some("r"), "src")
+            .unwrap_err()
+            .to_string()
+            .contains("names both"));
+    }
+}
