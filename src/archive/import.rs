@@ -26,6 +26,8 @@ use crate::progress::Progress;
 use crate::reference::{check_repository, check_tag, Reference};
 use crate::store::Store;
 
+use super::tarfmt;
+
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
 /// Where a tar header block says "ustar".
@@ -472,7 +474,11 @@ fn import_stream(
         progress: &progress,
     };
     let reader = decompress(Box::new(counted), label)?;
-    let mut archive = tar::Archive::new(reader);
+    let mut tail = Tail {
+        inner: reader,
+        last: [0xff; tarfmt::BLOCK],
+    };
+    let mut archive = tar::Archive::new(&mut tail);
     let bad = |m: String| Error::archive(label, m);
     let tar_err = |e: io::Error| bad(format!("truncated or corrupt tar: {e}"));
     let mut layout_file = None;
@@ -529,6 +535,12 @@ fn import_stream(
             }
         }
     }
+    drop(archive);
+    if tail.last.iter().any(|b| *b != 0) {
+        return Err(bad(
+            "truncated: the archive ends without its end-of-archive blocks".into(),
+        ));
+    }
     progress.finish();
     let layout_file =
         layout_file.ok_or_else(|| bad("oci-layout is missing: not an OCI archive".into()))?;
@@ -536,6 +548,28 @@ fn import_stream(
     let index_bytes = index_bytes.ok_or_else(|| bad("index.json is missing".into()))?;
     let index = ImageIndex::parse(&format!("{label}: index.json"), &index_bytes)?;
     Ok((index, written))
+}
+
+/// Remembers the last block that went by: a whole archive ends with a zero block, one cut at
+/// an entry boundary does not.
+struct Tail<R> {
+    inner: R,
+    last: [u8; tarfmt::BLOCK],
+}
+
+impl<R: Read> Read for Tail<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let got = &buf[..n];
+        let len = self.last.len();
+        if n >= len {
+            self.last.copy_from_slice(&got[n - len..]);
+        } else {
+            self.last.copy_within(n.., 0);
+            self.last[len - n..].copy_from_slice(got);
+        }
+        Ok(n)
+    }
 }
 
 /// Counts the compressed bytes read, for the progress bar.
