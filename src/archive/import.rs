@@ -535,7 +535,6 @@ fn import_stream(
             }
         }
     }
-    drop(archive);
     if tail.last.iter().any(|b| *b != 0) {
         return Err(bad(
             "truncated: the archive ends without its end-of-archive blocks".into(),
