@@ -10,6 +10,8 @@ use serde::Serialize;
 
 use crate::archive::{self, ExportOptions, Plan, Source};
 use crate::error::{Error, Result};
+use crate::fs::{Fs, FsOptions};
+use crate::fuse::{self, MountOptions};
 use crate::layout::{self, Entry};
 use crate::oci::{OnMissing, PlatformSpec};
 use crate::progress::Progress;
@@ -20,6 +22,8 @@ use crate::store::{Image, Store, STORE_ENV};
 const LOG_ENV: [&str; 2] = ["LAYOUTFS_LOG", "RUST_LOG"];
 /// Log filter when none is set.
 const DEFAULT_LOG: &str = "warn";
+/// Log filter of the mount daemon when none is set.
+const DEFAULT_MOUNT_LOG: &str = "info";
 
 /// Container images in a local content-addressed store, as OCI image layouts.
 #[derive(Debug, Parser)]
@@ -75,6 +79,24 @@ pub enum Command {
         #[arg(required = true, value_name = "REF")]
         refs: Vec<String>,
     },
+    /// Mount the store: every repository as an OCI image-layout directory (runs in the
+    /// foreground until unmounted, or SIGINT/SIGTERM)
+    Mount {
+        /// An empty directory to mount on
+        mountpoint: PathBuf,
+        /// Let other users see the mount (as root, or with user_allow_other in /etc/fuse.conf)
+        #[arg(long, help_heading = "Mount options")]
+        allow_other: bool,
+        /// Mount read-only: the kernel refuses every write with EROFS
+        #[arg(long, help_heading = "Mount options")]
+        read_only: bool,
+        /// Serve blob reads through the daemon instead of FUSE passthrough
+        #[arg(long, help_heading = "Mount options")]
+        no_passthrough: bool,
+        /// Threads serving the kernel's requests [default: twice the cores, at least 4]
+        #[arg(long, value_name = "N", help_heading = "Mount options")]
+        threads: Option<std::num::NonZeroUsize>,
+    },
     /// Give an image another name
     Tag {
         /// NAME:TAG or NAME@DIGEST of an existing image
@@ -90,14 +112,20 @@ pub enum Format {
     Json,
 }
 
-/// Sets up tracing on standard error, filtered by `LAYOUTFS_LOG` or `RUST_LOG`.
-pub fn init_logging() {
+/// Sets up tracing on standard error, filtered by `LAYOUTFS_LOG` or `RUST_LOG`; without them,
+/// warnings only, or also the daemon's informational lines when it mounts.
+pub fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Mount { .. } => DEFAULT_MOUNT_LOG,
+        _ => DEFAULT_LOG,
+    };
     let filter = LOG_ENV
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| DEFAULT_LOG.to_owned());
+        .unwrap_or_else(|| default.to_owned());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -157,6 +185,22 @@ impl Cli {
                     writeln!(out, "{n}").map_err(stdout_err)?;
                 }
                 Ok(())
+            }
+            Command::Mount {
+                mountpoint,
+                allow_other,
+                read_only,
+                no_passthrough,
+                threads,
+            } => {
+                let options = MountOptions {
+                    allow_other,
+                    read_only,
+                    passthrough: !no_passthrough,
+                    threads: threads.map(std::num::NonZeroUsize::get),
+                };
+                let fs = Fs::new(std::sync::Arc::new(store), FsOptions { read_only });
+                fuse::mount(fs, &mountpoint, &options)
             }
             Command::Tag { source, target } => {
                 let src: Reference = source.parse()?;

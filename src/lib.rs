@@ -1,11 +1,13 @@
 //! layoutfs: a local content-addressed store of container images, shown as OCI image-layout
-//! directories. This crate holds the store, the OCI model, import and export; `main.rs` is a
-//! thin command line over it.
+//! directories. This crate holds the store, the OCI model, import and export, and the
+//! filesystem with its FUSE adapter; `main.rs` is a thin command line over it.
 
 pub mod archive;
 pub mod cli;
 pub mod digest;
 pub mod error;
+pub mod fs;
+pub mod fuse;
 pub mod layout;
 pub mod oci;
 pub mod progress;

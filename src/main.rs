@@ -6,7 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = layoutfs::cli::Cli::parse();
-    layoutfs::cli::init_logging();
+    layoutfs::cli::init_logging(&cli.command);
     match cli.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

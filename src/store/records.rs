@@ -123,6 +123,13 @@ impl Records {
         )
     }
 
+    /// A number that changes whenever another connection (another process, or another `Store`
+    /// in this one) commits a change: a cheap way to notice that the records changed.
+    pub fn data_version(&self) -> Result<i64> {
+        let conn = self.conn.lock();
+        Ok(conn.pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+
     fn query<P: rusqlite::Params>(&self, sql: &str, p: P) -> Result<Vec<Image>> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(sql)?;

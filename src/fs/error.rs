@@ -1,0 +1,108 @@
+//! Errors of the filesystem core, and the one place where they become errno values: the fuse
+//! adapter replies with `errno()` and logs whatever maps to EIO, which always names its file or
+//! digest.
+
+use crate::digest::Digest;
+use crate::error::Error as StoreError;
+
+pub type FsResult<T> = std::result::Result<T, FsError>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("read-only file system")]
+    ReadOnly,
+    #[error("unknown file handle {0}")]
+    BadHandle(u64),
+    #[error("blob {digest}: {message}")]
+    Damaged { digest: Digest, message: String },
+    #[error("repository {repository}: {source}")]
+    Repository {
+        repository: String,
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl FsError {
+    /// The errno the kernel passes on to the caller.
+    pub fn errno(&self) -> i32 {
+        match self {
+            FsError::NotFound => libc::ENOENT,
+            FsError::NotDir => libc::ENOTDIR,
+            FsError::IsDir => libc::EISDIR,
+            FsError::ReadOnly => libc::EROFS,
+            FsError::BadHandle(_) => libc::EBADF,
+            FsError::Damaged { .. } => libc::EIO,
+            FsError::Repository { source, .. } | FsError::Store(source) => store_errno(source),
+        }
+    }
+
+    /// Whether the error is a fault worth a log line (the caller's mistakes are not).
+    pub fn is_fault(&self) -> bool {
+        self.errno() == libc::EIO || self.errno() == libc::ENOSPC
+    }
+}
+
+/// Disk-full and quota errors reach the caller as they are; every other store fault is EIO.
+fn store_errno(e: &StoreError) -> i32 {
+    let io = match e {
+        StoreError::Io { source, .. } | StoreError::Stream { source, .. } => source,
+        _ => return libc::EIO,
+    };
+    match io.raw_os_error() {
+        Some(code @ (libc::ENOSPC | libc::EDQUOT)) => code,
+        _ => libc::EIO,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io;
+
+    #[test]
+    fn errno_table() {
+        let digest: Digest = format!("sha256:{}", "a".repeat(64)).parse().unwrap();
+        let cases: Vec<(FsError, i32)> = vec![
+            (FsError::NotFound, libc::ENOENT),
+            (FsError::NotDir, libc::ENOTDIR),
+            (FsError::IsDir, libc::EISDIR),
+            (FsError::ReadOnly, libc::EROFS),
+            (FsError::BadHandle(7), libc::EBADF),
+            (
+                FsError::Damaged {
+                    digest: digest.clone(),
+                    message: "gone".into(),
+                },
+                libc::EIO,
+            ),
+            (
+                StoreError::io("/s/blobs", io::Error::from_raw_os_error(libc::ENOSPC)).into(),
+                libc::ENOSPC,
+            ),
+            (
+                StoreError::io("/s/blobs", io::Error::from_raw_os_error(libc::EACCES)).into(),
+                libc::EIO,
+            ),
+            (
+                StoreError::MissingBlob {
+                    digest,
+                    referrer: None,
+                }
+                .into(),
+                libc::EIO,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.errno(), want, "{e}");
+        }
+    }
+}

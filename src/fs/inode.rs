@@ -1,0 +1,112 @@
+//! Inode numbers: each node of the tree (a directory path, a repository's layout files, a blob)
+//! gets a number the first time the kernel sees it, and keeps it for the life of the mount, so
+//! the same path always has the same inode and a number is never reused for something else.
+//! A blob is one node whatever repository shows it: it is the same immutable content, and the
+//! kernel's cache and the passthrough backing file are shared.
+//!
+//! Lock order: the table's lock is a leaf; nothing else is locked while it is held.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+use crate::digest::{Algorithm, Digest};
+
+/// The root directory's inode number (FUSE fixes it at 1).
+pub const ROOT_INO: u64 = 1;
+
+/// What an inode number stands for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Node {
+    /// A directory for a repository-name path; `""` is the mount root.
+    Dir(Arc<str>),
+    /// `<repo>/oci-layout`.
+    LayoutFile(Arc<str>),
+    /// `<repo>/index.json`.
+    Index(Arc<str>),
+    /// `<repo>/blobs`.
+    Blobs(Arc<str>),
+    /// `<repo>/blobs/<alg>`.
+    AlgDir(Arc<str>, Algorithm),
+    /// A blob, with the size its descriptors give (checked against the file on open).
+    Blob(Digest, u64),
+}
+
+#[derive(Default)]
+struct Table {
+    by_node: HashMap<Node, u64>,
+    /// `nodes[i]` is inode `i + ROOT_INO`.
+    nodes: Vec<Node>,
+}
+
+/// The two-way map between nodes and inode numbers.
+pub struct Inodes {
+    table: RwLock<Table>,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Inodes {
+    pub fn new() -> Inodes {
+        let inodes = Inodes {
+            table: RwLock::new(Table::default()),
+        };
+        let root = inodes.ino(&Node::Dir(Arc::from("")));
+        debug_assert_eq!(root, ROOT_INO);
+        inodes
+    }
+
+    /// The inode number of `node`, assigned on first use.
+    pub fn ino(&self, node: &Node) -> u64 {
+        if let Some(&ino) = self.table.read().by_node.get(node) {
+            return ino;
+        }
+        let mut t = self.table.write();
+        if let Some(&ino) = t.by_node.get(node) {
+            return ino;
+        }
+        let ino = t.nodes.len() as u64 + ROOT_INO;
+        t.nodes.push(node.clone());
+        t.by_node.insert(node.clone(), ino);
+        ino
+    }
+
+    /// The node an inode number stands for, if it was ever handed out.
+    pub fn node(&self, ino: u64) -> Option<Node> {
+        let i = usize::try_from(ino.checked_sub(ROOT_INO)?).ok()?;
+        self.table.read().nodes.get(i).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.table.read().nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_stable_and_distinct() {
+        let inodes = Inodes::new();
+        assert_eq!(inodes.node(ROOT_INO), Some(Node::Dir(Arc::from(""))));
+        let a = inodes.ino(&Node::Dir(Arc::from("busybox")));
+        let b = inodes.ino(&Node::Index(Arc::from("busybox")));
+        assert_ne!(a, b);
+        assert_ne!(a, ROOT_INO);
+        assert_eq!(inodes.ino(&Node::Dir(Arc::from("busybox"))), a);
+        assert_eq!(inodes.node(b), Some(Node::Index(Arc::from("busybox"))));
+        assert_eq!(inodes.node(0), None);
+        assert_eq!(inodes.node(999), None);
+        assert_eq!(inodes.len(), 3);
+    }
+}

@@ -1,0 +1,543 @@
+//! The filesystem core: the store's repositories as a tree of OCI layouts, with lookup, getattr,
+//! readdir, open, read and statfs returning plain results. It knows nothing of fuser; the
+//! `fuse` module is a thin adapter over it, and the tests drive it with no kernel.
+//!
+//! ```text
+//! /                        Node::Dir("")
+//!   docker.io/library/     Node::Dir(path) for each prefix of a repository name
+//!     busybox/             Node::Dir(repo), a repository: holds the three layout names
+//!       oci-layout         Node::LayoutFile(repo)
+//!       index.json         Node::Index(repo): the export's bytes for the same images
+//!       blobs/             Node::Blobs(repo)
+//!         sha256/          Node::AlgDir(repo, alg)
+//!           <hex>          Node::Blob(digest, size): the store's file, checked on open
+//! ```
+//!
+//! Lock order: handles, then nothing; the view and inode locks are leaves taken one at a time.
+
+pub mod error;
+pub mod inode;
+pub mod verify;
+pub mod view;
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::digest::{Algorithm, Digest};
+use crate::error::Error;
+use crate::oci;
+use crate::store::Store;
+
+pub use error::{FsError, FsResult};
+use inode::{Inodes, Node, ROOT_INO};
+use verify::Verifier;
+use view::{RepoView, Views, LAYOUT_NAMES};
+
+/// How long the kernel may cache what changes when images come and go: directory entries,
+/// directory attributes, `index.json`'s attributes, and the name of every file.
+pub const DYNAMIC_TTL: Duration = Duration::from_millis(500);
+/// How long the kernel may cache the attributes of what never changes: a blob, `oci-layout`.
+pub const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);
+/// The block size `stat` reports.
+pub const BLOCK_SIZE: u32 = 4096;
+/// The unit of `st_blocks`.
+const STAT_BLOCK: u64 = 512;
+
+const DIR_MODE: u16 = 0o755;
+const DIR_MODE_RO: u16 = 0o555;
+const BLOB_MODE: u16 = 0o444;
+const LAYOUT_FILE_MODE: u16 = 0o444;
+const INDEX_MODE: u16 = 0o644;
+const INDEX_MODE_RO: u16 = 0o444;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+}
+
+/// A node's attributes, with how long the kernel may cache them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub blocks: u64,
+    pub perm: u16,
+    pub nlink: u32,
+    pub mtime: SystemTime,
+    pub uid: u32,
+    pub gid: u32,
+    pub attr_ttl: Duration,
+    pub entry_ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub ino: u64,
+    pub kind: Kind,
+    pub name: String,
+}
+
+/// How the kernel should cache an opened file's pages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caching {
+    /// Keep pages across opens (immutable content).
+    Keep,
+    /// No page cache at all: every read comes here (content that changes with the images).
+    Direct,
+}
+
+/// An open file.
+#[derive(Debug)]
+pub struct Opened {
+    pub fh: u64,
+    pub caching: Caching,
+    /// The store file behind a blob, for the adapter to hand to the kernel (passthrough).
+    pub backing: Option<Arc<File>>,
+}
+
+/// Filesystem statistics (of the store's filesystem).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+enum Handle {
+    Blob {
+        digest: Digest,
+        size: u64,
+        file: Arc<File>,
+    },
+    Bytes(Arc<[u8]>),
+    Dir(Arc<Vec<DirEntry>>),
+}
+
+/// How the mount behaves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FsOptions {
+    pub read_only: bool,
+}
+
+/// The filesystem over one store.
+pub struct Fs {
+    views: Views,
+    inodes: Inodes,
+    verifier: Verifier,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    options: FsOptions,
+    uid: u32,
+    gid: u32,
+    layout_file: Arc<[u8]>,
+}
+
+impl Fs {
+    pub fn new(store: Arc<Store>, options: FsOptions) -> Fs {
+        // SAFETY: geteuid and getegid have no preconditions.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        Fs {
+            views: Views::new(store),
+            inodes: Inodes::new(),
+            verifier: Verifier::default(),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            options,
+            uid,
+            gid,
+            layout_file: Arc::from(oci::layout_file_bytes()),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        self.views.store()
+    }
+
+    /// Forgets the cached view of the records (after this process changed them).
+    pub fn invalidate(&self) {
+        self.views.invalidate();
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Node> {
+        self.inodes.node(ino).ok_or(FsError::NotFound)
+    }
+
+    fn repo(&self, repo: &str) -> FsResult<Arc<RepoView>> {
+        self.views.repo(repo)?.ok_or(FsError::NotFound)
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let name = name.to_str().ok_or(FsError::NotFound)?;
+        let child = match self.node(parent)? {
+            Node::Dir(path) => {
+                let snapshot = self.views.snapshot()?;
+                let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
+                match name {
+                    "oci-layout" if dir.repository => Node::LayoutFile(path),
+                    "index.json" if dir.repository => Node::Index(path),
+                    "blobs" if dir.repository => Node::Blobs(path),
+                    _ if dir.children.contains(name) => Node::Dir(child_path(&path, name)),
+                    _ => return Err(FsError::NotFound),
+                }
+            }
+            Node::Blobs(repo) => {
+                let alg = Algorithm::from_name(name).ok_or(FsError::NotFound)?;
+                if !self.repo(&repo)?.algorithms().contains(&alg) {
+                    return Err(FsError::NotFound);
+                }
+                Node::AlgDir(repo, alg)
+            }
+            Node::AlgDir(repo, alg) => {
+                let digest = Digest::from_parts(alg.name(), name).map_err(|_| FsError::NotFound)?;
+                let view = self.repo(&repo)?;
+                let desc = view.blobs.get(&digest).ok_or(FsError::NotFound)?;
+                Node::Blob(digest, desc.size)
+            }
+            Node::LayoutFile(_) | Node::Index(_) | Node::Blob(..) => return Err(FsError::NotDir),
+        };
+        let ino = self.inodes.ino(&child);
+        self.attr(ino, &child)
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let node = self.node(ino)?;
+        self.attr(ino, &node)
+    }
+
+    fn attr(&self, ino: u64, node: &Node) -> FsResult<Attr> {
+        let dir_mode = if self.options.read_only {
+            DIR_MODE_RO
+        } else {
+            DIR_MODE
+        };
+        let base = Attr {
+            ino,
+            kind: Kind::Dir,
+            size: 0,
+            blocks: 0,
+            perm: dir_mode,
+            nlink: 2,
+            mtime: UNIX_EPOCH,
+            uid: self.uid,
+            gid: self.gid,
+            attr_ttl: DYNAMIC_TTL,
+            entry_ttl: DYNAMIC_TTL,
+        };
+        let attr = match node {
+            Node::Dir(path) => {
+                let snapshot = self.views.snapshot()?;
+                let dir = snapshot.dir(path).ok_or(FsError::NotFound)?;
+                let subdirs = dir
+                    .children
+                    .iter()
+                    .filter(|c| !(dir.repository && LAYOUT_NAMES.contains(&c.as_str())))
+                    .count()
+                    + usize::from(dir.repository);
+                Attr {
+                    nlink: 2 + subdirs as u32,
+                    mtime: dir.updated,
+                    size: BLOCK_SIZE.into(),
+                    ..base
+                }
+            }
+            Node::LayoutFile(repo) => {
+                let mtime = self.repo_updated(repo)?;
+                file_attr(
+                    base,
+                    self.layout_file.len() as u64,
+                    LAYOUT_FILE_MODE,
+                    mtime,
+                    IMMUTABLE_TTL,
+                )
+            }
+            Node::Index(repo) => {
+                let view = self.repo(repo)?;
+                let mode = if self.options.read_only {
+                    INDEX_MODE_RO
+                } else {
+                    INDEX_MODE
+                };
+                let mtime = self.repo_updated(repo)?;
+                file_attr(base, view.index.len() as u64, mode, mtime, DYNAMIC_TTL)
+            }
+            Node::Blobs(repo) => {
+                let view = self.repo(repo)?;
+                Attr {
+                    nlink: 2 + view.algorithms().len() as u32,
+                    mtime: self.repo_updated(repo)?,
+                    size: BLOCK_SIZE.into(),
+                    ..base
+                }
+            }
+            Node::AlgDir(repo, alg) => {
+                if !self.repo(repo)?.algorithms().contains(alg) {
+                    return Err(FsError::NotFound);
+                }
+                Attr {
+                    mtime: self.repo_updated(repo)?,
+                    size: BLOCK_SIZE.into(),
+                    ..base
+                }
+            }
+            Node::Blob(digest, size) => {
+                // Blocks and times from the store's file; if it vanished, reads say so.
+                let (blocks, mtime) = match std::fs::metadata(self.store().blob_path(digest)) {
+                    Ok(m) => (m.blocks(), m.modified().unwrap_or(UNIX_EPOCH)),
+                    Err(_) => (size.div_ceil(STAT_BLOCK), UNIX_EPOCH),
+                };
+                Attr {
+                    blocks,
+                    ..file_attr(base, *size, BLOB_MODE, mtime, IMMUTABLE_TTL)
+                }
+            }
+        };
+        Ok(attr)
+    }
+
+    fn repo_updated(&self, repo: &str) -> FsResult<SystemTime> {
+        let snapshot = self.views.snapshot()?;
+        let dir = snapshot.dir(repo).filter(|d| d.repository);
+        Ok(dir.ok_or(FsError::NotFound)?.updated)
+    }
+
+    /// Opens a directory: its entries are read now, so that offsets stay valid while it is
+    /// read even if images change meanwhile.
+    pub fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let entries = self.dir_entries(ino)?;
+        Ok(self.add_handle(Handle::Dir(Arc::new(entries))))
+    }
+
+    /// The entries of an open directory from `offset` on; an entry's offset is its index + 1.
+    pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
+        let handles = self.handles.lock();
+        match handles.get(&fh) {
+            Some(Handle::Dir(entries)) => Ok(entries
+                .iter()
+                .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+                .cloned()
+                .collect()),
+            Some(_) => Err(FsError::NotDir),
+            None => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    fn dir_entries(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+        let node = self.node(ino)?;
+        let dir = |name: &str, node: Node| DirEntry {
+            ino: self.inodes.ino(&node),
+            kind: Kind::Dir,
+            name: name.to_owned(),
+        };
+        let file = |name: &str, node: Node| DirEntry {
+            ino: self.inodes.ino(&node),
+            kind: Kind::File,
+            name: name.to_owned(),
+        };
+        let mut out = Vec::new();
+        match node {
+            Node::Dir(path) => {
+                let snapshot = self.views.snapshot()?;
+                let info = snapshot.dir(&path).ok_or(FsError::NotFound)?;
+                out.push(dir(".", Node::Dir(path.clone())));
+                out.push(dir("..", Node::Dir(parent_path(&path))));
+                if info.repository {
+                    out.push(dir("blobs", Node::Blobs(path.clone())));
+                    out.push(file("index.json", Node::Index(path.clone())));
+                    out.push(file("oci-layout", Node::LayoutFile(path.clone())));
+                }
+                for c in &info.children {
+                    if info.repository && LAYOUT_NAMES.contains(&c.as_str()) {
+                        continue;
+                    }
+                    out.push(dir(c, Node::Dir(child_path(&path, c))));
+                }
+            }
+            Node::Blobs(repo) => {
+                let view = self.repo(&repo)?;
+                out.push(dir(".", Node::Blobs(repo.clone())));
+                out.push(dir("..", Node::Dir(repo.clone())));
+                for alg in view.algorithms() {
+                    out.push(dir(alg.name(), Node::AlgDir(repo.clone(), alg)));
+                }
+            }
+            Node::AlgDir(repo, alg) => {
+                let view = self.repo(&repo)?;
+                out.push(dir(".", Node::AlgDir(repo.clone(), alg)));
+                out.push(dir("..", Node::Blobs(repo.clone())));
+                for (digest, desc) in &view.blobs {
+                    if digest.algorithm() == alg {
+                        out.push(file(digest.hex(), Node::Blob(digest.clone(), desc.size)));
+                    }
+                }
+            }
+            Node::LayoutFile(_) | Node::Index(_) | Node::Blob(..) => return Err(FsError::NotDir),
+        }
+        Ok(out)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    /// Opens a file for reading; `flags` are open(2)'s.
+    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+        let node = self.node(ino)?;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Err(match node {
+                Node::Dir(_) | Node::Blobs(_) | Node::AlgDir(..) => FsError::IsDir,
+                _ => FsError::ReadOnly,
+            });
+        }
+        let (handle, caching, backing) = match node {
+            Node::Dir(_) | Node::Blobs(_) | Node::AlgDir(..) => return Err(FsError::IsDir),
+            Node::LayoutFile(repo) => {
+                self.repo_updated(&repo)?;
+                (Handle::Bytes(self.layout_file.clone()), Caching::Keep, None)
+            }
+            // index.json changes with the images: no page cache, and every open reads the
+            // current bytes whatever size the kernel last saw.
+            Node::Index(repo) => (
+                Handle::Bytes(self.repo(&repo)?.index.clone()),
+                Caching::Direct,
+                None,
+            ),
+            Node::Blob(digest, size) => {
+                let file = Arc::new(self.verifier.open(self.store(), &digest, size)?);
+                let backing = Some(file.clone());
+                (Handle::Blob { digest, size, file }, Caching::Keep, backing)
+            }
+        };
+        Ok(Opened {
+            fh: self.add_handle(handle),
+            caching,
+            backing,
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset`; fewer only at the end of the file.
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        enum Src {
+            Blob(Digest, u64, Arc<File>),
+            Bytes(Arc<[u8]>),
+        }
+        let src = match self.handles.lock().get(&fh) {
+            Some(Handle::Blob { digest, size, file }) => {
+                Src::Blob(digest.clone(), *size, file.clone())
+            }
+            Some(Handle::Bytes(b)) => Src::Bytes(b.clone()),
+            Some(Handle::Dir(_)) => return Err(FsError::IsDir),
+            None => return Err(FsError::BadHandle(fh)),
+        };
+        match src {
+            Src::Bytes(b) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                Ok(b[start..end].to_vec())
+            }
+            Src::Blob(digest, total, file) => {
+                let want = total.saturating_sub(offset).min(u64::from(size)) as usize;
+                let mut buf = vec![0u8; want];
+                file.read_exact_at(&mut buf, offset).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                        FsError::Damaged {
+                            digest: digest.clone(),
+                            message: format!("store file shorter than {total} bytes"),
+                        }
+                    } else {
+                        FsError::Store(Error::io(self.store().blob_path(&digest), e))
+                    }
+                })?;
+                Ok(buf)
+            }
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.handles.lock().remove(&fh);
+    }
+
+    /// How many repository views were computed so far: each reads that repository's manifests,
+    /// and none is computed before its repository is looked at.
+    pub fn repo_views_built(&self) -> usize {
+        self.views.built()
+    }
+
+    /// The number of open files and directories (for tests and logs).
+    pub fn open_handles(&self) -> usize {
+        self.handles.lock().len()
+    }
+
+    pub fn statfs(&self) -> FsResult<Statfs> {
+        let root = self.store().root();
+        let c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+            .map_err(|e| FsError::Store(Error::io(root, std::io::Error::other(e))))?;
+        // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return Err(FsError::Store(Error::io(
+                root,
+                std::io::Error::last_os_error(),
+            )));
+        }
+        Ok(Statfs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: st.f_namemax as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+
+    fn add_handle(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, h);
+        fh
+    }
+}
+
+fn file_attr(base: Attr, size: u64, perm: u16, mtime: SystemTime, attr_ttl: Duration) -> Attr {
+    Attr {
+        kind: Kind::File,
+        size,
+        blocks: size.div_ceil(STAT_BLOCK),
+        perm,
+        nlink: 1,
+        mtime,
+        attr_ttl,
+        ..base
+    }
+}
+
+fn child_path(path: &str, name: &str) -> Arc<str> {
+    if path.is_empty() {
+        Arc::from(name)
+    } else {
+        Arc::from(format!("{path}/{name}"))
+    }
+}
+
+fn parent_path(path: &str) -> Arc<str> {
+    Arc::from(path.rsplit_once('/').map_or("", |(p, _)| p))
+}
+
+/// The root's inode number, for the adapter.
+pub const fn root_ino() -> u64 {
+    ROOT_INO
+}

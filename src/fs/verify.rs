@@ -1,0 +1,117 @@
+//! Blobs are checked when they are opened, so the mount never serves wrong bytes: the store file
+//! must exist, be a regular file of the descriptor's size and hash to its digest. The hash is
+//! computed once per blob per mount and remembered with the file's identity (device, inode,
+//! size, mtime, ctime); a file replaced or modified since is hashed again. Opens of one blob
+//! wait for a single check; different blobs are checked in parallel.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::digest::Digest;
+use crate::error::Error;
+use crate::store::Store;
+
+use super::error::{FsError, FsResult};
+
+/// Read size while hashing a blob.
+const HASH_CHUNK: usize = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: (i64, i64),
+    ctime_ns: (i64, i64),
+}
+
+impl Identity {
+    fn of(m: &std::fs::Metadata) -> Identity {
+        Identity {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime_ns: (m.mtime(), m.mtime_nsec()),
+            ctime_ns: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+type Slot = Arc<Mutex<Option<Identity>>>;
+
+/// The blobs checked so far.
+#[derive(Default)]
+pub struct Verifier {
+    checked: Mutex<HashMap<Digest, Slot>>,
+}
+
+impl Verifier {
+    /// Opens the blob `digest` of `size` bytes, checked.
+    pub fn open(&self, store: &Store, digest: &Digest, size: u64) -> FsResult<File> {
+        let damaged = |message: String| FsError::Damaged {
+            digest: digest.clone(),
+            message,
+        };
+        let path = store.blob_path(digest);
+        let file = File::open(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => damaged("missing from the store".into()),
+            _ => FsError::Store(Error::io(&path, e)),
+        })?;
+        let meta = file
+            .metadata()
+            .map_err(|e| FsError::Store(Error::io(&path, e)))?;
+        if !meta.is_file() {
+            return Err(damaged("not a regular file in the store".into()));
+        }
+        if meta.size() != size {
+            return Err(damaged(format!(
+                "size in the store is {} bytes, expected {size}",
+                meta.size()
+            )));
+        }
+        let id = Identity::of(&meta);
+        let slot = self
+            .checked
+            .lock()
+            .entry(digest.clone())
+            .or_default()
+            .clone();
+        let mut done = slot.lock();
+        if *done == Some(id) {
+            return Ok(file);
+        }
+        let found = hash_file(&file, digest).map_err(|e| FsError::Store(Error::io(&path, e)))?;
+        if found != *digest {
+            return Err(damaged(format!(
+                "content in the store does not match its digest (found {found})"
+            )));
+        }
+        *done = Some(id);
+        Ok(file)
+    }
+}
+
+fn hash_file(file: &File, digest: &Digest) -> io::Result<Digest> {
+    // SAFETY: posix_fadvise only takes an fd we own and plain integers; it is advice.
+    unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    let mut hasher = digest.algorithm().hasher();
+    let mut buf = vec![0u8; HASH_CHUNK];
+    let mut offset = 0u64;
+    loop {
+        let n = match file.read_at(&mut buf, offset) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        offset += n as u64;
+    }
+    Ok(hasher.finish())
+}

@@ -1,0 +1,275 @@
+//! What the mount shows, computed from the image records and the store: a snapshot of the
+//! directory tree (which repository paths exist) rebuilt when the records change, and, per
+//! repository, its layout view (`index.json` bytes and the blobs reachable from its images),
+//! computed lazily the first time the repository is looked at and kept while its images stay
+//! the same. Startup reads the records only; no manifest is read until its repository is.
+//!
+//! Changes made by other processes are noticed through SQLite's `data_version`, checked at most
+//! every `REFRESH_INTERVAL`, so an image imported, tagged or removed elsewhere shows within it.
+//!
+//! Lock order: `State` is locked alone; repository views are computed outside it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::digest::{Algorithm, Digest};
+use crate::error::Result;
+use crate::layout::{self, Entry};
+use crate::oci::{Descriptor, OnMissing};
+use crate::store::{Image, Store};
+
+use super::error::{FsError, FsResult};
+
+/// How often the records are checked for changes made by other processes.
+pub const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Names a repository directory holds besides its sub-repositories; a sub-repository with one
+/// of these names is shadowed by the layout file.
+pub const LAYOUT_NAMES: [&str; 3] = ["blobs", "index.json", "oci-layout"];
+
+/// One directory of the tree: the root, a repository, or a path leading to repositories.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirInfo {
+    /// Sub-directory names (the next component of longer repository names).
+    pub children: BTreeSet<String>,
+    /// Whether this path is itself a repository (and so holds a layout).
+    pub repository: bool,
+    /// The latest update of any image at or below this path.
+    pub updated: SystemTime,
+}
+
+impl Default for DirInfo {
+    fn default() -> Self {
+        DirInfo {
+            children: BTreeSet::new(),
+            repository: false,
+            updated: UNIX_EPOCH,
+        }
+    }
+}
+
+/// The tree as the records give it at one moment.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    dirs: HashMap<String, DirInfo>,
+    repos: HashMap<String, Vec<Entry>>,
+}
+
+impl Snapshot {
+    pub fn build(images: Vec<Image>) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.dirs.insert(String::new(), DirInfo::default());
+        for image in images {
+            let repo = image.name.repository().to_owned();
+            let updated = UNIX_EPOCH + Duration::from_millis(image.updated.max(0) as u64);
+            // The repository's own directory, then every ancestor up to the root.
+            let mut path = repo.clone();
+            let mut child: Option<String> = None;
+            loop {
+                let dir = s.dirs.entry(path.clone()).or_default();
+                dir.updated = dir.updated.max(updated);
+                if child.is_none() {
+                    dir.repository = true;
+                }
+                if let Some(c) = child.take() {
+                    dir.children.insert(c);
+                }
+                if path.is_empty() {
+                    break;
+                }
+                let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+                child = Some(name.to_owned());
+                path = parent.to_owned();
+            }
+            s.repos.entry(repo).or_default().push(Entry {
+                name: image.name,
+                target: image.target,
+            });
+        }
+        s
+    }
+
+    pub fn dir(&self, path: &str) -> Option<&DirInfo> {
+        self.dirs.get(path)
+    }
+
+    pub fn entries(&self, repo: &str) -> Option<&[Entry]> {
+        self.repos.get(repo).map(Vec::as_slice)
+    }
+}
+
+/// One repository as a layout.
+#[derive(Debug)]
+pub struct RepoView {
+    pub entries: Vec<Entry>,
+    pub index: Arc<[u8]>,
+    /// The blobs reachable from the entries that are in the store.
+    pub blobs: BTreeMap<Digest, Descriptor>,
+}
+
+impl RepoView {
+    pub fn build(store: &Store, entries: Vec<Entry>) -> Result<RepoView> {
+        let blobs = layout::blobs(store, &entries, OnMissing::Skip)?;
+        let index = Arc::from(layout::index_json(&entries));
+        Ok(RepoView {
+            entries,
+            index,
+            blobs,
+        })
+    }
+
+    /// The algorithm directories under `blobs/`: sha256 always (as every layout has it), and
+    /// any other algorithm some blob uses.
+    pub fn algorithms(&self) -> BTreeSet<Algorithm> {
+        let mut algs: BTreeSet<Algorithm> = self.blobs.keys().map(Digest::algorithm).collect();
+        algs.insert(Algorithm::Sha256);
+        algs
+    }
+}
+
+struct State {
+    snapshot: Arc<Snapshot>,
+    /// `data_version` when the snapshot was built; None forces a rebuild.
+    version: Option<i64>,
+    checked: Option<Instant>,
+    repos: HashMap<String, Arc<RepoView>>,
+}
+
+/// The live view of one store.
+pub struct Views {
+    store: Arc<Store>,
+    state: Mutex<State>,
+    /// Repository views computed so far (each reads that repository's manifests).
+    built: AtomicUsize,
+}
+
+impl Views {
+    pub fn new(store: Arc<Store>) -> Views {
+        Views {
+            store,
+            state: Mutex::new(State {
+                snapshot: Arc::new(Snapshot::default()),
+                version: None,
+                checked: None,
+                repos: HashMap::new(),
+            }),
+            built: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The current tree, rebuilt first if the records changed since it was built.
+    pub fn snapshot(&self) -> FsResult<Arc<Snapshot>> {
+        let mut st = self.state.lock();
+        if st.checked.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
+            return Ok(st.snapshot.clone());
+        }
+        let records = self.store.records();
+        let version = records.data_version()?;
+        st.checked = Some(Instant::now());
+        if st.version != Some(version) {
+            let snapshot = Snapshot::build(records.list()?);
+            // Keep the views of repositories whose images did not change.
+            st.repos
+                .retain(|name, view| snapshot.entries(name) == Some(view.entries.as_slice()));
+            st.snapshot = Arc::new(snapshot);
+            st.version = Some(version);
+            tracing::debug!(version, "records changed; tree rebuilt");
+        }
+        Ok(st.snapshot.clone())
+    }
+
+    /// Forgets what was read, so that the next call reads the records again (after this
+    /// process changed them itself, which `data_version` does not report).
+    pub fn invalidate(&self) {
+        let mut st = self.state.lock();
+        st.version = None;
+        st.checked = None;
+    }
+
+    /// How many repository views were computed (each reads that repository's manifests).
+    pub fn built(&self) -> usize {
+        self.built.load(Ordering::Relaxed)
+    }
+
+    /// The layout view of `repo`, or None if no image has that repository.
+    pub fn repo(&self, repo: &str) -> FsResult<Option<Arc<RepoView>>> {
+        let snapshot = self.snapshot()?;
+        let Some(entries) = snapshot.entries(repo) else {
+            return Ok(None);
+        };
+        if let Some(v) = self.state.lock().repos.get(repo) {
+            if v.entries == entries {
+                return Ok(Some(v.clone()));
+            }
+        }
+        let view = RepoView::build(&self.store, entries.to_vec()).map_err(|source| {
+            FsError::Repository {
+                repository: repo.to_owned(),
+                source,
+            }
+        })?;
+        self.built.fetch_add(1, Ordering::Relaxed);
+        let view = Arc::new(view);
+        self.state
+            .lock()
+            .repos
+            .insert(repo.to_owned(), view.clone());
+        Ok(Some(view))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oci::tests::desc;
+    use crate::oci::MEDIA_OCI_MANIFEST;
+
+    fn image(name: &str, updated: i64) -> Image {
+        Image {
+            name: name.parse().unwrap(),
+            target: desc(
+                MEDIA_OCI_MANIFEST,
+                Digest::of(Algorithm::Sha256, name.as_bytes()),
+                1,
+            ),
+            created: updated,
+            updated,
+        }
+    }
+
+    #[test]
+    fn snapshot_nests_repositories_by_path() {
+        let s = Snapshot::build(vec![
+            image("busybox:latest", 5),
+            image("busybox:1.36", 7),
+            image("docker.io/library/alpine:3", 9),
+            image("docker.io/library/alpine/sub:1", 3),
+        ]);
+        let root = s.dir("").unwrap();
+        assert!(!root.repository);
+        assert_eq!(
+            root.children.iter().collect::<Vec<_>>(),
+            ["busybox", "docker.io"]
+        );
+        assert_eq!(root.updated, UNIX_EPOCH + Duration::from_millis(9));
+        let bb = s.dir("busybox").unwrap();
+        assert!(bb.repository && bb.children.is_empty());
+        assert_eq!(bb.updated, UNIX_EPOCH + Duration::from_millis(7));
+        assert!(!s.dir("docker.io").unwrap().repository);
+        let alpine = s.dir("docker.io/library/alpine").unwrap();
+        assert!(alpine.repository);
+        assert_eq!(alpine.children.iter().collect::<Vec<_>>(), ["sub"]);
+        assert!(s.dir("docker.io/library/alpine/sub").unwrap().repository);
+        assert!(s.dir("docker.io/library/alpin").is_none());
+        assert_eq!(s.entries("busybox").unwrap().len(), 2);
+        assert!(s.entries("docker.io").is_none());
+    }
+}

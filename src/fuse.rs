@@ -1,0 +1,526 @@
+//! The thin adapter between fuser and the filesystem core, and the mount itself: each operation
+//! calls the core and turns its result into a reply (errors through `FsError::errno`, faults
+//! logged with the file or digest they concern). It owns what only the kernel connection has:
+//! passthrough backing files (one per inode while any open lasts), the session threads, and
+//! unmounting on SIGINT or SIGTERM.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::SystemTime;
+
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+use tracing::{debug, error, info, instrument, warn};
+
+use crate::error::{Error, Result};
+use crate::fs::{Attr, Caching, Fs, FsError, Kind};
+
+/// The kernel's limit on passthrough stacking: our backing files sit on an ordinary filesystem.
+const MAX_STACK_DEPTH: u32 = 1;
+/// Requests the kernel may have in flight at once (reads and readahead run in parallel).
+const MAX_BACKGROUND: u16 = 64;
+/// Session threads when not given: enough that a slow blob check does not stall the rest.
+const MIN_THREADS: usize = 4;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    pub allow_other: bool,
+    pub read_only: bool,
+    pub passthrough: bool,
+    pub threads: Option<usize>,
+}
+
+/// Passthrough backing ids: one per inode while any open of it lasts (the kernel wants every
+/// open of an inode to use the same one), each open holding a strong reference until release.
+#[derive(Default)]
+struct Backing {
+    by_ino: HashMap<u64, Weak<fuser::BackingId>>,
+    by_fh: HashMap<u64, Arc<fuser::BackingId>>,
+}
+
+struct Adapter {
+    fs: Fs,
+    /// Passthrough was asked for and the kernel offers it; cleared on the first failure.
+    passthrough: AtomicBool,
+    backing: Mutex<Backing>,
+}
+
+fn errno(op: &str, e: &FsError) -> Errno {
+    if e.is_fault() {
+        error!("{op}: {e}");
+    } else {
+        debug!("{op}: {e}");
+    }
+    Errno::from_i32(e.errno())
+}
+
+fn file_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: a.mtime,
+        mtime: a.mtime,
+        ctime: a.mtime,
+        crtime: a.mtime,
+        kind: match a.kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+        },
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: crate::fs::BLOCK_SIZE,
+        flags: 0,
+    }
+}
+
+impl Adapter {
+    fn open_passthrough(
+        &self,
+        ino: u64,
+        fh: u64,
+        file: &std::fs::File,
+        reply: &ReplyOpen,
+    ) -> std::io::Result<Arc<fuser::BackingId>> {
+        let mut b = self.backing.lock();
+        let id = match b.by_ino.get(&ino).and_then(Weak::upgrade) {
+            Some(id) => id,
+            None => {
+                let id = Arc::new(reply.open_backing(file)?);
+                b.by_ino.insert(ino, Arc::downgrade(&id));
+                id
+            }
+        };
+        b.by_fh.insert(fh, id.clone());
+        Ok(id)
+    }
+}
+
+impl Filesystem for Adapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if self.passthrough.load(Ordering::Relaxed) {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(MAX_STACK_DEPTH).is_ok();
+            if !ok {
+                warn!(
+                    "the kernel does not offer FUSE passthrough; blobs are read through the daemon"
+                );
+            }
+            self.passthrough.store(ok, Ordering::Relaxed);
+        }
+        let _ = config.set_max_background(MAX_BACKGROUND);
+        info!(
+            passthrough = self.passthrough.load(Ordering::Relaxed),
+            "mounted"
+        );
+        Ok(())
+    }
+
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok(a) => {
+                reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
+            }
+            Err(e) => reply.error(errno("lookup", &e)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0) {
+            Ok(a) => reply.attr(&a.attr_ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno("getattr", &e)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = match self.fs.open(ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(errno("open", &e)),
+        };
+        if let (Some(file), true) = (&opened.backing, self.passthrough.load(Ordering::Relaxed)) {
+            match self.open_passthrough(ino.0, opened.fh, file, &reply) {
+                Ok(id) => {
+                    return reply.opened_passthrough(
+                        FileHandle(opened.fh),
+                        FopenFlags::empty(),
+                        &id,
+                    )
+                }
+                Err(e) => {
+                    warn!("passthrough unavailable ({e}); blobs are read through the daemon");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        let flags = match opened.caching {
+            Caching::Keep => FopenFlags::FOPEN_KEEP_CACHE,
+            Caching::Direct => FopenFlags::FOPEN_DIRECT_IO,
+        };
+        reply.opened(FileHandle(opened.fh), flags);
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, size))]
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno("read", &e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.backing.lock().by_fh.remove(&fh.0);
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is written through a read-only view; what is read is already durable.
+        reply.ok();
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("opendir", &e)),
+        }
+    }
+
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset))]
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.fs.readdir(fh.0, offset) {
+            Ok(entries) => {
+                for (i, e) in entries.iter().enumerate() {
+                    let kind = match e.kind {
+                        Kind::Dir => FileType::Directory,
+                        Kind::File => FileType::RegularFile,
+                    };
+                    if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind, &e.name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno("readdir", &e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    /// No extended attributes: the layout is plain files.
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
+        reply.error(Errno::NO_XATTR);
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(errno("statfs", &e)),
+        }
+    }
+
+    // Everything that would change the tree: the read side refuses it.
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        _size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _offset: u64,
+        _data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply.error(Errno::EROFS);
+    }
+}
+
+/// Checks that `mountpoint` is an empty directory, as mounting over files would hide them.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
+    let not_empty = || {
+        Error::Invalid(format!(
+            "{}: mount point is not an empty directory",
+            mountpoint.display()
+        ))
+    };
+    let meta = std::fs::metadata(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
+    if !meta.is_dir() {
+        return Err(not_empty());
+    }
+    let mut entries = std::fs::read_dir(mountpoint).map_err(|e| Error::io(mountpoint, e))?;
+    if entries.next().is_some() {
+        return Err(not_empty());
+    }
+    Ok(())
+}
+
+/// Mounts `fs` at `mountpoint` and serves it until it is unmounted (by `umount`,
+/// `fusermount3 -u`, SIGINT or SIGTERM).
+pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
+    check_mountpoint(mountpoint)?;
+    let signals = block_signals();
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("layoutfs".into()),
+        MountOption::Subtype("layoutfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoAtime,
+    ];
+    if options.read_only {
+        config.mount_options.push(MountOption::RO);
+    }
+    if options.allow_other {
+        config.acl = SessionACL::All;
+    }
+    let threads = options.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(MIN_THREADS, |n| (2 * n.get()).max(MIN_THREADS))
+    });
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    let adapter = Adapter {
+        fs,
+        passthrough: AtomicBool::new(options.passthrough),
+        backing: Mutex::new(Backing::default()),
+    };
+    let mut session =
+        fuser::Session::new(adapter, mountpoint, &config).map_err(|e| Error::io(mountpoint, e))?;
+    let mut unmounter = session.unmount_callable();
+    let mp = mountpoint.to_path_buf();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let mut sig = 0;
+            // SAFETY: sigwait reads the set we built and writes one int.
+            if unsafe { libc::sigwait(&signals, &mut sig) } != 0 {
+                continue;
+            }
+            info!(signal = sig, "unmounting {}", mp.display());
+            match unmounter.unmount() {
+                Ok(()) => break,
+                Err(e) => error!("unmounting {}: {e}", mp.display()),
+            }
+        })
+        .map_err(|e| Error::io(mountpoint, e))?;
+    info!(threads, "serving {}", mountpoint.display());
+    session.run().map_err(|e| Error::io(mountpoint, e))?;
+    info!("unmounted {}", mountpoint.display());
+    Ok(())
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts later, so that
+/// the signal thread alone receives them with sigwait.
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: the set is initialised by sigemptyset before use; pthread_sigmask only reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
