@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod gen;
+pub mod mount;
 
 use std::fs;
 use std::io::Write;
@@ -244,4 +245,35 @@ impl Drop for Containerd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A layout made by umoci at `dir` with image `:base` holding /etc/hello and a 2 MiB file.
+pub fn umoci_layout(env: &Env, dir: &Path) -> String {
+    require("umoci");
+    let rootfs = env.path("rootfs");
+    fs::create_dir_all(rootfs.join("etc")).unwrap();
+    fs::write(rootfs.join("etc/hello"), b"hello from layoutfs\n").unwrap();
+    let big: Vec<u8> = (0..2u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    fs::write(rootfs.join("etc/big"), &big).unwrap();
+    let image = format!("{}:base", dir.display());
+    sh(Command::new("umoci").args(["init", "--layout"]).arg(dir));
+    sh(Command::new("umoci").args(["new", "--image", &image]));
+    sh(Command::new("umoci")
+        .args(["insert", "--image", &image])
+        .arg(rootfs.join("etc"))
+        .arg("/etc"));
+    let index: serde_json::Value =
+        serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
+    index["manifests"][0]["digest"].as_str().unwrap().to_owned()
+}
+
+pub fn skopeo_digest(transport_ref: &str) -> String {
+    require("skopeo");
+    let out = sh(Command::new("skopeo").args(["inspect", "--raw", transport_ref]));
+    let v = sh(Command::new("skopeo").args(["inspect", transport_ref]));
+    let v: serde_json::Value = serde_json::from_str(&v).unwrap();
+    assert!(!out.is_empty());
+    v["Digest"].as_str().unwrap().to_owned()
 }

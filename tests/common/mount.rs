@@ -1,0 +1,110 @@
+//! A real mount for tests: `layoutfs mount` run as a child process, waited for until the kernel
+//! lists the mount, and unmounted (then killed, if need be) when the guard drops.
+#![allow(dead_code)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use super::Env;
+
+/// How long a mount may take to appear, or a daemon to exit after it is unmounted.
+const MOUNT_WAIT: Duration = Duration::from_secs(20);
+
+pub struct Mounted {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    log: PathBuf,
+}
+
+/// Whether `dir` is a mount point, from the kernel's own list.
+pub fn is_mounted(dir: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.to_str().unwrap();
+    info.lines().any(|l| l.split(' ').nth(4) == Some(dir))
+}
+
+impl Mounted {
+    /// Mounts `env`'s store on a new directory `name` of its temporary directory.
+    pub fn start(env: &Env, name: &str, extra: &[&str]) -> Mounted {
+        let dir = env.path(name);
+        fs::create_dir_all(&dir).unwrap();
+        let log = env.path(&format!("{name}.log"));
+        let mut args = vec!["mount", dir.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let child = env
+            .cmd(&args)
+            .env("LAYOUTFS_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut m = Mounted {
+            child: Some(child),
+            dir,
+            log,
+        };
+        let start = Instant::now();
+        while !is_mounted(&m.dir) {
+            if let Some(status) = m.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("layoutfs mount exited with {status}: {}", m.log());
+            }
+            assert!(start.elapsed() < MOUNT_WAIT, "no mount: {}", m.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        m
+    }
+
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.dir.join(p)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits for the daemon to exit (after something unmounted it) and returns its status.
+    pub fn wait(mut self) -> ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                start.elapsed() < MOUNT_WAIT,
+                "daemon still running: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let c = std::ffi::CString::new(self.dir.to_str().unwrap()).unwrap();
+            // SAFETY: a plain syscall on a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+        if let Some(mut child) = self.child.take() {
+            let start = Instant::now();
+            while start.elapsed() < MOUNT_WAIT {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
