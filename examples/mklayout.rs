@@ -1,5 +1,7 @@
 //! Writes a synthetic OCI layout for demos and benchmarks:
-//! `mklayout DIR TAG SIZE_MIB...` makes one image of uncompressed random layers, one per size.
+//! `mklayout DIR TAG SIZE_MIB...` makes one image of uncompressed random layers, one per size;
+//! `mklayout --many N DIR` makes N small images (one 4 KiB layer each) named `app<i>:latest`,
+//! one repository each.
 
 #[path = "../tests/common/gen.rs"]
 mod gen;
@@ -8,11 +10,37 @@ use std::path::Path;
 use std::process::ExitCode;
 
 const MIB: u64 = 1 << 20;
+/// The layer size of each `--many` image.
+const SMALL_LAYER: u64 = 4096;
+
+fn many(n: &str, dir: &str) -> ExitCode {
+    let Ok(n) = n.parse::<u64>() else {
+        eprintln!("mklayout: {n:?} is not a number of images");
+        return ExitCode::from(2);
+    };
+    let mut b = gen::LayoutBuilder::new(Path::new(dir));
+    for i in 0..n {
+        let layer = b.add_random_layer(SMALL_LAYER, i + 1);
+        let m = b.add_manifest(&[layer], "amd64");
+        b.tag(&m, Some("latest"));
+        b.index.last_mut().unwrap().annotations.insert(
+            layoutfs::oci::ANNOTATION_IMAGE_NAME.into(),
+            format!("app{i:05}:latest"),
+        );
+    }
+    b.write_index();
+    ExitCode::SUCCESS
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [flag, n, dir] = args.as_slice() {
+        if flag == "--many" {
+            return many(n, dir);
+        }
+    }
     let (Some(dir), Some(tag)) = (args.first(), args.get(1)) else {
-        eprintln!("usage: mklayout DIR TAG SIZE_MIB...");
+        eprintln!("usage: mklayout DIR TAG SIZE_MIB... | mklayout --many N DIR");
         return ExitCode::from(2);
     };
     let mut sizes = Vec::new();

@@ -30,6 +30,15 @@ const MAX_BACKGROUND: u16 = 64;
 /// Session threads when not given: enough that a slow blob check does not stall the rest.
 const MIN_THREADS: usize = 4;
 
+/// The readahead window asked of the kernel for this mount (root only), so that plain reads
+/// come in requests of 1 MiB, the most one FUSE request carries, instead of 128 KiB.
+const READAHEAD_KB: u32 = 1024;
+
+thread_local! {
+    /// Each session thread's read buffer, reused for every read it serves.
+    static READ_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// How to mount.
 #[derive(Debug, Clone)]
 pub struct MountOptions {
@@ -186,10 +195,10 @@ impl Filesystem for Adapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.fs.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
+        READ_BUF.with_borrow_mut(|buf| match self.fs.read_into(fh.0, offset, size, buf) {
+            Ok(()) => reply.data(buf),
             Err(e) => reply.error(errno("read", &e)),
-        }
+        });
     }
 
     fn flush(
@@ -485,8 +494,22 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
         passthrough: AtomicBool::new(options.passthrough),
         backing: Mutex::new(Backing::default()),
     };
-    let mut session =
-        fuser::Session::new(adapter, mountpoint, &config).map_err(|e| Error::io(mountpoint, e))?;
+    let mut session = fuser::Session::new(adapter, mountpoint, &config).map_err(|e| {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if e.kind() == std::io::ErrorKind::PermissionDenied && !root {
+            Error::Invalid(format!(
+                "{}: cannot mount: {e} (as an ordinary user, /dev/fuse must be open to users, \
+                 mode 0666 as Debian sets it, and fusermount3 from fuse3 installed)",
+                mountpoint.display()
+            ))
+        } else {
+            Error::io(mountpoint, e)
+        }
+    })?;
+    // stat of the mount point is served by the session: ask for it once the session runs.
+    let mp = mountpoint.to_path_buf();
+    std::thread::spawn(move || raise_readahead(&mp));
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()
@@ -508,6 +531,25 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     session.run().map_err(|e| Error::io(mountpoint, e))?;
     info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Sets the mount's readahead window to `READAHEAD_KB` through its backing device in sysfs (the
+/// kernel offers FUSE no larger window at init). Only root may; others keep the default.
+fn raise_readahead(mountpoint: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(mountpoint) else {
+        return;
+    };
+    let dev = meta.dev();
+    let knob = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    match std::fs::write(&knob, READAHEAD_KB.to_string()) {
+        Ok(()) => debug!("{knob} = {READAHEAD_KB}"),
+        Err(e) => debug!("{knob}: {e}; the kernel's default readahead stays"),
+    }
 }
 
 /// Blocks SIGINT, SIGTERM and SIGHUP in this thread and every thread it starts later, so that

@@ -23,7 +23,7 @@ fn busybox_env() -> Env {
     let mut b = LayoutBuilder::new(&dir);
     let shared = b.add_random_layer(1 << 20, 1);
     let own = b.add_random_layer(3 << 20, 2);
-    let m1 = b.add_manifest(&[shared.clone()], "amd64");
+    let m1 = b.add_manifest(std::slice::from_ref(&shared), "amd64");
     let m2 = b.add_manifest(&[shared, own], "amd64");
     b.tag(&m1, Some("latest"))
         .tag(&m2, Some("big"))
@@ -178,7 +178,7 @@ fn skopeo_umoci_and_containerd_read_the_mount() {
 
     // tar of the mount piped into containerd.
     let ctrd = Containerd::start();
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(&repo)
         .args(["-cf", "-", "."])
@@ -188,9 +188,10 @@ fn skopeo_umoci_and_containerd_read_the_mount() {
     let imported = ctrd
         .ctr()
         .args(["images", "import", "--no-unpack", "-"])
-        .stdin(tar.stdout.unwrap())
+        .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
+    assert!(tar.wait().unwrap().success());
     assert!(imported.status.success(), "{}", stderr(&imported));
     let listed = sh(ctrd.ctr().args(["images", "ls", "-q"]));
     assert!(listed.lines().any(|l| l == "demo:base"), "{listed}");

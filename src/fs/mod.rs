@@ -144,6 +144,8 @@ pub struct Fs {
     uid: u32,
     gid: u32,
     layout_file: Arc<[u8]>,
+    /// The time of directories with no image below them (an empty store's root).
+    started: SystemTime,
 }
 
 impl Fs {
@@ -160,6 +162,7 @@ impl Fs {
             uid,
             gid,
             layout_file: Arc::from(oci::layout_file_bytes()),
+            started: SystemTime::now(),
         }
     }
 
@@ -249,7 +252,11 @@ impl Fs {
                     + usize::from(dir.repository);
                 Attr {
                     nlink: 2 + subdirs as u32,
-                    mtime: dir.updated,
+                    mtime: if dir.updated == UNIX_EPOCH {
+                        self.started
+                    } else {
+                        dir.updated
+                    },
                     size: BLOCK_SIZE.into(),
                     ..base
                 }
@@ -430,6 +437,14 @@ impl Fs {
 
     /// Reads up to `size` bytes at `offset`; fewer only at the end of the file.
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let mut buf = Vec::new();
+        self.read_into(fh, offset, size, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Like `read`, into `buf` (cleared first), so that a caller serving many reads reuses one
+    /// buffer instead of allocating and faulting in fresh pages for each.
+    pub fn read_into(&self, fh: u64, offset: u64, size: u32, buf: &mut Vec<u8>) -> FsResult<()> {
         enum Src {
             Blob(Digest, u64, Arc<File>),
             Bytes(Arc<[u8]>),
@@ -442,16 +457,17 @@ impl Fs {
             Some(Handle::Dir(_)) => return Err(FsError::IsDir),
             None => return Err(FsError::BadHandle(fh)),
         };
+        buf.clear();
         match src {
             Src::Bytes(b) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
                 let end = start.saturating_add(size as usize).min(b.len());
-                Ok(b[start..end].to_vec())
+                buf.extend_from_slice(&b[start..end]);
             }
             Src::Blob(digest, total, file) => {
                 let want = total.saturating_sub(offset).min(u64::from(size)) as usize;
-                let mut buf = vec![0u8; want];
-                file.read_exact_at(&mut buf, offset).map_err(|e| {
+                buf.resize(want, 0);
+                file.read_exact_at(buf, offset).map_err(|e| {
                     if e.kind() == std::io::ErrorKind::UnexpectedEof {
                         FsError::Damaged {
                             digest: digest.clone(),
@@ -461,9 +477,9 @@ impl Fs {
                         FsError::Store(Error::io(self.store().blob_path(&digest), e))
                     }
                 })?;
-                Ok(buf)
             }
         }
+        Ok(())
     }
 
     pub fn release(&self, fh: u64) {
