@@ -199,6 +199,10 @@ impl Cli {
                     passthrough: !no_passthrough,
                     threads: threads.map(std::num::NonZeroUsize::get),
                 };
+                let abandoned = crate::store::remove_abandoned(&store)?;
+                if abandoned > 0 {
+                    tracing::info!("removed {abandoned} ingests of processes that are gone");
+                }
                 let fs = Fs::new(std::sync::Arc::new(store), FsOptions { read_only });
                 fuse::mount(fs, &mountpoint, &options)
             }

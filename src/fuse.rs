@@ -13,9 +13,10 @@ use std::time::SystemTime;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
+    KernelConfig, LockOwner, MountOption, OpenFlags, PollEvents, PollFlags, PollNotifier,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
+    WriteFlags,
 };
 use parking_lot::Mutex;
 use tracing::{debug, error, info, instrument, warn};
@@ -58,14 +59,33 @@ struct Backing {
 
 struct Adapter {
     fs: Fs,
+    read_only: bool,
     /// Passthrough was asked for and the kernel offers it; cleared on the first failure.
     passthrough: AtomicBool,
     backing: Mutex<Backing>,
 }
 
+/// The process a request comes from. The kernel names the calling thread, and a
+/// multi-threaded writer (skopeo, in Go) reads `index.json` on one thread and writes it on
+/// another, so the thread is mapped to its thread group; only a writable mount needs it.
+fn process_of(req: &Request) -> u32 {
+    let tid = req.pid();
+    std::fs::read_to_string(format!("/proc/{tid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Tgid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(tid)
+}
+
 fn errno(op: &str, e: &FsError) -> Errno {
     if e.is_fault() {
         error!("{op}: {e}");
+    } else if e.is_refusal() {
+        warn!("{op}: {e}");
     } else {
         debug!("{op}: {e}");
     }
@@ -130,6 +150,9 @@ impl Filesystem for Adapter {
             self.passthrough.store(ok, Ordering::Relaxed);
         }
         let _ = config.set_max_background(MAX_BACKGROUND);
+        // O_TRUNC arrives with the open (which starts a fresh upload) instead of as a separate
+        // setattr of size 0 on a file that may be an immutable blob.
+        let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
         info!(
             passthrough = self.passthrough.load(Ordering::Relaxed),
             "mounted"
@@ -137,13 +160,24 @@ impl Filesystem for Adapter {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        for name in self.fs.pending() {
+            warn!("{name} was never registered: blobs it needs did not arrive");
+        }
+    }
+
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.fs.lookup(parent.0, name) {
             Ok(a) => {
                 reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
             }
-            Err(e) => reply.error(errno("lookup", &e)),
+            Err(e) => {
+                if !self.read_only && matches!(e, FsError::NotFound) {
+                    self.fs.note_absent(parent.0, name, process_of(req));
+                }
+                reply.error(errno("lookup", &e))
+            }
         }
     }
 
@@ -156,8 +190,13 @@ impl Filesystem for Adapter {
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = match self.fs.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let pid = if self.read_only {
+            req.pid()
+        } else {
+            process_of(req)
+        };
+        let opened = match self.fs.open(ino.0, flags.0, pid) {
             Ok(o) => o,
             Err(e) => return reply.error(errno("open", &e)),
         };
@@ -183,6 +222,22 @@ impl Filesystem for Adapter {
         reply.opened(FileHandle(opened.fh), flags);
     }
 
+    /// ENOSYS tells the kernel to stop asking and report every file ready, as files on a disk
+    /// are (Go's runtime polls each file it opens); answered here only to keep fuser's
+    /// "not implemented" warning out of the log.
+    fn poll(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _ph: PollNotifier,
+        _events: PollEvents,
+        _flags: PollFlags,
+        reply: ReplyPoll,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
     #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset, size))]
     fn read(
         &self,
@@ -201,15 +256,23 @@ impl Filesystem for Adapter {
         });
     }
 
+    /// Close: what was written is acted on here, so that a bad blob fails the writer's close.
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
     fn flush(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
+        req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        if self.read_only {
+            return reply.ok();
+        }
+        match self.fs.flush(fh.0, process_of(req)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("close", &e)),
+        }
     }
 
     fn release(
@@ -227,16 +290,19 @@ impl Filesystem for Adapter {
         reply.ok();
     }
 
+    /// fsync commits like close: a committed blob is durable (the store fsyncs it).
     fn fsync(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Nothing is written through a read-only view; what is read is already durable.
-        reply.ok();
+        match self.fs.flush(fh.0, process_of(req)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", &e)),
+        }
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
@@ -325,84 +391,117 @@ impl Filesystem for Adapter {
         }
     }
 
-    // Everything that would change the tree: the read side refuses it.
+    // Writing: each call goes to the core (EROFS on a read-only mount).
 
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _mode: Option<u32>,
         _uid: Option<u32>,
         _gid: Option<u32>,
-        _size: Option<u64>,
+        size: Option<u64>,
         _atime: Option<TimeOrNow>,
         _mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        match self.fs.setattr(ino.0, fh.map(|f| f.0), size) {
+            Ok(a) => reply.attr(&a.attr_ttl, &file_attr(&a)),
+            Err(e) => reply.error(errno("setattr", &e)),
+        }
     }
 
     fn mknod(
         &self,
         _req: &Request,
         _parent: INodeNo,
-        _name: &OsStr,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        warn!("mknod {name:?}: only regular files and directories are written");
+        reply.error(Errno::EPERM);
     }
 
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
     fn mkdir(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        let r = name_str(name).and_then(|n| self.fs.mkdir(parent.0, n));
+        match r {
+            Ok(a) => {
+                reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
+            }
+            Err(e) => reply.error(errno("mkdir", &e)),
+        }
     }
 
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name).and_then(|n| self.fs.unlink(parent.0, n)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", &e)),
+        }
     }
 
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match name_str(name).and_then(|n| self.fs.rmdir(parent.0, n)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", &e)),
+        }
     }
 
     fn symlink(
         &self,
         _req: &Request,
         _parent: INodeNo,
-        _link_name: &OsStr,
+        link_name: &OsStr,
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        warn!("symlink {link_name:?}: links are refused, a layout holds regular files");
+        reply.error(Errno::EPERM);
     }
 
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name, ?newname))]
     fn rename(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+            return reply.error(Errno::EINVAL);
+        }
+        let noreplace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        let r = name_str(name).and_then(|n| {
+            let nn = name_str(newname)?;
+            self.fs
+                .rename(parent.0, n, newparent.0, nn, noreplace, process_of(req))
+        });
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", &e)),
+        }
     }
 
     fn link(
@@ -410,39 +509,58 @@ impl Filesystem for Adapter {
         _req: &Request,
         _ino: INodeNo,
         _newparent: INodeNo,
-        _newname: &OsStr,
+        newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        warn!("link {newname:?}: hard links are refused, a layout holds regular files");
+        reply.error(Errno::EPERM);
     }
 
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
     fn create(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
+        parent: INodeNo,
+        name: &OsStr,
         _mode: u32,
         _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(Errno::EROFS);
+        match name_str(name).and_then(|n| self.fs.create(parent.0, n)) {
+            Ok((a, opened)) => reply.created(
+                &a.attr_ttl,
+                &file_attr(&a),
+                Generation(0),
+                FileHandle(opened.fh),
+                FopenFlags::FOPEN_DIRECT_IO,
+            ),
+            Err(e) => reply.error(errno("create", &e)),
+        }
     }
 
     fn write(
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
-        _offset: u64,
-        _data: &[u8],
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
         _write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno("write", &e)),
+        }
     }
+}
+
+fn name_str(name: &OsStr) -> Result<&str, FsError> {
+    name.to_str()
+        .ok_or_else(|| FsError::Invalid(format!("{name:?}: names are UTF-8")))
 }
 
 /// Checks that `mountpoint` is an empty directory, as mounting over files would hide them.
@@ -491,6 +609,7 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     config.clone_fd = true;
     let adapter = Adapter {
         fs,
+        read_only: options.read_only,
         passthrough: AtomicBool::new(options.passthrough),
         backing: Mutex::new(Backing::default()),
     };

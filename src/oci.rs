@@ -48,7 +48,7 @@ pub fn kind_of(media_type: &str) -> Kind {
 }
 
 /// Layers that registries may refuse to carry; a layout may lack them.
-fn is_non_distributable(media_type: &str) -> bool {
+pub fn is_non_distributable(media_type: &str) -> bool {
     media_type.contains("nondistributable") || media_type.contains(".foreign.")
 }
 

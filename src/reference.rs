@@ -58,6 +58,14 @@ impl Reference {
         &self.repository
     }
 
+    /// The same tag or digest in another repository.
+    pub fn with_repository(&self, repository: &str) -> Result<Reference, ReferenceError> {
+        match &self.target {
+            Target::Tag(t) => Reference::tagged(repository, t),
+            Target::Digest(d) => Reference::digested(repository, d.clone()),
+        }
+    }
+
     pub fn target(&self) -> &Target {
         &self.target
     }

@@ -18,8 +18,21 @@ pub enum FsError {
     IsDir,
     #[error("read-only file system")]
     ReadOnly,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("file exists")]
+    Exists,
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("operation not permitted: {0}")]
+    NotPermitted(&'static str),
+    #[error("blob {digest}: a write past its size of {size} bytes")]
+    TooLarge { digest: Digest, size: u64 },
     #[error("unknown file handle {0}")]
     BadHandle(u64),
+    /// A write to this file failed before (its bytes were dropped); close reports it again.
+    #[error("{message}")]
+    WriteFailed { errno: i32, message: String },
     #[error("blob {digest}: {message}")]
     Damaged { digest: Digest, message: String },
     #[error("repository {repository}: {source}")]
@@ -40,14 +53,28 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle(_) => libc::EBADF,
+            FsError::WriteFailed { errno, .. } => *errno,
+            FsError::Invalid(_) => libc::EINVAL,
+            FsError::Exists => libc::EEXIST,
+            FsError::NotEmpty => libc::ENOTEMPTY,
+            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::TooLarge { .. } => libc::EFBIG,
             FsError::Damaged { .. } => libc::EIO,
             FsError::Repository { source, .. } | FsError::Store(source) => store_errno(source),
         }
     }
 
-    /// Whether the error is a fault worth a log line (the caller's mistakes are not).
+    /// Whether the error is a fault worth an error line in the log.
     pub fn is_fault(&self) -> bool {
         self.errno() == libc::EIO || self.errno() == libc::ENOSPC
+    }
+
+    /// Whether the error refuses bad input worth a warning in the log (a name, a write).
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            FsError::Invalid(_) | FsError::TooLarge { .. } | FsError::NotPermitted(_)
+        )
     }
 }
 

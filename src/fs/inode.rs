@@ -31,6 +31,8 @@ pub enum Node {
     AlgDir(Arc<str>, Algorithm),
     /// A blob, with the size its descriptors give (checked against the file on open).
     Blob(Digest, u64),
+    /// A file or directory written into the mount (see `fs::write`), by its number there.
+    Scratch(u64),
 }
 
 #[derive(Default)]
@@ -82,6 +84,36 @@ impl Inodes {
         self.table.read().nodes.get(i).cloned()
     }
 
+    /// Moves every node under repository path `from` (itself included) to the same place under
+    /// `to`, keeping their numbers: after `mv a b` the kernel's inode for `a` is `b`.
+    pub fn rename_tree(&self, from: &str, to: &str) {
+        let moved = |p: &Arc<str>| -> Option<Arc<str>> {
+            if &**p == from {
+                Some(Arc::from(to))
+            } else {
+                p.strip_prefix(from)
+                    .filter(|rest| rest.starts_with('/'))
+                    .map(|rest| Arc::from(format!("{to}{rest}")))
+            }
+        };
+        let mut t = self.table.write();
+        for i in 0..t.nodes.len() {
+            let new = match &t.nodes[i] {
+                Node::Dir(p) => moved(p).map(Node::Dir),
+                Node::LayoutFile(p) => moved(p).map(Node::LayoutFile),
+                Node::Index(p) => moved(p).map(Node::Index),
+                Node::Blobs(p) => moved(p).map(Node::Blobs),
+                Node::AlgDir(p, alg) => moved(p).map(|p| Node::AlgDir(p, *alg)),
+                Node::Blob(..) | Node::Scratch(_) => None,
+            };
+            if let Some(new) = new {
+                let old = std::mem::replace(&mut t.nodes[i], new.clone());
+                t.by_node.remove(&old);
+                t.by_node.insert(new, i as u64 + ROOT_INO);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.table.read().nodes.len()
     }
@@ -108,5 +140,15 @@ mod tests {
         assert_eq!(inodes.node(0), None);
         assert_eq!(inodes.node(999), None);
         assert_eq!(inodes.len(), 3);
+
+        let nested = inodes.ino(&Node::Dir(Arc::from("busybox/sub")));
+        let other = inodes.ino(&Node::Dir(Arc::from("busyboxes")));
+        inodes.rename_tree("busybox", "bb");
+        assert_eq!(inodes.node(a), Some(Node::Dir(Arc::from("bb"))));
+        assert_eq!(inodes.node(b), Some(Node::Index(Arc::from("bb"))));
+        assert_eq!(inodes.node(nested), Some(Node::Dir(Arc::from("bb/sub"))));
+        assert_eq!(inodes.node(other), Some(Node::Dir(Arc::from("busyboxes"))));
+        assert_eq!(inodes.ino(&Node::Dir(Arc::from("bb"))), a);
+        assert_ne!(inodes.ino(&Node::Dir(Arc::from("busybox"))), a);
     }
 }

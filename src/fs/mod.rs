@@ -17,8 +17,10 @@
 
 pub mod error;
 pub mod inode;
+pub mod upload;
 pub mod verify;
 pub mod view;
+pub mod write;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -125,6 +127,11 @@ enum Handle {
     },
     Bytes(Arc<[u8]>),
     Dir(Arc<Vec<DirEntry>>),
+    /// A file open for writing: its upload, shared with its scratch entry if it has one.
+    Upload {
+        ino: u64,
+        shared: write::Shared,
+    },
 }
 
 /// How the mount behaves.
@@ -146,6 +153,9 @@ pub struct Fs {
     layout_file: Arc<[u8]>,
     /// The time of directories with no image below them (an empty store's root).
     started: SystemTime,
+    write: Mutex<write::WriteState>,
+    /// Serialises every change of image records and pending images made through the mount.
+    write_lock: Mutex<()>,
 }
 
 impl Fs {
@@ -163,6 +173,8 @@ impl Fs {
             gid,
             layout_file: Arc::from(oci::layout_file_bytes()),
             started: SystemTime::now(),
+            write: Mutex::new(write::WriteState::default()),
+            write_lock: Mutex::new(()),
         }
     }
 
@@ -185,35 +197,73 @@ impl Fs {
 
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
+        let scratch = self.write.lock().lookup(parent, name);
+        if let Some(id) = scratch {
+            let child = Node::Scratch(id);
+            let ino = self.inodes.ino(&child);
+            return self.attr(ino, &child);
+        }
         let child = match self.node(parent)? {
             Node::Dir(path) => {
                 let snapshot = self.views.snapshot()?;
                 let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
                 match name {
-                    "oci-layout" if dir.repository => Node::LayoutFile(path),
-                    "index.json" if dir.repository => Node::Index(path),
-                    "blobs" if dir.repository => Node::Blobs(path),
+                    "oci-layout" if self.layout_visible(&snapshot, &path, name) => {
+                        Node::LayoutFile(path)
+                    }
+                    "index.json" if self.layout_visible(&snapshot, &path, name) => {
+                        Node::Index(path)
+                    }
+                    "blobs" if self.layout_visible(&snapshot, &path, name) => Node::Blobs(path),
                     _ if dir.children.contains(name) => Node::Dir(child_path(&path, name)),
                     _ => return Err(FsError::NotFound),
                 }
             }
             Node::Blobs(repo) => {
                 let alg = Algorithm::from_name(name).ok_or(FsError::NotFound)?;
-                if !self.repo(&repo)?.algorithms().contains(&alg) {
+                if !self.algorithms(&repo)?.contains(&alg) {
                     return Err(FsError::NotFound);
                 }
                 Node::AlgDir(repo, alg)
             }
             Node::AlgDir(repo, alg) => {
                 let digest = Digest::from_parts(alg.name(), name).map_err(|_| FsError::NotFound)?;
-                let view = self.repo(&repo)?;
-                let desc = view.blobs.get(&digest).ok_or(FsError::NotFound)?;
-                Node::Blob(digest, desc.size)
+                let size = self
+                    .visible_blobs(&repo, alg)?
+                    .remove(&digest)
+                    .ok_or(FsError::NotFound)?;
+                Node::Blob(digest, size)
+            }
+            Node::Scratch(id) => {
+                return match self.write.lock().scratch.get(&id).map(|s| &s.kind) {
+                    Some(write::ScratchKind::Dir) => Err(FsError::NotFound),
+                    Some(_) => Err(FsError::NotDir),
+                    None => Err(FsError::NotFound),
+                }
             }
             Node::LayoutFile(_) | Node::Index(_) | Node::Blob(..) => return Err(FsError::NotDir),
         };
         let ino = self.inodes.ino(&child);
         self.attr(ino, &child)
+    }
+
+    /// The algorithm directories of `repo`: those of its blobs and sha256 when it has images
+    /// (unless it was made with mkdir in this mount), and those made with mkdir.
+    fn algorithms(&self, repo: &str) -> FsResult<std::collections::BTreeSet<Algorithm>> {
+        let view = self.repo(repo)?;
+        let w = self.write.lock();
+        let mut algs = if view.entries.is_empty() || w.fresh.contains(repo) {
+            Default::default()
+        } else {
+            view.algorithms()
+        };
+        algs.extend(
+            w.alg_dirs
+                .iter()
+                .filter(|(r, _)| r == repo)
+                .map(|(_, a)| *a),
+        );
+        Ok(algs)
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
@@ -273,25 +323,24 @@ impl Fs {
             }
             Node::Index(repo) => {
                 let view = self.repo(repo)?;
-                let mode = if self.options.read_only {
-                    INDEX_MODE_RO
+                // A writable index.json is rewritten from what it lists, so the size the kernel
+                // saw written is not its size: no attribute caching there.
+                let (mode, ttl) = if self.options.read_only {
+                    (INDEX_MODE_RO, DYNAMIC_TTL)
                 } else {
-                    INDEX_MODE
+                    (INDEX_MODE, Duration::ZERO)
                 };
                 let mtime = self.repo_updated(repo)?;
-                file_attr(base, view.index.len() as u64, mode, mtime, DYNAMIC_TTL)
+                file_attr(base, view.index.len() as u64, mode, mtime, ttl)
             }
-            Node::Blobs(repo) => {
-                let view = self.repo(repo)?;
-                Attr {
-                    nlink: 2 + view.algorithms().len() as u32,
-                    mtime: self.repo_updated(repo)?,
-                    size: BLOCK_SIZE.into(),
-                    ..base
-                }
-            }
+            Node::Blobs(repo) => Attr {
+                nlink: 2 + self.algorithms(repo)?.len() as u32,
+                mtime: self.repo_updated(repo)?,
+                size: BLOCK_SIZE.into(),
+                ..base
+            },
             Node::AlgDir(repo, alg) => {
-                if !self.repo(repo)?.algorithms().contains(alg) {
+                if !self.algorithms(repo)?.contains(alg) {
                     return Err(FsError::NotFound);
                 }
                 Attr {
@@ -309,6 +358,24 @@ impl Fs {
                 Attr {
                     blocks,
                     ..file_attr(base, *size, BLOB_MODE, mtime, IMMUTABLE_TTL)
+                }
+            }
+            Node::Scratch(id) => {
+                let w = self.write.lock();
+                let s = w.scratch.get(id).ok_or(FsError::NotFound)?;
+                match &s.kind {
+                    write::ScratchKind::Dir => Attr {
+                        mtime: self.started,
+                        size: BLOCK_SIZE.into(),
+                        ..base
+                    },
+                    write::ScratchKind::File(shared) => {
+                        let len = shared.lock().upload.as_ref().map_or(0, |u| u.len());
+                        file_attr(base, len, INDEX_MODE, SystemTime::now(), Duration::ZERO)
+                    }
+                    write::ScratchKind::Committed(_, size) => {
+                        file_attr(base, *size, BLOB_MODE, self.started, IMMUTABLE_TTL)
+                    }
                 }
             }
         };
@@ -361,9 +428,13 @@ impl Fs {
                 let info = snapshot.dir(&path).ok_or(FsError::NotFound)?;
                 out.push(dir(".", Node::Dir(path.clone())));
                 out.push(dir("..", Node::Dir(parent_path(&path))));
-                if info.repository {
+                if self.layout_visible(&snapshot, &path, "blobs") {
                     out.push(dir("blobs", Node::Blobs(path.clone())));
+                }
+                if self.layout_visible(&snapshot, &path, "index.json") {
                     out.push(file("index.json", Node::Index(path.clone())));
+                }
+                if self.layout_visible(&snapshot, &path, "oci-layout") {
                     out.push(file("oci-layout", Node::LayoutFile(path.clone())));
                 }
                 for c in &info.children {
@@ -374,24 +445,52 @@ impl Fs {
                 }
             }
             Node::Blobs(repo) => {
-                let view = self.repo(&repo)?;
                 out.push(dir(".", Node::Blobs(repo.clone())));
                 out.push(dir("..", Node::Dir(repo.clone())));
-                for alg in view.algorithms() {
+                for alg in self.algorithms(&repo)? {
                     out.push(dir(alg.name(), Node::AlgDir(repo.clone(), alg)));
                 }
             }
             Node::AlgDir(repo, alg) => {
-                let view = self.repo(&repo)?;
                 out.push(dir(".", Node::AlgDir(repo.clone(), alg)));
                 out.push(dir("..", Node::Blobs(repo.clone())));
-                for (digest, desc) in &view.blobs {
-                    if digest.algorithm() == alg {
-                        out.push(file(digest.hex(), Node::Blob(digest.clone(), desc.size)));
-                    }
+                for (digest, size) in self.visible_blobs(&repo, alg)? {
+                    out.push(file(digest.hex(), Node::Blob(digest.clone(), size)));
                 }
             }
+            Node::Scratch(id) => {
+                let w = self.write.lock();
+                let s = w.scratch.get(&id).ok_or(FsError::NotFound)?;
+                if !matches!(s.kind, write::ScratchKind::Dir) {
+                    return Err(FsError::NotDir);
+                }
+                let parent = s.parent;
+                drop(w);
+                out.push(dir(".", Node::Scratch(id)));
+                out.push(DirEntry {
+                    ino: parent,
+                    kind: Kind::Dir,
+                    name: "..".into(),
+                });
+            }
             Node::LayoutFile(_) | Node::Index(_) | Node::Blob(..) => return Err(FsError::NotDir),
+        }
+        // What was written here: temporary files and directories, and blobs committed.
+        let w = self.write.lock();
+        for (name, id) in w.children(ino) {
+            let kind = match w.scratch.get(&id).map(|s| &s.kind) {
+                Some(write::ScratchKind::Dir) => Kind::Dir,
+                _ => Kind::File,
+            };
+            let entry = DirEntry {
+                ino: self.inodes.ino(&Node::Scratch(id)),
+                kind,
+                name,
+            };
+            match out.iter_mut().find(|e| e.name == entry.name) {
+                Some(e) => *e = entry,
+                None => out.push(entry),
+            }
         }
         Ok(out)
     }
@@ -400,13 +499,17 @@ impl Fs {
         self.handles.lock().remove(&fh);
     }
 
-    /// Opens a file for reading; `flags` are open(2)'s.
-    pub fn open(&self, ino: u64, flags: i32) -> FsResult<Opened> {
+    /// Opens a file; `flags` are open(2)'s, `pid` the opening process.
+    pub fn open(&self, ino: u64, flags: i32, pid: u32) -> FsResult<Opened> {
         let node = self.node(ino)?;
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Err(match node {
-                Node::Dir(_) | Node::Blobs(_) | Node::AlgDir(..) => FsError::IsDir,
-                _ => FsError::ReadOnly,
+            if let Node::Dir(_) | Node::Blobs(_) | Node::AlgDir(..) = node {
+                return Err(FsError::IsDir);
+            }
+            return Ok(Opened {
+                fh: self.open_for_write(ino, &node, flags)?,
+                caching: Caching::Direct,
+                backing: None,
             });
         }
         let (handle, caching, backing) = match node {
@@ -417,11 +520,29 @@ impl Fs {
             }
             // index.json changes with the images: no page cache, and every open reads the
             // current bytes whatever size the kernel last saw.
-            Node::Index(repo) => (
-                Handle::Bytes(self.repo(&repo)?.index.clone()),
-                Caching::Direct,
-                None,
-            ),
+            Node::Index(repo) => {
+                let view = self.repo(&repo)?;
+                if !self.options.read_only {
+                    self.remember_index_read(pid, &repo, &view.entries);
+                }
+                (Handle::Bytes(view.index.clone()), Caching::Direct, None)
+            }
+            Node::Scratch(id) => {
+                let kind = match self.write.lock().scratch.get(&id).map(|s| &s.kind) {
+                    Some(write::ScratchKind::File(shared)) => Ok(shared.clone()),
+                    Some(write::ScratchKind::Committed(d, size)) => Err((d.clone(), *size)),
+                    Some(write::ScratchKind::Dir) => return Err(FsError::IsDir),
+                    None => return Err(FsError::NotFound),
+                };
+                match kind {
+                    Ok(shared) => (Handle::Upload { ino, shared }, Caching::Direct, None),
+                    Err((digest, size)) => {
+                        let file = Arc::new(self.verifier.open(self.store(), &digest, size)?);
+                        let backing = Some(file.clone());
+                        (Handle::Blob { digest, size, file }, Caching::Keep, backing)
+                    }
+                }
+            }
             Node::Blob(digest, size) => {
                 let file = Arc::new(self.verifier.open(self.store(), &digest, size)?);
                 let backing = Some(file.clone());
@@ -448,17 +569,24 @@ impl Fs {
         enum Src {
             Blob(Digest, u64, Arc<File>),
             Bytes(Arc<[u8]>),
+            Upload(write::Shared),
         }
         let src = match self.handles.lock().get(&fh) {
             Some(Handle::Blob { digest, size, file }) => {
                 Src::Blob(digest.clone(), *size, file.clone())
             }
             Some(Handle::Bytes(b)) => Src::Bytes(b.clone()),
+            Some(Handle::Upload { shared, .. }) => Src::Upload(shared.clone()),
             Some(Handle::Dir(_)) => return Err(FsError::IsDir),
             None => return Err(FsError::BadHandle(fh)),
         };
         buf.clear();
         match src {
+            // A file being written reads back what was written so far.
+            Src::Upload(shared) => match shared.lock().upload.as_ref() {
+                Some(u) => u.read_at(offset, size, buf)?,
+                None => return Err(FsError::NotPermitted("the upload was committed")),
+            },
             Src::Bytes(b) => {
                 let start = usize::try_from(offset).unwrap_or(usize::MAX).min(b.len());
                 let end = start.saturating_add(size as usize).min(b.len());

@@ -59,13 +59,47 @@ pub struct Snapshot {
     repos: HashMap<String, Vec<Entry>>,
 }
 
+/// What the mount itself adds to the records: repositories made with mkdir that hold no image
+/// yet, and images written into the mount that wait for blobs.
+#[derive(Debug, Default, Clone)]
+pub struct Extra {
+    pub created: BTreeSet<String>,
+    pub pending: BTreeMap<String, Vec<Entry>>,
+}
+
 impl Snapshot {
     pub fn build(images: Vec<Image>) -> Snapshot {
+        Self::build_with(images, &Extra::default())
+    }
+
+    pub fn build_with(images: Vec<Image>, extra: &Extra) -> Snapshot {
         let mut s = Snapshot::default();
         s.dirs.insert(String::new(), DirInfo::default());
-        for image in images {
-            let repo = image.name.repository().to_owned();
-            let updated = UNIX_EPOCH + Duration::from_millis(image.updated.max(0) as u64);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let created = extra.created.iter().map(|repo| (repo.clone(), None));
+        let pending = extra
+            .pending
+            .values()
+            .flatten()
+            .map(|e| (e.name.repository().to_owned(), Some(e.clone())));
+        let registered = images.into_iter().map(|i| {
+            let updated = i.updated;
+            let e = Entry {
+                name: i.name,
+                target: i.target,
+            };
+            (e.name.repository().to_owned(), Some((e, updated)))
+        });
+        let all = registered.chain(
+            created
+                .chain(pending)
+                .map(|(repo, e)| (repo, e.map(|e| (e, now_ms)))),
+        );
+        for (repo, item) in all {
+            let updated = UNIX_EPOCH
+                + Duration::from_millis(item.as_ref().map_or(now_ms, |(_, u)| *u).max(0) as u64);
             // The repository's own directory, then every ancestor up to the root.
             let mut path = repo.clone();
             let mut child: Option<String> = None;
@@ -85,10 +119,10 @@ impl Snapshot {
                 child = Some(name.to_owned());
                 path = parent.to_owned();
             }
-            s.repos.entry(repo).or_default().push(Entry {
-                name: image.name,
-                target: image.target,
-            });
+            let entries = s.repos.entry(repo).or_default();
+            if let Some((e, _)) = item {
+                entries.push(e);
+            }
         }
         s
     }
@@ -143,6 +177,7 @@ struct State {
 pub struct Views {
     store: Arc<Store>,
     state: Mutex<State>,
+    extra: Mutex<Extra>,
     /// Repository views computed so far (each reads that repository's manifests).
     built: AtomicUsize,
 }
@@ -158,6 +193,7 @@ impl Views {
                 repos: HashMap::new(),
             }),
             built: AtomicUsize::new(0),
+            extra: Mutex::new(Extra::default()),
         }
     }
 
@@ -175,7 +211,8 @@ impl Views {
         let version = records.data_version()?;
         st.checked = Some(Instant::now());
         if st.version != Some(version) {
-            let snapshot = Snapshot::build(records.list()?);
+            let extra = self.extra.lock().clone();
+            let snapshot = Snapshot::build_with(records.list()?, &extra);
             // Keep the views of repositories whose images did not change.
             st.repos
                 .retain(|name, view| snapshot.entries(name) == Some(view.entries.as_slice()));
@@ -184,6 +221,23 @@ impl Views {
             tracing::debug!(version, "records changed; tree rebuilt");
         }
         Ok(st.snapshot.clone())
+    }
+
+    /// Changes what the mount adds to the records, and rebuilds the tree at the next look.
+    pub fn update_extra<T>(&self, f: impl FnOnce(&mut Extra) -> T) -> T {
+        let out = f(&mut self.extra.lock());
+        self.invalidate();
+        out
+    }
+
+    /// Drops the cached view of `repo`, whose blobs changed without its images changing.
+    pub fn forget_repo(&self, repo: &str) {
+        self.state.lock().repos.remove(repo);
+    }
+
+    /// A copy of what the mount adds to the records.
+    pub fn extra(&self) -> Extra {
+        self.extra.lock().clone()
     }
 
     /// Forgets what was read, so that the next call reads the records again (after this

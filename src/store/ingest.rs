@@ -25,6 +25,9 @@ pub const COPY_CHUNK: usize = 1 << 20;
 /// finds little left to do and disk writes overlap hashing.
 const WRITEBACK_STEP: u64 = 16 << 20;
 
+/// The file in an ingest directory that holds the bytes.
+const DATA_FILE: &str = "data";
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 /// One blob being written.
@@ -46,29 +49,7 @@ impl<'s> Ingest<'s> {
         expected: &Digest,
         expected_size: Option<u64>,
     ) -> Result<Ingest<'s>> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let id = format!(
-            "{}-{}-{nanos}",
-            std::process::id(),
-            NEXT_ID.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = store.root().join(super::INGEST_DIR).join(id);
-        fs::create_dir(&dir).at(&dir)?;
-        let data = dir.join("data");
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&data);
-        let file = match file {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                return Err(Error::io(data, e));
-            }
-        };
+        let (dir, file) = new_ingest(store)?;
         Ok(Ingest {
             store,
             dir,
@@ -103,7 +84,7 @@ impl<'s> Ingest<'s> {
             }
         }
         self.hasher.update(buf);
-        self.file.write_all(buf).at(self.dir.join("data"))?;
+        self.file.write_all(buf).at(self.dir.join(DATA_FILE))?;
         self.written = after;
         if self.written - self.flushed_to >= WRITEBACK_STEP {
             start_writeback(&self.file, self.flushed_to, self.written - self.flushed_to);
@@ -147,7 +128,7 @@ impl<'s> Ingest<'s> {
     }
 
     fn finish(&mut self) -> Result<bool> {
-        let data = self.dir.join("data");
+        let data = self.dir.join(DATA_FILE);
         if let Some(size) = self.expected_size {
             if self.written != size {
                 return Err(Error::SizeMismatch {
@@ -165,19 +146,7 @@ impl<'s> Ingest<'s> {
                 found,
             });
         }
-        let target = self.store.blob_path(&self.expected);
-        if target.exists() {
-            return Ok(false);
-        }
-        self.file.sync_all().at(&data)?;
-        self.file
-            .set_permissions(Permissions::from_mode(BLOB_MODE))
-            .at(&data)?;
-        let placed = rename_no_replace(&data, &target).at(&target)?;
-        if placed {
-            sync_dir(target.parent().unwrap_or(Path::new(".")))?;
-        }
-        Ok(placed)
+        place(self.store, &self.file, &data, &self.expected)
     }
 }
 
@@ -187,6 +156,79 @@ impl Drop for Ingest<'_> {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// Creates `ingest/<id>/` with an empty `data` file in it (mode 0600), for one blob's bytes. The
+/// id starts with this process's pid, so that a later process can tell abandoned ingests.
+pub fn new_ingest(store: &Store) -> Result<(PathBuf, File)> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let id = format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        NEXT_ID.fetch_add(1, Ordering::Relaxed)
+    );
+    let dir = store.root().join(super::INGEST_DIR).join(id);
+    fs::create_dir(&dir).at(&dir)?;
+    let data = dir.join(DATA_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&data);
+    match file {
+        Ok(f) => Ok((dir, f)),
+        Err(e) => {
+            let _ = fs::remove_dir_all(&dir);
+            Err(Error::io(data, e))
+        }
+    }
+}
+
+/// Moves `file`, the verified content of `expected` at `data`, into the store: fsync, mode
+/// 0444, rename unless the blob is there already, fsync of the directory. Returns false when
+/// the blob was already there (the data is left for the caller to remove).
+pub fn place(store: &Store, file: &File, data: &Path, expected: &Digest) -> Result<bool> {
+    let target = store.blob_path(expected);
+    if target.exists() {
+        return Ok(false);
+    }
+    file.sync_all().at(data)?;
+    file.set_permissions(Permissions::from_mode(BLOB_MODE))
+        .at(data)?;
+    let placed = rename_no_replace(data, &target).at(&target)?;
+    if placed {
+        sync_dir(target.parent().unwrap_or(Path::new(".")))?;
+    }
+    Ok(placed)
+}
+
+/// Removes the ingests of processes that are gone (killed mid-write): their data can never be
+/// committed. Returns how many were removed.
+pub fn remove_abandoned(store: &Store) -> Result<usize> {
+    let dir = store.root().join(super::INGEST_DIR);
+    let mut removed = 0;
+    for e in fs::read_dir(&dir).at(&dir)? {
+        let e = e.at(&dir)?;
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let alive = pid == std::process::id() as i32
+            || unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !alive && fs::remove_dir_all(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Renames `from` to `to` unless `to` exists; returns whether it renamed. A blob in place is

@@ -65,10 +65,19 @@ impl Records {
 
     /// Registers (or re-points) images, all or none.
     pub fn put(&self, images: &[(Reference, Descriptor)]) -> Result<()> {
+        self.update(images, &[])
+    }
+
+    /// In one transaction: removes `remove` (names that are not there are ignored) and
+    /// registers `put`. What a write into the mount does to a repository.
+    pub fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()> {
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for name in remove {
+            tx.execute("DELETE FROM images WHERE name = ?1", [name.to_string()])?;
+        }
         let now = now_ms();
-        for (name, target) in images {
+        for (name, target) in put {
             let json = serde_json::to_string(target).map_err(|e| Error::Invalid(e.to_string()))?;
             tx.execute(
                 "INSERT INTO images (name, repository, descriptor, created, updated)

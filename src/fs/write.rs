@@ -1,0 +1,1201 @@
+//! The write side of the mount: copying a layout in imports it.
+//!
+//! - `mkdir` under the root makes a repository (its name checked, EINVAL otherwise); inside a
+//!   repository, a directory whose name is no repository component (`.umoci-*`) is scratch.
+//! - Every regular file written is an `Upload` in the store's ingest area. What happens to it
+//!   depends on where it is when it is closed, fsynced or renamed: at `blobs/<alg>/<hex>` it
+//!   is verified and committed (a mismatch fails that call with EIO and nothing enters the
+//!   store); as `index.json` it sets the repository's images; as `oi-layout` it is checked; under
+//!   any other name it is a temporary file that reads back what was written and vanishes at
+//!   unmount.
+//! - `index.json` sets the repository's images to what it lists. A writer removes only images it
+//!   saw: if the writing process read `index.json` before, the names it read are what it may
+//!   remove, so two tools adding tags at once lose none; otherwise (cp, tar) every image of the
+//!   repository not listed goes. An image whose blobs are not all in the store yet waits
+//!   (pending, shown in `index.json`) and is registered when its last blob commits.
+//! - `rm -r` of a repository removes its images (unlinking `index.json` does); unlinking a blob,
+//!   `oci-layout` or `rmdir` of `blobs/` changes nothing, as blobs leave the store only by gc.
+//!   `mv` of a repository directory renames its images.
+//!
+//! Lock order: `write_lock` (serialises every change of records and pending images), then the
+//! scratch table, the views and the records, each a leaf.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::OsStr;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, Result};
+use crate::layout::{self, Entry};
+use crate::oci::{self, Descriptor, ImageIndex, Kind as MediaKind, MAX_DEPTH};
+use crate::reference::{check_repository, check_tag, Reference};
+use crate::store::Store;
+
+use super::error::{FsError, FsResult};
+use super::inode::Node;
+use super::upload::Upload;
+
+/// An upload and whether it changed since it was last acted on.
+pub struct Writing {
+    pub upload: Option<Upload>,
+    pub dirty: bool,
+    /// Why a write failed: the upload is dropped then (giving its space back on a full disk),
+    /// and close fails with the same error.
+    pub failed: Option<(i32, String)>,
+}
+
+pub type Shared = Arc<Mutex<Writing>>;
+
+impl Writing {
+    pub fn shared(upload: Upload) -> Shared {
+        Arc::new(Mutex::new(Writing {
+            upload: Some(upload),
+            dirty: true,
+            failed: None,
+        }))
+    }
+}
+
+pub enum ScratchKind {
+    Dir,
+    File(Shared),
+    /// A file that became the blob `digest`: it stays listed under its name for the mount's
+    /// life, so that what the writer does next (chmod, utime, stat) finds it.
+    Committed(Digest, u64),
+}
+
+pub struct Scratch {
+    pub parent: u64,
+    pub name: String,
+    pub repo: Arc<str>,
+    pub kind: ScratchKind,
+}
+
+/// What the writes of this mount hold in memory.
+#[derive(Default)]
+pub struct WriteState {
+    pub scratch: HashMap<u64, Scratch>,
+    pub names: HashMap<(u64, String), u64>,
+    next: u64,
+    /// Algorithm directories made with mkdir, per repository.
+    pub alg_dirs: BTreeSet<(String, Algorithm)>,
+    /// The names a process last read in a repository's `index.json`: what it may remove.
+    pub seen: HashMap<(u32, String), BTreeSet<Reference>>,
+    /// Sizes of the blobs pending images wait for, to refuse a write past them.
+    pub wanted: HashMap<Digest, u64>,
+    /// Layout names (`oci-layout`, `index.json`, `blobs`) shown (true) or unlinked (false)
+    /// in a repository regardless of its images: a repository made with mkdir starts empty so
+    /// that cp and tar can create its files, and a name tar unlinks before rewriting it is gone
+    /// until it is written again.
+    pub layout_names: BTreeMap<(String, String), bool>,
+    /// Repositories made with mkdir in this mount: their layout names show only once written,
+    /// as on a disk, so that cp's exclusive creates of them succeed whatever order it copies in.
+    pub fresh: BTreeSet<String>,
+    /// Blobs unlinked from a repository's listing (tar unlinks before it rewrites a file; rm -r
+    /// unlinks everything). They stay in the store, and show again when written again.
+    pub hidden: BTreeSet<(String, Digest)>,
+}
+
+/// Bound on remembered `index.json` reads; past it the oldest knowledge is dropped.
+const MAX_SEEN: usize = 4096;
+
+impl WriteState {
+    pub fn add(&mut self, parent: u64, name: &str, repo: Arc<str>, kind: ScratchKind) -> u64 {
+        self.next += 1;
+        let id = self.next;
+        if let Some(old) = self.names.insert((parent, name.to_owned()), id) {
+            self.scratch.remove(&old);
+        }
+        self.scratch.insert(
+            id,
+            Scratch {
+                parent,
+                name: name.to_owned(),
+                repo,
+                kind,
+            },
+        );
+        id
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
+        self.names.get(&(parent, name.to_owned())).copied()
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<Scratch> {
+        let s = self.scratch.remove(&id)?;
+        self.names.remove(&(s.parent, s.name.clone()));
+        Some(s)
+    }
+
+    pub fn children(&self, parent: u64) -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = self
+            .names
+            .iter()
+            .filter(|((p, _), _)| *p == parent)
+            .map(|((_, n), id)| (n.clone(), *id))
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn move_to(&mut self, id: u64, parent: u64, name: &str) {
+        if let Some(old) = self.names.remove(&(parent, name.to_owned())) {
+            if old != id {
+                self.scratch.remove(&old);
+            }
+        }
+        if let Some(s) = self.scratch.get_mut(&id) {
+            self.names.remove(&(s.parent, s.name.clone()));
+            s.parent = parent;
+            s.name = name.to_owned();
+            self.names.insert((parent, name.to_owned()), id);
+        }
+    }
+
+    /// What process `pid` saw of `repo`, forgetting it: the names it read, or none when it
+    /// found the repository (or a directory above it) missing.
+    pub fn seen_by(&mut self, pid: u32, repo: &str) -> Option<BTreeSet<Reference>> {
+        if let Some(names) = self.seen.remove(&(pid, repo.to_owned())) {
+            return Some(names);
+        }
+        let mut prefix = repo;
+        while let Some((up, _)) = prefix.rsplit_once('/') {
+            if self.seen.contains_key(&(pid, up.to_owned())) {
+                return Some(BTreeSet::new());
+            }
+            prefix = up;
+        }
+        None
+    }
+
+    pub fn remember_read(&mut self, pid: u32, repo: &str, names: BTreeSet<Reference>) {
+        if self.seen.len() >= MAX_SEEN {
+            self.seen.clear();
+        }
+        self.seen.insert((pid, repo.to_owned()), names);
+    }
+}
+
+/// The name an image listed in a repository's `index.json` gets in that repository: the tag in
+/// `org.opencontainers.image.ref.name` (or the tag of a full name there), else its digest.
+pub fn name_in_repo(repo: &str, d: &Descriptor) -> Result<Reference> {
+    match d.annotations.get(oci::ANNOTATION_REF_NAME) {
+        Some(r) if check_tag(r).is_ok() => Ok(Reference::tagged(repo, r)?),
+        Some(r) => {
+            let full: Reference = r.parse().map_err(|_| {
+                Error::layout(
+                    "index.json",
+                    format!(
+                        "{} {r:?} is neither a tag nor a full image name",
+                        oci::ANNOTATION_REF_NAME
+                    ),
+                )
+            })?;
+            match full.tag() {
+                Some(t) => Ok(Reference::tagged(repo, t)?),
+                None => Ok(Reference::digested(repo, d.digest.clone())?),
+            }
+        }
+        None => Ok(Reference::digested(repo, d.digest.clone())?),
+    }
+}
+
+/// Parses `index.json` bytes written into `repo` into the images it names.
+pub fn parse_index(repo: &str, bytes: &[u8]) -> Result<BTreeMap<Reference, Descriptor>> {
+    let index = ImageIndex::parse("index.json", bytes)?;
+    let mut out = BTreeMap::new();
+    for d in &index.manifests {
+        let name = name_in_repo(repo, d)?;
+        let target = layout::unnamed_descriptor(d);
+        if let Some(prev) = out.insert(name.clone(), target.clone()) {
+            if prev.digest != target.digest {
+                return Err(Error::layout(
+                    "index.json",
+                    format!("{name} names both {} and {}", prev.digest, target.digest),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The blobs below `root` (itself included) that the store does not have yet. Blobs that are
+/// there are checked for size, and manifests and indexes among them are read (and re-hashed).
+pub fn missing_blobs(store: &Store, root: &Descriptor) -> Result<Vec<Descriptor>> {
+    let mut out = Vec::new();
+    let mut seen = BTreeSet::new();
+    walk_missing(store, root, 0, &mut seen, &mut out)?;
+    Ok(out)
+}
+
+fn walk_missing(
+    store: &Store,
+    d: &Descriptor,
+    depth: usize,
+    seen: &mut BTreeSet<Digest>,
+    out: &mut Vec<Descriptor>,
+) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(Error::Json {
+            file: format!("blob {}", d.digest),
+            message: format!("nested deeper than {MAX_DEPTH} levels"),
+        });
+    }
+    if !seen.insert(d.digest.clone()) {
+        return Ok(());
+    }
+    match oci::BlobSource::blob_size(store, &d.digest)? {
+        None if oci::is_non_distributable(&d.media_type) => return Ok(()),
+        None => {
+            out.push(d.clone());
+            return Ok(());
+        }
+        Some(size) if size != d.size => {
+            return Err(Error::SizeMismatch {
+                digest: d.digest.clone(),
+                expected: d.size,
+                found: size,
+            })
+        }
+        Some(_) => {}
+    }
+    if oci::kind_of(&d.media_type) == MediaKind::Leaf {
+        return Ok(());
+    }
+    let bytes = oci::BlobSource::read_small(store, d)?;
+    for c in oci::children(d, &bytes)? {
+        walk_missing(store, &c, depth + 1, seen, out)?;
+    }
+    Ok(())
+}
+
+impl super::Fs {
+    /// Whether the layout name `name` shows in repository directory `path`: always when it has
+    /// images, else once written.
+    pub(super) fn layout_visible(
+        &self,
+        snapshot: &super::view::Snapshot,
+        path: &str,
+        name: &str,
+    ) -> bool {
+        match snapshot.dir(path) {
+            Some(d) if d.repository => {
+                let key = (path.to_owned(), name.to_owned());
+                let w = self.write.lock();
+                match w.layout_names.get(&key) {
+                    Some(shown) => *shown,
+                    None if w.fresh.contains(path) => false,
+                    None => snapshot.entries(path).is_some_and(|e| !e.is_empty()),
+                }
+            }
+            _ => false,
+        }
+    }
+
+    /// The blobs listed in `repo`'s `blobs/<alg>/`: those of its images, less the unlinked;
+    /// none in a repository made with mkdir in this mount, which lists what was written.
+    pub(super) fn visible_blobs(
+        &self,
+        repo: &str,
+        alg: Algorithm,
+    ) -> FsResult<BTreeMap<Digest, u64>> {
+        let view = self.repo(repo)?;
+        let w = self.write.lock();
+        if w.fresh.contains(repo) {
+            return Ok(BTreeMap::new());
+        }
+        Ok(view
+            .blobs
+            .iter()
+            .filter(|(d, _)| {
+                d.algorithm() == alg && !w.hidden.contains(&(repo.to_owned(), (*d).clone()))
+            })
+            .map(|(d, desc)| (d.clone(), desc.size))
+            .collect())
+    }
+
+    fn writable(&self) -> FsResult<()> {
+        if self.options.read_only {
+            Err(FsError::ReadOnly)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The repository a directory-like node belongs to, if any.
+    fn repo_of(&self, node: &Node) -> Option<Arc<str>> {
+        match node {
+            Node::Dir(p) => {
+                let snapshot = self.views.snapshot().ok()?;
+                snapshot.dir(p).filter(|d| d.repository).map(|_| p.clone())
+            }
+            Node::Blobs(r) | Node::AlgDir(r, _) | Node::Index(r) | Node::LayoutFile(r) => {
+                Some(r.clone())
+            }
+            Node::Scratch(id) => self.write.lock().scratch.get(id).map(|s| s.repo.clone()),
+            Node::Blob(..) => None,
+        }
+    }
+
+    pub fn mkdir(&self, parent: u64, name: &str) -> FsResult<super::Attr> {
+        self.writable()?;
+        if self.lookup(parent, std::ffi::OsStr::new(name)).is_ok() {
+            return Err(FsError::Exists);
+        }
+        let node = self.node(parent)?;
+        let child = match &node {
+            Node::Dir(path) if name == "blobs" && self.repo_of(&node).is_some() => {
+                self.show_layout_name(path, name, true);
+                Node::Blobs(path.clone())
+            }
+            Node::Dir(path) => {
+                let new = super::child_path(path, name);
+                if let (Some(repo), Err(_)) = (self.repo_of(&node), check_repository(name)) {
+                    let id = self.write.lock().add(parent, name, repo, ScratchKind::Dir);
+                    Node::Scratch(id)
+                } else {
+                    check_repository(&new).map_err(|why| {
+                        FsError::Invalid(format!("{new:?} is not a repository name: {why}"))
+                    })?;
+                    self.views
+                        .update_extra(|x| x.created.insert(new.to_string()));
+                    self.write.lock().fresh.insert(new.to_string());
+                    Node::Dir(new)
+                }
+            }
+            Node::Blobs(repo) => {
+                let alg = Algorithm::from_name(name).ok_or_else(|| {
+                    FsError::Invalid(format!(
+                        "{repo}/blobs/{name}: not a digest algorithm (sha256, sha512)"
+                    ))
+                })?;
+                self.write.lock().alg_dirs.insert((repo.to_string(), alg));
+                Node::AlgDir(repo.clone(), alg)
+            }
+            Node::Scratch(_) => {
+                let repo = self.repo_of(&node).ok_or(FsError::NotFound)?;
+                Node::Scratch(self.write.lock().add(parent, name, repo, ScratchKind::Dir))
+            }
+            Node::AlgDir(repo, alg) => {
+                return Err(FsError::Invalid(format!(
+                    "{repo}/blobs/{}/{name}: no directories among blobs",
+                    alg.name()
+                )))
+            }
+            _ => return Err(FsError::NotDir),
+        };
+        let ino = self.inodes.ino(&child);
+        self.attr(ino, &child)
+    }
+
+    /// Creates a regular file: an upload, at a blob's name or a temporary one.
+    pub fn create(&self, parent: u64, name: &str) -> FsResult<(super::Attr, super::Opened)> {
+        self.writable()?;
+        let node = self.node(parent)?;
+        let repo = self.repo_of(&node).ok_or_else(|| {
+            FsError::Invalid(format!(
+                "{name}: files go into a repository directory (mkdir one first)"
+            ))
+        })?;
+        if let (Node::Dir(path), "index.json" | "oci-layout") = (&node, name) {
+            self.show_layout_name(path, name, true);
+            let child = if name == "index.json" {
+                Node::Index(path.clone())
+            } else {
+                Node::LayoutFile(path.clone())
+            };
+            let ino = self.inodes.ino(&child);
+            let fh = self.open_for_write(ino, &child, libc::O_TRUNC)?;
+            let attr = self.attr(ino, &child)?;
+            return Ok((
+                attr,
+                super::Opened {
+                    fh,
+                    caching: super::Caching::Direct,
+                    backing: None,
+                },
+            ));
+        }
+        let alg = match &node {
+            Node::AlgDir(_, alg) => {
+                check_blob_name(&repo, *alg, name)?;
+                if let Ok(d) = Digest::from_parts(alg.name(), name) {
+                    self.write.lock().hidden.remove(&(repo.to_string(), d));
+                }
+                *alg
+            }
+            Node::Dir(_) | Node::Blobs(_) | Node::Scratch(_) => Algorithm::Sha256,
+            _ => return Err(FsError::NotDir),
+        };
+        let shared = Writing::shared(Upload::new(self.store(), alg)?);
+        let id = self
+            .write
+            .lock()
+            .add(parent, name, repo, ScratchKind::File(shared.clone()));
+        let child = Node::Scratch(id);
+        let ino = self.inodes.ino(&child);
+        let attr = self.attr(ino, &child)?;
+        let fh = self.add_handle(super::Handle::Upload { ino, shared });
+        Ok((
+            attr,
+            super::Opened {
+                fh,
+                caching: super::Caching::Direct,
+                backing: None,
+            },
+        ))
+    }
+
+    /// Opens an existing file for writing: a new upload that replaces nothing until it is
+    /// acted on.
+    pub(super) fn open_for_write(&self, ino: u64, node: &Node, flags: i32) -> FsResult<u64> {
+        self.writable()?;
+        let truncate = flags & libc::O_TRUNC != 0;
+        let shared = match node {
+            Node::Scratch(id) => match &self.write.lock().scratch.get(id).map(|s| &s.kind) {
+                Some(ScratchKind::File(shared)) => shared.clone(),
+                // Written again (skopeo rewrites a manifest it finds): a new upload, verified
+                // against the same name when it is closed.
+                Some(ScratchKind::Committed(digest, _)) => {
+                    let w = Writing::shared(Upload::new(self.store(), digest.algorithm())?);
+                    w.lock().dirty = false;
+                    w
+                }
+                _ => return Err(FsError::IsDir),
+            },
+            Node::Index(repo) | Node::LayoutFile(repo) => {
+                let mut upload = Upload::new(self.store(), Algorithm::Sha256)?;
+                if !truncate {
+                    let current = match node {
+                        Node::Index(_) => self.repo(repo)?.index.to_vec(),
+                        _ => self.layout_file.to_vec(),
+                    };
+                    upload.write_at(0, &current)?;
+                }
+                let w = Writing::shared(upload);
+                w.lock().dirty = truncate;
+                w
+            }
+            Node::Blob(digest, _) => {
+                let w = Writing::shared(Upload::new(self.store(), digest.algorithm())?);
+                w.lock().dirty = false;
+                w
+            }
+            _ => return Err(FsError::IsDir),
+        };
+        if truncate {
+            let mut w = shared.lock();
+            if let Some(u) = w.upload.as_mut() {
+                u.truncate(0)?;
+            }
+            w.dirty = true;
+        }
+        Ok(self.add_handle(super::Handle::Upload { ino, shared }))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (ino, shared) = self.upload_handle(fh)?;
+        let limit = match self.node(ino)? {
+            Node::Blob(digest, size) => Some((digest, size)),
+            Node::Scratch(id) => self.scratch_blob(id).and_then(|(_, d)| {
+                let size = *self.write.lock().wanted.get(&d)?;
+                Some((d, size))
+            }),
+            Node::Index(_) | Node::LayoutFile(_) => None,
+            _ => return Err(FsError::IsDir),
+        };
+        if let Some((digest, size)) = limit {
+            if offset + data.len() as u64 > size {
+                return Err(FsError::TooLarge { digest, size });
+            }
+        }
+        let mut w = shared.lock();
+        if let Some((errno, message)) = &w.failed {
+            return Err(FsError::WriteFailed {
+                errno: *errno,
+                message: message.clone(),
+            });
+        }
+        let upload = w
+            .upload
+            .as_mut()
+            .ok_or(FsError::NotPermitted("a committed blob never changes"))?;
+        if let Err(e) = upload.write_at(offset, data) {
+            let e = FsError::from(e);
+            w.upload = None;
+            w.failed = Some((e.errno(), format!("an earlier write failed: {e}")));
+            return Err(e);
+        }
+        w.dirty = true;
+        Ok(data.len() as u32)
+    }
+
+    fn upload_handle(&self, fh: u64) -> FsResult<(u64, Shared)> {
+        match self.handles.lock().get(&fh) {
+            Some(super::Handle::Upload { ino, shared }) => Ok((*ino, shared.clone())),
+            Some(_) => Err(FsError::NotPermitted("not open for writing")),
+            None => Err(FsError::BadHandle(fh)),
+        }
+    }
+
+    /// The repository and digest a scratch file is named for, when it sits at
+    /// `blobs/<alg>/<hex>`.
+    fn scratch_blob(&self, id: u64) -> Option<(Arc<str>, Digest)> {
+        let (parent, name) = {
+            let w = self.write.lock();
+            let s = w.scratch.get(&id)?;
+            (s.parent, s.name.clone())
+        };
+        match self.inodes.node(parent)? {
+            Node::AlgDir(repo, alg) => Digest::from_parts(alg.name(), &name)
+                .ok()
+                .map(|d| (repo, d)),
+            _ => None,
+        }
+    }
+
+    /// Acts on what was written through `fh` (on close and fsync): commits a blob, applies
+    /// `index.json`, checks `oci-layout`. Temporary files wait.
+    pub fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
+        let (ino, shared) = match self.upload_handle(fh) {
+            Ok(h) => h,
+            Err(FsError::NotPermitted(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        {
+            let w = shared.lock();
+            if let Some((errno, message)) = &w.failed {
+                return Err(FsError::WriteFailed {
+                    errno: *errno,
+                    message: message.clone(),
+                });
+            }
+            if !w.dirty {
+                return Ok(());
+            }
+        }
+        self.finish(ino, &shared, pid)
+    }
+
+    fn finish(&self, ino: u64, shared: &Shared, pid: u32) -> FsResult<()> {
+        match self.node(ino)? {
+            Node::Index(repo) => {
+                let bytes = {
+                    let mut w = shared.lock();
+                    let u = w.upload.as_ref().ok_or(FsError::BadHandle(ino))?;
+                    let b = u.read_small("index.json", oci::MAX_JSON_SIZE)?;
+                    w.dirty = false;
+                    b
+                };
+                self.apply_index(&repo, &bytes, pid)
+            }
+            Node::LayoutFile(repo) => {
+                let mut w = shared.lock();
+                let u = w.upload.as_ref().ok_or(FsError::BadHandle(ino))?;
+                let what = format!("{repo}/oci-layout");
+                oci::check_layout_file(&what, &u.read_small(&what, oci::MAX_JSON_SIZE)?)?;
+                w.dirty = false;
+                Ok(())
+            }
+            Node::Blob(digest, size) => {
+                let upload = shared.lock().upload.take();
+                if let Some(u) = upload {
+                    u.commit(self.store(), &digest, Some(size))?;
+                }
+                Ok(())
+            }
+            Node::Scratch(id) => {
+                let Some((repo, digest)) = self.scratch_blob(id) else {
+                    return Ok(()); // a temporary file
+                };
+                self.commit_scratch(id, &repo, &digest, shared)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn commit_scratch(
+        &self,
+        id: u64,
+        repo: &str,
+        digest: &Digest,
+        shared: &Shared,
+    ) -> FsResult<()> {
+        let upload = shared.lock().upload.take();
+        let Some(upload) = upload else {
+            return Ok(());
+        };
+        let size = upload.len();
+        let wanted = self.write.lock().wanted.get(digest).copied();
+        if let Err(e) = upload.commit(self.store(), digest, wanted) {
+            // Nothing entered the store, and the name holds nothing: it is gone.
+            self.write.lock().remove(id);
+            return Err(e.into());
+        }
+        if let Some(s) = self.write.lock().scratch.get_mut(&id) {
+            s.kind = ScratchKind::Committed(digest.clone(), size);
+        }
+        self.views.forget_repo(repo);
+        self.register_pending()
+    }
+
+    /// Sets `repo`'s images from `index.json` bytes written by process `pid`.
+    fn apply_index(&self, repo: &str, bytes: &[u8], pid: u32) -> FsResult<()> {
+        let _serial = self.write_lock.lock();
+        let desired = parse_index(repo, bytes)?;
+        let records = self.store().records();
+        let registered: BTreeSet<Reference> = records
+            .of_repository(repo)?
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        let pending_now: Vec<Entry> = self
+            .views
+            .extra()
+            .pending
+            .get(repo)
+            .cloned()
+            .unwrap_or_default();
+        let base = self.write.lock().seen_by(pid, repo).unwrap_or_else(|| {
+            registered
+                .iter()
+                .cloned()
+                .chain(pending_now.iter().map(|e| e.name.clone()))
+                .collect()
+        });
+        let mut put = Vec::new();
+        let mut wait = Vec::new();
+        for (name, target) in &desired {
+            let missing = missing_blobs(self.store(), target)?;
+            if missing.is_empty() {
+                put.push((name.clone(), target.clone()));
+            } else {
+                tracing::warn!(
+                    "{name} waits for {} blob(s), first {}",
+                    missing.len(),
+                    missing[0].digest
+                );
+                wait.push(Entry {
+                    name: name.clone(),
+                    target: target.clone(),
+                });
+            }
+        }
+        let remove: Vec<Reference> = registered
+            .iter()
+            .filter(|n| base.contains(n) && !desired.contains_key(n))
+            .cloned()
+            .collect();
+        tracing::debug!(
+            pid,
+            repo,
+            base = ?base.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            desired = ?desired.keys().map(|n| n.to_string()).collect::<Vec<_>>(),
+            removed = ?remove.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "index.json applied"
+        );
+        records.update(&put, &remove)?;
+        self.views.update_extra(|x| {
+            let mut kept: Vec<Entry> = pending_now
+                .into_iter()
+                .filter(|e| !base.contains(&e.name) && !desired.contains_key(&e.name))
+                .collect();
+            kept.extend(wait);
+            if kept.is_empty() {
+                x.pending.remove(repo);
+            } else {
+                x.pending.insert(repo.to_owned(), kept);
+            }
+            // The directory stays, with or without images.
+            x.created.insert(repo.to_owned());
+        });
+        self.views.forget_repo(repo);
+        self.refresh_wanted()?;
+        Ok(())
+    }
+
+    /// Registers every pending image whose blobs are all in the store now.
+    fn register_pending(&self) -> FsResult<()> {
+        let _serial = self.write_lock.lock();
+        let pending = self.views.extra().pending;
+        let mut put = Vec::new();
+        for e in pending.values().flatten() {
+            if missing_blobs(self.store(), &e.target)?.is_empty() {
+                put.push((e.name.clone(), e.target.clone()));
+            }
+        }
+        if put.is_empty() {
+            // A manifest that arrived makes its layers known: their sizes are wanted now.
+            return self.refresh_wanted();
+        }
+        self.store().records().put(&put)?;
+        for (name, _) in &put {
+            tracing::info!("{name} registered: its last blob arrived");
+        }
+        self.views.update_extra(|x| {
+            for entries in x.pending.values_mut() {
+                entries.retain(|e| !put.iter().any(|(n, _)| *n == e.name));
+            }
+            x.pending.retain(|_, v| !v.is_empty());
+        });
+        self.refresh_wanted()
+    }
+
+    fn refresh_wanted(&self) -> FsResult<()> {
+        let mut wanted = HashMap::new();
+        for e in self.views.extra().pending.values().flatten() {
+            for d in missing_blobs(self.store(), &e.target)? {
+                wanted.insert(d.digest, d.size);
+            }
+        }
+        self.write.lock().wanted = wanted;
+        Ok(())
+    }
+
+    /// Images written into the mount that still wait for blobs.
+    pub fn pending(&self) -> Vec<Reference> {
+        self.views
+            .extra()
+            .pending
+            .values()
+            .flatten()
+            .map(|e| e.name.clone())
+            .collect()
+    }
+
+    /// Removes every image of `repo` (what unlinking its `index.json` does).
+    fn clear_repo(&self, repo: &str) -> FsResult<()> {
+        let _serial = self.write_lock.lock();
+        let names: Vec<Reference> = self
+            .store()
+            .records()
+            .of_repository(repo)?
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        self.store().records().update(&[], &names)?;
+        self.views.update_extra(|x| {
+            x.pending.remove(repo);
+            x.created.insert(repo.to_owned());
+        });
+        Ok(())
+    }
+
+    pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let blob = match self.node(parent)? {
+            Node::AlgDir(repo, alg) => Digest::from_parts(alg.name(), name)
+                .ok()
+                .map(|d| (repo.to_string(), d)),
+            _ => None,
+        };
+        let mut w = self.write.lock();
+        if let Some(id) = w.lookup(parent, name) {
+            return match w.scratch.get(&id).map(|s| &s.kind) {
+                Some(ScratchKind::Dir) => Err(FsError::IsDir),
+                _ => {
+                    w.remove(id);
+                    // The same blob may be listed through the repository's images too.
+                    if let Some(key) = blob {
+                        w.hidden.insert(key);
+                    }
+                    Ok(())
+                }
+            };
+        }
+        drop(w);
+        let attr = self.lookup(parent, std::ffi::OsStr::new(name))?;
+        match (self.node(attr.ino)?, self.node(parent)?) {
+            (Node::Index(repo), _) => {
+                self.clear_repo(&repo)?;
+                self.show_layout_name(&repo, name, false);
+                Ok(())
+            }
+            (Node::LayoutFile(repo), _) => {
+                self.show_layout_name(&repo, name, false);
+                Ok(())
+            }
+            // The blob leaves this listing; it leaves the store only by gc.
+            (Node::Blob(digest, _), Node::AlgDir(repo, _)) => {
+                self.write.lock().hidden.insert((repo.to_string(), digest));
+                Ok(())
+            }
+            _ => Err(FsError::IsDir),
+        }
+    }
+
+    fn show_layout_name(&self, repo: &str, name: &str, shown: bool) {
+        self.write
+            .lock()
+            .layout_names
+            .insert((repo.to_owned(), name.to_owned()), shown);
+    }
+
+    pub fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
+        self.writable()?;
+        let attr = self.lookup(parent, std::ffi::OsStr::new(name))?;
+        let ino = attr.ino;
+        let node = self.node(ino)?;
+        if !self.write.lock().children(ino).is_empty() {
+            return Err(FsError::NotEmpty);
+        }
+        match node {
+            Node::Scratch(id) => {
+                let mut w = self.write.lock();
+                match w.scratch.get(&id).map(|s| &s.kind) {
+                    Some(ScratchKind::Dir) => {
+                        w.remove(id);
+                        Ok(())
+                    }
+                    _ => Err(FsError::NotDir),
+                }
+            }
+            Node::Blobs(repo) => {
+                for alg in Algorithm::ALL {
+                    if !self.visible_blobs(&repo, alg)?.is_empty() {
+                        return Err(FsError::NotEmpty);
+                    }
+                }
+                self.show_layout_name(&repo, name, false);
+                let mut w = self.write.lock();
+                w.alg_dirs.retain(|(r, _)| **r != *repo);
+                Ok(())
+            }
+            Node::AlgDir(repo, alg) => {
+                if !self.visible_blobs(&repo, alg)?.is_empty() {
+                    return Err(FsError::NotEmpty);
+                }
+                self.write.lock().alg_dirs.remove(&(repo.to_string(), alg));
+                Ok(())
+            }
+            Node::Dir(path) => {
+                let snapshot = self.views.snapshot()?;
+                let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
+                let images = snapshot.entries(&path).is_some_and(|e| !e.is_empty());
+                if images || !dir.children.is_empty() {
+                    return Err(FsError::NotEmpty);
+                }
+                self.views.update_extra(|x| x.created.remove(&*path));
+                let mut w = self.write.lock();
+                w.layout_names.retain(|(r, _), _| **r != *path);
+                w.fresh.remove(&*path);
+                w.hidden.retain(|(r, _)| **r != *path);
+                w.alg_dirs.retain(|(r, _)| **r != *path);
+                Ok(())
+            }
+            _ => Err(FsError::NotDir),
+        }
+    }
+
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &str,
+        newparent: u64,
+        newname: &str,
+        noreplace: bool,
+        pid: u32,
+    ) -> FsResult<()> {
+        self.writable()?;
+        let src = self.lookup(parent, std::ffi::OsStr::new(name))?;
+        let target_exists = self
+            .lookup(newparent, std::ffi::OsStr::new(newname))
+            .is_ok();
+        if noreplace && target_exists {
+            return Err(FsError::Exists);
+        }
+        match self.node(src.ino)? {
+            Node::Scratch(id) => self.rename_scratch(id, newparent, newname, pid),
+            Node::Dir(path) => {
+                let Node::Dir(newdir) = self.node(newparent)? else {
+                    return Err(FsError::Invalid(format!(
+                        "{newname}: a repository moves only among repository directories"
+                    )));
+                };
+                self.rename_repo(&path, &super::child_path(&newdir, newname))
+            }
+            _ => Err(FsError::NotPermitted(
+                "layout files and blobs keep their names; write index.json to change images",
+            )),
+        }
+    }
+
+    fn rename_scratch(&self, id: u64, newparent: u64, newname: &str, pid: u32) -> FsResult<()> {
+        let shared = match self.write.lock().scratch.get(&id).map(|s| &s.kind) {
+            Some(ScratchKind::File(s)) => Some(s.clone()),
+            Some(_) => None,
+            None => return Err(FsError::NotFound),
+        };
+        let target = self.node(newparent)?;
+        let Some(shared) = shared else {
+            // A directory or a committed blob: only its name changes.
+            self.write.lock().move_to(id, newparent, newname);
+            return Ok(());
+        };
+        match &target {
+            Node::AlgDir(repo, alg) => {
+                check_blob_name(repo, *alg, newname)?;
+                if let Ok(digest) = Digest::from_parts(alg.name(), newname) {
+                    let (repo, digest) = (repo.clone(), digest);
+                    // Verify first: on a mismatch the file keeps its old name and bytes.
+                    let wanted = self.write.lock().wanted.get(&digest).copied();
+                    let upload = {
+                        let mut w = shared.lock();
+                        if let Some(u) = w.upload.as_ref() {
+                            u.verify(&digest, wanted)?;
+                        }
+                        w.upload.take()
+                    };
+                    if let Some(upload) = upload {
+                        let size = upload.len();
+                        upload.commit(self.store(), &digest, wanted)?;
+                        let mut w = self.write.lock();
+                        if let Some(s) = w.scratch.get_mut(&id) {
+                            s.kind = ScratchKind::Committed(digest.clone(), size);
+                        }
+                        w.move_to(id, newparent, newname);
+                    }
+                    self.views.forget_repo(&repo);
+                    return self.register_pending();
+                }
+            }
+            Node::Dir(repo) if newname == "index.json" || newname == "oci-layout" => {
+                let ino = self.inodes.ino(&if newname == "index.json" {
+                    Node::Index(repo.clone())
+                } else {
+                    Node::LayoutFile(repo.clone())
+                });
+                shared.lock().dirty = true;
+                self.finish(ino, &shared, pid)?;
+                self.show_layout_name(repo, newname, true);
+                self.write.lock().remove(id);
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.write.lock().move_to(id, newparent, newname);
+        Ok(())
+    }
+
+    fn rename_repo(&self, from: &str, to: &str) -> FsResult<()> {
+        check_repository(to)
+            .map_err(|why| FsError::Invalid(format!("{to:?} is not a repository name: {why}")))?;
+        let _serial = self.write_lock.lock();
+        let snapshot = self.views.snapshot()?;
+        if let Some(d) = snapshot.dir(to) {
+            let images = snapshot.entries(to).is_some_and(|e| !e.is_empty());
+            if images || !d.children.is_empty() {
+                return Err(FsError::NotEmpty);
+            }
+        }
+        let moved = |repo: &str| -> Option<String> {
+            if repo == from {
+                Some(to.to_owned())
+            } else {
+                repo.strip_prefix(from)
+                    .filter(|rest| rest.starts_with('/'))
+                    .map(|rest| format!("{to}{rest}"))
+            }
+        };
+        let mut put = Vec::new();
+        let mut remove = Vec::new();
+        for image in self.store().records().list()? {
+            if let Some(repo) = moved(image.name.repository()) {
+                put.push((
+                    image.name.with_repository(&repo).map_err(Error::from)?,
+                    image.target,
+                ));
+                remove.push(image.name);
+            }
+        }
+        self.store().records().update(&put, &remove)?;
+        self.inodes.rename_tree(from, to);
+        {
+            let mut w = self.write.lock();
+            for s in w.scratch.values_mut() {
+                if let Some(r) = moved(&s.repo) {
+                    s.repo = Arc::from(r);
+                }
+            }
+            w.layout_names = std::mem::take(&mut w.layout_names)
+                .into_iter()
+                .map(|((r, n), v)| ((moved(&r).unwrap_or(r), n), v))
+                .collect();
+            w.fresh = std::mem::take(&mut w.fresh)
+                .into_iter()
+                .map(|r| moved(&r).unwrap_or(r))
+                .collect();
+            w.hidden = std::mem::take(&mut w.hidden)
+                .into_iter()
+                .map(|(r, d)| (moved(&r).unwrap_or(r), d))
+                .collect();
+            w.alg_dirs = std::mem::take(&mut w.alg_dirs)
+                .into_iter()
+                .map(|(r, a)| (moved(&r).unwrap_or(r), a))
+                .collect();
+        }
+        self.views.update_extra(|x| -> Result<()> {
+            let created: Vec<String> = x.created.iter().cloned().collect();
+            for c in created {
+                if let Some(n) = moved(&c) {
+                    x.created.remove(&c);
+                    x.created.insert(n);
+                }
+            }
+            let repos: Vec<String> = x.pending.keys().cloned().collect();
+            for r in repos {
+                if let Some(n) = moved(&r) {
+                    let entries = x.pending.remove(&r).unwrap_or_default();
+                    let renamed = entries
+                        .into_iter()
+                        .map(|e| {
+                            Ok(Entry {
+                                name: e.name.with_repository(&n)?,
+                                target: e.target,
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?;
+                    x.pending.insert(n, renamed);
+                }
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    /// Applies an attribute change. Sizes truncate an upload; a size of 0 on a layout file or
+    /// blob is the truncation before a rewrite, done by the upload the open makes; modes, owners
+    /// and times are accepted and not kept (the layout's modes are fixed).
+    pub fn setattr(&self, ino: u64, fh: Option<u64>, size: Option<u64>) -> FsResult<super::Attr> {
+        self.writable()?;
+        let node = self.node(ino)?;
+        if let Some(size) = size {
+            let shared = match fh.map(|fh| self.upload_handle(fh)) {
+                Some(Ok((_, s))) => Some(s),
+                _ => match &node {
+                    Node::Scratch(id) => match self.write.lock().scratch.get(id).map(|s| &s.kind) {
+                        Some(ScratchKind::File(s)) => Some(s.clone()),
+                        Some(ScratchKind::Committed(..)) if size == 0 => {
+                            return self.attr(ino, &node)
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                },
+            };
+            match (shared, &node) {
+                (Some(s), _) => {
+                    let mut w = s.lock();
+                    if let Some(u) = w.upload.as_mut() {
+                        u.truncate(size)?;
+                        w.dirty = true;
+                    }
+                }
+                (None, Node::Index(_) | Node::LayoutFile(_) | Node::Blob(..)) if size == 0 => {}
+                (None, Node::Dir(_) | Node::Blobs(_) | Node::AlgDir(..)) => {
+                    return Err(FsError::IsDir)
+                }
+                _ => return Err(FsError::NotPermitted("a blob never changes in place")),
+            }
+        }
+        self.attr(ino, &node)
+    }
+
+    /// Remembers that process `pid` looked for `name` in directory `parent` and did not find
+    /// it. A process that found no `index.json` in a repository, or no repository directory
+    /// at all, saw no images there: what it writes later adds to the repository and removes
+    /// nothing (skopeo checks for the file, makes the directory, then writes a new index).
+    pub fn note_absent(&self, parent: u64, name: &OsStr, pid: u32) {
+        let (Ok(Node::Dir(path)), Some(name)) = (self.node(parent), name.to_str()) else {
+            return;
+        };
+        let repo = if name == "index.json" {
+            path.to_string()
+        } else {
+            super::child_path(&path, name).to_string()
+        };
+        if check_repository(&repo).is_ok() {
+            self.write.lock().remember_read(pid, &repo, BTreeSet::new());
+        }
+    }
+
+    /// Remembers which images process `pid` saw in `repo`'s `index.json`.
+    pub(super) fn remember_index_read(&self, pid: u32, repo: &str, entries: &[Entry]) {
+        let names = entries.iter().map(|e| e.name.clone()).collect();
+        self.write.lock().remember_read(pid, repo, names);
+    }
+}
+
+/// Checks a file name in `blobs/<alg>/`: the algorithm's hex length in lowercase hex, or a
+/// longer name starting with such hex (a temporary name, as go-containerregistry writes).
+fn check_blob_name(repo: &str, alg: Algorithm, name: &str) -> FsResult<()> {
+    let n = alg.hex_len();
+    let hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let ok = (name.len() == n && hex(name))
+        || (name.len() > n && name.is_char_boundary(n) && hex(&name[..n]));
+    if ok {
+        Ok(())
+    } else {
+        Err(FsError::Invalid(format!(
+            "{repo}/blobs/{}/{name}: not a {} digest in lowercase hex",
+            alg.name(),
+            alg.name()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_names_and_image_names() {
+        let hex = "a".repeat(64);
+        for (name, ok) in [
+            (hex.clone(), true),
+            (format!("{hex}1234tmp"), true),
+            (hex.to_uppercase(), false),
+            (hex[..63].to_owned(), false),
+            ("x".repeat(64), false),
+            ("".into(), false),
+        ] {
+            assert_eq!(
+                check_blob_name("r", Algorithm::Sha256, &name).is_ok(),
+                ok,
+                "{name}"
+            );
+        }
+        let d = crate::oci::tests::desc(
+            oci::MEDIA_OCI_MANIFEST,
+            Digest::of(Algorithm::Sha256, b"m"),
+            1,
+        );
+        let with = |r: &str| {
+            let mut d = d.clone();
+            d.annotations
+                .insert(oci::ANNOTATION_REF_NAME.into(), r.into());
+            d
+        };
+        assert_eq!(
+            name_in_repo("x", &with("1.0")).unwrap().to_string(),
+            "x:1.0"
+        );
+        assert_eq!(
+            name_in_repo("x", &with("docker.io/library/busybox:1.36"))
+                .unwrap()
+                .to_string(),
+            "x:1.36"
+        );
+        assert_eq!(
+            name_in_repo("x", &d).unwrap().to_string(),
+            format!("x@{}", d.digest)
+        );
+        assert!(name_in_repo("x", &with("Not A Tag!")).is_err());
+    }
+}
