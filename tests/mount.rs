@@ -9,11 +9,12 @@ use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use common::gen::LayoutBuilder;
 use common::mount::{is_mounted, Mounted};
-use common::{require, sh, skopeo_digest, stderr, tree, umoci_layout, Containerd, Env};
+use common::{
+    require, sh, skopeo_digest, stderr, tree, umoci_layout, within_a_second, Containerd, Env,
+};
 
 /// An environment with two images of "busybox" sharing layers, also named
 /// docker.io/library/busybox:1.36.
@@ -200,18 +201,6 @@ fn skopeo_umoci_and_containerd_read_the_mount() {
     assert!(check.contains(&digest), "{check}");
 }
 
-/// Waits until `f` holds, for at most a second.
-fn within_a_second(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "{what}: not within a second"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn images_imported_tagged_and_removed_show_within_a_second() {
     let env = busybox_env();
@@ -316,8 +305,8 @@ fn faults_get_errors_and_the_store_is_untouched() {
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
     assert!(!is_mounted(&empty));
 
-    let m = Mounted::start(&env, "mnt", &[]);
-    // Unknown paths and writes.
+    let m = Mounted::start(&env, "mnt", &["--read-only"]);
+    // Unknown paths, and writes into a read-only mount.
     let enoent = fs::metadata(m.path("busybox/nope")).unwrap_err();
     assert_eq!(enoent.raw_os_error(), Some(libc::ENOENT));
     for attempt in [

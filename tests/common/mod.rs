@@ -94,6 +94,18 @@ impl Env {
     }
 }
 
+/// Waits until `f` holds, for at most a second (what layoutfs promises for live changes).
+pub fn within_a_second(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(1),
+            "{what}: not within a second"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Standard error as one trimmed string.
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).trim().to_owned()

@@ -1,0 +1,607 @@
+//! The write side of the filesystem core, driven with no kernel: copying a layout in (files in
+//! any order), temporary names renamed into place, index.json rewritten by several writers,
+//! removing and renaming repositories, and every bad write refused with nothing entering the
+//! store or the records.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::gen::LayoutBuilder;
+use layoutfs::digest::{Algorithm, Digest};
+use layoutfs::fs::{Attr, Fs, FsError, FsOptions};
+use layoutfs::layout;
+use layoutfs::oci;
+use layoutfs::store::Store;
+
+/// Bytes per write call, as cp issues them.
+const CHUNK: usize = 64 << 10;
+
+struct Harness {
+    tmp: tempfile::TempDir,
+    store: Arc<Store>,
+    fs: Fs,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(&tmp.path().join("store")).unwrap());
+        let fs = Fs::new(store.clone(), FsOptions::default());
+        Harness { tmp, store, fs }
+    }
+
+    /// A layout of `images` small images tagged t0, t1...; returns its directory.
+    fn layout(&self, name: &str, images: usize, seed: u64) -> std::path::PathBuf {
+        let dir = self.tmp.path().join(name);
+        let mut b = LayoutBuilder::new(&dir);
+        for i in 0..images {
+            b.small_image(&format!("t{i}"), 2, 5000 + i as u64, seed + i as u64);
+        }
+        dir
+    }
+
+    fn walk(&self, path: &str) -> Result<Attr, FsError> {
+        let mut attr = self.fs.getattr(layoutfs::fs::root_ino())?;
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            attr = self.fs.lookup(attr.ino, OsStr::new(c))?;
+        }
+        Ok(attr)
+    }
+
+    fn split<'a>(&self, path: &'a str) -> (u64, &'a str) {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        (self.walk(parent).unwrap().ino, name)
+    }
+
+    fn mkdir_p(&self, path: &str) -> Result<(), FsError> {
+        let mut done = String::new();
+        for c in path.split('/') {
+            let parent = self.walk(&done)?.ino;
+            if self.fs.lookup(parent, OsStr::new(c)).is_err() {
+                self.fs.mkdir(parent, c)?;
+            }
+            done = if done.is_empty() {
+                c.to_owned()
+            } else {
+                format!("{done}/{c}")
+            };
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` to `path` as cp does (create or truncate, writes, close) by process
+    /// `pid`; the first error is returned, and the handle is always released.
+    fn put(&self, path: &str, bytes: &[u8], pid: u32) -> Result<(), FsError> {
+        let (parent, name) = self.split(path);
+        let fh = match self.fs.lookup(parent, OsStr::new(name)) {
+            Ok(a) => self.fs.open(a.ino, libc::O_WRONLY | libc::O_TRUNC, pid)?.fh,
+            Err(_) => self.fs.create(parent, name)?.1.fh,
+        };
+        let mut result = Ok(());
+        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+            if let Err(e) = self.fs.write(fh, (i * CHUNK) as u64, chunk) {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = self.fs.flush(fh, pid);
+        }
+        self.fs.release(fh);
+        result
+    }
+
+    fn read(&self, path: &str, pid: u32) -> Result<Vec<u8>, FsError> {
+        let attr = self.walk(path)?;
+        let opened = self.fs.open(attr.ino, libc::O_RDONLY, pid)?;
+        let mut out = Vec::new();
+        loop {
+            let chunk = self.fs.read(opened.fh, out.len() as u64, 1 << 16)?;
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend(chunk);
+        }
+        self.fs.release(opened.fh);
+        Ok(out)
+    }
+
+    fn list(&self, path: &str) -> Vec<String> {
+        let fh = self.fs.opendir(self.walk(path).unwrap().ino).unwrap();
+        let names = self
+            .fs
+            .readdir(fh, 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        self.fs.releasedir(fh);
+        names
+    }
+
+    /// Copies layout `src` into the mount at `dst` (mkdir first), index.json first or last.
+    fn copy_in(&self, src: &Path, dst: &str, index_first: bool) -> Result<(), FsError> {
+        self.mkdir_p(dst)?;
+        let index = std::fs::read(src.join("index.json")).unwrap();
+        if index_first {
+            self.put(&format!("{dst}/index.json"), &index, 1)?;
+        }
+        self.put(
+            &format!("{dst}/oci-layout"),
+            &std::fs::read(src.join("oci-layout")).unwrap(),
+            1,
+        )?;
+        self.mkdir_p(&format!("{dst}/blobs/sha256"))?;
+        for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            self.put(
+                &format!("{dst}/blobs/sha256/{name}"),
+                &std::fs::read(e.path()).unwrap(),
+                1,
+            )?;
+        }
+        if !index_first {
+            self.put(&format!("{dst}/index.json"), &index, 1)?;
+        }
+        Ok(())
+    }
+
+    fn images(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .store
+            .records()
+            .list()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn store_blobs(&self) -> BTreeSet<String> {
+        std::fs::read_dir(self.store.root().join("blobs/sha256"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn ingests(&self) -> usize {
+        std::fs::read_dir(self.store.root().join("ingest"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+fn errno<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
+    r.expect_err("expected an error").errno()
+}
+
+/// The (name -> bytes) of every blob of a layout directory.
+fn source_blobs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_copied_layout_is_registered_and_reads_back_the_same() {
+    for index_first in [false, true] {
+        let h = Harness::new();
+        let src = h.layout("src", 2, 1);
+        h.copy_in(&src, "copied", index_first).unwrap();
+        assert_eq!(
+            h.images(),
+            ["copied:t0", "copied:t1"],
+            "index first: {index_first}"
+        );
+        assert!(h.fs.pending().is_empty());
+        assert_eq!(h.list("copied"), ["blobs", "index.json", "oci-layout"]);
+        for (name, bytes) in source_blobs(&src) {
+            assert_eq!(
+                h.read(&format!("copied/blobs/sha256/{name}"), 2).unwrap(),
+                bytes
+            );
+            assert_eq!(
+                std::fs::read(h.store.root().join("blobs/sha256").join(&name)).unwrap(),
+                bytes
+            );
+        }
+        let entries: Vec<layout::Entry> = h
+            .store
+            .records()
+            .of_repository("copied")
+            .unwrap()
+            .into_iter()
+            .map(|i| layout::Entry {
+                name: i.name,
+                target: i.target,
+            })
+            .collect();
+        assert_eq!(
+            h.read("copied/index.json", 2).unwrap(),
+            layout::index_json(&entries)
+        );
+        assert_eq!(h.fs.open_handles(), 0);
+        assert_eq!(h.ingests(), 0, "no ingest left behind");
+    }
+}
+
+#[test]
+fn an_image_waits_for_its_blobs_and_registers_with_the_last() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 2);
+    h.mkdir_p("late/blobs/sha256").unwrap();
+    h.put(
+        "late/index.json",
+        &std::fs::read(src.join("index.json")).unwrap(),
+        1,
+    )
+    .unwrap();
+    assert!(h.images().is_empty());
+    assert_eq!(h.fs.pending().len(), 1);
+    // Pending: index.json shows what was written.
+    let shown: serde_json::Value =
+        serde_json::from_slice(&h.read("late/index.json", 1).unwrap()).unwrap();
+    assert_eq!(shown["manifests"].as_array().unwrap().len(), 1);
+    let blobs = source_blobs(&src);
+    let (last, rest) = blobs.split_last().unwrap();
+    for (name, bytes) in rest {
+        h.put(&format!("late/blobs/sha256/{name}"), bytes, 1)
+            .unwrap();
+        assert!(h.images().is_empty(), "registered before its last blob");
+    }
+    h.put(&format!("late/blobs/sha256/{}", last.0), &last.1, 1)
+        .unwrap();
+    assert_eq!(h.images(), ["late:t0"]);
+    assert!(h.fs.pending().is_empty());
+}
+
+#[test]
+fn a_blob_that_never_arrives_registers_nothing() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 3);
+    let blobs = source_blobs(&src);
+    h.copy_in(&src, "partial", true).unwrap();
+    assert_eq!(h.images(), ["partial:t0"]);
+
+    // A second layout whose index names a blob that is never written.
+    let other = h.layout("other", 1, 30);
+    h.mkdir_p("waits/blobs/sha256").unwrap();
+    h.put(
+        "waits/index.json",
+        &std::fs::read(other.join("index.json")).unwrap(),
+        1,
+    )
+    .unwrap();
+    for (name, bytes) in source_blobs(&other).iter().skip(1) {
+        h.put(&format!("waits/blobs/sha256/{name}"), bytes, 1)
+            .unwrap();
+    }
+    assert_eq!(h.images(), ["partial:t0"]);
+    assert_eq!(
+        h.fs.pending()
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>(),
+        ["waits:t0"]
+    );
+    // What was there is untouched.
+    for (name, bytes) in blobs {
+        assert_eq!(
+            h.read(&format!("partial/blobs/sha256/{name}"), 1).unwrap(),
+            bytes
+        );
+    }
+}
+
+#[test]
+fn bad_blobs_fail_at_close_and_nothing_enters_the_store() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 4);
+    let blobs = source_blobs(&src);
+    let (name, good) = blobs.iter().max_by_key(|(_, b)| b.len()).unwrap();
+    h.mkdir_p("bad/blobs/sha256").unwrap();
+    let path = format!("bad/blobs/sha256/{name}");
+    let before = h.store_blobs();
+
+    // Corrupted, one byte short, one byte long: EIO at close.
+    let mut corrupted = good.clone();
+    corrupted[7] ^= 1;
+    let short = good[..good.len() - 1].to_vec();
+    let mut long = good.clone();
+    long.push(0);
+    for (what, bytes) in [
+        ("corrupted", &corrupted),
+        ("short", &short),
+        ("long", &long),
+    ] {
+        let e = h.put(&path, bytes, 1).unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "{what}: {e}");
+        assert!(e.to_string().contains(name.as_str()), "{what}: {e}");
+        assert_eq!(h.store_blobs(), before, "{what}");
+    }
+    // A write past the size the waiting image's manifest gives: EFBIG at the write.
+    h.put(
+        "bad/index.json",
+        &std::fs::read(src.join("index.json")).unwrap(),
+        1,
+    )
+    .unwrap();
+    for (n, bytes) in blobs.iter().filter(|(n, _)| n != name) {
+        h.put(&format!("bad/blobs/sha256/{n}"), bytes, 1).unwrap();
+    }
+    let before = h.store_blobs();
+    assert_eq!(errno(h.put(&path, &long, 1)), libc::EFBIG);
+    assert_eq!(h.store_blobs(), before);
+    assert!(h.images().is_empty());
+    // Renamed into place with the wrong bytes: the rename fails and the file keeps its name.
+    let (root, _) = h.split("bad/x");
+    h.put("bad/oci-put-blob123", &corrupted, 1).unwrap();
+    let alg = h.walk("bad/blobs/sha256").unwrap().ino;
+    assert_eq!(
+        errno(h.fs.rename(root, "oci-put-blob123", alg, name, false, 1)),
+        libc::EIO
+    );
+    assert_eq!(h.read("bad/oci-put-blob123", 1).unwrap(), corrupted);
+    assert_eq!(h.store_blobs(), before);
+
+    // Then the right bytes: in, and the image registers.
+    for (n, bytes) in &blobs {
+        h.put(&format!("bad/blobs/sha256/{n}"), bytes, 1).unwrap();
+    }
+    assert_eq!(h.images(), ["bad:t0"]);
+    assert_eq!(h.fs.open_handles(), 0);
+    assert_eq!(h.ingests(), 1, "the temporary file holds its bytes");
+    h.fs.unlink(root, "oci-put-blob123").unwrap();
+    assert_eq!(h.ingests(), 0);
+}
+
+#[test]
+fn bad_names_are_einval() {
+    let h = Harness::new();
+    let root = layoutfs::fs::root_ino();
+    assert_eq!(errno(h.fs.mkdir(root, "Upper")), libc::EINVAL);
+    assert_eq!(errno(h.fs.mkdir(root, "-dash")), libc::EINVAL);
+    assert_eq!(errno(h.fs.create(root, "loose-file")), libc::EINVAL);
+    h.mkdir_p("repo/blobs").unwrap();
+    let blobs = h.walk("repo/blobs").unwrap().ino;
+    assert_eq!(errno(h.fs.mkdir(blobs, "sha384")), libc::EINVAL);
+    assert_eq!(errno(h.fs.mkdir(blobs, "md5")), libc::EINVAL);
+    h.mkdir_p("repo/blobs/sha256").unwrap();
+    let alg = h.walk("repo/blobs/sha256").unwrap().ino;
+    let hex = Digest::of(Algorithm::Sha256, b"x").hex().to_owned();
+    for name in [hex.to_uppercase(), hex[..63].to_owned(), "z".repeat(64)] {
+        assert_eq!(errno(h.fs.create(alg, &name)), libc::EINVAL, "{name}");
+    }
+    assert_eq!(errno(h.fs.mkdir(alg, &hex)), libc::EINVAL);
+    // Scratch directories inside a repository are fine (umoci's .umoci-*).
+    let repo = h.walk("repo").unwrap().ino;
+    h.fs.mkdir(repo, ".umoci-123").unwrap();
+    assert!(h.images().is_empty());
+    assert!(h.store_blobs().is_empty());
+}
+
+#[test]
+fn bad_index_and_layout_files_fail_at_close_and_change_nothing() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 5);
+    h.copy_in(&src, "repo", false).unwrap();
+    let before = h.images();
+    let good_index = h.read("repo/index.json", 1).unwrap();
+    let missing = Digest::of(Algorithm::Sha256, b"nothing");
+    for bad in [
+        b"{not json".to_vec(),
+        br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:ABC","size":1}]}"#.to_vec(),
+        br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:../../x","size":1}]}"#.to_vec(),
+        format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{missing}","size":-1}}]}}"#).into_bytes(),
+        format!(r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{missing}","size":1,"annotations":{{"org.opencontainers.image.ref.name":"Bad Tag!"}}}}]}}"#).into_bytes(),
+    ] {
+        let e = h.put("repo/index.json", &bad, 1).unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+        assert!(e.to_string().contains("index.json"), "{e}");
+        assert_eq!(h.images(), before);
+        assert!(h.fs.pending().is_empty());
+        assert_eq!(h.read("repo/index.json", 1).unwrap(), good_index);
+    }
+    for bad in [&br#"{"imageLayoutVersion":"2.0.0"}"#[..], b"nope"] {
+        let e = h.put("repo/oci-layout", bad, 1).unwrap_err();
+        assert_eq!(e.errno(), libc::EIO, "{e}");
+        assert!(e.to_string().contains("oci-layout"), "{e}");
+    }
+    assert_eq!(
+        h.read("repo/oci-layout", 1).unwrap(),
+        oci::layout_file_bytes()
+    );
+    assert_eq!(h.images(), before);
+}
+
+#[test]
+fn writers_that_read_the_index_lose_no_tag() {
+    let h = Harness::new();
+    let src = h.layout("src", 3, 6);
+    h.copy_in(&src, "repo", false).unwrap();
+    let full: serde_json::Value =
+        serde_json::from_slice(&h.read("repo/index.json", 9).unwrap()).unwrap();
+    let only = |i: usize| {
+        let mut v = full.clone();
+        let m = v["manifests"][i].clone();
+        v["manifests"] = serde_json::json!([m]);
+        v
+    };
+    // Writers 1 and 2 read an index holding t0 only, then each add their tag.
+    h.put("repo/index.json", &serde_json::to_vec(&only(0)).unwrap(), 9)
+        .unwrap();
+    assert_eq!(h.images(), ["repo:t0"]);
+    let seen = h.read("repo/index.json", 1).unwrap();
+    assert_eq!(h.read("repo/index.json", 2).unwrap(), seen);
+    let with = |i: usize| {
+        let mut v = only(0);
+        v["manifests"]
+            .as_array_mut()
+            .unwrap()
+            .push(full["manifests"][i].clone());
+        serde_json::to_vec(&v).unwrap()
+    };
+    h.put("repo/index.json", &with(1), 1).unwrap();
+    h.put("repo/index.json", &with(2), 2).unwrap();
+    assert_eq!(h.images(), ["repo:t0", "repo:t1", "repo:t2"]);
+
+    // A writer that found no index.json (skopeo into a new repository) adds, removes nothing.
+    let root = layoutfs::fs::root_ino();
+    h.fs.note_absent(root, OsStr::new("fresh"), 4);
+    h.mkdir_p("fresh").unwrap();
+    h.put(
+        "fresh/index.json",
+        &serde_json::to_vec(&only(0)).unwrap(),
+        5,
+    )
+    .unwrap();
+    h.fs.note_absent(h.walk("fresh").unwrap().ino, OsStr::new("index.json"), 4);
+    h.put(
+        "fresh/index.json",
+        &serde_json::to_vec(&only(1)).unwrap(),
+        4,
+    )
+    .unwrap();
+    assert_eq!(
+        h.images(),
+        ["fresh:t0", "fresh:t1", "repo:t0", "repo:t1", "repo:t2"]
+    );
+
+    // A writer that did not read it (cp, tar) sets the repository to exactly what it lists:
+    // that is how a tag is removed.
+    h.put("repo/index.json", &serde_json::to_vec(&only(2)).unwrap(), 7)
+        .unwrap();
+    assert_eq!(h.images(), ["fresh:t0", "fresh:t1", "repo:t2"]);
+}
+
+#[test]
+fn temporary_files_read_back_rename_and_vanish() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 7);
+    let blobs = source_blobs(&src);
+    h.mkdir_p("tmp/blobs/sha256").unwrap();
+    let repo = h.walk("tmp").unwrap().ino;
+    let alg = h.walk("tmp/blobs/sha256").unwrap().ino;
+    // skopeo: oci-put-blob* in the layout root, renamed to its digest.
+    for (i, (name, bytes)) in blobs.iter().enumerate() {
+        let tmp = format!("oci-put-blob{i}");
+        h.put(&format!("tmp/{tmp}"), bytes, 1).unwrap();
+        assert_eq!(h.read(&format!("tmp/{tmp}"), 1).unwrap(), *bytes);
+        h.fs.rename(repo, &tmp, alg, name, false, 1).unwrap();
+        assert!(h.walk(&format!("tmp/{tmp}")).is_err());
+    }
+    // go-containerregistry: blobs/sha256/<hex><random>, renamed.
+    let (name, bytes) = &blobs[0];
+    let temp = format!("{name}123456");
+    h.put(&format!("tmp/blobs/sha256/{temp}"), bytes, 1)
+        .unwrap();
+    h.fs.rename(alg, &temp, alg, name, false, 1).unwrap();
+    // regclient: index.json.*.tmp renamed over index.json.
+    h.put(
+        "tmp/index.json.1.tmp",
+        &std::fs::read(src.join("index.json")).unwrap(),
+        1,
+    )
+    .unwrap();
+    h.fs.rename(repo, "index.json.1.tmp", repo, "index.json", false, 1)
+        .unwrap();
+    assert_eq!(h.images(), ["tmp:t0"]);
+    // A temporary file that is unlinked leaves nothing; truncation works.
+    h.put("tmp/scratch", b"0123456789", 1).unwrap();
+    let ino = h.walk("tmp/scratch").unwrap().ino;
+    assert_eq!(h.fs.setattr(ino, None, Some(4)).unwrap().size, 4);
+    assert_eq!(h.read("tmp/scratch", 1).unwrap(), b"0123");
+    h.fs.unlink(repo, "scratch").unwrap();
+    assert!(h.walk("tmp/scratch").is_err());
+    assert_eq!(h.fs.open_handles(), 0);
+}
+
+#[test]
+fn removing_and_renaming_repositories() {
+    let h = Harness::new();
+    let src = h.layout("src", 2, 8);
+    h.copy_in(&src, "a", false).unwrap();
+    h.copy_in(&src, "b/nested", false).unwrap();
+    let stored = h.store_blobs();
+    let root = layoutfs::fs::root_ino();
+
+    // mv a c: its images are renamed; the inode follows.
+    let ino = h.walk("a").unwrap().ino;
+    h.fs.rename(root, "a", root, "c", false, 1).unwrap();
+    assert_eq!(h.walk("c").unwrap().ino, ino);
+    assert!(h.walk("a").is_err());
+    assert_eq!(h.images(), ["b/nested:t0", "b/nested:t1", "c:t0", "c:t1"]);
+    h.fs.rename(root, "b", root, "d", false, 1).unwrap();
+    assert_eq!(h.images(), ["c:t0", "c:t1", "d/nested:t0", "d/nested:t1"]);
+    // Onto a repository with images: refused.
+    assert_eq!(
+        errno(h.fs.rename(root, "c", h.walk("d").unwrap().ino, "nested", false, 1)),
+        libc::ENOTEMPTY
+    );
+
+    // rm -r c, as rm does it: blobs, their directories, the files, the directory.
+    for name in h.list("c/blobs/sha256") {
+        h.fs.unlink(h.walk("c/blobs/sha256").unwrap().ino, &name)
+            .unwrap();
+    }
+    let c = h.walk("c").unwrap().ino;
+    let blobs = h.walk("c/blobs").unwrap().ino;
+    assert_eq!(errno(h.fs.rmdir(root, "c")), libc::ENOTEMPTY);
+    h.fs.rmdir(blobs, "sha256").unwrap();
+    h.fs.rmdir(c, "blobs").unwrap();
+    h.fs.unlink(c, "index.json").unwrap();
+    h.fs.unlink(c, "oci-layout").unwrap();
+    h.fs.rmdir(root, "c").unwrap();
+    assert!(h.walk("c").is_err());
+    assert_eq!(h.images(), ["d/nested:t0", "d/nested:t1"]);
+    // Blobs leave the store only by gc.
+    assert_eq!(h.store_blobs(), stored);
+    // The other repository still reads whole.
+    for (name, bytes) in source_blobs(&src) {
+        assert_eq!(
+            h.read(&format!("d/nested/blobs/sha256/{name}"), 1).unwrap(),
+            bytes
+        );
+    }
+}
+
+#[test]
+fn tar_over_an_existing_layout_replaces_it() {
+    // tar unlinks each file it finds before writing it again.
+    let h = Harness::new();
+    let src = h.layout("src", 1, 9);
+    h.copy_in(&src, "t", false).unwrap();
+    let t = h.walk("t").unwrap().ino;
+    for name in ["oci-layout", "index.json"] {
+        h.fs.unlink(t, name).unwrap();
+        assert!(h.walk(&format!("t/{name}")).is_err(), "{name} still there");
+    }
+    let alg = h.walk("t/blobs/sha256").unwrap().ino;
+    for (name, _) in source_blobs(&src) {
+        h.fs.unlink(alg, &name).unwrap();
+        assert!(h.walk(&format!("t/blobs/sha256/{name}")).is_err());
+    }
+    h.copy_in(&src, "t", false).unwrap();
+    assert_eq!(h.images(), ["t:t0"]);
+    assert_eq!(h.list("t"), ["blobs", "index.json", "oci-layout"]);
+    assert_eq!(h.list("t/blobs/sha256").len(), source_blobs(&src).len());
+}

@@ -1,0 +1,446 @@
+//! Writing into a real mount imports (root and /dev/fuse, as in CI; these tests never skip):
+//! `cp -r` of a umoci layout, `tar -x` of what `ctr images export` writes, `skopeo copy` (two at
+//! once into one repository), `rm -r` and `mv`, each checked with `layoutfs images` and an
+//! export compared byte for byte with the source; and the faults: bad blobs, links, a full
+//! disk, and the daemon killed in the middle of a copy.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::gen::LayoutBuilder;
+use common::mount::{is_mounted, Mounted};
+use common::{require, sh, skopeo_digest, stderr, tree, umoci_layout, Containerd, Env};
+use layoutfs::digest::{Algorithm, Digest};
+
+/// The blobs of a layout or extracted archive directory: name -> digest of the bytes.
+fn blobs_of(dir: &Path) -> BTreeMap<String, String> {
+    tree(&dir.join("blobs/sha256"))
+        .into_iter()
+        .map(|(name, bytes)| (name, Digest::of(Algorithm::Sha256, &bytes).to_string()))
+        .collect()
+}
+
+/// Every blob of `exported` is the source's blob of that name, byte for byte (a source layout
+/// may hold blobs no image uses: umoci keeps the manifests it replaced).
+fn same_blobs(exported: &BTreeMap<String, String>, source: &BTreeMap<String, String>) {
+    assert!(!exported.is_empty());
+    for (name, digest) in exported {
+        assert_eq!(source.get(name), Some(digest), "blob {name}");
+        assert_eq!(*digest, format!("sha256:{name}"));
+    }
+}
+
+/// Exports `what` from `env`'s store, extracts it, and returns its blobs.
+fn exported_blobs(env: &Env, what: &str) -> BTreeMap<String, String> {
+    let archive = env.path(&format!("{}.tar", what.replace(['/', ':'], "_")));
+    env.ok(&["export", "-o", archive.to_str().unwrap(), what]);
+    let dir = env.path(&format!("{}.x", what.replace(['/', ':'], "_")));
+    fs::create_dir_all(&dir).unwrap();
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&dir)
+        .arg("-xf")
+        .arg(&archive));
+    blobs_of(&dir)
+}
+
+fn names(env: &Env) -> Vec<String> {
+    env.images().into_iter().map(|(n, _)| n).collect()
+}
+
+/// Every blob file in the store hashes to its name, and no ingest is left.
+fn store_is_clean(env: &Env) {
+    for (hex, bytes) in tree(&env.store.join("blobs/sha256")) {
+        assert_eq!(
+            Digest::of(Algorithm::Sha256, &bytes).hex(),
+            hex,
+            "a store blob does not match its name"
+        );
+    }
+    let ingests = fs::read_dir(env.store.join("ingest"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(ingests, 0, "ingests left behind");
+}
+
+#[test]
+fn cp_tar_and_skopeo_copy_import_into_the_mount() {
+    require("skopeo");
+    let env = Env::new();
+    let layout = env.path("umoci-layout");
+    let digest = umoci_layout(&env, &layout);
+    let m = Mounted::start(&env, "mnt", &[]);
+
+    // cp -r of a umoci layout.
+    sh(Command::new("cp")
+        .arg("-r")
+        .arg(&layout)
+        .arg(m.path("copied")));
+    assert_eq!(env.images(), [("copied:base".to_owned(), digest.clone())]);
+    same_blobs(&exported_blobs(&env, "copied:base"), &blobs_of(&layout));
+    // The mount shows the blobs copied; index.json and oci-layout are its own renderings.
+    same_blobs(&blobs_of(&m.path("copied")), &blobs_of(&layout));
+    let shown: serde_json::Value =
+        serde_json::from_slice(&fs::read(m.path("copied/index.json")).unwrap()).unwrap();
+    assert_eq!(shown["manifests"][0]["digest"], digest.as_str());
+
+    // tar -x of what containerd exports, into a directory made with mkdir.
+    let archive = env.path("demo.tar");
+    env.ok(&["export", "-o", archive.to_str().unwrap(), "copied:base"]);
+    let ctrd = Containerd::start();
+    sh(ctrd
+        .ctr()
+        .args(["images", "import", "--no-unpack"])
+        .arg(&archive));
+    let ctr_tar = env.path("ctr.tar");
+    sh(ctrd
+        .ctr()
+        .args(["images", "export"])
+        .arg(&ctr_tar)
+        .arg("copied:base"));
+    fs::create_dir(m.path("fromctr")).unwrap();
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(m.path("fromctr"))
+        .arg("-xf")
+        .arg(&ctr_tar));
+    assert!(
+        names(&env).contains(&"fromctr:base".to_owned()),
+        "{:?}",
+        names(&env)
+    );
+    same_blobs(&exported_blobs(&env, "fromctr:base"), &blobs_of(&layout));
+    // Again over the same directory: tar replaces each file, the image stays.
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(m.path("fromctr"))
+        .arg("-xf")
+        .arg(&ctr_tar));
+    assert!(names(&env).contains(&"fromctr:base".to_owned()));
+
+    // skopeo copy into the mount, then two at once into one repository.
+    let src = format!("oci:{}:base", layout.display());
+    let dst = |tag: &str| format!("oci:{}:{tag}", m.path("sk").display());
+    sh(Command::new("skopeo").args(["copy", "-q", &src, &dst("1.0")]));
+    let mut children: Vec<_> = ["a", "b", "c"]
+        .iter()
+        .map(|t| {
+            Command::new("skopeo")
+                .args(["copy", "-q", &src, &dst(t)])
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children.drain(..) {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let sk: Vec<String> = names(&env)
+        .into_iter()
+        .filter(|n| n.starts_with("sk:"))
+        .collect();
+    assert_eq!(sk, ["sk:1.0", "sk:a", "sk:b", "sk:c"], "no tag lost");
+    for tag in ["1.0", "a", "b", "c"] {
+        assert_eq!(skopeo_digest(&dst(tag)), digest);
+        same_blobs(
+            &exported_blobs(&env, &format!("sk:{tag}")),
+            &blobs_of(&layout),
+        );
+    }
+    // Deduplicated: one copy of each blob in the store, none that the source lacks.
+    let stored = blobs_of(&env.store);
+    same_blobs(&stored, &blobs_of(&layout));
+    assert!(!m.log().contains("ERROR"), "{}", m.log());
+    drop(m);
+    store_is_clean(&env);
+}
+
+#[test]
+fn rm_r_removes_a_repository_and_mv_renames_it() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut b = LayoutBuilder::new(&src);
+    b.small_image("1", 2, 70_000, 1);
+    b.small_image("2", 2, 80_000, 2);
+    let m = Mounted::start(&env, "mnt", &[]);
+    fs::create_dir_all(m.path("team")).unwrap();
+    sh(Command::new("cp")
+        .arg("-r")
+        .arg(&src)
+        .arg(m.path("team/app")));
+    sh(Command::new("cp").arg("-r").arg(&src).arg(m.path("other")));
+    assert_eq!(
+        names(&env),
+        ["other:1", "other:2", "team/app:1", "team/app:2"]
+    );
+    let stored = tree(&env.store.join("blobs/sha256")).len();
+
+    sh(Command::new("mv").arg(m.path("team")).arg(m.path("group")));
+    assert_eq!(
+        names(&env),
+        ["group/app:1", "group/app:2", "other:1", "other:2"]
+    );
+    same_blobs(&exported_blobs(&env, "group/app"), &blobs_of(&src));
+    assert!(!m.path("team").exists());
+    sh(Command::new("mv")
+        .arg(m.path("group/app"))
+        .arg(m.path("group/renamed")));
+    assert_eq!(
+        names(&env),
+        ["group/renamed:1", "group/renamed:2", "other:1", "other:2"]
+    );
+
+    sh(Command::new("rm").arg("-r").arg(m.path("group")));
+    assert_eq!(names(&env), ["other:1", "other:2"]);
+    assert!(!m.path("group").exists());
+    assert_eq!(fs::read_dir(&m.dir).unwrap().count(), 1);
+    // Blobs stay in the store (gc frees them), and the other repository is whole.
+    assert_eq!(tree(&env.store.join("blobs/sha256")).len(), stored);
+    same_blobs(&exported_blobs(&env, "other"), &blobs_of(&src));
+
+    // A tag is removed by editing index.json.
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(m.path("other/index.json")).unwrap()).unwrap();
+    index["manifests"].as_array_mut().unwrap().remove(0);
+    fs::write(
+        m.path("other/index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(names(&env), ["other:2"]);
+}
+
+/// A layout with one image of `mib` MiB of layers: `big:1`.
+fn big_layout(env: &Env, name: &str, mib: u64) -> PathBuf {
+    let dir = env.path(name);
+    let mut b = LayoutBuilder::new(&dir);
+    let l1 = b.add_random_layer(mib << 20, 7);
+    let l2 = b.add_random_layer(1 << 20, 8);
+    let m = b.add_manifest(&[l1, l2], "amd64");
+    b.tag(&m, Some("1")).write_index();
+    dir
+}
+
+#[test]
+fn bad_blobs_and_links_are_refused_and_nothing_enters_the_store() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut b = LayoutBuilder::new(&src);
+    b.small_image("1", 2, 100_000, 3);
+    let m = Mounted::start(&env, "mnt", &[]);
+    sh(Command::new("cp").arg("-r").arg(&src).arg(m.path("good")));
+    let before = env.images();
+
+    // A copy whose layer is corrupted: cp fails on that file, naming it.
+    let bad = env.path("bad");
+    LayoutBuilder::new(&bad).small_image("1", 2, 100_000, 33);
+    let (hex, bytes) = tree(&bad.join("blobs/sha256"))
+        .into_iter()
+        .max_by_key(|(_, b)| b.len())
+        .unwrap();
+    let file = bad.join("blobs/sha256").join(&hex);
+    let mut damaged = bytes.clone();
+    damaged[100] ^= 0xff;
+    fs::write(&file, &damaged).unwrap();
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(&bad)
+        .arg(m.path("bad"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(&hex), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Input/output error"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(m.log().contains(&hex), "{}", m.log());
+    assert_eq!(env.images(), before, "nothing half-registered");
+    assert!(
+        !env.store.join("blobs/sha256").join(&hex).exists(),
+        "the damaged blob entered the store"
+    );
+    // The layout's good blobs are in (deduplicated for a later copy), nothing else.
+    let stored = blobs_of(&env.store);
+    same_blobs(&stored, &{
+        let mut all = blobs_of(&src);
+        all.extend(blobs_of(&bad));
+        all
+    });
+
+    // Blob names that are no digest, and sha384: EINVAL.
+    let dir = m.path("good/blobs/sha256");
+    for name in [hex.to_uppercase(), hex[1..].to_owned()] {
+        let e = fs::write(dir.join(&name), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{name}");
+    }
+    let e = fs::create_dir(m.path("good/blobs/sha384")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+    let e = fs::create_dir(m.path("Not_A_Name")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EINVAL));
+
+    // Symlinks, hard links and device nodes: EPERM.
+    let target = dir.join(blobs_of(&src).keys().next().unwrap());
+    let e = std::os::unix::fs::symlink(&target, m.path("good/link")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    let e = fs::hard_link(&target, m.path("good/hard")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    let fifo = std::ffi::CString::new(m.path("good/fifo").to_str().unwrap()).unwrap();
+    // SAFETY: a plain syscall on a NUL-terminated path.
+    let r = unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) };
+    assert_eq!(r, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::EPERM)
+    );
+    // Blobs never change in place.
+    let e = fs::OpenOptions::new()
+        .append(true)
+        .open(&target)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"x").and_then(|_| f.sync_all()))
+        .unwrap_err();
+    assert!(
+        [libc::EFBIG, libc::EIO, libc::EACCES].contains(&e.raw_os_error().unwrap()),
+        "{e}"
+    );
+    assert_eq!(env.images(), before);
+    assert_eq!(blobs_of(&env.store), stored);
+    drop(m);
+    store_is_clean(&env);
+}
+
+/// A tmpfs of `mib` MiB mounted on `dir` for the life of the guard.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, mib: u64) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        sh(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir));
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_enospc_to_the_writer_and_the_store_is_unchanged() {
+    let mut env = Env::new();
+    let small = big_layout(&env, "small", 1);
+    let big = big_layout(&env, "big", 24);
+    env.store = env.path("tmpfs/store");
+    let _tmpfs = Tmpfs::mount(&env.path("tmpfs"), 16);
+    let m = Mounted::start(&env, "mnt", &[]);
+    sh(Command::new("cp")
+        .arg("-r")
+        .arg(&small)
+        .arg(m.path("small")));
+    let before = env.images();
+    let stored = blobs_of(&env.store);
+
+    let out = Command::new("cp")
+        .arg("-r")
+        .arg(&big)
+        .arg(m.path("big"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("No space left on device"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.images(), before);
+    // What was stored is still there; the big layer is not; the small blobs of the big
+    // layout that fitted are whole.
+    let now = blobs_of(&env.store);
+    assert!(stored.iter().all(|(k, v)| now.get(k) == Some(v)));
+    let (big_layer, _) = tree(&big.join("blobs/sha256"))
+        .into_iter()
+        .max_by_key(|(_, b)| b.len())
+        .unwrap();
+    assert!(!now.contains_key(&big_layer));
+    same_blobs(&now, &{
+        let mut all = blobs_of(&small);
+        all.extend(blobs_of(&big));
+        all
+    });
+    // The space is given back: the failed upload left nothing.
+    let ingests = fs::read_dir(env.store.join("ingest")).unwrap().count();
+    assert_eq!(ingests, 0);
+    // And the mount still works.
+    sh(Command::new("cp")
+        .arg("-r")
+        .arg(&small)
+        .arg(m.path("again")));
+    assert!(names(&env).contains(&"again:1".to_owned()));
+    drop(m);
+}
+
+#[test]
+fn the_daemon_killed_mid_copy_leaves_nothing_half_done() {
+    let env = Env::new();
+    let big = big_layout(&env, "big", 256);
+    for round in 0..3u64 {
+        let m = Mounted::start(&env, "mnt", &[]);
+        let mut cp = Command::new("cp")
+            .arg("-r")
+            .arg(&big)
+            .arg(m.path("big"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until the copy is under way, then kill at a different point each round.
+        let start = Instant::now();
+        while fs::read_dir(env.store.join("ingest"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 0
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no upload started"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(10 + 25 * round));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(m.pid(), libc::SIGKILL) };
+        let _ = cp.wait();
+        drop(m); // lazily unmounts the dead mount
+        assert!(!is_mounted(&env.path("mnt")));
+        assert!(env.images().is_empty(), "round {round}: {:?}", env.images());
+
+        // A new mount cleans the dead daemon's ingests; the store has only whole blobs.
+        let m = Mounted::start(&env, "mnt", &[]);
+        assert!(
+            !m.path("big").exists(),
+            "round {round}: a half-copied repository shows"
+        );
+        drop(m);
+        store_is_clean(&env);
+    }
+    // Then the copy completes.
+    let m = Mounted::start(&env, "mnt", &[]);
+    sh(Command::new("cp").arg("-r").arg(&big).arg(m.path("big")));
+    assert_eq!(names(&env), ["big:1"]);
+    same_blobs(&exported_blobs(&env, "big:1"), &blobs_of(&big));
+    drop(m);
+    store_is_clean(&env);
+}
