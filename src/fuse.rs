@@ -110,7 +110,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         uid: a.uid,
         gid: a.gid,
         rdev: 0,
-        blksize: crate::fs::BLOCK_SIZE,
+        blksize: crate::fs::IO_SIZE,
         flags: 0,
     }
 }

@@ -47,8 +47,11 @@ use view::{RepoView, Views, LAYOUT_NAMES};
 pub const DYNAMIC_TTL: Duration = Duration::from_millis(500);
 /// How long the kernel may cache the attributes of what never changes: a blob, `oci-layout`.
 pub const IMMUTABLE_TTL: Duration = Duration::from_secs(3600);
-/// The block size `stat` reports.
+/// The size of a directory in `stat`, and the block size `statfs` reports.
 pub const BLOCK_SIZE: u32 = 4096;
+/// The preferred I/O size `stat` reports (`st_blksize`): cp, cat and tar size their buffers by
+/// it, and one large request through FUSE costs much less than many small ones.
+pub const IO_SIZE: u32 = 1 << 20;
 /// The unit of `st_blocks`.
 const STAT_BLOCK: u64 = 512;
 
@@ -611,7 +614,10 @@ impl Fs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.handles.lock().remove(&fh);
+        let handle = self.handles.lock().remove(&fh);
+        if let Some(Handle::Upload { ino, shared }) = handle {
+            self.release_upload(ino, &shared);
+        }
     }
 
     /// How many repository views were computed so far: each reads that repository's manifests,

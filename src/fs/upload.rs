@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -15,10 +15,55 @@ use crate::store::{self, Store};
 
 /// Read size while hashing an upload that was not written in order.
 const HASH_CHUNK: usize = 1 << 20;
+/// Alignment of offsets, lengths and memory for O_DIRECT writes (a page: enough for every
+/// logical block size in use).
+const DIRECT_ALIGN: usize = 4096;
+
+/// A page-aligned buffer, one per thread, for O_DIRECT writes.
+#[repr(C, align(4096))]
+struct Page([u8; DIRECT_ALIGN]);
+
+thread_local! {
+    static DIRECT_BUF: std::cell::RefCell<Vec<Page>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Writes `buf` (a whole number of pages, at a page offset) through the O_DIRECT descriptor
+/// `file`, copied into this thread's aligned buffer. Ok(false) when the filesystem refuses
+/// O_DIRECT here (EINVAL): nothing was written, and the caller writes it buffered.
+fn write_direct(file: &File, buf: &[u8], offset: u64) -> io::Result<bool> {
+    DIRECT_BUF.with(|cell| {
+        let mut pages = cell.borrow_mut();
+        let n = buf.len() / DIRECT_ALIGN;
+        if pages.len() < n {
+            pages.resize_with(n, || Page([0; DIRECT_ALIGN]));
+        }
+        // SAFETY: `Page` is a C-layout array of bytes with no padding, and the vector's pages
+        // are contiguous, so its first `n` pages are `n * DIRECT_ALIGN` initialised bytes,
+        // borrowed mutably and only here.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(pages.as_mut_ptr().cast::<u8>(), n * DIRECT_ALIGN)
+        };
+        bytes.copy_from_slice(buf);
+        match file.write_all_at(bytes, offset) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// Writes at least this large are hashed on a second thread while they are written (below it,
+/// starting the thread costs more than it saves).
+const PARALLEL_HASH_MIN: usize = 256 << 10;
 
 pub struct Upload {
     dir: PathBuf,
     file: File,
+    /// The same file opened with O_DIRECT, for large aligned writes: they go to the disk from
+    /// a buffer of this thread's instead of into newly allocated page cache (the slow part of a
+    /// copy into the mount), and leave little for the fsync at commit. None where the
+    /// filesystem has no O_DIRECT (tmpfs) or after it failed once.
+    direct: Option<File>,
     /// Running hash of bytes 0..len, while every write has continued where the last ended.
     hasher: Option<Hasher>,
     len: u64,
@@ -28,9 +73,15 @@ impl Upload {
     /// A new, empty upload; `alg` is the hash kept while it is written.
     pub fn new(store: &Store, alg: Algorithm) -> Result<Upload> {
         let (dir, file) = store::new_ingest(store)?;
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(dir.join("data"))
+            .ok();
         Ok(Upload {
             dir,
             file,
+            direct,
             hasher: Some(alg.hasher()),
             len: 0,
         })
@@ -48,13 +99,50 @@ impl Upload {
         self.len == 0
     }
 
+    /// Writes `buf` at `offset`. A large write that continues the hashed bytes is hashed on
+    /// another thread while it is written, so that a copy into the mount pays for the slower of
+    /// the two, not both. After an error the upload is not to be committed.
     pub fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
-        self.file
-            .write_all_at(buf, offset)
-            .map_err(|e| Error::io(self.data(), e))?;
-        match &mut self.hasher {
-            Some(h) if offset == self.len => h.update(buf),
-            _ => self.hasher = None,
+        let direct = self.direct.as_ref().filter(|_| {
+            offset % DIRECT_ALIGN as u64 == 0
+                && buf.len() % DIRECT_ALIGN == 0
+                && buf.len() >= PARALLEL_HASH_MIN
+        });
+        let file = &self.file;
+        let write = || match direct {
+            Some(d) => write_direct(d, buf, offset),
+            None => file.write_all_at(buf, offset).map(|()| true),
+        };
+        let written = match &mut self.hasher {
+            Some(h) if offset == self.len && buf.len() >= PARALLEL_HASH_MIN => {
+                std::thread::scope(|s| {
+                    let hashing = s.spawn(move || h.update(buf));
+                    let w = write();
+                    hashing
+                        .join()
+                        .map_err(|_| io::Error::other("the hashing thread panicked"))
+                        .and(w)
+                })
+            }
+            Some(h) if offset == self.len => {
+                h.update(buf);
+                write()
+            }
+            _ => {
+                self.hasher = None;
+                write()
+            }
+        };
+        match written {
+            Ok(true) => {}
+            // The filesystem refused O_DIRECT for this write: buffered from now on.
+            Ok(false) => {
+                self.direct = None;
+                self.file
+                    .write_all_at(buf, offset)
+                    .map_err(|e| Error::io(self.data(), e))?;
+            }
+            Err(e) => return Err(Error::io(self.data(), e)),
         }
         self.len = self.len.max(offset + buf.len() as u64);
         Ok(())
@@ -159,6 +247,25 @@ impl Drop for Upload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn large_aligned_writes_go_direct_and_commit_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let content: Vec<u8> = (0..(2u32 << 20) + 100)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let d = Digest::of(Algorithm::Sha256, &content);
+        let mut u = Upload::new(&store, Algorithm::Sha256).unwrap();
+        for (i, chunk) in content.chunks(1 << 20).enumerate() {
+            u.write_at((i << 20) as u64, chunk).unwrap();
+        }
+        let mut back = Vec::new();
+        u.read_at((1 << 20) - 10, 20, &mut back).unwrap();
+        assert_eq!(back, &content[(1 << 20) - 10..(1 << 20) + 10]);
+        assert!(u.commit(&store, &d, Some(content.len() as u64)).unwrap());
+        assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), content);
+    }
 
     #[test]
     fn in_order_and_out_of_order_writes_commit_or_fail() {

@@ -601,8 +601,7 @@ impl super::Fs {
                 Ok(())
             }
             Node::Blob(digest, size) => {
-                let upload = shared.lock().upload.take();
-                if let Some(u) = upload {
+                if let Some(u) = take_verified(shared, &digest, Some(size))? {
                     u.commit(self.store(), &digest, Some(size))?;
                 }
                 Ok(())
@@ -624,14 +623,13 @@ impl super::Fs {
         digest: &Digest,
         shared: &Shared,
     ) -> FsResult<()> {
-        let upload = shared.lock().upload.take();
-        let Some(upload) = upload else {
+        let wanted = self.write.lock().wanted.get(digest).copied();
+        let Some(upload) = take_verified(shared, digest, wanted)? else {
             return Ok(());
         };
         let size = upload.len();
-        let wanted = self.write.lock().wanted.get(digest).copied();
         if let Err(e) = upload.commit(self.store(), digest, wanted) {
-            // Nothing entered the store, and the name holds nothing: it is gone.
+            // Nothing entered the store (a full disk), and the name holds nothing: it is gone.
             self.write.lock().remove(id);
             return Err(e.into());
         }
@@ -1104,6 +1102,19 @@ impl super::Fs {
         self.attr(ino, &node)
     }
 
+    /// The last close of a file at a blob's name that never became the blob (its bytes did
+    /// not match): the name goes, as nothing entered the store.
+    pub(super) fn release_upload(&self, ino: u64, shared: &Shared) {
+        let Ok(Node::Scratch(id)) = self.node(ino) else {
+            return;
+        };
+        // The scratch table and this handle: no other descriptor has it open.
+        let last = Arc::strong_count(shared) <= 2;
+        if last && shared.lock().upload.is_some() && self.scratch_blob(id).is_some() {
+            self.write.lock().remove(id);
+        }
+    }
+
     /// Remembers that process `pid` looked for `name` in directory `parent` and did not find
     /// it. A process that found no `index.json` in a repository, or no repository directory
     /// at all, saw no images there: what it writes later adds to the repository and removes
@@ -1127,6 +1138,22 @@ impl super::Fs {
         let names = entries.iter().map(|e| e.name.clone()).collect();
         self.write.lock().remember_read(pid, repo, names);
     }
+}
+
+/// The upload of `shared`, taken for commit once its content is the blob `digest`. Nothing is
+/// taken while nothing was written (dd creates the file, then closes a first descriptor before
+/// writing through its duplicate), and on a mismatch the upload stays: the error goes to this
+/// close, and later writes through another descriptor may still complete it.
+fn take_verified(shared: &Shared, digest: &Digest, size: Option<u64>) -> FsResult<Option<Upload>> {
+    let mut w = shared.lock();
+    let Some(u) = w.upload.as_ref() else {
+        return Ok(None);
+    };
+    if u.is_empty() && size != Some(0) && *digest != Digest::of(digest.algorithm(), b"") {
+        return Ok(None);
+    }
+    u.verify(digest, size)?;
+    Ok(w.upload.take())
 }
 
 /// Checks a file name in `blobs/<alg>/`: the algorithm's hex length in lowercase hex, or a
