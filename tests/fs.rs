@@ -6,33 +6,20 @@ mod common;
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::core::Harness;
 use common::gen::{LayoutBuilder, MEDIA_CONFIG};
 use common::within_a_second;
 use layoutfs::archive::{self, Source};
 use layoutfs::digest::{Algorithm, Digest};
-use layoutfs::fs::{Attr, Fs, FsError, FsOptions, Kind};
+use layoutfs::fs::{Fs, FsError, FsOptions, Kind};
 use layoutfs::layout::{self, Entry};
 use layoutfs::oci::{self, Descriptor, OnMissing};
 use layoutfs::reference::Reference;
 use layoutfs::store::Store;
 
-struct Harness {
-    tmp: tempfile::TempDir,
-    store: Arc<Store>,
-    fs: Fs,
-}
-
 impl Harness {
-    fn new() -> Harness {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(&tmp.path().join("store")).unwrap());
-        let fs = Fs::new(store.clone(), FsOptions::default());
-        Harness { tmp, store, fs }
-    }
-
     /// Imports a layout with `images` small images tagged t0, t1... as `repo`.
     fn import(&self, dir: &str, repo: &str, images: usize, seed: u64) {
         let dir = self.tmp.path().join(dir);
@@ -48,47 +35,8 @@ impl Harness {
         Store::open(self.store.root()).unwrap()
     }
 
-    fn walk(&self, path: &str) -> Result<Attr, FsError> {
-        let mut attr = self.fs.getattr(layoutfs::fs::root_ino())?;
-        for c in path.split('/').filter(|c| !c.is_empty()) {
-            attr = self.fs.lookup(attr.ino, OsStr::new(c))?;
-        }
-        Ok(attr)
-    }
-
-    fn list(&self, path: &str) -> Result<Vec<String>, FsError> {
-        let fh = self.fs.opendir(self.walk(path)?.ino)?;
-        let names = self
-            .fs
-            .readdir(fh, 0)?
-            .into_iter()
-            .map(|e| e.name)
-            .filter(|n| n != "." && n != "..")
-            .collect();
-        self.fs.releasedir(fh);
-        Ok(names)
-    }
-
     fn read(&self, path: &str) -> Result<Vec<u8>, FsError> {
-        let attr = self.walk(path)?;
-        let opened = self.fs.open(attr.ino, libc::O_RDONLY, 1)?;
-        let mut out = Vec::new();
-        loop {
-            let chunk = self.fs.read(opened.fh, out.len() as u64, 1000);
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    self.fs.release(opened.fh);
-                    return Err(e);
-                }
-            };
-            if chunk.is_empty() {
-                break;
-            }
-            out.extend(chunk);
-        }
-        self.fs.release(opened.fh);
-        Ok(out)
+        self.read_as(path, 1)
     }
 
     fn entries(&self, repo: &str) -> Vec<Entry> {

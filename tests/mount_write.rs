@@ -53,6 +53,22 @@ fn names(env: &Env) -> Vec<String> {
     env.images().into_iter().map(|(n, _)| n).collect()
 }
 
+/// `cp -r SRC DST`, whatever its exit.
+fn cp_r(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> std::process::Output {
+    Command::new("cp")
+        .arg("-r")
+        .arg(src.as_ref())
+        .arg(dst.as_ref())
+        .output()
+        .unwrap()
+}
+
+/// `cp -r SRC DST`, which must succeed.
+fn cp_r_ok(src: impl AsRef<Path>, dst: impl AsRef<Path>) {
+    let out = cp_r(src, dst);
+    assert!(out.status.success(), "cp -r: {}", stderr(&out));
+}
+
 /// Every blob file in the store hashes to its name, and no ingest is left.
 fn store_is_clean(env: &Env) {
     for (hex, bytes) in tree(&env.store.join("blobs/sha256")) {
@@ -77,10 +93,7 @@ fn cp_tar_and_skopeo_copy_import_into_the_mount() {
     let m = Mounted::start(&env, "mnt", &[]);
 
     // cp -r of a umoci layout.
-    sh(Command::new("cp")
-        .arg("-r")
-        .arg(&layout)
-        .arg(m.path("copied")));
+    cp_r_ok(&layout, m.path("copied"));
     assert_eq!(env.images(), [("copied:base".to_owned(), digest.clone())]);
     same_blobs(&exported_blobs(&env, "copied:base"), &blobs_of(&layout));
     // The mount shows the blobs copied; index.json and oci-layout are its own renderings.
@@ -174,11 +187,8 @@ fn rm_r_removes_a_repository_and_mv_renames_it() {
     b.small_image("2", 2, 80_000, 2);
     let m = Mounted::start(&env, "mnt", &[]);
     fs::create_dir_all(m.path("team")).unwrap();
-    sh(Command::new("cp")
-        .arg("-r")
-        .arg(&src)
-        .arg(m.path("team/app")));
-    sh(Command::new("cp").arg("-r").arg(&src).arg(m.path("other")));
+    cp_r_ok(&src, m.path("team/app"));
+    cp_r_ok(&src, m.path("other"));
     assert_eq!(
         names(&env),
         ["other:1", "other:2", "team/app:1", "team/app:2"]
@@ -238,7 +248,7 @@ fn bad_blobs_and_links_are_refused_and_nothing_enters_the_store() {
     let mut b = LayoutBuilder::new(&src);
     b.small_image("1", 2, 100_000, 3);
     let m = Mounted::start(&env, "mnt", &[]);
-    sh(Command::new("cp").arg("-r").arg(&src).arg(m.path("good")));
+    cp_r_ok(&src, m.path("good"));
     let before = env.images();
 
     // A copy whose layer is corrupted: cp fails on that file, naming it.
@@ -252,12 +262,7 @@ fn bad_blobs_and_links_are_refused_and_nothing_enters_the_store() {
     let mut damaged = bytes.clone();
     damaged[100] ^= 0xff;
     fs::write(&file, &damaged).unwrap();
-    let out = Command::new("cp")
-        .arg("-r")
-        .arg(&bad)
-        .arg(m.path("bad"))
-        .output()
-        .unwrap();
+    let out = cp_r(&bad, m.path("bad"));
     assert!(!out.status.success());
     assert!(stderr(&out).contains(&hex), "{}", stderr(&out));
     assert!(
@@ -347,19 +352,11 @@ fn a_full_disk_is_enospc_to_the_writer_and_the_store_is_unchanged() {
     env.store = env.path("tmpfs/store");
     let _tmpfs = Tmpfs::mount(&env.path("tmpfs"), 16);
     let m = Mounted::start(&env, "mnt", &[]);
-    sh(Command::new("cp")
-        .arg("-r")
-        .arg(&small)
-        .arg(m.path("small")));
+    cp_r_ok(&small, m.path("small"));
     let before = env.images();
     let stored = blobs_of(&env.store);
 
-    let out = Command::new("cp")
-        .arg("-r")
-        .arg(&big)
-        .arg(m.path("big"))
-        .output()
-        .unwrap();
+    let out = cp_r(&big, m.path("big"));
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("No space left on device"),
@@ -385,10 +382,7 @@ fn a_full_disk_is_enospc_to_the_writer_and_the_store_is_unchanged() {
     let ingests = fs::read_dir(env.store.join("ingest")).unwrap().count();
     assert_eq!(ingests, 0);
     // And the mount still works.
-    sh(Command::new("cp")
-        .arg("-r")
-        .arg(&small)
-        .arg(m.path("again")));
+    cp_r_ok(&small, m.path("again"));
     assert!(names(&env).contains(&"again:1".to_owned()));
     drop(m);
 }
@@ -438,7 +432,7 @@ fn the_daemon_killed_mid_copy_leaves_nothing_half_done() {
     }
     // Then the copy completes.
     let m = Mounted::start(&env, "mnt", &[]);
-    sh(Command::new("cp").arg("-r").arg(&big).arg(m.path("big")));
+    cp_r_ok(&big, m.path("big"));
     assert_eq!(names(&env), ["big:1"]);
     same_blobs(&exported_blobs(&env, "big:1"), &blobs_of(&big));
     drop(m);

@@ -3,6 +3,7 @@
 //! a missing tool fails the test rather than skipping it), and a private containerd.
 #![allow(dead_code)]
 
+pub mod core;
 pub mod gen;
 pub mod mount;
 
