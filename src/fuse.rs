@@ -266,7 +266,8 @@ impl Filesystem for Adapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        if self.read_only {
+        // Closes of blobs being read are most closes: no /proc lookup for them.
+        if self.read_only || !self.fs.is_upload(fh.0) {
             return reply.ok();
         }
         match self.fs.flush(fh.0, process_of(req)) {

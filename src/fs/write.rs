@@ -557,6 +557,14 @@ impl super::Fs {
         }
     }
 
+    /// Whether `fh` was opened for writing (only then has a close anything to act on).
+    pub fn is_upload(&self, fh: u64) -> bool {
+        matches!(
+            self.handles.lock().get(&fh),
+            Some(super::Handle::Upload { .. })
+        )
+    }
+
     /// Acts on what was written through `fh` (on close and fsync): commits a blob, applies
     /// `index.json`, checks `oci-layout`. Temporary files wait.
     pub fn flush(&self, fh: u64, pid: u32) -> FsResult<()> {
