@@ -174,7 +174,7 @@ impl Filesystem for Adapter {
             }
             Err(e) => {
                 if !self.read_only && matches!(e, FsError::NotFound) {
-                    self.fs.note_absent(parent.0, name, process_of(req));
+                    self.fs.note_absent(parent.0, name, || process_of(req));
                 }
                 reply.error(errno("lookup", &e))
             }

@@ -420,7 +420,7 @@ fn writers_that_read_the_index_lose_no_tag() {
 
     // A writer that found no index.json (skopeo into a new repository) adds, removes nothing.
     let root = layoutfs::fs::root_ino();
-    h.fs.note_absent(root, OsStr::new("fresh"), 4);
+    h.fs.note_absent(root, OsStr::new("fresh"), || 4);
     h.mkdir_p("fresh").unwrap();
     h.put(
         "fresh/index.json",
@@ -428,7 +428,7 @@ fn writers_that_read_the_index_lose_no_tag() {
         5,
     )
     .unwrap();
-    h.fs.note_absent(h.walk("fresh").unwrap().ino, OsStr::new("index.json"), 4);
+    h.fs.note_absent(h.walk("fresh").unwrap().ino, OsStr::new("index.json"), || 4);
     h.put(
         "fresh/index.json",
         &serde_json::to_vec(&only(1)).unwrap(),

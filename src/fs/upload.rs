@@ -76,7 +76,7 @@ impl Upload {
         let direct = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_DIRECT)
-            .open(dir.join("data"))
+            .open(dir.join(store::DATA_FILE))
             .ok();
         Ok(Upload {
             dir,
@@ -88,7 +88,7 @@ impl Upload {
     }
 
     fn data(&self) -> PathBuf {
-        self.dir.join("data")
+        self.dir.join(store::DATA_FILE)
     }
 
     pub fn len(&self) -> u64 {
@@ -209,25 +209,11 @@ impl Upload {
     /// Checks the content against the blob `expected` (and `size` bytes, when a descriptor
     /// gives it), leaving the upload as it is.
     pub fn verify(&self, expected: &Digest, size: Option<u64>) -> Result<()> {
-        if let Some(size) = size {
-            if self.len != size {
-                return Err(Error::SizeMismatch {
-                    digest: expected.clone(),
-                    expected: size,
-                    found: self.len,
-                });
-            }
-        }
+        store::check_size(expected, size, self.len)?;
         let found = self
             .digest(expected.algorithm())
             .map_err(|e| Error::io(self.data(), e))?;
-        if found != *expected {
-            return Err(Error::DigestMismatch {
-                expected: expected.clone(),
-                found,
-            });
-        }
-        Ok(())
+        store::check_digest(expected, found)
     }
 
     /// Verifies the content as the blob `expected` and moves it into the store. Returns false

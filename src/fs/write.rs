@@ -1127,7 +1127,8 @@ impl super::Fs {
     /// it. A process that found no `index.json` in a repository, or no repository directory
     /// at all, saw no images there: what it writes later adds to the repository and removes
     /// nothing (skopeo checks for the file, makes the directory, then writes a new index).
-    pub fn note_absent(&self, parent: u64, name: &OsStr, pid: u32) {
+    /// `pid` is asked only when the name matters (it reads /proc).
+    pub fn note_absent(&self, parent: u64, name: &OsStr, pid: impl FnOnce() -> u32) {
         let (Ok(Node::Dir(path)), Some(name)) = (self.node(parent), name.to_str()) else {
             return;
         };
@@ -1137,7 +1138,9 @@ impl super::Fs {
             super::child_path(&path, name).to_string()
         };
         if check_repository(&repo).is_ok() {
-            self.write.lock().remember_read(pid, &repo, BTreeSet::new());
+            self.write
+                .lock()
+                .remember_read(pid(), &repo, BTreeSet::new());
         }
     }
 

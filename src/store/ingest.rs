@@ -26,7 +26,7 @@ pub const COPY_CHUNK: usize = 1 << 20;
 const WRITEBACK_STEP: u64 = 16 << 20;
 
 /// The file in an ingest directory that holds the bytes.
-const DATA_FILE: &str = "data";
+pub const DATA_FILE: &str = "data";
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
@@ -129,23 +129,9 @@ impl<'s> Ingest<'s> {
 
     fn finish(&mut self) -> Result<bool> {
         let data = self.dir.join(DATA_FILE);
-        if let Some(size) = self.expected_size {
-            if self.written != size {
-                return Err(Error::SizeMismatch {
-                    digest: self.expected.clone(),
-                    expected: size,
-                    found: self.written,
-                });
-            }
-        }
+        check_size(&self.expected, self.expected_size, self.written)?;
         let hasher = std::mem::replace(&mut self.hasher, self.expected.algorithm().hasher());
-        let found = hasher.finish();
-        if found != self.expected {
-            return Err(Error::DigestMismatch {
-                expected: self.expected.clone(),
-                found,
-            });
-        }
+        check_digest(&self.expected, hasher.finish())?;
         place(self.store, &self.file, &data, &self.expected)
     }
 }
@@ -155,6 +141,30 @@ impl Drop for Ingest<'_> {
         if !self.done {
             let _ = fs::remove_dir_all(&self.dir);
         }
+    }
+}
+
+/// Checks that `len` bytes are the size a descriptor gives for `expected`, when it gives one.
+pub fn check_size(expected: &Digest, expected_size: Option<u64>, len: u64) -> Result<()> {
+    match expected_size {
+        Some(size) if size != len => Err(Error::SizeMismatch {
+            digest: expected.clone(),
+            expected: size,
+            found: len,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that bytes hashing to `found` are the blob `expected`.
+pub fn check_digest(expected: &Digest, found: Digest) -> Result<()> {
+    if found == *expected {
+        Ok(())
+    } else {
+        Err(Error::DigestMismatch {
+            expected: expected.clone(),
+            found,
+        })
     }
 }
 

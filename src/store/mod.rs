@@ -15,7 +15,10 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, IoContext, Result};
 use crate::oci::{self, BlobSource, Descriptor};
 
-pub use ingest::{new_ingest, place, remove_abandoned, sync_dir, Ingest, BLOB_MODE, COPY_CHUNK};
+pub use ingest::{
+    check_digest, check_size, new_ingest, place, remove_abandoned, sync_dir, Ingest, BLOB_MODE,
+    COPY_CHUNK, DATA_FILE,
+};
 pub use records::{Image, Records};
 
 /// Directory of verified blobs.
