@@ -12,10 +12,13 @@ use crate::archive::{self, ExportOptions, Plan, Source};
 use crate::error::{Error, Result};
 use crate::fs::{Fs, FsOptions};
 use crate::fuse::{self, MountOptions};
-use crate::layout::{self, Entry};
-use crate::oci::{OnMissing, PlatformSpec};
+use crate::layout::Entry;
+use crate::oci::PlatformSpec;
 use crate::progress::Progress;
 use crate::reference::{RefQuery, Reference};
+use crate::store::check;
+use crate::store::fsck::{self, FsckOptions, FsckReport};
+use crate::store::gc::{self, GcOptions, GcReport};
 use crate::store::{Image, Store, STORE_ENV};
 
 /// Environment variables that set the log filter, first one wins.
@@ -97,6 +100,24 @@ pub enum Command {
         #[arg(long, value_name = "N", help_heading = "Mount options")]
         threads: Option<std::num::NonZeroUsize>,
     },
+    /// Remove the blobs no image needs (nor an untagged signature or SBOM of one, nor an
+    /// import or mount in progress), and abandoned ingests; print what was freed
+    Gc {
+        /// Print what would be removed, remove nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// Age after which the ingests and leases of processes that are gone are removed
+        /// (e.g. 30s, 10m, 2h, 1d)
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Re-hash every blob, check every image's blobs, report what is corrupt or missing and
+    /// the images it breaks; exit 1 when anything is wrong
+    Fsck {
+        /// Move corrupt blobs to quarantine/ so that a re-import restores them
+        #[arg(long)]
+        repair: bool,
+    },
     /// Give an image another name
     Tag {
         /// NAME:TAG or NAME@DIGEST of an existing image
@@ -167,10 +188,13 @@ impl Cli {
                     verify,
                 };
                 let plan = Plan::new(&store, &entries, &opts)?;
+                let lease = store.lease()?;
+                plan.hold(&store, &lease)?;
                 let out = archive::open_output(output.as_deref())?;
                 let progress = Progress::bytes("exporting", Some(plan.blob_bytes()));
                 plan.write(&store, &out, verify, &progress)?;
                 progress.finish();
+                drop(lease);
                 Ok(())
             }
             Command::Images { format } => list_images(&store, format),
@@ -206,6 +230,20 @@ impl Cli {
                 let fs = Fs::new(std::sync::Arc::new(store), FsOptions { read_only });
                 fuse::mount(fs, &mountpoint, &options)
             }
+            Command::Gc { dry_run, grace } => {
+                let report = gc::gc(&store, &GcOptions { dry_run, grace })?;
+                print_gc(&report, dry_run)
+            }
+            Command::Fsck { repair } => {
+                let report = fsck::fsck(
+                    &store,
+                    &FsckOptions {
+                        repair,
+                        threads: None,
+                    },
+                )?;
+                print_fsck(&report)
+            }
             Command::Tag { source, target } => {
                 let src: Reference = source.parse()?;
                 let dst: Reference = target.parse()?;
@@ -217,6 +255,83 @@ impl Cli {
             }
         }
     }
+}
+
+fn print_gc(r: &GcReport, dry_run: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    if dry_run {
+        for (d, size) in &r.blobs {
+            writeln!(out, "{d}  {}", human(*size)).map_err(stdout_err)?;
+        }
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    writeln!(
+        out,
+        "{verb} {} blobs ({}) and {} abandoned ingests ({}); kept {} blobs ({} held by leases)",
+        r.blobs.len(),
+        human(r.bytes()),
+        r.ingests,
+        human(r.ingest_bytes),
+        r.kept,
+        r.leased,
+    )
+    .map_err(stdout_err)?;
+    Ok(())
+}
+
+fn print_fsck(r: &FsckReport) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for p in &r.problems {
+        writeln!(out, "{p}").map_err(stdout_err)?;
+    }
+    for (d, path) in &r.quarantined {
+        writeln!(out, "quarantined {d} -> {}", path.display()).map_err(stdout_err)?;
+    }
+    writeln!(
+        out,
+        "checked {} blobs ({}) and {} images: {} problems, {} images broken; {} unreferenced blobs ({}) for gc",
+        r.blobs,
+        human(r.bytes),
+        r.images,
+        r.problems.len(),
+        r.broken_images,
+        r.unreferenced.0,
+        human(r.unreferenced.1),
+    )
+    .map_err(stdout_err)?;
+    if r.is_clean() {
+        Ok(())
+    } else {
+        let hint = if r.quarantined.is_empty() {
+            "; --repair moves corrupt blobs aside, a re-import restores them"
+        } else {
+            "; re-import the broken images to restore their blobs"
+        };
+        Err(Error::Invalid(format!(
+            "fsck: {} problems{hint}",
+            r.problems.len()
+        )))
+    }
+}
+
+/// A duration as `--grace` takes it: a number with s, m, h or d (seconds without a unit).
+pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number with s, m, h or d"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (s, m, h or d)")),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("{s:?}: too long"))
 }
 
 fn entry(i: Image) -> Entry {
@@ -266,6 +381,10 @@ struct ImageRow {
     digest: String,
     media_type: String,
     size: u64,
+    /// Every blob of the image is in the store with its size, its manifests readable.
+    complete: bool,
+    /// Blobs the image needs that the store lacks.
+    missing: usize,
     created: String,
     updated: String,
 }
@@ -273,16 +392,14 @@ struct ImageRow {
 fn list_images(store: &Store, format: Format) -> Result<()> {
     let mut rows = Vec::new();
     for img in store.records().list()? {
-        let e = entry(img.clone());
-        let size = layout::blobs(store, std::slice::from_ref(&e), OnMissing::Skip)?
-            .values()
-            .map(|d| d.size)
-            .sum();
+        let c = check::walk(store, &img.target);
         rows.push(ImageRow {
             name: img.name.to_string(),
             digest: img.target.digest.to_string(),
             media_type: img.target.media_type.clone(),
-            size,
+            size: c.present.values().map(|d| d.size).sum(),
+            complete: c.is_complete(),
+            missing: c.missing.len(),
             created: rfc3339(img.created),
             updated: rfc3339(img.updated),
         });
@@ -298,14 +415,19 @@ fn list_images(store: &Store, format: Format) -> Result<()> {
             let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
             writeln!(
                 out,
-                "{:w$}  {:71}  {:>10}  CREATED",
-                "NAME", "DIGEST", "SIZE"
+                "{:w$}  {:71}  {:>10}  {:10}  CREATED",
+                "NAME", "DIGEST", "SIZE", "COMPLETE"
             )
             .map_err(stdout_err)?;
             for r in &rows {
+                let complete = match (r.complete, r.missing) {
+                    (true, _) => "yes".to_owned(),
+                    (false, 0) => "damaged".to_owned(),
+                    (false, n) => format!("{n} missing"),
+                };
                 writeln!(
                     out,
-                    "{:w$}  {:71}  {:>10}  {}",
+                    "{:w$}  {:71}  {:>10}  {complete:10}  {}",
                     r.name,
                     r.digest,
                     human(r.size),
@@ -372,5 +494,14 @@ mod tests {
         }
         assert_eq!(human(512), "512 B");
         assert_eq!(human(3 << 20), "3.0 MiB");
+        let d = |s| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(d("0"), Ok(0));
+        assert_eq!(d("30s"), Ok(30));
+        assert_eq!(d("10m"), Ok(600));
+        assert_eq!(d("24h"), Ok(86_400));
+        assert_eq!(d("2d"), Ok(172_800));
+        for bad in ["", "h", "1w", "-1s", "1.5h"] {
+            assert!(d(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -16,7 +16,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::layout::{self, Entry};
 use crate::oci::{self, BlobSource, Descriptor, Kind, OnMissing, PlatformSpec};
 use crate::progress::Progress;
-use crate::store::{Store, COPY_CHUNK};
+use crate::store::{Lease, Store, COPY_CHUNK, WHOLE};
 
 use super::tarfmt::{self, EntryKind};
 
@@ -83,6 +83,40 @@ impl Plan {
             records: records.into_iter().collect(),
             total,
         })
+    }
+
+    /// Holds every blob of the archive in `lease` and checks that each is there with its
+    /// size: after this, a gc in another process cannot take one away mid-stream, so an
+    /// export fails before its first byte or not at all.
+    pub fn hold(&self, store: &Store, lease: &Lease) -> Result<()> {
+        let blobs: Vec<&Descriptor> = self
+            .records
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Record::Blob(d) => Some(&**d),
+                _ => None,
+            })
+            .collect();
+        lease.hold(WHOLE, blobs.iter().map(|d| &d.digest))?;
+        for d in blobs {
+            match store.blob_size(&d.digest)? {
+                Some(size) if size == d.size => {}
+                Some(size) => {
+                    return Err(Error::SizeMismatch {
+                        digest: d.digest.clone(),
+                        expected: d.size,
+                        found: size,
+                    })
+                }
+                None => {
+                    return Err(Error::MissingBlob {
+                        digest: d.digest.clone(),
+                        referrer: None,
+                    })
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Bytes of blob content the archive carries.

@@ -24,7 +24,7 @@ use crate::oci::{
 };
 use crate::progress::Progress;
 use crate::reference::{check_repository, check_tag, Reference};
-use crate::store::Store;
+use crate::store::{Lease, Store, WHOLE};
 
 use super::tarfmt;
 
@@ -114,14 +114,17 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
         }
         None => source.default_repository(),
     };
+    // Every blob is held before the store is asked whether it has it, and until the images
+    // are registered: a gc in another process keeps them (see store::leases).
+    let lease = store.lease()?;
     let (index, written) = match source {
-        Source::Dir(dir) => import_dir(store, dir)?,
+        Source::Dir(dir) => import_dir(store, &lease, dir)?,
         Source::Archive(path) => {
             let file = File::open(path).at(path)?;
             let size = file.metadata().at(path)?.len();
-            import_stream(store, Box::new(file), &label, Some(size))?
+            import_stream(store, &lease, Box::new(file), &label, Some(size))?
         }
-        Source::Stdin => import_stream(store, Box::new(io::stdin().lock()), &label, None)?,
+        Source::Stdin => import_stream(store, &lease, Box::new(io::stdin().lock()), &label, None)?,
     };
     let images = name_images(&index, repository.as_deref(), &label)?;
     // Everything each image needs must be here and sound before any name is registered.
@@ -129,6 +132,7 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
         oci::closure(store, target, OnMissing::Fail)?;
     }
     store.records().put(&images)?;
+    drop(lease);
     Ok(Imported {
         names: images.into_iter().map(|(n, _)| n).collect(),
         new_blobs: written.count,
@@ -247,7 +251,7 @@ fn open_regular(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn import_dir(store: &Store, dir: &Path) -> Result<(ImageIndex, Written)> {
+fn import_dir(store: &Store, lease: &Lease, dir: &Path) -> Result<(ImageIndex, Written)> {
     let layout_path = dir.join("oci-layout").display().to_string();
     oci::check_layout_file(&layout_path, &read_layout_file(dir, "oci-layout")?)?;
     let index_path = dir.join("index.json").display().to_string();
@@ -257,6 +261,7 @@ fn import_dir(store: &Store, dir: &Path) -> Result<(ImageIndex, Written)> {
     // read from the verified copy) and collecting the other blobs the store lacks.
     let src = DirSource {
         store,
+        lease,
         dir,
         written: Mutex::new(Written::default()),
     };
@@ -344,12 +349,14 @@ fn ingest_file(store: &Store, dir: &Path, desc: &Descriptor, progress: &Progress
 /// are found in the directory, and manifests are copied in (verified) before being read.
 struct DirSource<'a> {
     store: &'a Store,
+    lease: &'a Lease,
     dir: &'a Path,
     written: Mutex<Written>,
 }
 
 impl BlobSource for DirSource<'_> {
     fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.lease.hold(WHOLE, [digest])?;
         if let Some(size) = self.store.blob_size(digest)? {
             return Ok(Some(size));
         }
@@ -464,6 +471,7 @@ fn safe_path(raw: &Path) -> std::result::Result<String, String> {
 
 fn import_stream(
     store: &Store,
+    lease: &Lease,
     reader: Box<dyn Read + '_>,
     label: &str,
     size: Option<u64>,
@@ -518,7 +526,11 @@ fn import_stream(
                 }
             }
             Member::Blob(digest) => {
-                if !seen.insert(digest.clone()) || store.has_blob(&digest)? {
+                let first = seen.insert(digest.clone());
+                if first {
+                    lease.hold(WHOLE, [&digest])?;
+                }
+                if !first || store.has_blob(&digest)? {
                     io::copy(&mut entry, &mut io::sink()).map_err(tar_err)?;
                     continue;
                 }

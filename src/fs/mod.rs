@@ -159,13 +159,25 @@ pub struct Fs {
     write: Mutex<write::WriteState>,
     /// Serialises every change of image records and pending images made through the mount.
     write_lock: Mutex<()>,
+    /// What keeps blobs written through a writable mount, and those of pending images, from
+    /// a gc before an image record holds them (see `fs::write`).
+    lease: Option<crate::store::Lease>,
 }
 
 impl Fs {
     pub fn new(store: Arc<Store>, options: FsOptions) -> Fs {
         // SAFETY: geteuid and getegid have no preconditions.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let lease = if options.read_only {
+            None
+        } else {
+            store
+                .lease()
+                .map_err(|e| tracing::warn!("no lease: a gc may remove blobs being copied in: {e}"))
+                .ok()
+        };
         Fs {
+            lease,
             views: Views::new(store),
             inodes: Inodes::new(),
             verifier: Verifier::default(),

@@ -29,9 +29,9 @@ use parking_lot::Mutex;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::layout::{self, Entry};
-use crate::oci::{self, Descriptor, ImageIndex, Kind as MediaKind, MAX_DEPTH};
+use crate::oci::{self, BlobSource, Descriptor, ImageIndex, Kind as MediaKind, MAX_DEPTH};
 use crate::reference::{check_repository, check_tag, Reference};
-use crate::store::Store;
+use crate::store::{Held, Store};
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
@@ -222,9 +222,31 @@ pub fn parse_index(repo: &str, bytes: &[u8]) -> Result<BTreeMap<Reference, Descr
     Ok(out)
 }
 
+/// A walk's view of the store: through the mount's lease, or plain on a mount without one.
+enum HeldOrStore<'a> {
+    Held(Held<'a>),
+    Store(&'a Store),
+}
+
+impl BlobSource for HeldOrStore<'_> {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        match self {
+            HeldOrStore::Held(h) => h.blob_size(digest),
+            HeldOrStore::Store(s) => s.blob_size(digest),
+        }
+    }
+
+    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        match self {
+            HeldOrStore::Held(h) => h.read_small(desc),
+            HeldOrStore::Store(s) => s.read_small(desc),
+        }
+    }
+}
+
 /// The blobs below `root` (itself included) that the store does not have yet. Blobs that are
 /// there are checked for size, and manifests and indexes among them are read (and re-hashed).
-pub fn missing_blobs(store: &Store, root: &Descriptor) -> Result<Vec<Descriptor>> {
+pub fn missing_blobs(store: &dyn BlobSource, root: &Descriptor) -> Result<Vec<Descriptor>> {
     let mut out = Vec::new();
     let mut seen = BTreeSet::new();
     walk_missing(store, root, 0, &mut seen, &mut out)?;
@@ -232,7 +254,7 @@ pub fn missing_blobs(store: &Store, root: &Descriptor) -> Result<Vec<Descriptor>
 }
 
 fn walk_missing(
-    store: &Store,
+    store: &dyn BlobSource,
     d: &Descriptor,
     depth: usize,
     seen: &mut BTreeSet<Digest>,
@@ -247,7 +269,7 @@ fn walk_missing(
     if !seen.insert(d.digest.clone()) {
         return Ok(());
     }
-    match oci::BlobSource::blob_size(store, &d.digest)? {
+    match store.blob_size(&d.digest)? {
         None if oci::is_non_distributable(&d.media_type) => return Ok(()),
         None => {
             out.push(d.clone());
@@ -265,14 +287,55 @@ fn walk_missing(
     if oci::kind_of(&d.media_type) == MediaKind::Leaf {
         return Ok(());
     }
-    let bytes = oci::BlobSource::read_small(store, d)?;
+    let bytes = store.read_small(d)?;
     for c in oci::children(d, &bytes)? {
         walk_missing(store, &c, depth + 1, seen, out)?;
     }
     Ok(())
 }
 
+/// The lease holder of the blobs process `pid` wrote into `repo` (`*` when the repository is
+/// not known): released when that process writes the repository's `index.json`, or the
+/// repository goes.
+fn writer_holder(repo: &str, pid: u32) -> String {
+    format!("w {repo} {pid}")
+}
+
+/// The lease holder of a pending image's blobs: released when it is registered or dropped.
+fn pending_holder(name: &Reference) -> String {
+    format!("p {name}")
+}
+
 impl super::Fs {
+    /// Holds `digest` in the mount's lease before it is committed (or found in the store).
+    fn hold(&self, holder: &str, digest: &Digest) -> Result<()> {
+        match &self.lease {
+            Some(lease) => lease.hold(holder, [digest]),
+            None => Ok(()),
+        }
+    }
+
+    fn unhold(&self, holders: impl IntoIterator<Item = String>) -> Result<()> {
+        if let Some(lease) = &self.lease {
+            for h in holders {
+                lease.release(&h)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The store, with every blob a walk looks up held under `holder` first.
+    fn held<'a>(&'a self, holder: &'a str) -> HeldOrStore<'a> {
+        match &self.lease {
+            Some(lease) => HeldOrStore::Held(Held {
+                store: self.store(),
+                lease,
+                holder,
+            }),
+            None => HeldOrStore::Store(self.store()),
+        }
+    }
+
     /// Whether the layout name `name` shows in repository directory `path`: always when it has
     /// images, else once written.
     pub(super) fn layout_visible(
@@ -610,6 +673,7 @@ impl super::Fs {
             }
             Node::Blob(digest, size) => {
                 if let Some(u) = take_verified(shared, &digest, Some(size))? {
+                    self.hold(&writer_holder("*", pid), &digest)?;
                     u.commit(self.store(), &digest, Some(size))?;
                 }
                 Ok(())
@@ -618,7 +682,7 @@ impl super::Fs {
                 let Some((repo, digest)) = self.scratch_blob(id) else {
                     return Ok(()); // a temporary file
                 };
-                self.commit_scratch(id, &repo, &digest, shared)
+                self.commit_scratch(id, &repo, &digest, shared, pid)
             }
             _ => Ok(()),
         }
@@ -630,12 +694,14 @@ impl super::Fs {
         repo: &str,
         digest: &Digest,
         shared: &Shared,
+        pid: u32,
     ) -> FsResult<()> {
         let wanted = self.write.lock().wanted.get(digest).copied();
         let Some(upload) = take_verified(shared, digest, wanted)? else {
             return Ok(());
         };
         let size = upload.len();
+        self.hold(&writer_holder(repo, pid), digest)?;
         if let Err(e) = upload.commit(self.store(), digest, wanted) {
             // Nothing entered the store (a full disk), and the name holds nothing: it is gone.
             self.write.lock().remove(id);
@@ -675,7 +741,8 @@ impl super::Fs {
         let mut put = Vec::new();
         let mut wait = Vec::new();
         for (name, target) in &desired {
-            let missing = missing_blobs(self.store(), target)?;
+            let holder = pending_holder(name);
+            let missing = missing_blobs(&self.held(&holder), target)?;
             if missing.is_empty() {
                 put.push((name.clone(), target.clone()));
             } else {
@@ -720,6 +787,12 @@ impl super::Fs {
         });
         self.views.forget_repo(repo);
         self.refresh_wanted()?;
+        // Registered images are held by their records now, pending ones by their own holders;
+        // what this writer wrote and no image here names is garbage.
+        let still = self.pending();
+        let done = desired.keys().chain(base.iter());
+        self.unhold(done.filter(|n| !still.contains(n)).map(pending_holder))?;
+        self.unhold([writer_holder(repo, pid), writer_holder("*", pid)])?;
         Ok(())
     }
 
@@ -729,7 +802,8 @@ impl super::Fs {
         let pending = self.views.extra().pending;
         let mut put = Vec::new();
         for e in pending.values().flatten() {
-            if missing_blobs(self.store(), &e.target)?.is_empty() {
+            let holder = pending_holder(&e.name);
+            if missing_blobs(&self.held(&holder), &e.target)?.is_empty() {
                 put.push((e.name.clone(), e.target.clone()));
             }
         }
@@ -741,6 +815,7 @@ impl super::Fs {
         for (name, _) in &put {
             tracing::info!("{name} registered: its last blob arrived");
         }
+        self.unhold(put.iter().map(|(n, _)| pending_holder(n)))?;
         self.views.update_extra(|x| {
             for entries in x.pending.values_mut() {
                 entries.retain(|e| !put.iter().any(|(n, _)| *n == e.name));
@@ -783,10 +858,21 @@ impl super::Fs {
             .map(|i| i.name)
             .collect();
         self.store().records().update(&[], &names)?;
+        let dropped: Vec<Reference> = self
+            .views
+            .extra()
+            .pending
+            .get(repo)
+            .map(|v| v.iter().map(|e| e.name.clone()).collect())
+            .unwrap_or_default();
         self.views.update_extra(|x| {
             x.pending.remove(repo);
             x.created.insert(repo.to_owned());
         });
+        self.unhold(dropped.iter().map(pending_holder))?;
+        if let Some(lease) = &self.lease {
+            lease.release_prefix(&format!("w {repo} "))?;
+        }
         Ok(())
     }
 
@@ -957,6 +1043,7 @@ impl super::Fs {
                     };
                     if let Some(upload) = upload {
                         let size = upload.len();
+                        self.hold(&writer_holder(&repo, pid), &digest)?;
                         upload.commit(self.store(), &digest, wanted)?;
                         let mut w = self.write.lock();
                         if let Some(s) = w.scratch.get_mut(&id) {

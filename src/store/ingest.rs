@@ -230,15 +230,23 @@ pub fn remove_abandoned(store: &Store) -> Result<usize> {
         else {
             continue;
         };
-        // SAFETY: signal 0 only checks that the process exists.
-        let alive = pid == std::process::id() as i32
-            || unsafe { libc::kill(pid, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
-        if !alive && fs::remove_dir_all(e.path()).is_ok() {
+        if !process_alive(pid) && fs::remove_dir_all(e.path()).is_ok() {
             removed += 1;
         }
     }
     Ok(removed)
+}
+
+/// Whether process `pid` exists (on this host, in this pid namespace). A process we may not
+/// signal exists too.
+pub fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists.
+    pid == std::process::id() as i32
+        || unsafe { libc::kill(pid, 0) } == 0
+        || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Renames `from` to `to` unless `to` exists; returns whether it renamed. A blob in place is

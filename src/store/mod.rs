@@ -3,7 +3,11 @@
 //! Several processes may share one store: blobs appear only by atomic rename, records change
 //! only in SQLite transactions.
 
+pub mod check;
+pub mod fsck;
+pub mod gc;
 mod ingest;
+mod leases;
 mod records;
 
 use std::fs::{self, File};
@@ -16,15 +20,18 @@ use crate::error::{Error, IoContext, Result};
 use crate::oci::{self, BlobSource, Descriptor};
 
 pub use ingest::{
-    check_digest, check_size, new_ingest, place, remove_abandoned, sync_dir, Ingest, BLOB_MODE,
-    COPY_CHUNK, DATA_FILE,
+    check_digest, check_size, new_ingest, place, process_alive, remove_abandoned, sync_dir, Ingest,
+    BLOB_MODE, COPY_CHUNK, DATA_FILE,
 };
+pub use leases::{Held, Lease, Leases, WHOLE};
 pub use records::{Image, Records};
 
 /// Directory of verified blobs.
 pub const BLOBS_DIR: &str = "blobs";
 /// Directory of blobs being written.
 pub const INGEST_DIR: &str = "ingest";
+/// Where fsck --repair moves blobs that do not match their digest.
+pub const QUARANTINE_DIR: &str = "quarantine";
 /// The image-record database.
 pub const DB_FILE: &str = "meta.db";
 /// Environment variable naming the store when `--store` is absent.
@@ -36,6 +43,7 @@ pub const SYSTEM_STORE: &str = "/var/lib/layoutfs";
 pub struct Store {
     root: PathBuf,
     records: Records,
+    leases: std::sync::Arc<Leases>,
 }
 
 impl Store {
@@ -48,9 +56,11 @@ impl Store {
             fs::create_dir_all(&dir).at(&dir)?;
         }
         let records = Records::open(&root.join(DB_FILE))?;
+        let leases = std::sync::Arc::new(Leases::open(&root.join(DB_FILE))?);
         Ok(Store {
             root: root.to_path_buf(),
             records,
+            leases,
         })
     }
 
@@ -81,6 +91,11 @@ impl Store {
 
     pub fn records(&self) -> &Records {
         &self.records
+    }
+
+    /// Starts a lease: what it holds, gc keeps (see `leases`).
+    pub fn lease(&self) -> Result<Lease> {
+        self.leases.create()
     }
 
     /// Where a blob lives (whether or not it is there).

@@ -13,9 +13,9 @@ use crate::oci::Descriptor;
 use crate::reference::Reference;
 
 /// How long a writer waits for another process's transaction before giving up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Schema version kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images (
@@ -26,6 +26,17 @@ CREATE TABLE IF NOT EXISTS images (
     updated    INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_by_repository ON images(repository);
+CREATE TABLE IF NOT EXISTS leases (
+    id      TEXT PRIMARY KEY,
+    pid     INTEGER NOT NULL,
+    created INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lease_blobs (
+    lease  TEXT NOT NULL,
+    holder TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (lease, holder, digest)
+) WITHOUT ROWID;
 ";
 
 /// One registered image.
@@ -179,7 +190,7 @@ impl RawImage {
     }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

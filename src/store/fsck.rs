@@ -1,0 +1,282 @@
+//! fsck: re-hash every blob file on all cores, walk every image record, and say what is
+//! wrong: blobs that do not hash to their name, blobs an image needs that are missing or the
+//! wrong size, manifests that do not parse, files under `blobs/` that are no blob. `--repair`
+//! moves the blobs that do not match their digest to `quarantine/<alg>/<hex>`: the store then
+//! lacks them, so a re-import of an image that needs one writes it again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::digest::Digest;
+use crate::error::{IoContext, Result};
+use crate::progress::Progress;
+
+use super::check::{self, BlobFile};
+use super::{Store, COPY_CHUNK, QUARANTINE_DIR};
+
+#[derive(Debug, Clone, Default)]
+pub struct FsckOptions {
+    pub repair: bool,
+    /// Threads that hash [default: the cores].
+    pub threads: Option<usize>,
+}
+
+/// One thing wrong, with the images it breaks (sorted names).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The file does not hash to its name.
+    Corrupt {
+        digest: Digest,
+        found: Digest,
+        images: Vec<String>,
+    },
+    /// An image needs the blob and the store lacks it.
+    Missing { digest: Digest, images: Vec<String> },
+    /// The blob is there but wrong for what refers to it (size, JSON, nesting).
+    Damaged {
+        digest: Digest,
+        message: String,
+        images: Vec<String>,
+    },
+    /// A file under `blobs/` that is no blob.
+    Stray { path: PathBuf, why: &'static str },
+    /// A blob file that could not be read.
+    Unreadable { digest: Digest, message: String },
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let breaks = |images: &[String]| {
+            if images.is_empty() {
+                String::from(" (no image needs it)")
+            } else {
+                format!(" (breaks {})", images.join(", "))
+            }
+        };
+        match self {
+            Problem::Corrupt {
+                digest,
+                found,
+                images,
+            } => write!(
+                f,
+                "corrupt blob {digest}: content hashes to {found}{}",
+                breaks(images)
+            ),
+            Problem::Missing { digest, images } => {
+                write!(f, "missing blob {digest}{}", breaks(images))
+            }
+            Problem::Damaged {
+                digest,
+                message,
+                images,
+            } => write!(f, "damaged blob {digest}: {message}{}", breaks(images)),
+            Problem::Stray { path, why } => write!(f, "stray file {}: {why}", path.display()),
+            Problem::Unreadable { digest, message } => {
+                write!(f, "unreadable blob {digest}: {message}")
+            }
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct FsckReport {
+    pub blobs: usize,
+    pub bytes: u64,
+    pub images: usize,
+    /// Images whose closure is incomplete or damaged.
+    pub broken_images: usize,
+    pub problems: Vec<Problem>,
+    /// Blobs moved to quarantine by `--repair`, and where.
+    pub quarantined: Vec<(Digest, PathBuf)>,
+    /// Blobs no image, referrer or lease needs: what gc would remove (count, bytes).
+    pub unreferenced: (usize, u64),
+}
+
+pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
+    let mut report = FsckReport::default();
+    let mut blobs = Vec::new();
+    for f in check::blob_files(store)? {
+        match f {
+            BlobFile::Blob { digest, size } => blobs.push((digest, size)),
+            BlobFile::Stray { path, why } => report.problems.push(Problem::Stray { path, why }),
+        }
+    }
+    report.blobs = blobs.len();
+    report.bytes = blobs.iter().map(|(_, s)| s).sum();
+
+    let hashed = rehash_all(store, &blobs, opts.threads)?;
+
+    // Which images need each blob, and what their walks found wrong.
+    let mut needed_by: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
+    let mut missing: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
+    let mut damaged: BTreeMap<Digest, (String, BTreeSet<String>)> = BTreeMap::new();
+    let images = store.records().list()?;
+    report.images = images.len();
+    for img in &images {
+        let name = img.name.to_string();
+        let c = check::walk(store, &img.target);
+        let mut broken = !c.is_complete();
+        for d in c.present.keys() {
+            needed_by.entry(d.clone()).or_default().insert(name.clone());
+            broken |= matches!(hashed.get(d), Some(Hashed::Mismatch(_) | Hashed::Failed(_)));
+        }
+        for d in c.missing {
+            missing.entry(d.digest).or_default().insert(name.clone());
+        }
+        for (d, e) in c.damaged {
+            let entry = damaged
+                .entry(d.digest)
+                .or_insert_with(|| (e.to_string(), BTreeSet::new()));
+            entry.1.insert(name.clone());
+        }
+        report.broken_images += usize::from(broken);
+    }
+    let names = |d: &Digest, map: &BTreeMap<Digest, BTreeSet<String>>| -> Vec<String> {
+        map.get(d).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    };
+
+    for (digest, _) in &blobs {
+        match hashed.get(digest) {
+            Some(Hashed::Mismatch(found)) => {
+                let mut images = names(digest, &needed_by);
+                if let Some((_, more)) = damaged.remove(digest) {
+                    images.extend(more);
+                    images.sort();
+                    images.dedup();
+                }
+                report.problems.push(Problem::Corrupt {
+                    digest: digest.clone(),
+                    found: found.clone(),
+                    images,
+                });
+                if opts.repair {
+                    report
+                        .quarantined
+                        .push((digest.clone(), quarantine(store, digest)?));
+                }
+            }
+            Some(Hashed::Failed(message)) => report.problems.push(Problem::Unreadable {
+                digest: digest.clone(),
+                message: message.clone(),
+            }),
+            _ => {}
+        }
+    }
+    for (digest, images) in missing {
+        report.problems.push(Problem::Missing {
+            digest,
+            images: images.into_iter().collect(),
+        });
+    }
+    for (digest, (message, images)) in damaged {
+        report.problems.push(Problem::Damaged {
+            digest,
+            message,
+            images: images.into_iter().collect(),
+        });
+    }
+    let dry = super::gc::GcOptions {
+        dry_run: true,
+        ..Default::default()
+    };
+    // What gc would sweep; a store whose records cannot be walked has problems listed already.
+    if let Ok(g) = super::gc::gc(store, &dry) {
+        report.unreferenced = (g.blobs.len(), g.bytes());
+    }
+    Ok(report)
+}
+
+enum Hashed {
+    Mismatch(Digest),
+    Failed(String),
+}
+
+/// Hashes every blob on `threads` threads, largest first; returns only what is wrong.
+fn rehash_all(
+    store: &Store,
+    blobs: &[(Digest, u64)],
+    threads: Option<usize>,
+) -> Result<BTreeMap<Digest, Hashed>> {
+    let mut jobs: Vec<&(Digest, u64)> = blobs.iter().collect();
+    jobs.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
+    let total = jobs.iter().map(|(_, s)| s).sum();
+    let progress = Progress::bytes("checking", Some(total));
+    let workers = threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .clamp(1, jobs.len().max(1));
+    let queue = Mutex::new(jobs.into_iter());
+    let out = Mutex::new(BTreeMap::new());
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                let mut buf = vec![0u8; COPY_CHUNK];
+                while !stop.load(Ordering::Relaxed) {
+                    let Some((digest, _)) = queue.lock().next() else {
+                        return;
+                    };
+                    match hash_file(store, digest, &mut buf, &progress) {
+                        Ok(found) if found == *digest => {}
+                        Ok(found) => {
+                            out.lock().insert(digest.clone(), Hashed::Mismatch(found));
+                        }
+                        // Gone since it was listed (a gc in another process): not a problem.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => {
+                            out.lock().insert(digest.clone(), Hashed::Failed(e.to_string()));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    progress.finish();
+    Ok(out.into_inner())
+}
+
+fn hash_file(
+    store: &Store,
+    digest: &Digest,
+    buf: &mut [u8],
+    progress: &Progress,
+) -> io::Result<Digest> {
+    let mut file = File::open(store.blob_path(digest))?;
+    let mut hasher = digest.algorithm().hasher();
+    loop {
+        let n = match file.read(buf) {
+            Ok(0) => return Ok(hasher.finish()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        progress.add(n as u64);
+    }
+}
+
+/// Moves a blob to `quarantine/<alg>/<hex>`, replacing an earlier quarantined copy.
+fn quarantine(store: &Store, digest: &Digest) -> Result<PathBuf> {
+    let dir = store
+        .root()
+        .join(QUARANTINE_DIR)
+        .join(digest.algorithm().name());
+    fs::create_dir_all(&dir).at(&dir)?;
+    let to = dir.join(digest.hex());
+    let from = store.blob_path(digest);
+    fs::rename(&from, &to).at(&from)?;
+    super::sync_dir(from.parent().unwrap_or(store.root()))?;
+    Ok(to)
+}
+
+impl FsckReport {
+    /// Whether anything is wrong (stray files included).
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}

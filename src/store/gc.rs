@@ -1,0 +1,280 @@
+//! Garbage collection: mark every blob an image record reaches (indexes, manifests, configs,
+//! layers), every blob an untagged image reaches whose OCI 1.1 `subject` is a kept manifest
+//! (signatures, SBOMs), and every blob a live lease holds; sweep the other blob files; remove
+//! the ingests of processes that are gone once they are older than the grace period.
+//!
+//! Mark and sweep run inside one write transaction of `meta.db`, the lock every lease and
+//! every record change also takes: see `leases` for why that makes gc safe while imports,
+//! exports and a mount run in other processes. A record whose index or manifest cannot be read
+//! makes gc stop before it removes anything, as the blobs behind it are unknown.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::time::{Duration, SystemTime};
+
+use rusqlite::{Connection, TransactionBehavior};
+use serde::Deserialize;
+
+use crate::digest::Digest;
+use crate::error::{Error, IoContext, Result};
+use crate::oci::{self, Descriptor, Kind, MAX_JSON_SIZE};
+
+use super::check::{self, BlobFile};
+use super::ingest::{process_alive, DATA_FILE};
+use super::records::{now_ms, BUSY_TIMEOUT};
+use super::{Store, DB_FILE, INGEST_DIR};
+
+/// How long an abandoned ingest or lease stays before gc removes it, unless `--grace` says.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Say what would go, remove nothing.
+    pub dry_run: bool,
+    /// Ingests and leases of processes that are gone are removed once this old.
+    pub grace: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> GcOptions {
+        GcOptions {
+            dry_run: false,
+            grace: DEFAULT_GRACE,
+        }
+    }
+}
+
+/// What a gc removed (or, dry, would remove).
+#[derive(Debug, Default, Clone)]
+pub struct GcReport {
+    /// The blobs swept, with their sizes.
+    pub blobs: Vec<(Digest, u64)>,
+    /// Blobs kept.
+    pub kept: usize,
+    /// Kept only because a live lease holds them.
+    pub leased: usize,
+    pub ingests: usize,
+    pub ingest_bytes: u64,
+    /// Leases of processes that are gone, released.
+    pub leases: usize,
+}
+
+impl GcReport {
+    pub fn bytes(&self) -> u64 {
+        self.blobs.iter().map(|(_, s)| s).sum()
+    }
+}
+
+/// The fields of a manifest that tie it to its subject.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Referrer {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    subject: Option<Subject>,
+}
+
+#[derive(Deserialize)]
+struct Subject {
+    digest: Digest,
+}
+
+pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
+    let mut conn = Connection::open(store.root().join(DB_FILE))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut report = GcReport::default();
+    let cutoff = now_ms() - i64::try_from(opts.grace.as_millis()).unwrap_or(i64::MAX);
+
+    // Leases: those of processes that are gone are void once older than the grace period.
+    let leases: Vec<(String, i64, i64)> = {
+        let mut stmt = tx.prepare("SELECT id, pid, created FROM leases")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let void: HashSet<String> = leases
+        .into_iter()
+        .filter(|(_, pid, created)| {
+            *created <= cutoff && !i32::try_from(*pid).is_ok_and(process_alive)
+        })
+        .map(|(id, _, _)| id)
+        .collect();
+    report.leases = void.len();
+    let mut keep: HashSet<Digest> = HashSet::new();
+    {
+        let mut stmt = tx.prepare("SELECT DISTINCT lease, digest FROM lease_blobs")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (lease, digest) = row?;
+            if void.contains(&lease) {
+                continue;
+            }
+            if let Ok(d) = digest.parse::<Digest>() {
+                keep.insert(d);
+            }
+        }
+    }
+    let leased: HashSet<Digest> = keep.clone();
+
+    // Records.
+    let images: Vec<(String, String)> = {
+        let mut stmt = tx.prepare("SELECT name, descriptor FROM images")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    for (name, json) in &images {
+        let target: Descriptor = serde_json::from_str(json)
+            .map_err(|e| Error::Invalid(format!("gc: image record {name:?}: {e}")))?;
+        let c = check::walk(store, &target);
+        if c.has_unknown_children() {
+            return Err(Error::Invalid(format!(
+                "gc: image {name}: {}: nothing was removed (run layoutfs fsck; re-import or remove the image)",
+                c.first_problem().unwrap_or_default()
+            )));
+        }
+        keep.extend(c.present.into_keys());
+    }
+
+    // What is on disk, and the untagged images whose subject is kept.
+    let mut on_disk = Vec::new();
+    for f in check::blob_files(store)? {
+        if let BlobFile::Blob { digest, size } = f {
+            on_disk.push((digest, size));
+        }
+    }
+    mark_referrers(store, &on_disk, &mut keep);
+
+    for (digest, size) in on_disk {
+        if keep.contains(&digest) {
+            report.kept += 1;
+            continue;
+        }
+        if !opts.dry_run {
+            let path = store.blob_path(&digest);
+            match fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        report.blobs.push((digest, size));
+    }
+    report.leased = leased
+        .iter()
+        .filter(|d| store.blob_path(d).exists())
+        .count();
+    if !opts.dry_run {
+        for id in &void {
+            tx.execute("DELETE FROM lease_blobs WHERE lease = ?1", [id])?;
+            tx.execute("DELETE FROM leases WHERE id = ?1", [id])?;
+        }
+        tx.commit()?;
+    }
+    sweep_ingests(store, opts, &mut report)?;
+    Ok(report)
+}
+
+/// Adds to `keep` the closures of the untagged images among `on_disk` whose `subject` is
+/// kept, until nothing changes (a signature of a signature stays too). Only blobs small
+/// enough to be a manifest are read, and each at most once.
+fn mark_referrers(store: &Store, on_disk: &[(Digest, u64)], keep: &mut HashSet<Digest>) {
+    let mut referrers: HashMap<Digest, (Descriptor, Digest)> = HashMap::new();
+    for (digest, size) in on_disk {
+        if keep.contains(digest) || *size > MAX_JSON_SIZE || *size < 2 {
+            continue;
+        }
+        let Some(bytes) = read_small_file(store, digest, *size) else {
+            continue;
+        };
+        if bytes.first() != Some(&b'{') {
+            continue;
+        }
+        let Ok(r) = serde_json::from_slice::<Referrer>(&bytes) else {
+            continue;
+        };
+        let (Some(media_type), Some(subject)) = (r.media_type, r.subject) else {
+            continue;
+        };
+        if oci::kind_of(&media_type) == Kind::Leaf {
+            continue;
+        }
+        let desc = Descriptor {
+            media_type,
+            digest: digest.clone(),
+            size: *size,
+            urls: None,
+            annotations: Default::default(),
+            platform: None,
+            artifact_type: None,
+            data: None,
+        };
+        referrers.insert(digest.clone(), (desc, subject.digest));
+    }
+    loop {
+        let ready: Vec<Digest> = referrers
+            .iter()
+            .filter(|(_, (_, subject))| keep.contains(subject))
+            .map(|(d, _)| d.clone())
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        for d in ready {
+            if let Some((desc, _)) = referrers.remove(&d) {
+                keep.extend(check::walk(store, &desc).present.into_keys());
+                keep.insert(d);
+            }
+        }
+    }
+}
+
+fn read_small_file(store: &Store, digest: &Digest, size: u64) -> Option<Vec<u8>> {
+    let mut bytes = Vec::with_capacity(size as usize);
+    fs::File::open(store.blob_path(digest))
+        .ok()?
+        .take(MAX_JSON_SIZE)
+        .read_to_end(&mut bytes)
+        .ok()?;
+    Some(bytes)
+}
+
+/// Removes the ingests of processes that are gone, once untouched for the grace period.
+fn sweep_ingests(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+    let dir = store.root().join(INGEST_DIR);
+    let now = SystemTime::now();
+    for e in fs::read_dir(&dir).at(&dir)? {
+        let e = e.at(&dir)?;
+        let path = e.path();
+        let pid = e
+            .file_name()
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok());
+        if pid.is_some_and(process_alive) {
+            continue;
+        }
+        let data = fs::metadata(path.join(DATA_FILE)).ok();
+        let touched = data
+            .clone()
+            .or_else(|| e.metadata().ok())
+            .and_then(|m| m.modified().ok())
+            .unwrap_or(now);
+        let idle = now.duration_since(touched).unwrap_or_default();
+        if idle < opts.grace {
+            continue;
+        }
+        if !opts.dry_run {
+            match fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(path, e)),
+            }
+        }
+        report.ingests += 1;
+        report.ingest_bytes += data.map_or(0, |m| m.size());
+    }
+    Ok(())
+}

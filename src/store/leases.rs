@@ -1,0 +1,161 @@
+//! Leases: how a process keeps blobs that no image record refers to yet safe from gc, as
+//! containerd's leases do. A lease is a row in `meta.db` owned by a process (its pid); it holds
+//! digests, each under a holder label (an import holds everything under one label; the mount
+//! holds a blob per writing process and repository until that writer's `index.json` lands).
+//!
+//! The protocol that makes gc safe: a writer adds a digest to its lease *before* it looks
+//! whether the blob is in the store, and gc marks and sweeps inside one write transaction of
+//! the same database. A lease added before gc's transaction is seen by gc; one added after it
+//! finds the blob either kept or gone (and then writes it). A lease of a process that is gone
+//! is void once it is older than gc's grace period.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, TransactionBehavior};
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::oci::{BlobSource, Descriptor};
+
+use super::records::{now_ms, BUSY_TIMEOUT};
+use super::Store;
+
+/// The holder label of a lease that holds everything under one name (an import, an export).
+pub const WHOLE: &str = "";
+
+static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
+
+/// The lease connection of one store. Leases need no durability (a lease of a process that
+/// crashed is void anyway), so this connection commits without fsync: holding a blob costs
+/// microseconds, not a disk flush.
+pub struct Leases {
+    conn: Mutex<Connection>,
+}
+
+impl Leases {
+    pub(super) fn open(db: &Path) -> Result<Leases> {
+        let conn = Connection::open(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        conn.pragma_update(None, "synchronous", "OFF")?;
+        Ok(Leases {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Starts a lease owned by this process.
+    pub fn create(self: &Arc<Self>) -> Result<Lease> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id = format!(
+            "{}-{}-{nanos}",
+            std::process::id(),
+            NEXT_LEASE.fetch_add(1, Ordering::Relaxed)
+        );
+        self.conn.lock().execute(
+            "INSERT INTO leases (id, pid, created) VALUES (?1, ?2, ?3)",
+            params![id, std::process::id(), now_ms()],
+        )?;
+        Ok(Lease {
+            leases: Arc::clone(self),
+            id,
+        })
+    }
+}
+
+/// A lease of this process; dropping it releases everything it holds.
+pub struct Lease {
+    leases: Arc<Leases>,
+    id: String,
+}
+
+impl Lease {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Holds `digests` under `holder` (again holding a held digest is harmless). Call it
+    /// before looking whether the blobs are in the store.
+    pub fn hold<'d>(&self, holder: &str, digests: impl IntoIterator<Item = &'d Digest>) -> Result<()> {
+        let mut conn = self.leases.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO lease_blobs (lease, holder, digest) VALUES (?1, ?2, ?3)",
+            )?;
+            for d in digests {
+                stmt.execute(params![self.id, holder, d.to_string()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Releases what `holder` holds.
+    pub fn release(&self, holder: &str) -> Result<()> {
+        self.leases.conn.lock().execute(
+            "DELETE FROM lease_blobs WHERE lease = ?1 AND holder = ?2",
+            params![self.id, holder],
+        )?;
+        Ok(())
+    }
+
+    /// Releases what every holder whose label starts with `prefix` holds.
+    pub fn release_prefix(&self, prefix: &str) -> Result<()> {
+        self.leases.conn.lock().execute(
+            "DELETE FROM lease_blobs WHERE lease = ?1 AND substr(holder, 1, length(?2)) = ?2",
+            params![self.id, prefix],
+        )?;
+        Ok(())
+    }
+
+    /// How many digests the lease holds (under all holders, counted once).
+    pub fn held(&self) -> Result<usize> {
+        let n: i64 = self.leases.conn.lock().query_row(
+            "SELECT count(DISTINCT digest) FROM lease_blobs WHERE lease = ?1",
+            [&self.id],
+            |r| r.get(0),
+        )?;
+        Ok(n as usize)
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut conn = self.leases.conn.lock();
+        let result = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .and_then(|tx| {
+                tx.execute("DELETE FROM lease_blobs WHERE lease = ?1", [&self.id])?;
+                tx.execute("DELETE FROM leases WHERE id = ?1", [&self.id])?;
+                tx.commit()
+            });
+        if let Err(e) = result {
+            // The rows stay until gc finds their process gone: blobs are kept, not lost.
+            tracing::warn!("lease {}: could not release it: {e}", self.id);
+        }
+    }
+}
+
+/// The store seen through a lease: every blob looked up is held (under `holder`) before the
+/// store is asked whether it has it, so a walk through it leaves everything it found held.
+pub struct Held<'a> {
+    pub store: &'a Store,
+    pub lease: &'a Lease,
+    pub holder: &'a str,
+}
+
+impl BlobSource for Held<'_> {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.lease.hold(self.holder, [digest])?;
+        self.store.blob_size(digest)
+    }
+
+    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        self.store.read_small(desc)
+    }
+}
