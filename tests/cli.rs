@@ -6,10 +6,9 @@ mod common;
 
 use std::fs;
 use std::io::Read;
-use std::path::Path;
 
 use common::gen::{self, LayoutBuilder};
-use common::{stderr, Env};
+use common::{stderr, tar_dir, Env};
 use layoutfs::digest::Algorithm;
 use layoutfs::oci::{self, ImageIndex};
 
@@ -22,14 +21,6 @@ fn env_with_image() -> (Env, LayoutBuilder) {
     let mut src = LayoutBuilder::new(&env.path("src"));
     src.small_image("1.0", 2, 70_000, 2);
     (env, src)
-}
-
-/// Packs a directory into a tar archive (through the tar crate, as any tool would).
-fn tar_dir(dir: &Path, out: &Path) {
-    let f = fs::File::create(out).unwrap();
-    let mut b = tar::Builder::new(f);
-    b.append_dir_all(".", dir).unwrap();
-    b.finish().unwrap();
 }
 
 fn tar_entries(archive: &[u8]) -> Vec<(String, u32, Vec<u8>)> {

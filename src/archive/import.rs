@@ -6,7 +6,7 @@
 //! until the closure of every listed image is present and verified; then all names are
 //! registered in one transaction.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -24,6 +24,7 @@ use crate::oci::{
 };
 use crate::progress::Progress;
 use crate::reference::{check_repository, check_tag, Reference};
+use crate::store::gc::remove_unneeded;
 use crate::store::{Lease, Store, WHOLE};
 
 use super::tarfmt;
@@ -117,40 +118,69 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
     // Every blob is held before the store is asked whether it has it, and until the images
     // are registered: a gc in another process keeps them (see store::leases).
     let lease = store.lease()?;
-    let (index, written) = match source {
-        Source::Dir(dir) => import_dir(store, &lease, dir)?,
-        Source::Archive(path) => {
-            let file = File::open(path).at(path)?;
-            let size = file.metadata().at(path)?.len();
-            import_stream(store, &lease, Box::new(file), &label, Some(size))?
+    let written = Mutex::new(Written::default());
+    let result = (|| {
+        let index = match source {
+            Source::Dir(dir) => import_dir(store, &lease, dir, &written)?,
+            Source::Archive(path) => {
+                let file = File::open(path).at(path)?;
+                let size = file.metadata().at(path)?.len();
+                import_stream(store, &lease, Box::new(file), &label, Some(size), &written)?
+            }
+            Source::Stdin => import_stream(
+                store,
+                &lease,
+                Box::new(io::stdin().lock()),
+                &label,
+                None,
+                &written,
+            )?,
+        };
+        let images = name_images(&index, repository.as_deref(), &label)?;
+        // Everything each image needs must be here and sound before any name is registered.
+        for (_, target) in &images {
+            oci::closure(store, target, OnMissing::Fail)?;
         }
-        Source::Stdin => import_stream(store, &lease, Box::new(io::stdin().lock()), &label, None)?,
-    };
-    let images = name_images(&index, repository.as_deref(), &label)?;
-    // Everything each image needs must be here and sound before any name is registered.
-    for (_, target) in &images {
-        oci::closure(store, target, OnMissing::Fail)?;
+        store.records().put(&images)?;
+        Ok(images)
+    })();
+    let written = written.into_inner();
+    match result {
+        Ok(images) => Ok(Imported {
+            names: images.into_iter().map(|(n, _)| n).collect(),
+            new_blobs: written.count,
+            new_bytes: written.bytes,
+        }),
+        Err(e) => {
+            // Take back the blobs this import placed that nothing else needs: the store is as
+            // it was (a blob another import also wrote meanwhile, or an image uses, stays).
+            match remove_unneeded(store, &written.placed, lease.id()) {
+                Ok(r) if !r.blobs.is_empty() => tracing::info!(
+                    "import failed: removed the {} blobs it had placed",
+                    r.blobs.len()
+                ),
+                Ok(_) => {}
+                Err(c) => tracing::warn!("import failed, and so did removing its blobs: {c}"),
+            }
+            Err(e)
+        }
     }
-    store.records().put(&images)?;
-    drop(lease);
-    Ok(Imported {
-        names: images.into_iter().map(|(n, _)| n).collect(),
-        new_blobs: written.count,
-        new_bytes: written.bytes,
-    })
 }
 
 #[derive(Default)]
 struct Written {
     count: usize,
     bytes: u64,
+    /// The blobs this import placed (they were not in the store before).
+    placed: HashSet<Digest>,
 }
 
 impl Written {
-    fn add(&mut self, placed: bool, size: u64) {
+    fn add(&mut self, placed: bool, digest: &Digest, size: u64) {
         if placed {
             self.count += 1;
             self.bytes += size;
+            self.placed.insert(digest.clone());
         }
     }
 }
@@ -251,7 +281,12 @@ fn open_regular(path: &Path) -> Result<File> {
     Ok(file)
 }
 
-fn import_dir(store: &Store, lease: &Lease, dir: &Path) -> Result<(ImageIndex, Written)> {
+fn import_dir(
+    store: &Store,
+    lease: &Lease,
+    dir: &Path,
+    written: &Mutex<Written>,
+) -> Result<ImageIndex> {
     let layout_path = dir.join("oci-layout").display().to_string();
     oci::check_layout_file(&layout_path, &read_layout_file(dir, "oci-layout")?)?;
     let index_path = dir.join("index.json").display().to_string();
@@ -263,7 +298,7 @@ fn import_dir(store: &Store, lease: &Lease, dir: &Path) -> Result<(ImageIndex, W
         store,
         lease,
         dir,
-        written: Mutex::new(Written::default()),
+        written,
     };
     let mut wanted: BTreeMap<Digest, Descriptor> = BTreeMap::new();
     for d in &index.manifests {
@@ -273,17 +308,13 @@ fn import_dir(store: &Store, lease: &Lease, dir: &Path) -> Result<(ImageIndex, W
             }
         }
     }
-    let mut written = src.written.into_inner();
     let total = wanted.values().map(|d| d.size).sum();
     let progress = Progress::bytes("importing", Some(total));
     let mut jobs: Vec<Descriptor> = wanted.into_values().collect();
     jobs.sort_by_key(|d| std::cmp::Reverse(d.size));
-    let placed = parallel_ingest(store, dir, jobs, &progress)?;
+    parallel_ingest(store, dir, jobs, &progress, written)?;
     progress.finish();
-    for (placed, size) in placed {
-        written.add(placed, size);
-    }
-    Ok((index, written))
+    Ok(index)
 }
 
 /// Copies blobs from a layout directory into the store on all cores, largest first.
@@ -292,13 +323,13 @@ fn parallel_ingest(
     dir: &Path,
     jobs: Vec<Descriptor>,
     progress: &Progress,
-) -> Result<Vec<(bool, u64)>> {
+    written: &Mutex<Written>,
+) -> Result<()> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(jobs.len().max(1));
     let queue = Mutex::new(jobs.into_iter());
     let failed = AtomicBool::new(false);
-    let results = Mutex::new(Vec::new());
     let first_error = Mutex::new(None);
     std::thread::scope(|s| {
         for _ in 0..workers {
@@ -310,7 +341,7 @@ fn parallel_ingest(
                     return;
                 };
                 match ingest_file(store, dir, &desc, progress) {
-                    Ok(placed) => results.lock().push((placed, desc.size)),
+                    Ok(placed) => written.lock().add(placed, &desc.digest, desc.size),
                     Err(e) => {
                         failed.store(true, Ordering::Relaxed);
                         first_error.lock().get_or_insert(e);
@@ -322,7 +353,7 @@ fn parallel_ingest(
     });
     match first_error.into_inner() {
         Some(e) => Err(e),
-        None => Ok(results.into_inner()),
+        None => Ok(()),
     }
 }
 
@@ -351,7 +382,7 @@ struct DirSource<'a> {
     store: &'a Store,
     lease: &'a Lease,
     dir: &'a Path,
-    written: Mutex<Written>,
+    written: &'a Mutex<Written>,
 }
 
 impl BlobSource for DirSource<'_> {
@@ -376,7 +407,7 @@ impl BlobSource for DirSource<'_> {
     fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         if !self.store.has_blob(&desc.digest)? {
             let placed = ingest_file(self.store, self.dir, desc, &Progress::hidden())?;
-            self.written.lock().add(placed, desc.size);
+            self.written.lock().add(placed, &desc.digest, desc.size);
         }
         self.store.read_small(desc)
     }
@@ -475,7 +506,8 @@ fn import_stream(
     reader: Box<dyn Read + '_>,
     label: &str,
     size: Option<u64>,
-) -> Result<(ImageIndex, Written)> {
+    written: &Mutex<Written>,
+) -> Result<ImageIndex> {
     let progress = Progress::bytes("importing", size);
     let counted = Counting {
         inner: reader,
@@ -492,7 +524,6 @@ fn import_stream(
     let mut layout_file = None;
     let mut index_bytes = None;
     let mut seen = BTreeSet::new();
-    let mut written = Written::default();
     for entry in archive.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path().map_err(tar_err)?.into_owned();
@@ -543,7 +574,8 @@ fn import_stream(
                 if w.written() != entry_size {
                     return Err(tar_err(io::ErrorKind::UnexpectedEof.into()));
                 }
-                written.add(w.commit()?, entry_size);
+                let placed = w.commit()?;
+                written.lock().add(placed, &digest, entry_size);
             }
         }
     }
@@ -558,7 +590,7 @@ fn import_stream(
     oci::check_layout_file(&format!("{label}: oci-layout"), &layout_file)?;
     let index_bytes = index_bytes.ok_or_else(|| bad("index.json is missing".into()))?;
     let index = ImageIndex::parse(&format!("{label}: index.json"), &index_bytes)?;
-    Ok((index, written))
+    Ok(index)
 }
 
 /// Remembers the last block that went by: a whole archive ends with a zero block, one cut at

@@ -83,6 +83,31 @@ struct Subject {
 }
 
 pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
+    let mut report = collect(store, opts, &Scope::All)?;
+    sweep_ingests(store, opts, &mut report)?;
+    Ok(report)
+}
+
+/// Removes those of `candidates` that nothing needs, ignoring what lease `own` holds: how a
+/// failed import takes back the blobs it placed, so that the store is as it was before, while
+/// a blob another import or an image also uses stays.
+pub fn remove_unneeded(store: &Store, candidates: &HashSet<Digest>, own: &str) -> Result<GcReport> {
+    if candidates.is_empty() {
+        return Ok(GcReport::default());
+    }
+    collect(store, &GcOptions::default(), &Scope::Only { candidates, own })
+}
+
+/// Which blobs a collection may remove.
+enum Scope<'a> {
+    All,
+    Only {
+        candidates: &'a HashSet<Digest>,
+        own: &'a str,
+    },
+}
+
+fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcReport> {
     let mut conn = Connection::open(store.root().join(DB_FILE))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -95,13 +120,19 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
-    let void: HashSet<String> = leases
+    let mut void: HashSet<String> = leases
         .into_iter()
         .filter(|(_, pid, created)| {
             *created <= cutoff && !i32::try_from(*pid).is_ok_and(process_alive)
         })
         .map(|(id, _, _)| id)
         .collect();
+    let mut ignored = HashSet::new();
+    if let Scope::Only { own, .. } = scope {
+        // Void leases stay for a full gc; the caller's own lease holds nothing here.
+        void.clear();
+        ignored.insert((*own).to_owned());
+    }
     report.leases = void.len();
     let mut keep: HashSet<Digest> = HashSet::new();
     {
@@ -109,7 +140,7 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
         for row in rows {
             let (lease, digest) = row?;
-            if void.contains(&lease) {
+            if void.contains(&lease) || ignored.contains(&lease) {
                 continue;
             }
             if let Ok(d) = digest.parse::<Digest>() {
@@ -145,6 +176,9 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
             on_disk.push((digest, size));
         }
     }
+    if let Scope::Only { candidates, .. } = scope {
+        on_disk.retain(|(d, _)| candidates.contains(d));
+    }
     mark_referrers(store, &on_disk, &mut keep);
 
     for (digest, size) in on_disk {
@@ -173,7 +207,6 @@ pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
         }
         tx.commit()?;
     }
-    sweep_ingests(store, opts, &mut report)?;
     Ok(report)
 }
 

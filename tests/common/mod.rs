@@ -95,6 +95,14 @@ impl Env {
     }
 }
 
+/// Packs a directory into a tar archive (through the tar crate, as any tool would).
+pub fn tar_dir(dir: &Path, out: &Path) {
+    let f = fs::File::create(out).unwrap();
+    let mut b = tar::Builder::new(f);
+    b.append_dir_all(".", dir).unwrap();
+    b.finish().unwrap();
+}
+
 /// Waits until `f` holds, for at most a second (what layoutfs promises for live changes).
 pub fn within_a_second(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
