@@ -18,7 +18,9 @@ fn blob_file(env: &Env, d: &Digest) -> std::path::PathBuf {
 }
 
 fn blobs_in_store(env: &Env) -> usize {
-    fs::read_dir(env.store.join("blobs/sha256")).unwrap().count()
+    fs::read_dir(env.store.join("blobs/sha256"))
+        .unwrap()
+        .count()
 }
 
 /// Overwrites a stored blob with other bytes of the same length.
@@ -59,7 +61,11 @@ fn gc_sweeps_what_no_image_needs_and_keeps_shared_layers() {
     let mut a = a;
     a.tag(&m, Some("1")).write_index();
     let b = LayoutBuilder::new(&env.path("b"));
-    assert_eq!(b.add_random_layer(300_000, 1), shared, "same seed, same layer");
+    assert_eq!(
+        b.add_random_layer(300_000, 1),
+        shared,
+        "same seed, same layer"
+    );
     let only_b = b.add_random_layer(20_000, 3);
     let mb = b.add_manifest(&[shared.clone(), only_b.clone()], "arm64");
     let mut b = b;
@@ -93,7 +99,12 @@ fn gc_sweeps_what_no_image_needs_and_keeps_shared_layers() {
 }
 
 /// An artifact manifest whose subject is `subject`, with one blob of `payload`.
-fn referrer(l: &LayoutBuilder, subject: &Descriptor, artifact_type: &str, payload: &[u8]) -> Descriptor {
+fn referrer(
+    l: &LayoutBuilder,
+    subject: &Descriptor,
+    artifact_type: &str,
+    payload: &[u8],
+) -> Descriptor {
     let empty = l.add_blob("application/vnd.oci.empty.v1+json", b"{}");
     let body = l.add_blob(MEDIA_LAYER, payload);
     let m = serde_json::json!({
@@ -112,9 +123,24 @@ fn gc_keeps_untagged_signatures_and_sboms_while_their_subject_is_kept() {
     let env = Env::new();
     let mut l = LayoutBuilder::new(&env.path("signed"));
     let m = l.small_image("1", 1, 5_000, 10);
-    let sig = referrer(&l, &m, "application/vnd.dev.cosign.artifact.sig.v1+json", b"signature");
-    let sbom = referrer(&l, &m, "application/spdx+json", b"{\"spdxVersion\":\"SPDX-2.3\"}");
-    let sig_of_sbom = referrer(&l, &sbom, "application/vnd.dev.cosign.artifact.sig.v1+json", b"sig2");
+    let sig = referrer(
+        &l,
+        &m,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        b"signature",
+    );
+    let sbom = referrer(
+        &l,
+        &m,
+        "application/spdx+json",
+        b"{\"spdxVersion\":\"SPDX-2.3\"}",
+    );
+    let sig_of_sbom = referrer(
+        &l,
+        &sbom,
+        "application/vnd.dev.cosign.artifact.sig.v1+json",
+        b"sig2",
+    );
     // A referrer whose subject is in no image: garbage.
     let stray_subject = l.add_blob(oci::MEDIA_OCI_MANIFEST, b"{\"schemaVersion\":2}");
     let orphan = referrer(&l, &stray_subject, "application/example", b"orphan");
@@ -164,7 +190,11 @@ fn fsck_names_what_is_corrupt_and_repair_then_reimport_restores_it() {
         "{text}"
     );
     assert!(!text.contains("other:2"), "other:2 is sound: {text}");
-    assert!(stderr(&out).contains("fsck: 1 problems"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("fsck: 1 problems"),
+        "{}",
+        stderr(&out)
+    );
     // export --verify catches it too, naming the digest.
     let v = env.run(&["export", "--verify", "-o", "/dev/null", "img:1"]);
     assert!(!v.status.success());
@@ -180,7 +210,10 @@ fn fsck_names_what_is_corrupt_and_repair_then_reimport_restores_it() {
         .join(layer.digest.hex())
         .exists());
     let row = image_row(&env, "img:1");
-    assert_eq!((row["complete"].as_bool(), row["missing"].as_u64()), (Some(false), Some(1)));
+    assert_eq!(
+        (row["complete"].as_bool(), row["missing"].as_u64()),
+        (Some(false), Some(1))
+    );
     assert!(env.ok(&["images"]).contains("1 missing"));
     let e = env.run(&["export", "-o", "/dev/null", "img:1"]);
     assert!(stderr(&e).contains("missing"), "{}", stderr(&e));
@@ -213,7 +246,10 @@ fn gc_stops_before_removing_anything_when_an_image_cannot_be_walked() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("x:1") && err.contains(&m.digest.to_string()), "{err}");
+    assert!(
+        err.contains("x:1") && err.contains(&m.digest.to_string()),
+        "{err}"
+    );
     assert!(err.contains("nothing was removed"), "{err}");
     assert_eq!(blobs_in_store(&env), before - 1);
     assert!(env.ok(&["images"]).contains("1 missing"));
@@ -238,7 +274,10 @@ fn fsck_reports_stray_files_and_damaged_manifests() {
     let out = env.run(&["fsck"]);
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("stray file") && text.contains("not-a-digest"), "{text}");
+    assert!(
+        text.contains("stray file") && text.contains("not-a-digest"),
+        "{text}"
+    );
     assert!(
         text.contains(&format!("corrupt blob {}", m.digest)) && text.contains("(breaks y:1)"),
         "{text}"

@@ -70,7 +70,10 @@ fn write_in_chunks_then_read_back_a_read_only_blob() {
         assert!(w.commit().unwrap());
         let p = s.blob_path(&d);
         assert_eq!(fs::read(&p).unwrap(), data);
-        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, BLOB_MODE);
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            BLOB_MODE
+        );
     }
     assert!(ingests(&s).is_empty());
 }
@@ -111,7 +114,10 @@ fn wrong_digest_and_wrong_size_fail_and_leave_nothing() {
     w.write_all(&other).unwrap();
     let e = w.commit().unwrap_err();
     assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
-    assert!(e.to_string().contains(&d.to_string()), "names the digest: {e}");
+    assert!(
+        e.to_string().contains(&d.to_string()),
+        "names the digest: {e}"
+    );
 
     // Short, with the size known: the size is what fails.
     let mut w = s.ingest(&d, Some(len)).unwrap();
@@ -133,13 +139,19 @@ fn wrong_digest_and_wrong_size_fail_and_leave_nothing() {
     // A size given wrong for the right bytes.
     let mut w = s.ingest(&d, Some(len + 1)).unwrap();
     w.write_all(&data).unwrap();
-    assert!(matches!(w.commit().unwrap_err(), Error::SizeMismatch { .. }));
+    assert!(matches!(
+        w.commit().unwrap_err(),
+        Error::SizeMismatch { .. }
+    ));
 
     // Unknown size, extra bytes: the digest is what fails.
     let mut w = s.ingest(&d, None).unwrap();
     w.write_all(&data).unwrap();
     w.write_all(b"!").unwrap();
-    assert!(matches!(w.commit().unwrap_err(), Error::DigestMismatch { .. }));
+    assert!(matches!(
+        w.commit().unwrap_err(),
+        Error::DigestMismatch { .. }
+    ));
 
     assert_eq!(blob_count(&s), 0);
     assert!(ingests(&s).is_empty());

@@ -138,7 +138,9 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
         report.broken_images += usize::from(broken);
     }
     let names = |d: &Digest, map: &BTreeMap<Digest, BTreeSet<String>>| -> Vec<String> {
-        map.get(d).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+        map.get(d)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
     };
 
     for (digest, _) in &blobs {
@@ -229,7 +231,8 @@ fn rehash_all(
                         // Gone since it was listed (a gc in another process): not a problem.
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                         Err(e) => {
-                            out.lock().insert(digest.clone(), Hashed::Failed(e.to_string()));
+                            out.lock()
+                                .insert(digest.clone(), Hashed::Failed(e.to_string()));
                         }
                     }
                 }

@@ -95,7 +95,11 @@ pub fn remove_unneeded(store: &Store, candidates: &HashSet<Digest>, own: &str) -
     if candidates.is_empty() {
         return Ok(GcReport::default());
     }
-    collect(store, &GcOptions::default(), &Scope::Only { candidates, own })
+    collect(
+        store,
+        &GcOptions::default(),
+        &Scope::Only { candidates, own },
+    )
 }
 
 /// Which blobs a collection may remove.

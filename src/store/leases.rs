@@ -80,7 +80,11 @@ impl Lease {
 
     /// Holds `digests` under `holder` (again holding a held digest is harmless). Call it
     /// before looking whether the blobs are in the store.
-    pub fn hold<'d>(&self, holder: &str, digests: impl IntoIterator<Item = &'d Digest>) -> Result<()> {
+    pub fn hold<'d>(
+        &self,
+        holder: &str,
+        digests: impl IntoIterator<Item = &'d Digest>,
+    ) -> Result<()> {
         let mut conn = self.leases.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {

@@ -298,3 +298,53 @@ pub fn skopeo_digest(transport_ref: &str) -> String {
     assert!(!out.is_empty());
     v["Digest"].as_str().unwrap().to_owned()
 }
+
+/// A tmpfs of `mib` MiB mounted on `dir` for the life of the guard (the tests run as root).
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, mib: u64) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        sh(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir));
+        Tmpfs(dir.to_path_buf())
+    }
+
+    /// Gives the filesystem a new size (space freed, as a user would free it).
+    pub fn resize(&self, mib: u64) {
+        sh(Command::new("mount")
+            .args(["-o", &format!("remount,size={mib}m")])
+            .arg(&self.0));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Runs `layoutfs fsck` and insists that it finds nothing wrong.
+pub fn fsck_clean(env: &Env) {
+    let out = env.run(&["fsck"]);
+    assert!(
+        out.status.success(),
+        "fsck: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+}
+
+/// A seed for randomised tests: `LAYOUTFS_TEST_SEED` when set (to replay a failure), else the
+/// clock. Tests print it.
+pub fn seed() -> u64 {
+    std::env::var("LAYOUTFS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        })
+}
