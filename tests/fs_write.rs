@@ -540,6 +540,46 @@ fn removing_and_renaming_repositories() {
 }
 
 #[test]
+fn a_repository_imported_elsewhere_is_removed_in_any_order() {
+    // The mount never saw its files written: each name shows because the repository has
+    // images, and must stay removable once index.json (and so every image) is gone.
+    for order in [
+        ["index.json", "oci-layout", "blobs"],
+        ["index.json", "blobs", "oci-layout"],
+        ["oci-layout", "index.json", "blobs"],
+    ] {
+        let h = Harness::new();
+        let src = h.layout("src", 1, 21);
+        layoutfs::archive::import(
+            &h.store,
+            &layoutfs::archive::Source::Dir(src.clone()),
+            Some("r"),
+        )
+        .unwrap();
+        let r = h.walk("r").unwrap().ino;
+        assert_eq!(h.list("r").unwrap(), ["blobs", "index.json", "oci-layout"]);
+        for name in order {
+            if name == "blobs" {
+                let alg = h.walk("r/blobs/sha256").unwrap().ino;
+                for blob in h.list("r/blobs/sha256").unwrap() {
+                    h.fs.unlink(alg, &blob).unwrap();
+                }
+                let blobs = h.walk("r/blobs").unwrap().ino;
+                h.fs.rmdir(blobs, "sha256").unwrap();
+                h.fs.rmdir(r, "blobs").unwrap();
+            } else {
+                h.fs.unlink(r, name)
+                    .unwrap_or_else(|e| panic!("{order:?}: unlink {name}: {e}"));
+            }
+            assert!(h.walk(&format!("r/{name}")).is_err(), "{order:?}: {name}");
+        }
+        assert!(h.images().is_empty());
+        h.fs.rmdir(layoutfs::fs::root_ino(), "r").unwrap();
+        assert!(h.walk("r").is_err());
+    }
+}
+
+#[test]
 fn tar_over_an_existing_layout_replaces_it() {
     // tar unlinks each file it finds before writing it again.
     let h = Harness::new();

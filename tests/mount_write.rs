@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use common::fsck_clean;
 use common::gen::LayoutBuilder;
 use common::mount::{is_mounted, Mounted};
-use common::{require, sh, skopeo_digest, stderr, tree, umoci_layout, Containerd, Env, Tmpfs};
+use common::{
+    require, sh, skopeo_digest, stderr, tree, umoci_layout, within_a_second, Containerd, Env, Tmpfs,
+};
 use layoutfs::digest::{Algorithm, Digest};
 
 /// The blobs of a layout or extracted archive directory: name -> digest of the bytes.
@@ -229,6 +231,13 @@ fn rm_r_removes_a_repository_and_mv_renames_it() {
         serde_json::to_vec(&index).unwrap(),
     )
     .unwrap();
+    assert_eq!(names(&env), ["other:2"]);
+
+    // A repository imported by another process, whose files the mount never saw written.
+    env.ok(&["import", src.to_str().unwrap(), "--name", "outside"]);
+    within_a_second("the import shows", || m.path("outside/index.json").exists());
+    sh(Command::new("rm").arg("-r").arg(m.path("outside")));
+    assert!(!m.path("outside").exists());
     assert_eq!(names(&env), ["other:2"]);
 }
 

@@ -264,7 +264,7 @@ impl Fs {
 
     /// The algorithm directories of `repo`: those of its blobs and sha256 when it has images
     /// (unless it was made with mkdir in this mount), and those made with mkdir.
-    fn algorithms(&self, repo: &str) -> FsResult<std::collections::BTreeSet<Algorithm>> {
+    pub(super) fn algorithms(&self, repo: &str) -> FsResult<std::collections::BTreeSet<Algorithm>> {
         let view = self.repo(repo)?;
         let w = self.write.lock();
         let mut algs = if view.entries.is_empty() || w.fresh.contains(repo) {

@@ -36,6 +36,7 @@ use crate::store::{Held, Store};
 use super::error::{FsError, FsResult};
 use super::inode::Node;
 use super::upload::Upload;
+use super::view::LAYOUT_NAMES;
 
 /// An upload and whether it changed since it was last acted on.
 pub struct Writing {
@@ -902,6 +903,19 @@ impl super::Fs {
         let attr = self.lookup(parent, std::ffi::OsStr::new(name))?;
         match (self.node(attr.ino)?, self.node(parent)?) {
             (Node::Index(repo), _) => {
+                // What shows now stays until removed itself (`rm -r` unlinks it next), though
+                // the repository has no image left to show it for.
+                let snapshot = self.views.snapshot()?;
+                for other in LAYOUT_NAMES.iter().filter(|n| **n != name) {
+                    if self.layout_visible(&snapshot, &repo, other) {
+                        self.show_layout_name(&repo, other, true);
+                    }
+                }
+                let algs = self.algorithms(&repo)?;
+                self.write
+                    .lock()
+                    .alg_dirs
+                    .extend(algs.into_iter().map(|a| (repo.to_string(), a)));
                 self.clear_repo(&repo)?;
                 self.show_layout_name(&repo, name, false);
                 Ok(())
