@@ -267,16 +267,25 @@ fn print_gc(r: &GcReport, dry_run: bool) -> Result<()> {
     let verb = if dry_run { "would remove" } else { "removed" };
     writeln!(
         out,
-        "{verb} {} blobs ({}) and {} abandoned ingests ({}); kept {} blobs ({} held by leases)",
-        r.blobs.len(),
+        "{verb} {} ({}) and {} ({}); kept {} ({} held by leases)",
+        counted(r.blobs.len(), "blob"),
         human(r.bytes()),
-        r.ingests,
+        counted(r.ingests, "abandoned ingest"),
         human(r.ingest_bytes),
-        r.kept,
+        counted(r.kept, "blob"),
         r.leased,
     )
     .map_err(stdout_err)?;
     Ok(())
+}
+
+/// `n noun`, the noun in the plural unless n is 1.
+fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 fn print_fsck(r: &FsckReport) -> Result<()> {
@@ -289,27 +298,33 @@ fn print_fsck(r: &FsckReport) -> Result<()> {
     }
     writeln!(
         out,
-        "checked {} blobs ({}) and {} images: {} problems, {} images broken; {} unreferenced blobs ({}) for gc",
-        r.blobs,
+        "checked {} ({}) and {}: {}, {} broken; {} ({}) for gc",
+        counted(r.blobs, "blob"),
         human(r.bytes),
-        r.images,
-        r.problems.len(),
-        r.broken_images,
-        r.unreferenced.0,
+        counted(r.images, "image"),
+        counted(r.problems.len(), "problem"),
+        counted(r.broken_images, "image"),
+        counted(r.unreferenced.0, "unreferenced blob"),
         human(r.unreferenced.1),
     )
     .map_err(stdout_err)?;
     if r.is_clean() {
         Ok(())
     } else {
-        let hint = if r.quarantined.is_empty() {
+        let corrupt_left = r.quarantined.is_empty()
+            && r.problems
+                .iter()
+                .any(|p| matches!(p, fsck::Problem::Corrupt { .. }));
+        let hint = if corrupt_left {
             "; --repair moves corrupt blobs aside, a re-import restores them"
-        } else {
+        } else if r.broken_images > 0 {
             "; re-import the broken images to restore their blobs"
+        } else {
+            ""
         };
         Err(Error::Invalid(format!(
-            "fsck: {} problems{hint}",
-            r.problems.len()
+            "fsck: {}{hint}",
+            counted(r.problems.len(), "problem")
         )))
     }
 }

@@ -18,6 +18,13 @@ pub enum Error {
     #[error("{what}: {source}")]
     Stream { what: String, source: io::Error },
 
+    #[error("blob {digest}: writing {}: {source}", path.display())]
+    Write {
+        digest: Digest,
+        path: PathBuf,
+        source: io::Error,
+    },
+
     #[error(transparent)]
     Digest(#[from] DigestError),
 
@@ -85,6 +92,29 @@ impl Error {
     }
 }
 
+/// Longest text taken from input (or from a parser's message about input) into an error.
+const MAX_QUOTED: usize = 120;
+
+/// `text` as one short line for an error message: bytes that are not printable ASCII (from
+/// hostile or garbage input, which parsers echo) become `?`, and it is cut at `MAX_QUOTED`.
+pub fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(MAX_QUOTED)
+        .map(|c| {
+            if c == ' ' || c.is_ascii_graphic() {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    if text.chars().nth(MAX_QUOTED).is_some() {
+        out.push_str("...");
+    }
+    out
+}
+
 /// Attaches a path to an `io::Result`.
 pub trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;
@@ -93,5 +123,18 @@ pub trait IoContext<T> {
 impl<T> IoContext<T> for io::Result<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|e| Error::io(path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_is_one_short_line() {
+        assert_eq!(printable("blobs/sha256/ab"), "blobs/sha256/ab");
+        assert_eq!(printable("a\nb\u{1b}[2Jc\u{fffd}"), "a?b?[2Jc?");
+        let long = "x".repeat(500);
+        assert_eq!(printable(&long), format!("{}...", "x".repeat(MAX_QUOTED)));
     }
 }

@@ -327,10 +327,7 @@ fn a_full_disk_fails_an_import_with_enospc_and_leaves_the_store_as_it_was() {
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let err = stderr(&out);
         assert_eq!(err.lines().count(), 1, "one line: {err}");
-        assert!(
-            err.contains("No space left on device") || err.contains("database or disk is full"),
-            "{args:?}: {err}"
-        );
+        full_disk_error(&err, &format!("{args:?}"));
         // The store is as it was: same images, same blobs, no ingest, nothing wrong.
         assert_eq!(env.images(), images);
         assert_eq!(blob_files(&env.store), blobs, "{args:?}");
@@ -343,8 +340,10 @@ fn a_full_disk_fails_an_import_with_enospc_and_leaves_the_store_as_it_was() {
         .stdin(fs::File::open(&big_tar).unwrap())
         .output()
         .unwrap();
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "stdin");
+    full_disk_error(&stderr(&out), "stdin");
     assert_eq!(blob_files(&env.store), blobs);
+    assert_eq!(ingests(&env.store), 0);
 
     // Space freed: the import succeeds and its images are whole.
     tmpfs.resize(96);
@@ -358,4 +357,15 @@ fn a_full_disk_fails_an_import_with_enospc_and_leaves_the_store_as_it_was() {
     fsck_clean(&env);
     drop(tmpfs);
     let _ = Command::new("true").status();
+}
+
+/// The one line a failed import prints on a full disk: the disk is named as the cause, never
+/// the input.
+fn full_disk_error(err: &str, what: &str) {
+    assert_eq!(err.lines().count(), 1, "{what}: one line: {err}");
+    assert!(
+        err.contains("No space left on device") || err.contains("database or disk is full"),
+        "{what}: {err}"
+    );
+    assert!(!err.contains("corrupt"), "{what}: blames the input: {err}");
 }

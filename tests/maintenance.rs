@@ -191,7 +191,7 @@ fn fsck_names_what_is_corrupt_and_repair_then_reimport_restores_it() {
     );
     assert!(!text.contains("other:2"), "other:2 is sound: {text}");
     assert!(
-        stderr(&out).contains("fsck: 1 problems"),
+        stderr(&out).contains("fsck: 1 problem;"),
         "{}",
         stderr(&out)
     );

@@ -483,17 +483,23 @@ fn classify(path: &str, is_dir: bool) -> Result<Member> {
 }
 
 /// A tar entry's path made relative and checked: no absolute paths, no `..`.
+/// A path from an archive, fit for a one-line message.
+fn quoted(raw: &Path) -> String {
+    crate::error::printable(&raw.to_string_lossy())
+}
+
 fn safe_path(raw: &Path) -> std::result::Result<String, String> {
     let mut parts = Vec::new();
     for c in raw.components() {
         match c {
-            Component::Normal(p) => {
-                parts.push(p.to_str().ok_or_else(|| format!("{raw:?}: not UTF-8"))?)
-            }
+            Component::Normal(p) => parts.push(
+                p.to_str()
+                    .ok_or_else(|| format!("{}: not UTF-8", quoted(raw)))?,
+            ),
             Component::CurDir => {}
-            Component::ParentDir => return Err(format!("{}: '..' is refused", raw.display())),
+            Component::ParentDir => return Err(format!("{}: '..' is refused", quoted(raw))),
             Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("{}: absolute paths are refused", raw.display()))
+                return Err(format!("{}: absolute paths are refused", quoted(raw)))
             }
         }
     }
@@ -520,7 +526,12 @@ fn import_stream(
     };
     let mut archive = tar::Archive::new(&mut tail);
     let bad = |m: String| Error::archive(label, m);
-    let tar_err = |e: io::Error| bad(format!("truncated or corrupt tar: {e}"));
+    let tar_err = |e: io::Error| {
+        bad(format!(
+            "truncated or corrupt tar: {}",
+            crate::error::printable(&e.to_string())
+        ))
+    };
     let mut layout_file = None;
     let mut index_bytes = None;
     let mut seen = BTreeSet::new();
@@ -528,6 +539,7 @@ fn import_stream(
         let mut entry = entry.map_err(tar_err)?;
         let raw = entry.path().map_err(tar_err)?.into_owned();
         let path = safe_path(&raw).map_err(|m| bad(format!("entry {m}")))?;
+        let shown = crate::error::printable(&path);
         let kind = entry.header().entry_type();
         let is_dir = kind.is_dir();
         if !(kind.is_file() || is_dir) {
@@ -538,9 +550,9 @@ fn import_stream(
             } else {
                 "only regular files and directories are accepted"
             };
-            return Err(bad(format!("entry {path}: {what}")));
+            return Err(bad(format!("entry {shown}: {what}")));
         }
-        let member = classify(&path, is_dir).map_err(|e| bad(format!("entry {path}: {e}")))?;
+        let member = classify(&path, is_dir).map_err(|e| bad(format!("entry {shown}: {e}")))?;
         let entry_size = entry.size();
         match member {
             Member::Dir | Member::Other => {}

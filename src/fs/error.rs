@@ -81,7 +81,9 @@ impl FsError {
 /// Disk-full and quota errors reach the caller as they are; every other store fault is EIO.
 fn store_errno(e: &StoreError) -> i32 {
     let io = match e {
-        StoreError::Io { source, .. } | StoreError::Stream { source, .. } => source,
+        StoreError::Io { source, .. }
+        | StoreError::Stream { source, .. }
+        | StoreError::Write { source, .. } => source,
         _ => return libc::EIO,
     };
     match io.raw_os_error() {

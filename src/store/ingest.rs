@@ -84,7 +84,10 @@ impl<'s> Ingest<'s> {
             }
         }
         self.hasher.update(buf);
-        self.file.write_all(buf).at(self.dir.join(DATA_FILE))?;
+        let data = || self.dir.join(DATA_FILE);
+        self.file
+            .write_all(buf)
+            .map_err(|e| writing(&self.expected, &data(), e))?;
         self.written = after;
         if self.written - self.flushed_to >= WRITEBACK_STEP {
             start_writeback(&self.file, self.flushed_to, self.written - self.flushed_to);
@@ -197,6 +200,15 @@ pub fn new_ingest(store: &Store) -> Result<(PathBuf, File)> {
     }
 }
 
+/// A failed write (ENOSPC, EIO) of the ingest of `digest` at `data`, naming both.
+fn writing(digest: &Digest, data: &Path, source: io::Error) -> Error {
+    Error::Write {
+        digest: digest.clone(),
+        path: data.to_owned(),
+        source,
+    }
+}
+
 /// Moves `file`, the verified content of `expected` at `data`, into the store: fsync, mode
 /// 0444, rename unless the blob is there already, fsync of the directory. Returns false when
 /// the blob was already there (the data is left for the caller to remove).
@@ -205,7 +217,7 @@ pub fn place(store: &Store, file: &File, data: &Path, expected: &Digest) -> Resu
     if target.exists() {
         return Ok(false);
     }
-    file.sync_all().at(data)?;
+    file.sync_all().map_err(|e| writing(expected, data, e))?;
     file.set_permissions(Permissions::from_mode(BLOB_MODE))
         .at(data)?;
     let placed = rename_no_replace(data, &target).at(&target)?;
