@@ -714,3 +714,38 @@ fn symlinked_blobs_in_a_directory_are_refused() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_wrong_copy_of_a_blob_the_store_has_is_never_read() {
+    // As containerd's importer: content already in the store is not written again, so an
+    // archive's damaged copy of it neither fails the import nor replaces the verified blob.
+    let (env, src) = env_with_image();
+    let dir = src.dir.to_str().unwrap().to_owned();
+    env.ok(&["import", &dir]);
+    let export = || {
+        let out = env.run(&["export", "src:1.0"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        out.stdout
+    };
+    let before = export();
+    let (layer, _) = largest_layer(&src);
+    let mut bytes = fs::read(&layer).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&layer, &bytes).unwrap();
+    let archive = env.path("damaged.tar");
+    tar_dir(&src.dir, &archive);
+    for source in [&dir, &archive.to_str().unwrap().to_owned()] {
+        assert_eq!(env.ok(&["import", "--name", "src", source]), "src:1.0\n");
+        assert!(export() == before, "{source}");
+    }
+    // Into a store without it, the same copy fails and registers nothing.
+    let fresh = Env::new();
+    let out = fresh.run(&["import", "--name", "src", &dir]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("content does not match its digest"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(fresh.images().is_empty());
+}

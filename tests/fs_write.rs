@@ -603,3 +603,76 @@ fn tar_over_an_existing_layout_replaces_it() {
         source_blobs(&src).len()
     );
 }
+
+/// A gc in another process, with no grace for anything abandoned.
+fn gc_now(h: &Harness) -> Vec<String> {
+    let options = layoutfs::store::gc::GcOptions {
+        dry_run: false,
+        grace: std::time::Duration::ZERO,
+    };
+    let other = layoutfs::store::Store::open(h.store.root()).unwrap();
+    let report = layoutfs::store::gc::gc(&other, &options).unwrap();
+    report
+        .blobs
+        .iter()
+        .map(|(d, _)| d.hex().to_owned())
+        .collect()
+}
+
+#[test]
+fn gc_during_a_copy_keeps_what_the_mount_holds() {
+    let h = Harness::new();
+    // r: every blob first, index.json last (cp's order); q: index.json first (pending).
+    let r = h.layout("r-src", 1, 31);
+    let q = h.layout("q-src", 1, 41);
+    let r_blobs: BTreeSet<String> = source_blobs(&r).into_iter().map(|b| b.0).collect();
+    let q_blobs = source_blobs(&q);
+    h.mkdir_p("r/blobs/sha256").unwrap();
+    for (name, bytes) in source_blobs(&r) {
+        h.put(&format!("r/blobs/sha256/{name}"), &bytes, 1).unwrap();
+    }
+    h.mkdir_p("q/blobs/sha256").unwrap();
+    h.put(
+        "q/index.json",
+        &std::fs::read(q.join("index.json")).unwrap(),
+        2,
+    )
+    .unwrap();
+    let (first, rest) = q_blobs.split_at(q_blobs.len() / 2);
+    for (name, bytes) in first {
+        h.put(&format!("q/blobs/sha256/{name}"), bytes, 2).unwrap();
+    }
+    // Nothing written is registered yet, and gc takes none of it.
+    assert!(h.images().is_empty());
+    assert_eq!(gc_now(&h), Vec::<String>::new());
+    assert!(h.store_blobs().is_superset(&r_blobs));
+    for (name, bytes) in rest {
+        h.put(&format!("q/blobs/sha256/{name}"), bytes, 2).unwrap();
+    }
+    h.put(
+        "r/index.json",
+        &std::fs::read(r.join("index.json")).unwrap(),
+        1,
+    )
+    .unwrap();
+    assert_eq!(h.images(), ["q:t0", "r:t0"]);
+    assert_eq!(gc_now(&h), Vec::<String>::new());
+    for (name, bytes) in source_blobs(&r).into_iter().chain(q_blobs.clone()) {
+        assert_eq!(
+            h.read_as(
+                &format!(
+                    "{}/blobs/sha256/{name}",
+                    if r_blobs.contains(&name) { "r" } else { "q" }
+                ),
+                1
+            )
+            .unwrap(),
+            bytes
+        );
+    }
+    // Once r's images are removed nothing holds its blobs: gc takes exactly those.
+    h.fs.unlink(h.walk("r").unwrap().ino, "index.json").unwrap();
+    let removed: BTreeSet<String> = gc_now(&h).into_iter().collect();
+    assert_eq!(removed, r_blobs);
+    assert_eq!(h.images(), ["q:t0"]);
+}

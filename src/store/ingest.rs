@@ -171,17 +171,23 @@ pub fn check_digest(expected: &Digest, found: Digest) -> Result<()> {
     }
 }
 
-/// Creates `ingest/<id>/` with an empty `data` file in it (mode 0600), for one blob's bytes. The
-/// id starts with this process's pid, so that a later process can tell abandoned ingests.
-pub fn new_ingest(store: &Store) -> Result<(PathBuf, File)> {
+/// `<pid>-<n>-<nanoseconds>`: unique among this process's ids of one counter, and across
+/// processes and pid reuse; the owner's pid comes first for `process_alive`.
+pub(super) fn process_unique_id(counter: &AtomicU64) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
-    let id = format!(
+    format!(
         "{}-{}-{nanos}",
         std::process::id(),
-        NEXT_ID.fetch_add(1, Ordering::Relaxed)
-    );
+        counter.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Creates `ingest/<id>/` with an empty `data` file in it (mode 0600), for one blob's bytes. The
+/// id starts with this process's pid, so that a later process can tell abandoned ingests.
+pub fn new_ingest(store: &Store) -> Result<(PathBuf, File)> {
+    let id = process_unique_id(&NEXT_ID);
     let dir = store.root().join(super::INGEST_DIR).join(id);
     fs::create_dir(&dir).at(&dir)?;
     let data = dir.join(DATA_FILE);

@@ -10,9 +10,8 @@
 //! is void once it is older than gc's grace period.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, TransactionBehavior};
@@ -21,6 +20,7 @@ use crate::digest::Digest;
 use crate::error::Result;
 use crate::oci::{BlobSource, Descriptor};
 
+use super::ingest::process_unique_id;
 use super::records::{now_ms, BUSY_TIMEOUT};
 use super::Store;
 
@@ -48,14 +48,7 @@ impl Leases {
 
     /// Starts a lease owned by this process.
     pub fn create(self: &Arc<Self>) -> Result<Lease> {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let id = format!(
-            "{}-{}-{nanos}",
-            std::process::id(),
-            NEXT_LEASE.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = process_unique_id(&NEXT_LEASE);
         self.conn.lock().execute(
             "INSERT INTO leases (id, pid, created) VALUES (?1, ?2, ?3)",
             params![id, std::process::id(), now_ms()],
