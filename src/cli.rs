@@ -298,14 +298,20 @@ fn print_fsck(r: &FsckReport) -> Result<()> {
     }
     writeln!(
         out,
-        "checked {} ({}) and {}: {}, {} broken; {} ({}) for gc",
+        "checked {} ({}) and {}: {}, {} broken; {}",
         counted(r.blobs, "blob"),
         human(r.bytes),
         counted(r.images, "image"),
         counted(r.problems.len(), "problem"),
         counted(r.broken_images, "image"),
-        counted(r.unreferenced.0, "unreferenced blob"),
-        human(r.unreferenced.1),
+        match r.unreferenced {
+            Some((n, bytes)) => format!(
+                "{} ({}) for gc",
+                counted(n, "unreferenced blob"),
+                human(bytes)
+            ),
+            None => "gc would refuse until the broken images are restored or removed".to_owned(),
+        },
     )
     .map_err(stdout_err)?;
     if r.is_clean() {

@@ -94,8 +94,9 @@ pub struct FsckReport {
     pub problems: Vec<Problem>,
     /// Blobs moved to quarantine by `--repair`, and where.
     pub quarantined: Vec<(Digest, PathBuf)>,
-    /// Blobs no image, referrer or lease needs: what gc would remove (count, bytes).
-    pub unreferenced: (usize, u64),
+    /// Blobs no image, referrer or lease needs: what gc would remove (count, bytes); None
+    /// when gc would refuse (an index or manifest of an image cannot be read).
+    pub unreferenced: Option<(usize, u64)>,
 }
 
 pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
@@ -188,9 +189,9 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
         ..Default::default()
     };
     // What gc would sweep; a store whose records cannot be walked has problems listed already.
-    if let Ok(g) = super::gc::gc(store, &dry) {
-        report.unreferenced = (g.blobs.len(), g.bytes());
-    }
+    report.unreferenced = super::gc::gc(store, &dry)
+        .ok()
+        .map(|g| (g.blobs.len(), g.bytes()));
     Ok(report)
 }
 
