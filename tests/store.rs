@@ -46,6 +46,13 @@ fn bytes(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
+/// One whole write of `data` as `d`: whether it placed a new blob.
+fn put(s: &Store, d: &Digest, size: Option<u64>, data: &[u8]) -> bool {
+    let mut w = s.ingest(d, size).unwrap();
+    w.write_all(data).unwrap();
+    w.commit().unwrap()
+}
+
 /// A pid that no process has: a child that has exited and been reaped.
 fn dead_pid() -> u32 {
     let mut c = Command::new("true").spawn().unwrap();
@@ -84,14 +91,13 @@ fn commit_of_a_blob_that_exists_succeeds_and_leaves_it_untouched() {
     let s = open(t.path());
     let data = bytes(70_000, 2);
     let d = Digest::of(Algorithm::Sha256, &data);
-    let mut w = s.ingest(&d, None).unwrap();
-    w.write_all(&data).unwrap();
-    assert!(w.commit().unwrap());
+    assert!(put(&s, &d, None, &data));
     let before = fs::metadata(s.blob_path(&d)).unwrap();
     for size in [None, Some(data.len() as u64)] {
-        let mut w = s.ingest(&d, size).unwrap();
-        w.write_all(&data).unwrap();
-        assert!(!w.commit().unwrap(), "already there: nothing new placed");
+        assert!(
+            !put(&s, &d, size, &data),
+            "already there: nothing new placed"
+        );
     }
     let after = fs::metadata(s.blob_path(&d)).unwrap();
     assert_eq!((before.ino(), before.mtime()), (after.ino(), after.mtime()));
@@ -156,9 +162,7 @@ fn wrong_digest_and_wrong_size_fail_and_leave_nothing() {
     assert_eq!(blob_count(&s), 0);
     assert!(ingests(&s).is_empty());
     // And the right bytes still go in afterwards.
-    let mut w = s.ingest(&d, Some(len)).unwrap();
-    w.write_all(&data).unwrap();
-    assert!(w.commit().unwrap());
+    assert!(put(&s, &d, Some(len), &data));
 }
 
 #[test]
@@ -191,9 +195,7 @@ fn a_write_restarts_after_its_writer_died_and_the_dead_ingest_is_swept() {
     assert!(!s.has_blob(&d).unwrap(), "a dead ingest is no blob");
 
     // A new write of the same digest starts over and completes.
-    let mut w = s.ingest(&d, Some(data.len() as u64)).unwrap();
-    w.write_all(&data).unwrap();
-    assert!(w.commit().unwrap());
+    assert!(put(&s, &d, Some(data.len() as u64), &data));
     assert_eq!(fs::read(s.blob_path(&d)).unwrap(), data);
 
     // gc leaves a young dead ingest for the grace period, then sweeps it.
