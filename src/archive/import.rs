@@ -482,12 +482,12 @@ fn classify(path: &str, is_dir: bool) -> Result<Member> {
     })
 }
 
-/// A tar entry's path made relative and checked: no absolute paths, no `..`.
 /// A path from an archive, fit for a one-line message.
 fn quoted(raw: &Path) -> String {
     crate::error::printable(&raw.to_string_lossy())
 }
 
+/// A tar entry's path made relative and checked: no absolute paths, no `..`.
 fn safe_path(raw: &Path) -> std::result::Result<String, String> {
     let mut parts = Vec::new();
     for c in raw.components() {

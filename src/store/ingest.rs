@@ -84,10 +84,9 @@ impl<'s> Ingest<'s> {
             }
         }
         self.hasher.update(buf);
-        let data = || self.dir.join(DATA_FILE);
         self.file
             .write_all(buf)
-            .map_err(|e| writing(&self.expected, &data(), e))?;
+            .map_err(|e| writing(&self.expected, &self.dir.join(DATA_FILE), e))?;
         self.written = after;
         if self.written - self.flushed_to >= WRITEBACK_STEP {
             start_writeback(&self.file, self.flushed_to, self.written - self.flushed_to);
