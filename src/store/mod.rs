@@ -193,6 +193,31 @@ mod tests {
         (dir, s)
     }
 
+    #[test]
+    fn many_first_opens_of_a_new_store_at_once_all_succeed() {
+        // SQLite refuses some of these at once with BUSY (no busy handler runs): the journal
+        // switch to WAL and the first schema write race.
+        const HANDLES: usize = 8;
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("store");
+            let start = std::sync::Barrier::new(HANDLES);
+            std::thread::scope(|scope| {
+                let opened: Vec<_> = (0..HANDLES)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            Store::open(&root).map(|_| ())
+                        })
+                    })
+                    .collect();
+                for h in opened {
+                    h.join().unwrap().unwrap();
+                }
+            });
+        }
+    }
+
     fn blobs_in(s: &Store) -> usize {
         Algorithm::ALL
             .iter()

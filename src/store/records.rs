@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 
 use crate::error::{Error, Result};
 use crate::oci::Descriptor;
@@ -14,6 +14,8 @@ use crate::reference::Reference;
 
 /// How long a writer waits for another process's transaction before giving up.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause before retrying what SQLite refused as BUSY without waiting.
+const BUSY_RETRY: Duration = Duration::from_millis(5);
 /// Schema version kept in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 2;
 
@@ -39,6 +41,22 @@ CREATE TABLE IF NOT EXISTS lease_blobs (
 ) WITHOUT ROWID;
 ";
 
+/// Runs `f` again while SQLite answers BUSY without having waited, up to `BUSY_TIMEOUT`.
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && start.elapsed() < BUSY_TIMEOUT =>
+            {
+                std::thread::sleep(BUSY_RETRY);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// One registered image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
@@ -58,17 +76,31 @@ impl Records {
     pub fn open(path: &Path) -> Result<Records> {
         let conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // Several processes may open a new store at once: the switch to WAL and the schema
+        // take write locks, and SQLite answers BUSY at once, without waiting, where waiting
+        // could deadlock (two connections converting the journal, or a reader upgrading).
+        retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let version: i64 =
+            retry_busy(|| conn.pragma_query_value(None, "user_version", |r| r.get(0)))?;
         if version > SCHEMA_VERSION {
             return Err(Error::Invalid(format!(
                 "{}: written by a newer layoutfs (schema {version})",
                 path.display()
             )));
         }
-        conn.execute_batch(SCHEMA)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        if version < SCHEMA_VERSION {
+            // A new or older store: the schema, once, under the write lock.
+            retry_busy(|| {
+                let tx = Transaction::new_unchecked(&conn, TransactionBehavior::Immediate)?;
+                let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+                if version < SCHEMA_VERSION {
+                    tx.execute_batch(SCHEMA)?;
+                    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+                }
+                tx.commit()
+            })?;
+        }
         Ok(Records {
             conn: Mutex::new(conn),
         })
