@@ -625,11 +625,11 @@ fn gc_during_a_copy_keeps_what_the_mount_holds() {
     // r: every blob first, index.json last (cp's order); q: index.json first (pending).
     let r = h.layout("r-src", 1, 31);
     let q = h.layout("q-src", 1, 41);
-    let r_blobs: BTreeSet<String> = source_blobs(&r).into_iter().map(|b| b.0).collect();
-    let q_blobs = source_blobs(&q);
+    let (r_src, q_blobs) = (source_blobs(&r), source_blobs(&q));
+    let r_blobs: BTreeSet<String> = r_src.iter().map(|b| b.0.clone()).collect();
     h.mkdir_p("r/blobs/sha256").unwrap();
-    for (name, bytes) in source_blobs(&r) {
-        h.put(&format!("r/blobs/sha256/{name}"), &bytes, 1).unwrap();
+    for (name, bytes) in &r_src {
+        h.put(&format!("r/blobs/sha256/{name}"), bytes, 1).unwrap();
     }
     h.mkdir_p("q/blobs/sha256").unwrap();
     h.put(
@@ -657,18 +657,11 @@ fn gc_during_a_copy_keeps_what_the_mount_holds() {
     .unwrap();
     assert_eq!(h.images(), ["q:t0", "r:t0"]);
     assert_eq!(gc_now(&h), Vec::<String>::new());
-    for (name, bytes) in source_blobs(&r).into_iter().chain(q_blobs.clone()) {
-        assert_eq!(
-            h.read_as(
-                &format!(
-                    "{}/blobs/sha256/{name}",
-                    if r_blobs.contains(&name) { "r" } else { "q" }
-                ),
-                1
-            )
-            .unwrap(),
-            bytes
-        );
+    for (repo, blobs) in [("r", &r_src), ("q", &q_blobs)] {
+        for (name, bytes) in blobs {
+            let path = format!("{repo}/blobs/sha256/{name}");
+            assert_eq!(&h.read_as(&path, 1).unwrap(), bytes, "{path}");
+        }
     }
     // Once r's images are removed nothing holds its blobs: gc takes exactly those.
     h.fs.unlink(h.walk("r").unwrap().ino, "index.json").unwrap();

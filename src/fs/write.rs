@@ -906,16 +906,20 @@ impl super::Fs {
                 // What shows now stays until removed itself (`rm -r` unlinks it next), though
                 // the repository has no image left to show it for.
                 let snapshot = self.views.snapshot()?;
-                for other in LAYOUT_NAMES.iter().filter(|n| **n != name) {
-                    if self.layout_visible(&snapshot, &repo, other) {
-                        self.show_layout_name(&repo, other, true);
-                    }
-                }
+                let shown: Vec<&str> = LAYOUT_NAMES
+                    .into_iter()
+                    .filter(|n| *n != name && self.layout_visible(&snapshot, &repo, n))
+                    .collect();
                 let algs = self.algorithms(&repo)?;
-                self.write
-                    .lock()
-                    .alg_dirs
-                    .extend(algs.into_iter().map(|a| (repo.to_string(), a)));
+                {
+                    let mut w = self.write.lock();
+                    for n in shown {
+                        w.layout_names
+                            .insert((repo.to_string(), n.to_owned()), true);
+                    }
+                    w.alg_dirs
+                        .extend(algs.into_iter().map(|a| (repo.to_string(), a)));
+                }
                 self.clear_repo(&repo)?;
                 self.show_layout_name(&repo, name, false);
                 Ok(())
