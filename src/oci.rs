@@ -2,7 +2,7 @@
 //! children of indexes and manifests (OCI and Docker media types), platforms, and the set of
 //! blobs reachable from a root descriptor, with size checks, a JSON size cap and cycle detection.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -24,13 +24,18 @@ pub const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 
 /// The only image-layout version there is.
 pub const LAYOUT_VERSION: &str = "1.0.0";
-/// Largest `index.json`, manifest or index accepted: they are read whole into memory.
+/// Largest manifest, index blob, config read as JSON, or `oci-layout` accepted: they are read
+/// whole into memory, and a walk reads many.
 pub const MAX_JSON_SIZE: u64 = 4 << 20;
+/// Largest `index.json` of a layout accepted: a flat list with one descriptor per image (about
+/// 250 bytes a tag), so a repository of 250,000 tags still fits. What `export` and the mount
+/// write must read back, so export refuses to write a larger one.
+pub const MAX_INDEX_JSON_SIZE: u64 = 64 << 20;
 /// Deepest nesting of indexes accepted (index -> index -> ... -> manifest).
 pub const MAX_DEPTH: usize = 8;
 
 /// What a media type says about a blob's children.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Index,
     Manifest,
@@ -186,7 +191,7 @@ impl ImageIndex {
 
     /// Parses `index.json`; `file` names it in errors.
     pub fn parse(file: &str, bytes: &[u8]) -> Result<ImageIndex> {
-        check_json_size(file, bytes.len() as u64)?;
+        check_index_size(file, bytes.len() as u64)?;
         let index: ImageIndex = parse_json(file, bytes)?;
         if index.schema_version != 2 {
             return Err(Error::layout(
@@ -233,11 +238,20 @@ pub fn check_layout_file(file: &str, bytes: &[u8]) -> Result<()> {
 }
 
 pub fn check_json_size(file: &str, size: u64) -> Result<()> {
-    if size > MAX_JSON_SIZE {
+    check_cap(file, size, MAX_JSON_SIZE)
+}
+
+/// Refuses a layout's `index.json` over `MAX_INDEX_JSON_SIZE` before it is read.
+pub fn check_index_size(file: &str, size: u64) -> Result<()> {
+    check_cap(file, size, MAX_INDEX_JSON_SIZE)
+}
+
+fn check_cap(file: &str, size: u64, cap: u64) -> Result<()> {
+    if size > cap {
         return Err(Error::TooLarge {
             file: file.to_owned(),
             size,
-            cap: MAX_JSON_SIZE,
+            cap,
         });
     }
     Ok(())
@@ -313,10 +327,72 @@ pub trait BlobSource {
 /// What a walk does with a blob that is not there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnMissing {
-    /// Fail, naming the blob and what referred to it.
+    /// Fail, naming the blob and what referred to it; damage fails too.
     Fail,
-    /// Leave it and its children out (a partial pull of a multi-platform image).
+    /// Leave it and its children out (a partial pull of a multi-platform image); damage fails.
     Skip,
+    /// Go on past what is missing or damaged and say which (images, fsck, gc, the mount's
+    /// pending images).
+    Report,
+}
+
+/// How a walk treats what it meets: the one policy every consumer states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub on_missing: OnMissing,
+    /// Most ancestors a blob may have: an index nested `max_depth` deep is refused.
+    pub max_depth: usize,
+}
+
+impl Policy {
+    pub const FAIL: Policy = Policy::new(OnMissing::Fail);
+    pub const SKIP: Policy = Policy::new(OnMissing::Skip);
+    pub const REPORT: Policy = Policy::new(OnMissing::Report);
+
+    pub const fn new(on_missing: OnMissing) -> Policy {
+        Policy {
+            on_missing,
+            max_depth: MAX_DEPTH,
+        }
+    }
+}
+
+/// An image's closure as a walk found it.
+#[derive(Debug, Default)]
+pub struct Closure {
+    /// Blobs that are there with the size their descriptor gives, keyed by digest (the first
+    /// descriptor met for each).
+    pub present: BTreeMap<Digest, Descriptor>,
+    /// Blobs that are not there (non-distributable layers are not counted); only filled under
+    /// `OnMissing::Report` and `OnMissing::Skip`.
+    pub missing: Vec<Descriptor>,
+    /// Blobs that are there but wrong: a size that does not match, an index or manifest that
+    /// does not hash to its digest or does not parse, a loop or a walk too deep. Only filled
+    /// under `OnMissing::Report`: other policies fail instead.
+    pub damaged: Vec<(Descriptor, Error)>,
+}
+
+impl Closure {
+    pub fn is_complete(&self) -> bool {
+        self.missing.is_empty() && self.damaged.is_empty()
+    }
+
+    /// Whether some index or manifest could not be read, so that the blobs it refers to are
+    /// unknown: gc must not sweep then.
+    pub fn has_unknown_children(&self) -> bool {
+        self.missing
+            .iter()
+            .chain(self.damaged.iter().map(|(d, _)| d))
+            .any(|d| kind_of(&d.media_type) != Kind::Leaf)
+    }
+
+    /// One line on the first thing wrong, for messages.
+    pub fn first_problem(&self) -> Option<String> {
+        if let Some(d) = self.missing.first() {
+            return Some(format!("blob {} is missing", d.digest));
+        }
+        self.damaged.first().map(|(_, e)| e.to_string())
+    }
 }
 
 /// Every blob reachable from `root`, root included, keyed by digest.
@@ -325,65 +401,118 @@ pub fn closure(
     root: &Descriptor,
     on_missing: OnMissing,
 ) -> Result<BTreeMap<Digest, Descriptor>> {
-    let mut out = BTreeMap::new();
-    let mut path = BTreeSet::new();
-    visit(src, root, None, on_missing, &mut out, &mut path)?;
-    Ok(out)
+    Ok(walk(src, root, Policy::new(on_missing))?.present)
 }
 
-fn visit(
-    src: &dyn BlobSource,
-    desc: &Descriptor,
-    referrer: Option<&Digest>,
-    on_missing: OnMissing,
-    out: &mut BTreeMap<Digest, Descriptor>,
-    path: &mut BTreeSet<Digest>,
-) -> Result<()> {
-    if path.contains(&desc.digest) {
-        return Err(Error::Json {
-            file: format!("blob {}", referrer.unwrap_or(&desc.digest)),
-            message: format!("refers to itself through {}", desc.digest),
-        });
-    }
-    if path.len() >= MAX_DEPTH {
-        return Err(Error::Json {
-            file: format!("blob {}", desc.digest),
-            message: format!("nested deeper than {MAX_DEPTH} levels"),
-        });
-    }
-    if out.contains_key(&desc.digest) {
-        return Ok(());
-    }
-    let Some(size) = src.blob_size(&desc.digest)? else {
-        if on_missing == OnMissing::Skip || is_non_distributable(&desc.media_type) {
+/// The one walk of an image's closure: import, export, `images`, gc, fsck and the mount all
+/// call it, so they agree on what an image needs.
+///
+/// A blob is what its descriptor's media type says: an index, a manifest, an artifact
+/// manifest, or an opaque leaf (layers, configs and every media type this walk does not know,
+/// as containerd's `images.ChildrenHandler` treats them). A digest is walked once per kind it
+/// is reached as: a manifest listed once under a layer media type and once as a manifest is
+/// walked as a manifest too, so its config and layers belong to the image. Under
+/// `OnMissing::Report` the walk never fails: problems are in the result.
+pub fn walk(src: &dyn BlobSource, root: &Descriptor, policy: Policy) -> Result<Closure> {
+    let mut w = Walker {
+        src,
+        policy,
+        out: Closure::default(),
+        seen: HashSet::new(),
+        path: Vec::new(),
+    };
+    w.visit(root, None)?;
+    Ok(w.out)
+}
+
+struct Walker<'a> {
+    src: &'a dyn BlobSource,
+    policy: Policy,
+    out: Closure,
+    /// What was walked already, and as what.
+    seen: HashSet<(Digest, Kind)>,
+    /// The ancestors of the blob being walked.
+    path: Vec<Digest>,
+}
+
+impl Walker<'_> {
+    fn visit(&mut self, desc: &Descriptor, referrer: Option<&Digest>) -> Result<()> {
+        if self.path.contains(&desc.digest) {
+            let e = Error::Json {
+                file: format!("blob {}", referrer.unwrap_or(&desc.digest)),
+                message: format!("refers to itself through {}", desc.digest),
+            };
+            return self.damaged(desc, e);
+        }
+        if self.path.len() >= self.policy.max_depth {
+            let e = Error::Json {
+                file: format!("blob {}", desc.digest),
+                message: format!("nested deeper than {} levels", self.policy.max_depth),
+            };
+            return self.damaged(desc, e);
+        }
+        let kind = kind_of(&desc.media_type);
+        if !self.seen.insert((desc.digest.clone(), kind)) {
             return Ok(());
         }
-        return Err(Error::MissingBlob {
-            digest: desc.digest.clone(),
-            referrer: Some(
-                referrer.map_or_else(|| "index.json".to_owned(), |r| format!("blob {r}")),
-            ),
-        });
-    };
-    if size != desc.size {
-        return Err(Error::SizeMismatch {
-            digest: desc.digest.clone(),
-            expected: desc.size,
-            found: size,
-        });
+        let size = match self.src.blob_size(&desc.digest) {
+            Ok(Some(size)) => size,
+            Ok(None) => return self.missing(desc, referrer),
+            Err(e) => return self.damaged(desc, e),
+        };
+        if size != desc.size {
+            let e = Error::SizeMismatch {
+                digest: desc.digest.clone(),
+                expected: desc.size,
+                found: size,
+            };
+            return self.damaged(desc, e);
+        }
+        self.out
+            .present
+            .entry(desc.digest.clone())
+            .or_insert_with(|| desc.clone());
+        if kind == Kind::Leaf {
+            return Ok(());
+        }
+        let children = check_json_size(&format!("blob {}", desc.digest), desc.size)
+            .and_then(|()| self.src.read_small(desc))
+            .and_then(|bytes| children(desc, &bytes));
+        let children = match children {
+            Ok(c) => c,
+            Err(e) => return self.damaged(desc, e),
+        };
+        self.path.push(desc.digest.clone());
+        let walked = children
+            .iter()
+            .try_for_each(|child| self.visit(child, Some(&desc.digest)));
+        self.path.pop();
+        walked
     }
-    out.insert(desc.digest.clone(), desc.clone());
-    if kind_of(&desc.media_type) == Kind::Leaf {
-        return Ok(());
+
+    fn missing(&mut self, desc: &Descriptor, referrer: Option<&Digest>) -> Result<()> {
+        if is_non_distributable(&desc.media_type) {
+            return Ok(());
+        }
+        if self.policy.on_missing == OnMissing::Fail {
+            return Err(Error::MissingBlob {
+                digest: desc.digest.clone(),
+                referrer: Some(
+                    referrer.map_or_else(|| "index.json".to_owned(), |r| format!("blob {r}")),
+                ),
+            });
+        }
+        self.out.missing.push(desc.clone());
+        Ok(())
     }
-    check_json_size(&format!("blob {}", desc.digest), desc.size)?;
-    let bytes = src.read_small(desc)?;
-    path.insert(desc.digest.clone());
-    for child in children(desc, &bytes)? {
-        visit(src, &child, Some(&desc.digest), on_missing, out, path)?;
+
+    fn damaged(&mut self, desc: &Descriptor, e: Error) -> Result<()> {
+        if self.policy.on_missing != OnMissing::Report {
+            return Err(e);
+        }
+        self.out.damaged.push((desc.clone(), e));
+        Ok(())
     }
-    path.remove(&desc.digest);
-    Ok(())
 }
 
 /// The manifest of `index` (read from `src`) that runs on `platform`; the first match wins.
@@ -406,7 +535,7 @@ pub fn select_platform(
 pub(crate) mod tests {
     use super::*;
     use crate::digest::Algorithm;
-    use std::collections::HashMap;
+    use std::collections::{BTreeSet, HashMap};
 
     /// Blobs in memory, unverified, so tests can build graphs hashing never allows.
     #[derive(Default)]
@@ -587,14 +716,14 @@ pub(crate) mod tests {
         ] {
             assert!(check_layout_file("oci-layout", bad).is_err());
         }
-        let big = vec![b' '; MAX_JSON_SIZE as usize + 1];
+        let big = vec![b' '; MAX_INDEX_JSON_SIZE as usize + 1];
         let err = ImageIndex::parse("index.json", &big)
             .unwrap_err()
             .to_string();
-        assert!(
-            err.starts_with("index.json: 4194305 bytes is larger"),
-            "{err}"
-        );
+        let want = format!("index.json: {} bytes is larger", MAX_INDEX_JSON_SIZE + 1);
+        assert!(err.starts_with(&want), "{err}");
+        // Blobs keep the smaller cap.
+        assert!(check_json_size("blob", MAX_JSON_SIZE + 1).is_err());
         let err =
             ImageIndex::parse("index.json", br#"{"schemaVersion":1,"manifests":[]}"#).unwrap_err();
         assert!(err.to_string().contains("schemaVersion 1"));

@@ -18,6 +18,9 @@ pub enum ReferenceError {
     Invalid(String, &'static str),
     #[error("invalid image name {0:?}: {1}")]
     Digest(String, DigestError),
+    /// A name pinned to one digest given to other content.
+    #[error("image name {name} is pinned to its digest and cannot name {target}")]
+    Pinned { name: String, target: Digest },
 }
 
 /// What follows the repository in a reference.
@@ -68,6 +71,18 @@ impl Reference {
 
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// Checks that this name may name content of digest `target`: a name with a digest names
+    /// exactly that content, and nothing else, wherever names are made.
+    pub fn check_target(&self, target: &Digest) -> Result<(), ReferenceError> {
+        match &self.target {
+            Target::Digest(d) if d != target => Err(ReferenceError::Pinned {
+                name: self.to_string(),
+                target: target.clone(),
+            }),
+            _ => Ok(()),
+        }
     }
 
     pub fn tag(&self) -> Option<&str> {

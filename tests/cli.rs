@@ -414,9 +414,13 @@ const BAD_INPUTS: &[Bad] = &[
         name: "index.json over the cap",
         spoil: |b| {
             let mut bytes = fs::read(b.dir.join("index.json")).unwrap();
-            bytes.resize(oci::MAX_JSON_SIZE as usize + 10, b' ');
+            bytes.resize(oci::MAX_INDEX_JSON_SIZE as usize + 10, b' ');
             fs::write(b.dir.join("index.json"), bytes).unwrap();
-            same("index.json: 4194314 bytes is larger than the 4194304-byte limit".into())
+            same(format!(
+                "index.json: {} bytes is larger than the {}-byte limit",
+                oci::MAX_INDEX_JSON_SIZE + 10,
+                oci::MAX_INDEX_JSON_SIZE
+            ))
         },
     },
     Bad {

@@ -66,16 +66,17 @@ impl Plan {
             records.insert(format!("blobs/{}/", digest.algorithm()), Record::Dir);
             records.insert(digest.blob_path(), Record::Blob(Box::new(desc.clone())));
         }
-        records.insert(
-            "index.json".into(),
-            Record::Bytes(layout::index_json(&entries), MODE_FILE),
-        );
+        // Whatever is exported must import again.
+        let index = layout::index_json(&entries);
+        oci::check_index_size("index.json", index.len() as u64)?;
+        records.insert("index.json".into(), Record::Bytes(index, MODE_FILE));
         records.insert(
             "oci-layout".into(),
             Record::Bytes(oci::layout_file_bytes(), MODE_READ_ONLY),
         );
         if opts.docker_manifest {
             let bytes = docker_manifest(store, &entries, opts.platform.as_ref())?;
+            oci::check_index_size("manifest.json", bytes.len() as u64)?;
             records.insert("manifest.json".into(), Record::Bytes(bytes, MODE_FILE));
         }
         let total = blobs.values().map(|d| d.size).sum();

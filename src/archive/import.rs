@@ -6,11 +6,13 @@
 //! until the closure of every listed image is present and verified; then all names are
 //! registered in one transaction.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
@@ -20,7 +22,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::layout;
 use crate::oci::{
     self, BlobSource, Descriptor, ImageIndex, OnMissing, ANNOTATION_IMAGE_NAME,
-    ANNOTATION_REF_NAME, MAX_JSON_SIZE,
+    ANNOTATION_REF_NAME, MAX_INDEX_JSON_SIZE, MAX_JSON_SIZE,
 };
 use crate::progress::Progress;
 use crate::reference::{check_repository, check_tag, Reference};
@@ -138,19 +140,41 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
         };
         let images = name_images(&index, repository.as_deref(), &label)?;
         // Everything each image needs must be here and sound before any name is registered.
+        let mut reached = HashSet::new();
         for (_, target) in &images {
-            oci::closure(store, target, OnMissing::Fail)?;
+            reached.extend(oci::closure(store, target, OnMissing::Fail)?.into_keys());
         }
         store.records().put(&images)?;
-        Ok(images)
+        Ok((images, reached))
     })();
-    let written = written.into_inner();
+    let mut written = written.into_inner();
     match result {
-        Ok(images) => Ok(Imported {
-            names: images.into_iter().map(|(n, _)| n).collect(),
-            new_blobs: written.count,
-            new_bytes: written.bytes,
-        }),
+        Ok((images, reached)) => {
+            // An archive may carry blobs no image of it reaches (a 2 GiB blob of zeros packs
+            // into a few KiB): they are taken back now rather than left for gc.
+            let unreached: HashSet<Digest> = written.placed.difference(&reached).cloned().collect();
+            if !unreached.is_empty() {
+                match remove_unneeded(store, &unreached, lease.id()) {
+                    Ok(r) => {
+                        for (digest, size) in &r.blobs {
+                            written.take_back(digest, *size);
+                        }
+                        tracing::info!(
+                            "removed {} blobs of {label} that no image reaches",
+                            r.blobs.len()
+                        );
+                    }
+                    Err(e) => tracing::warn!(
+                        "{label}: removing the blobs no image reaches failed ({e}): gc will"
+                    ),
+                }
+            }
+            Ok(Imported {
+                names: images.into_iter().map(|(n, _)| n).collect(),
+                new_blobs: written.count,
+                new_bytes: written.bytes,
+            })
+        }
         Err(e) => {
             // Take back the blobs this import placed that nothing else needs: the store is as
             // it was (a blob another import also wrote meanwhile, or an image uses, stays).
@@ -181,6 +205,13 @@ impl Written {
             self.count += 1;
             self.bytes += size;
             self.placed.insert(digest.clone());
+        }
+    }
+
+    fn take_back(&mut self, digest: &Digest, size: u64) {
+        if self.placed.remove(digest) {
+            self.count -= 1;
+            self.bytes -= size;
         }
     }
 }
@@ -228,6 +259,8 @@ fn name_images(
                 d.digest.clone(),
             )?
         };
+        name.check_target(&d.digest)
+            .map_err(|e| Error::layout(format!("{label}: index.json"), e.to_string()))?;
         let target = layout::unnamed_descriptor(d);
         if let Some(prev) = out.get(&name) {
             if prev.digest != target.digest {
@@ -244,8 +277,8 @@ fn name_images(
 
 // ---- directories ------------------------------------------------------------------------
 
-/// Reads a small file of a layout, refusing links and anything over the JSON cap.
-fn read_layout_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
+/// Reads a small file of a layout, refusing links and anything over `cap` bytes.
+fn read_layout_file(dir: &Path, name: &str, cap: u64) -> Result<Vec<u8>> {
     let path = dir.join(name);
     let file = open_regular(&path).map_err(|e| match e {
         Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => Error::layout(
@@ -255,12 +288,19 @@ fn read_layout_file(dir: &Path, name: &str) -> Result<Vec<u8>> {
         e => e,
     })?;
     let size = file.metadata().at(&path)?.len();
-    oci::check_json_size(&path.display().to_string(), size)?;
+    let too_large = |size| Error::TooLarge {
+        file: path.display().to_string(),
+        size,
+        cap,
+    };
+    if size > cap {
+        return Err(too_large(size));
+    }
     let mut bytes = Vec::with_capacity(size as usize);
-    file.take(MAX_JSON_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .at(&path)?;
-    oci::check_json_size(&path.display().to_string(), bytes.len() as u64)?;
+    file.take(cap + 1).read_to_end(&mut bytes).at(&path)?;
+    if bytes.len() as u64 > cap {
+        return Err(too_large(bytes.len() as u64));
+    }
     Ok(bytes)
 }
 
@@ -288,9 +328,15 @@ fn import_dir(
     written: &Mutex<Written>,
 ) -> Result<ImageIndex> {
     let layout_path = dir.join("oci-layout").display().to_string();
-    oci::check_layout_file(&layout_path, &read_layout_file(dir, "oci-layout")?)?;
+    oci::check_layout_file(
+        &layout_path,
+        &read_layout_file(dir, "oci-layout", MAX_JSON_SIZE)?,
+    )?;
     let index_path = dir.join("index.json").display().to_string();
-    let index = ImageIndex::parse(&index_path, &read_layout_file(dir, "index.json")?)?;
+    let index = ImageIndex::parse(
+        &index_path,
+        &read_layout_file(dir, "index.json", MAX_INDEX_JSON_SIZE)?,
+    )?;
 
     // Walk the closure, copying manifests and indexes in as they are met (their children are
     // read from the verified copy) and collecting the other blobs the store lacks.
@@ -520,13 +566,19 @@ fn import_stream(
         progress: &progress,
     };
     let reader = decompress(Box::new(counted), label)?;
+    let last = Rc::new(Cell::new([0xff; tarfmt::BLOCK]));
     let mut tail = Tail {
         inner: reader,
-        last: [0xff; tarfmt::BLOCK],
+        last: Rc::clone(&last),
     };
     let mut archive = tar::Archive::new(&mut tail);
     let bad = |m: String| Error::archive(label, m);
     let tar_err = |e: io::Error| {
+        // The tar crate fails on many GNU sparse headers before it yields the entry: the
+        // header is then the last block read.
+        if is_sparse_header(&last.get()) || e.to_string().contains("sparse") {
+            return bad(SPARSE_REFUSED.into());
+        }
         bad(format!(
             "truncated or corrupt tar: {}",
             crate::error::printable(&e.to_string())
@@ -543,7 +595,9 @@ fn import_stream(
         let kind = entry.header().entry_type();
         let is_dir = kind.is_dir();
         if !(kind.is_file() || is_dir) {
-            let what = if kind.is_symlink() {
+            let what = if kind.is_gnu_sparse() {
+                SPARSE_REFUSED
+            } else if kind.is_symlink() {
                 "symbolic links are refused"
             } else if kind.is_hard_link() {
                 "hard links are refused"
@@ -557,15 +611,23 @@ fn import_stream(
         match member {
             Member::Dir | Member::Other => {}
             Member::LayoutFile | Member::Index | Member::DockerManifest => {
-                oci::check_json_size(&format!("{label}: {path}"), entry_size)?;
+                let what = format!("{label}: {path}");
+                match member {
+                    Member::Index | Member::DockerManifest => {
+                        oci::check_index_size(&what, entry_size)?
+                    }
+                    _ => oci::check_json_size(&what, entry_size)?,
+                }
                 let mut bytes = Vec::with_capacity(entry_size as usize);
                 entry.read_to_end(&mut bytes).map_err(tar_err)?;
-                match member {
-                    Member::LayoutFile => layout_file = Some(bytes),
-                    Member::Index if index_bytes.replace(bytes).is_some() => {
-                        return Err(bad("index.json appears twice".into()));
-                    }
-                    _ => {} // Docker's manifest.json: names come from index.json.
+                // A second copy would silently replace the first: refused.
+                let twice = match member {
+                    Member::LayoutFile => layout_file.replace(bytes).is_some(),
+                    Member::Index => index_bytes.replace(bytes).is_some(),
+                    _ => false, // Docker's manifest.json: names come from index.json.
+                };
+                if twice {
+                    return Err(bad(format!("{shown} appears twice")));
                 }
             }
             Member::Blob(digest) => {
@@ -591,7 +653,7 @@ fn import_stream(
             }
         }
     }
-    if tail.last.iter().any(|b| *b != 0) {
+    if last.get().iter().any(|b| *b != 0) {
         return Err(bad(
             "truncated: the archive ends without its end-of-archive blocks".into(),
         ));
@@ -605,24 +667,37 @@ fn import_stream(
     Ok(index)
 }
 
+/// What a GNU sparse entry (`tar --sparse`) gets: its holes would need filling, and no tool
+/// writes blobs that way.
+const SPARSE_REFUSED: &str = "sparse files (GNU tar --sparse) are not supported";
+/// Where a tar header keeps its type flag.
+const TYPEFLAG_AT: usize = 156;
+
+/// Whether `block` is a tar header of a GNU sparse entry.
+fn is_sparse_header(block: &[u8; tarfmt::BLOCK]) -> bool {
+    block[TYPEFLAG_AT] == b'S' && block[USTAR_MAGIC_AT].starts_with(b"ustar")
+}
+
 /// Remembers the last block that went by: a whole archive ends with a zero block, one cut at
 /// an entry boundary does not.
 struct Tail<R> {
     inner: R,
-    last: [u8; tarfmt::BLOCK],
+    last: Rc<Cell<[u8; tarfmt::BLOCK]>>,
 }
 
 impl<R: Read> Read for Tail<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let got = &buf[..n];
-        let len = self.last.len();
+        let mut last = self.last.get();
+        let len = last.len();
         if n >= len {
-            self.last.copy_from_slice(&got[n - len..]);
+            last.copy_from_slice(&got[n - len..]);
         } else {
-            self.last.copy_within(n.., 0);
-            self.last[len - n..].copy_from_slice(got);
+            last.copy_within(n.., 0);
+            last[len - n..].copy_from_slice(got);
         }
+        self.last.set(last);
         Ok(n)
     }
 }

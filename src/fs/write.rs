@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::layout::{self, Entry};
-use crate::oci::{self, BlobSource, Descriptor, ImageIndex, Kind as MediaKind, MAX_DEPTH};
+use crate::oci::{self, BlobSource, Descriptor, ImageIndex};
 use crate::reference::{check_repository, check_tag, Reference};
 use crate::store::{Held, Store};
 
@@ -246,53 +246,14 @@ impl BlobSource for HeldOrStore<'_> {
 }
 
 /// The blobs below `root` (itself included) that the store does not have yet. Blobs that are
-/// there are checked for size, and manifests and indexes among them are read (and re-hashed).
+/// there are checked for size, and manifests and indexes among them are read (and re-hashed);
+/// anything damaged fails. The one closure walk (`oci::walk`), as import and `images` use it.
 pub fn missing_blobs(store: &dyn BlobSource, root: &Descriptor) -> Result<Vec<Descriptor>> {
-    let mut out = Vec::new();
-    let mut seen = BTreeSet::new();
-    walk_missing(store, root, 0, &mut seen, &mut out)?;
-    Ok(out)
-}
-
-fn walk_missing(
-    store: &dyn BlobSource,
-    d: &Descriptor,
-    depth: usize,
-    seen: &mut BTreeSet<Digest>,
-    out: &mut Vec<Descriptor>,
-) -> Result<()> {
-    if depth > MAX_DEPTH {
-        return Err(Error::Json {
-            file: format!("blob {}", d.digest),
-            message: format!("nested deeper than {MAX_DEPTH} levels"),
-        });
+    let c = oci::walk(store, root, oci::Policy::REPORT)?;
+    match c.damaged.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(c.missing),
     }
-    if !seen.insert(d.digest.clone()) {
-        return Ok(());
-    }
-    match store.blob_size(&d.digest)? {
-        None if oci::is_non_distributable(&d.media_type) => return Ok(()),
-        None => {
-            out.push(d.clone());
-            return Ok(());
-        }
-        Some(size) if size != d.size => {
-            return Err(Error::SizeMismatch {
-                digest: d.digest.clone(),
-                expected: d.size,
-                found: size,
-            })
-        }
-        Some(_) => {}
-    }
-    if oci::kind_of(&d.media_type) == MediaKind::Leaf {
-        return Ok(());
-    }
-    let bytes = store.read_small(d)?;
-    for c in oci::children(d, &bytes)? {
-        walk_missing(store, &c, depth + 1, seen, out)?;
-    }
-    Ok(())
 }
 
 /// The lease holder of the blobs process `pid` wrote into `repo` (`*` when the repository is
@@ -658,7 +619,7 @@ impl super::Fs {
                 let bytes = {
                     let mut w = shared.lock();
                     let u = w.upload.as_ref().ok_or(FsError::BadHandle(ino))?;
-                    let b = u.read_small("index.json", oci::MAX_JSON_SIZE)?;
+                    let b = u.read_small("index.json", oci::MAX_INDEX_JSON_SIZE)?;
                     w.dirty = false;
                     b
                 };

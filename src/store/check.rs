@@ -1,15 +1,14 @@
 //! What is on disk and what an image's closure looks like in it: the blob files of the store,
-//! and a tolerant walk of an image that, unlike `oci::closure`, goes on past a missing or
+//! and the tolerant form of the one closure walk (`oci::walk`), which goes on past a missing or
 //! damaged blob and says which. gc, fsck and `layoutfs images` share these.
 
-use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use crate::digest::{Algorithm, Digest};
-use crate::error::{Error, IoContext, Result};
-use crate::oci::{self, BlobSource, Descriptor, Kind, MAX_DEPTH};
+use crate::error::{IoContext, Result};
+use crate::oci::{self, BlobSource, Descriptor, Policy};
 
 use super::{Store, BLOBS_DIR};
 
@@ -54,104 +53,15 @@ pub fn blob_files(store: &Store) -> Result<Vec<BlobFile>> {
     Ok(out)
 }
 
-/// An image's closure as the store has it.
-#[derive(Debug, Default)]
-pub struct Closure {
-    /// Blobs that are there with the size their descriptor gives.
-    pub present: BTreeMap<Digest, Descriptor>,
-    /// Blobs that are not there (non-distributable layers are not counted).
-    pub missing: Vec<Descriptor>,
-    /// Blobs that are there but wrong: a size that does not match, an index or manifest that
-    /// does not hash to its digest or does not parse, a loop or a walk too deep.
-    pub damaged: Vec<(Descriptor, Error)>,
-}
+pub use crate::oci::Closure;
 
-impl Closure {
-    pub fn is_complete(&self) -> bool {
-        self.missing.is_empty() && self.damaged.is_empty()
-    }
-
-    /// Whether some index or manifest could not be read, so that the blobs it refers to are
-    /// unknown: gc must not sweep then.
-    pub fn has_unknown_children(&self) -> bool {
-        self.missing
-            .iter()
-            .chain(self.damaged.iter().map(|(d, _)| d))
-            .any(|d| oci::kind_of(&d.media_type) != Kind::Leaf)
-    }
-
-    /// One line on the first thing wrong, for messages.
-    pub fn first_problem(&self) -> Option<String> {
-        if let Some(d) = self.missing.first() {
-            return Some(format!("blob {} is missing", d.digest));
-        }
-        self.damaged.first().map(|(_, e)| e.to_string())
-    }
-}
-
-/// Walks the image rooted at `root` through `src`, going on past what is wrong.
+/// Walks the image rooted at `root` through `src`, going on past what is wrong (the one walk
+/// of `oci::walk`, under `OnMissing::Report`).
 pub fn walk(src: &dyn BlobSource, root: &Descriptor) -> Closure {
-    let mut c = Closure::default();
-    let mut seen = HashSet::new();
-    visit(src, root, 0, &mut c, &mut seen);
-    c
-}
-
-fn visit(
-    src: &dyn BlobSource,
-    desc: &Descriptor,
-    depth: usize,
-    c: &mut Closure,
-    seen: &mut HashSet<Digest>,
-) {
-    if !seen.insert(desc.digest.clone()) {
-        return;
-    }
-    if depth >= MAX_DEPTH {
-        let e = Error::Json {
-            file: format!("blob {}", desc.digest),
-            message: format!("nested deeper than {MAX_DEPTH} levels (or a loop)"),
-        };
-        c.damaged.push((desc.clone(), e));
-        return;
-    }
-    let size = match src.blob_size(&desc.digest) {
-        Ok(Some(size)) => size,
-        Ok(None) => {
-            if !oci::is_non_distributable(&desc.media_type) {
-                c.missing.push(desc.clone());
-            }
-            return;
-        }
-        Err(e) => {
-            c.damaged.push((desc.clone(), e));
-            return;
-        }
-    };
-    if size != desc.size {
-        let e = Error::SizeMismatch {
-            digest: desc.digest.clone(),
-            expected: desc.size,
-            found: size,
-        };
-        c.damaged.push((desc.clone(), e));
-        return;
-    }
-    c.present.insert(desc.digest.clone(), desc.clone());
-    if oci::kind_of(&desc.media_type) == Kind::Leaf {
-        return;
-    }
-    let children = oci::check_json_size(&format!("blob {}", desc.digest), desc.size)
-        .and_then(|()| src.read_small(desc))
-        .and_then(|bytes| oci::children(desc, &bytes));
-    match children {
-        Ok(children) => {
-            for child in &children {
-                visit(src, child, depth + 1, c, seen);
-            }
-        }
-        Err(e) => c.damaged.push((desc.clone(), e)),
-    }
+    oci::walk(src, root, Policy::REPORT).unwrap_or_else(|e| Closure {
+        damaged: vec![(root.clone(), e)],
+        ..Closure::default()
+    })
 }
 
 #[cfg(test)]

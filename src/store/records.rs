@@ -112,8 +112,13 @@ impl Records {
     }
 
     /// In one transaction: removes `remove` (names that are not there are ignored) and
-    /// registers `put`. What a write into the mount does to a repository.
+    /// registers `put`. What a write into the mount does to a repository. A name with a digest
+    /// is refused for any other content: the last line of defence of every path that makes
+    /// names (import, tag, the mount).
     pub fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()> {
+        for (name, target) in put {
+            name.check_target(&target.digest)?;
+        }
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         for name in remove {

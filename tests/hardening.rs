@@ -1,0 +1,344 @@
+//! Findings of the adversarial review (issue 11) that concern names, closures and archives,
+//! each driven through the binary: a name pinned to a digest naming other content, a manifest
+//! reached under two media types, an `index.json` too large to read back, blobs no image
+//! reaches, a second `oci-layout`, and GNU sparse entries.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use common::gen::{LayoutBuilder, MEDIA_LAYER};
+use common::{stderr, tar_dir, Env};
+use layoutfs::digest::Digest;
+use layoutfs::oci::{self, Descriptor, ImageIndex, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME};
+
+/// The blob files of a store, as digests.
+fn store_blobs(env: &Env) -> BTreeSet<String> {
+    let dir = env.store.join("blobs/sha256");
+    fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| format!("sha256:{}", e.unwrap().file_name().to_string_lossy()))
+        .collect()
+}
+
+/// The blob paths of an exported archive.
+fn archive_blobs(archive: &[u8]) -> BTreeSet<String> {
+    tar::Archive::new(archive)
+        .entries()
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path().unwrap().to_string_lossy().into_owned();
+            p.strip_prefix("blobs/sha256/")
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("sha256:{h}"))
+        })
+        .collect()
+}
+
+fn write_index(b: &LayoutBuilder, manifests: Vec<Descriptor>) {
+    fs::write(
+        b.dir.join("index.json"),
+        ImageIndex::new(manifests).to_bytes(),
+    )
+    .unwrap();
+}
+
+fn annotated(d: &Descriptor, key: &str, value: &str) -> Descriptor {
+    let mut d = d.clone();
+    d.platform = None;
+    d.annotations.insert(key.into(), value.into());
+    d
+}
+
+#[test]
+fn a_name_with_a_digest_names_exactly_that_content() {
+    let env = Env::new();
+    let mut first = LayoutBuilder::new(&env.path("a"));
+    let x = first.small_image("unused", 1, 1000, 1);
+    first.index.clear();
+    first.tag(&x, None).write_index();
+    let dir = first.dir.to_str().unwrap().to_owned();
+    assert_eq!(env.ok(&["import", &dir]), format!("a@{}\n", x.digest));
+    let pinned = format!("a@{}", x.digest);
+    let before = env.images();
+
+    // Another image Y whose descriptor claims X's pinned name, through either annotation.
+    let zero = Digest::from_parts("sha256", &"0".repeat(64)).unwrap();
+    let other = LayoutBuilder::new(&env.path("y"));
+    let y = other.add_manifest(&[other.add_random_layer(900, 2)], "amd64");
+    let spoofs = [
+        (ANNOTATION_IMAGE_NAME, pinned.clone()),
+        (ANNOTATION_REF_NAME, pinned.clone()),
+        (ANNOTATION_REF_NAME, format!("a@{zero}")),
+        (ANNOTATION_IMAGE_NAME, format!("c@{zero}")),
+    ];
+    for (key, name) in spoofs {
+        write_index(&other, vec![annotated(&y, key, &name)]);
+        for source in ["dir", "tar"] {
+            let arg = match source {
+                "dir" => other.dir.clone(),
+                _ => {
+                    let t = env.path("y.tar");
+                    tar_dir(&other.dir, &t);
+                    t
+                }
+            };
+            let out = env.run(&["import", arg.to_str().unwrap()]);
+            let err = stderr(&out);
+            assert!(
+                !out.status.success(),
+                "{key}={name} from a {source} was accepted"
+            );
+            assert!(
+                err.contains("index.json") && err.contains("pinned") && err.contains(&name),
+                "{err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+            assert_eq!(env.images(), before, "{key}={name} from a {source}");
+        }
+    }
+    // The export of the pinned name is still X's content.
+    let out = env.path("a.tar");
+    env.ok(&["export", "-o", out.to_str().unwrap(), &pinned]);
+    assert!(archive_blobs(&fs::read(&out).unwrap()).contains(&x.digest.to_string()));
+
+    // tag: a pinned target must be the source's digest.
+    let bad = env.run(&["tag", &pinned, &format!("c@{zero}")]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("pinned"), "{}", stderr(&bad));
+    let good = format!("c@{}", x.digest);
+    env.ok(&["tag", &pinned, &good]);
+    assert!(env.images().contains(&(good, x.digest.to_string())));
+}
+
+#[test]
+fn a_manifest_reached_as_a_layer_and_as_a_manifest_keeps_its_children() {
+    let env = Env::new();
+    let b = LayoutBuilder::new(&env.path("twice"));
+    let layer = b.add_random_layer(5000, 3);
+    let m = b.add_manifest(std::slice::from_ref(&layer), "amd64");
+    let config = {
+        let bytes = fs::read(b.blob_path(&m)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        v["config"]["digest"].as_str().unwrap().to_owned()
+    };
+    // An index listing M first under a layer media type, then as the manifest it is.
+    let mut as_layer = m.clone();
+    as_layer.media_type = MEDIA_LAYER.into();
+    as_layer.platform = None;
+    let idx = b.add_index(vec![as_layer, m.clone()]);
+    write_index(&b, vec![annotated(&idx, ANNOTATION_REF_NAME, "1")]);
+    let want: BTreeSet<String> = [&idx.digest, &m.digest, &layer.digest]
+        .iter()
+        .map(|d| d.to_string())
+        .chain([config])
+        .collect();
+
+    // From a directory and from an archive, into fresh stores.
+    for source in ["dir", "tar"] {
+        let env = Env::new();
+        let arg = match source {
+            "dir" => b.dir.clone(),
+            _ => {
+                let t = env.path("twice.tar");
+                tar_dir(&b.dir, &t);
+                t
+            }
+        };
+        env.ok(&["import", arg.to_str().unwrap()]);
+        assert_eq!(store_blobs(&env), want, "{source}: what the import stored");
+        let out = env.path("out.tar");
+        env.ok(&["export", "-o", out.to_str().unwrap(), "twice:1"]);
+        assert_eq!(
+            archive_blobs(&fs::read(&out).unwrap()),
+            want,
+            "{source}: export"
+        );
+        env.ok(&["gc", "--grace", "0s"]);
+        assert_eq!(
+            store_blobs(&env),
+            want,
+            "{source}: gc removed a needed blob"
+        );
+        common::fsck_clean(&env);
+        let v: serde_json::Value =
+            serde_json::from_str(&env.ok(&["images", "--format", "json"])).unwrap();
+        assert_eq!(v[0]["complete"], true, "{v}");
+        // The export imports into another store, complete.
+        let again = Env::new();
+        again.ok(&["import", out.to_str().unwrap()]);
+        assert_eq!(store_blobs(&again), want);
+    }
+}
+
+#[test]
+fn a_manifest_under_an_unknown_media_type_is_an_opaque_blob_everywhere() {
+    // The media type of a descriptor says what a blob is; one this project does not know is a
+    // leaf, as containerd treats it. import, export, images, gc and fsck all agree on that.
+    let env = Env::new();
+    let b = LayoutBuilder::new(&env.path("opaque"));
+    let m = b.add_manifest(&[b.add_random_layer(3000, 4)], "amd64");
+    let mut odd = annotated(&m, ANNOTATION_REF_NAME, "1");
+    odd.media_type = "application/vnd.example.unknown+json".into();
+    write_index(&b, vec![odd]);
+    let t = env.path("opaque.tar");
+    tar_dir(&b.dir, &t);
+    env.ok(&["import", t.to_str().unwrap()]);
+    let only_m: BTreeSet<String> = [m.digest.to_string()].into();
+    // The archive carried the config and layer too; no image reaches them, so they went.
+    assert_eq!(store_blobs(&env), only_m);
+    let out = env.path("out.tar");
+    env.ok(&["export", "-o", out.to_str().unwrap(), "opaque:1"]);
+    assert_eq!(archive_blobs(&fs::read(&out).unwrap()), only_m);
+    env.ok(&["gc", "--grace", "0s"]);
+    assert_eq!(store_blobs(&env), only_m);
+    common::fsck_clean(&env);
+}
+
+#[test]
+fn an_index_json_of_20000_tags_round_trips() {
+    const TAGS: usize = 20_000;
+    let env = Env::new();
+    let mut b = LayoutBuilder::new(&env.path("many"));
+    let m = b.add_manifest(&[b.add_random_layer(100, 5)], "amd64");
+    for i in 0..TAGS {
+        b.tag(&m, Some(&format!("tag-{i:05}")));
+    }
+    b.write_index();
+    env.ok(&["import", b.dir.to_str().unwrap()]);
+    assert_eq!(env.images().len(), TAGS);
+    let out = env.path("many.tar");
+    env.ok(&["export", "-o", out.to_str().unwrap(), "many"]);
+    let archive = fs::read(&out).unwrap();
+    let index_len = tar::Archive::new(archive.as_slice())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().to_str() == Some("index.json"))
+        .unwrap()
+        .size();
+    assert!(
+        index_len > oci::MAX_JSON_SIZE,
+        "the exported index.json ({index_len} bytes) must pass the cap on other JSON"
+    );
+    let again = Env::new();
+    again.ok(&["import", out.to_str().unwrap()]);
+    assert_eq!(again.images(), env.images());
+    // And once more from the export of the re-imported store: the same bytes.
+    let out2 = env.path("many2.tar");
+    again.ok(&["export", "-o", out2.to_str().unwrap(), "many"]);
+    assert_eq!(fs::read(&out2).unwrap(), archive);
+}
+
+#[test]
+fn blobs_no_image_reaches_are_taken_back_after_an_import() {
+    let env = Env::new();
+    let mut b = LayoutBuilder::new(&env.path("extra"));
+    b.small_image("1", 1, 2000, 6);
+    // A large blob of zeros that nothing references packs into a few KiB.
+    let zeros = vec![0u8; 8 << 20];
+    let stray = b.add_blob(MEDIA_LAYER, &zeros);
+    for (name, compress) in [("extra.tar", None), ("extra.tar.zst", Some("zstd"))] {
+        let env = Env::new();
+        let t = env.path("extra.tar");
+        tar_dir(&b.dir, &t);
+        let arg = match compress {
+            None => t,
+            Some(tool) => {
+                common::sh(
+                    std::process::Command::new(tool)
+                        .args(["-q", "--rm"])
+                        .arg(&t),
+                );
+                env.path(name)
+            }
+        };
+        let out = env.run(&["import", arg.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let blobs = store_blobs(&env);
+        assert_eq!(blobs.len(), 3, "{name}: {blobs:?}");
+        assert!(!blobs.contains(&stray.digest.to_string()), "{name}");
+        common::fsck_clean(&env);
+    }
+    // A blob the store already had, unreached by this import, stays.
+    let env = Env::new();
+    let keep = LayoutBuilder::new(&env.path("keep"));
+    let kept = keep.add_manifest(&[keep.add_blob(MEDIA_LAYER, &zeros)], "amd64");
+    let mut keep = keep;
+    keep.tag(&kept, Some("1")).write_index();
+    env.ok(&["import", keep.dir.to_str().unwrap()]);
+    let t = env.path("extra.tar");
+    tar_dir(&b.dir, &t);
+    env.ok(&["import", t.to_str().unwrap()]);
+    assert!(store_blobs(&env).contains(&stray.digest.to_string()));
+}
+
+/// A tar header block for `path` with type flag `flag`, its checksum set.
+fn header(path: &str, flag: u8, size: u64, gnu: bool) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(path).unwrap();
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_entry_type(tar::EntryType::new(flag));
+    if !gnu {
+        h.as_mut_bytes()[257..265].copy_from_slice(b"ustar\x0000");
+    }
+    h.set_cksum();
+    h.as_bytes().to_vec()
+}
+
+#[test]
+fn archive_oddities_get_their_own_one_line_errors() {
+    let env = Env::new();
+    let mut b = LayoutBuilder::new(&env.path("odd"));
+    b.small_image("1", 1, 700, 7);
+    let t = env.path("odd.tar");
+    tar_dir(&b.dir, &t);
+    let good = fs::read(&t).unwrap();
+    let body_end = good.len() - 1024; // the two end-of-archive blocks
+    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+
+    // A second oci-layout after the first.
+    let mut twice = good[..body_end].to_vec();
+    let layout = oci::layout_file_bytes();
+    twice.extend(header("oci-layout", b'0', layout.len() as u64, false));
+    let mut body = layout.clone();
+    body.resize(512, 0);
+    twice.extend(body);
+    twice.extend([0u8; 1024]);
+    cases.push(("a second oci-layout", twice, "oci-layout appears twice"));
+
+    // GNU sparse entries, with a damaged real size and with a sound one.
+    for (what, real_size) in [("damaged", None), ("sound", Some(512u64))] {
+        let mut sparse = good[..body_end].to_vec();
+        let mut h = header("blobs/sha256/sparse", b'S', 512, true);
+        if let Some(n) = real_size {
+            // One data region of 512 bytes at offset 0; real size 512.
+            let field = |v: u64| format!("{v:011o}\0").into_bytes();
+            h[386..398].copy_from_slice(&field(0));
+            h[398..410].copy_from_slice(&field(512));
+            h[483..495].copy_from_slice(&field(n));
+            let mut t = tar::Header::from_byte_slice(&h).clone();
+            t.set_cksum();
+            h = t.as_bytes().to_vec();
+        }
+        sparse.extend(h);
+        sparse.extend([0u8; 512]);
+        sparse.extend([0u8; 1024]);
+        cases.push((
+            what,
+            sparse,
+            "sparse files (GNU tar --sparse) are not supported",
+        ));
+    }
+
+    for (what, bytes, want) in cases {
+        let out = env.run_with_stdin(&["import", "--name", "odd", "-"], &bytes);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{what}: accepted");
+        assert!(err.contains(want), "{what}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{what}: {err}");
+        assert!(env.images().is_empty(), "{what}");
+    }
+}
