@@ -342,3 +342,56 @@ fn archive_oddities_get_their_own_one_line_errors() {
         assert!(env.images().is_empty(), "{what}");
     }
 }
+
+#[test]
+fn what_held_in_the_attack_run_still_holds() {
+    let env = Env::new();
+    // A blob entry twice in one archive, a good copy then a bad one: the good one is kept.
+    let mut b = LayoutBuilder::new(&env.path("dup"));
+    let m = b.small_image("1", 1, 600, 8);
+    let t = env.path("dup.tar");
+    tar_dir(&b.dir, &t);
+    let good = fs::read(&t).unwrap();
+    let layer_path = {
+        let v: serde_json::Value =
+            serde_json::from_slice(&fs::read(b.blob_path(&m)).unwrap()).unwrap();
+        let d: Digest = v["layers"][0]["digest"].as_str().unwrap().parse().unwrap();
+        d.blob_path()
+    };
+    let mut dup = good[..good.len() - 1024].to_vec();
+    dup.extend(header(&layer_path, b'0', 600, false));
+    dup.extend([0x5a; 600]);
+    dup.extend([0u8; 2 * 512 - 600]); // padded to whole blocks
+    dup.extend([0u8; 1024]);
+    let out = env.run_with_stdin(&["import", "--name", "dup", "-"], &dup);
+    assert!(out.status.success(), "{}", stderr(&out));
+    common::fsck_clean(&env);
+
+    // A manifest of 25,000 layer descriptors (one blob) imports, exports and walks at once.
+    let many = LayoutBuilder::new(&env.path("layers"));
+    let layer = many.add_random_layer(64, 9);
+    let layers = vec![layer; 25_000];
+    let m = many.add_manifest(&layers, "amd64");
+    let mut many = many;
+    many.tag(&m, Some("1")).write_index();
+    let started = std::time::Instant::now();
+    env.ok(&["import", many.dir.to_str().unwrap()]);
+    env.ok(&["images"]);
+    env.ok(&["gc", "--grace", "0s"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "25,000 layers took {:?}",
+        started.elapsed()
+    );
+
+    // The longest names the grammar allows (255-byte repository, 128-byte tag), and no longer.
+    let repo = format!("{}/{}", "a".repeat(127), "b".repeat(127));
+    assert_eq!(repo.len(), 255);
+    let tag = "t".repeat(128);
+    env.ok(&["tag", "layers:1", &format!("{repo}:{tag}")]);
+    for bad in [format!("{repo}c:1"), format!("{repo}:{tag}x")] {
+        let out = env.run(&["tag", "layers:1", &bad]);
+        assert!(!out.status.success(), "{bad} accepted");
+        assert!(stderr(&out).contains("longer than"), "{}", stderr(&out));
+    }
+}
