@@ -304,7 +304,10 @@ fn warn_if_adopted(store: &Store, command: &Command) {
     let Some(a) = store.adopted() else {
         return;
     };
-    if matches!(command, Command::Images { .. } | Command::Export { .. }) {
+    if matches!(
+        command,
+        Command::Images { .. } | Command::Export { .. } | Command::Mount { .. }
+    ) {
         eprintln!(
             "layoutfs: warning: {}: no image records, but the store held {} blobs when the \
              database was created (it was missing or empty); gc refuses until layoutfs fsck \

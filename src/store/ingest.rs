@@ -348,3 +348,35 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
         libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn only_ingest_ids_name_an_owner() {
+        let made = process_unique_id(&AtomicU64::new(0));
+        assert_eq!(
+            ingest_owner(OsStr::new(&made)),
+            Some(std::process::id() as i32)
+        );
+        let cases: [(&str, Option<i32>); 12] = [
+            ("12-0-1764300000000000000", Some(12)),
+            ("1-18446744073709551615-0", Some(1)),
+            ("important", None),
+            ("12", None),
+            ("12-0", None),
+            ("12-0-1-2", None),
+            ("-12-0-1", None),
+            ("12-x-1", None),
+            ("12--1", None),
+            ("0-0-1", None),
+            ("99999999999-0-1", None),
+            ("+12-0-1", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(ingest_owner(OsStr::new(name)), want, "{name}");
+        }
+    }
+}
