@@ -190,6 +190,13 @@ impl Cli {
             Command::Import { name, source } => {
                 let source = Source::from_arg(&source)?;
                 let imported = archive::import(&store, &source, name.as_deref())?;
+                if store.db_replaced() {
+                    return Err(Error::Invalid(format!(
+                        "{}: deleted or replaced during the import: the images were registered \
+                         in the old database; import again",
+                        store.root().join(crate::store::DB_FILE).display()
+                    )));
+                }
                 tracing::info!(
                     blobs = imported.new_blobs,
                     bytes = imported.new_bytes,

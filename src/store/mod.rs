@@ -87,6 +87,9 @@ pub struct Store {
     leases: Arc<Leases>,
     read_only: bool,
     adopted: Option<Adopted>,
+    /// (device, inode) of `meta.db` once opened: a database deleted or replaced since is
+    /// told by `db_replaced`.
+    db_identity: (u64, u64),
 }
 
 impl Store {
@@ -139,6 +142,7 @@ impl Store {
             leases: Arc::new(leases),
             read_only,
             adopted: None,
+            db_identity: identity(&db)?,
         };
         store.adopted = store.read_adopted()?;
         Ok(store)
@@ -147,6 +151,13 @@ impl Store {
     /// Whether the store is on a read-only filesystem (and was opened for reading).
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// Whether `meta.db` was deleted or replaced since this store was opened: what this
+    /// process wrote since went to a file no other process reads. A long-running user of the
+    /// store (an import, the mount) can ask before it reports success.
+    pub fn db_replaced(&self) -> bool {
+        identity(&self.root.join(DB_FILE)).map_or(true, |id| id != self.db_identity)
     }
 
     /// The mark of lost records, as it was when the store was opened.
@@ -466,6 +477,12 @@ fn filesystem_read_only(path: &Path) -> Result<bool> {
     Ok(st.f_flag & libc::ST_RDONLY != 0)
 }
 
+/// (device, inode) of a file, not following a link.
+fn identity(path: &Path) -> Result<(u64, u64)> {
+    let m = fs::symlink_metadata(path).at(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
 /// `meta.db` with a suffix (`-wal`, `-shm`).
 fn companion(db: &Path, suffix: &str) -> PathBuf {
     let mut name = db.as_os_str().to_owned();
@@ -511,6 +528,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("store")).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn a_database_deleted_under_an_open_store_is_noticed() {
+        let (_t, s) = store();
+        assert!(!s.db_replaced());
+        let db = s.root().join(DB_FILE);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(companion(&db, suffix));
+        }
+        assert!(s.db_replaced(), "deleted");
+        let again = Store::open(s.root()).unwrap();
+        assert!(s.db_replaced(), "replaced by a new one");
+        assert!(!again.db_replaced());
     }
 
     #[test]

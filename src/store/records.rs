@@ -76,6 +76,14 @@ pub(super) fn open_read_only(path: &Path) -> Result<Connection> {
             return Ok(conn);
         }
     }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        tracing::warn!(
+            "{}: read as an immutable file: changes still in its write-ahead log are not seen",
+            path.display()
+        );
+    }
     let uri = format!("file:{}?immutable=1", uri_path(path));
     let conn = Connection::open_with_flags(uri, flags)?;
     probe(&conn)?;
