@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::archive::{self, ExportOptions, Plan, Source};
+use crate::error::StoreProblem;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, FsOptions};
 use crate::fuse::{self, MountOptions};
@@ -19,7 +20,7 @@ use crate::reference::{RefQuery, Reference};
 use crate::store::check;
 use crate::store::fsck::{self, FsckOptions, FsckReport};
 use crate::store::gc::{self, GcOptions, GcReport};
-use crate::store::{Image, Store, STORE_ENV};
+use crate::store::{Access, Image, Store, STORE_ENV};
 
 /// Environment variables that set the log filter, first one wins.
 const LOG_ENV: [&str; 2] = ["LAYOUTFS_LOG", "RUST_LOG"];
@@ -106,6 +107,10 @@ pub enum Command {
         /// Print what would be removed, remove nothing
         #[arg(long)]
         dry_run: bool,
+        /// Run even though the store's image records were lost (meta.db was missing or empty
+        /// while blobs were stored): every blob no record reaches is removed
+        #[arg(long)]
+        force: bool,
         /// Age after which the ingests and leases of processes that are gone are removed
         /// (e.g. 30s, 10m, 2h, 1d)
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
@@ -152,16 +157,46 @@ pub fn init_logging(command: &Command) {
 }
 
 impl Cli {
+    /// What the command does with the store: only reading works on a read-only filesystem.
+    fn access(&self) -> Access {
+        match self.command {
+            Command::Images { .. }
+            | Command::Export { .. }
+            | Command::Fsck { repair: false }
+            | Command::Gc { dry_run: true, .. }
+            | Command::Mount {
+                read_only: true, ..
+            } => Access::Read,
+            _ => Access::Write,
+        }
+    }
+
     pub fn run(self) -> Result<()> {
-        let root = match self.store {
-            Some(s) => s,
+        let root = match &self.store {
+            Some(s) => s.clone(),
             None => Store::default_root()?,
         };
-        let store = Store::open(&root)?;
+        let store = Store::open_with(&root, self.access()).map_err(|e| match e {
+            Error::Store {
+                path,
+                problem: StoreProblem::NotADirectory,
+            } if path == root => {
+                Error::Invalid(format!("--store {}: not a directory", root.display()))
+            }
+            e => e,
+        })?;
+        warn_if_adopted(&store, &self.command);
         match self.command {
             Command::Import { name, source } => {
                 let source = Source::from_arg(&source)?;
                 let imported = archive::import(&store, &source, name.as_deref())?;
+                if store.db_replaced() {
+                    return Err(Error::Invalid(format!(
+                        "{}: deleted or replaced during the import: the images were registered \
+                         in the old database; import again",
+                        store.root().join(crate::store::DB_FILE).display()
+                    )));
+                }
                 tracing::info!(
                     blobs = imported.new_blobs,
                     bytes = imported.new_bytes,
@@ -223,15 +258,28 @@ impl Cli {
                     passthrough: !no_passthrough,
                     threads: threads.map(std::num::NonZeroUsize::get),
                 };
-                let abandoned = crate::store::remove_abandoned(&store)?;
+                let abandoned = if store.is_read_only() {
+                    0
+                } else {
+                    crate::store::remove_abandoned(&store)?
+                };
                 if abandoned > 0 {
                     tracing::info!("removed {abandoned} ingests of processes that are gone");
                 }
                 let fs = Fs::new(std::sync::Arc::new(store), FsOptions { read_only });
                 fuse::mount(fs, &mountpoint, &options)
             }
-            Command::Gc { dry_run, grace } => {
-                let report = gc::gc(&store, &GcOptions { dry_run, grace })?;
+            Command::Gc {
+                dry_run,
+                force,
+                grace,
+            } => {
+                let opts = GcOptions { dry_run, grace };
+                let report = if force {
+                    gc::gc_forced(&store, &opts)?
+                } else {
+                    gc::gc(&store, &opts)?
+                };
                 print_gc(&report, dry_run)
             }
             Command::Fsck { repair } => {
@@ -257,7 +305,37 @@ impl Cli {
     }
 }
 
+/// Says on standard error, for the commands that read records, that the store's records were
+/// lost and what to do (gc refuses on its own, with its own message).
+fn warn_if_adopted(store: &Store, command: &Command) {
+    let Some(a) = store.adopted() else {
+        return;
+    };
+    if matches!(
+        command,
+        Command::Images { .. } | Command::Export { .. } | Command::Mount { .. }
+    ) {
+        eprintln!(
+            "layoutfs: warning: {}: no image records, but the store held {} blobs when the \
+             database was created (it was missing or empty); gc refuses until layoutfs fsck \
+             --repair or gc --force",
+            store.root().join(crate::store::DB_FILE).display(),
+            a.blobs
+        );
+    }
+}
+
 fn print_gc(r: &GcReport, dry_run: bool) -> Result<()> {
+    for (path, why) in &r.left_alone {
+        eprintln!("layoutfs: gc: left {} alone: {why}", path.display());
+    }
+    if let (Some(a), true) = (r.adopted, dry_run) {
+        eprintln!(
+            "layoutfs: gc: warning: the store's image records were lost ({} blobs when its \
+             database was created): gc refuses without --force",
+            a.blobs
+        );
+    }
     let mut out = std::io::stdout().lock();
     if dry_run {
         for (d, size) in &r.blobs {
@@ -296,6 +374,9 @@ fn print_fsck(r: &FsckReport) -> Result<()> {
     for (d, path) in &r.quarantined {
         writeln!(out, "quarantined {d} -> {}", path.display()).map_err(stdout_err)?;
     }
+    for name in &r.recovered {
+        writeln!(out, "recovered {name}").map_err(stdout_err)?;
+    }
     writeln!(
         out,
         "checked {} ({}) and {}: {}, {} broken; {}",
@@ -305,6 +386,11 @@ fn print_fsck(r: &FsckReport) -> Result<()> {
         counted(r.problems.len(), "problem"),
         counted(r.broken_images, "image"),
         match r.unreferenced {
+            Some((n, bytes)) if lost_records(r) => format!(
+                "gc would refuse: the image records were lost ({} ({}) would go with --force)",
+                counted(n, "unreferenced blob"),
+                human(bytes)
+            ),
             Some((n, bytes)) => format!(
                 "{} ({}) for gc",
                 counted(n, "unreferenced blob"),
@@ -321,7 +407,9 @@ fn print_fsck(r: &FsckReport) -> Result<()> {
             && r.problems
                 .iter()
                 .any(|p| matches!(p, fsck::Problem::Corrupt { .. }));
-        let hint = if corrupt_left {
+        let hint = if lost_records(r) {
+            "; --repair registers the images it finds as lost-found@<digest>"
+        } else if corrupt_left {
             "; --repair moves corrupt blobs aside, a re-import restores them"
         } else if r.broken_images > 0 {
             "; re-import the broken images to restore their blobs"
@@ -333,6 +421,14 @@ fn print_fsck(r: &FsckReport) -> Result<()> {
             counted(r.problems.len(), "problem")
         )))
     }
+}
+
+/// Whether fsck found the store's records lost and did not recover them.
+fn lost_records(r: &FsckReport) -> bool {
+    r.recovered.is_empty()
+        && r.problems
+            .iter()
+            .any(|p| matches!(p, fsck::Problem::NoRecords { .. }))
 }
 
 /// A duration as `--grace` takes it: a number with s, m, h or d (seconds without a unit).

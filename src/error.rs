@@ -65,11 +65,54 @@ pub enum Error {
     #[error("image store database: {0}")]
     Db(#[from] rusqlite::Error),
 
+    /// The store directory, or a part of it, is not what layoutfs made and may trust.
+    #[error("{}: {problem}", path.display())]
+    Store {
+        path: PathBuf,
+        problem: StoreProblem,
+    },
+
+    /// gc's refusal while the records of a store with blobs are lost (see `store::Adopted`).
+    #[error("gc: {} has no image records but the store holds {blobs} blobs (the database was missing or empty when it was opened): nothing was removed; run layoutfs fsck --repair to register the images it finds as lost-found@<digest>, or layoutfs gc --force to remove every unreferenced blob", db.display())]
+    NoRecords { db: PathBuf, blobs: u64 },
+
     #[error("{0}")]
     Invalid(String),
 }
 
+/// What is wrong with a store directory or one of its parts (see `store::Store::open`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreProblem {
+    #[error("is a symbolic link: refusing to follow it (a store's parts must be its own)")]
+    Symlink,
+    #[error("not a directory")]
+    NotADirectory,
+    #[error("not a regular file")]
+    NotAFile,
+    #[error(
+        "owned by user {owner}, not by you (user {you}): refusing a store another user controls"
+    )]
+    Owner { owner: u32, you: u32 },
+    #[error("writable by other users (mode {mode:04o}): refusing a store they could change (chmod go-w it)")]
+    Writable { mode: u32 },
+    #[error("owned by user {owner}, who could replace the store below it: refusing it")]
+    AncestorOwner { owner: u32 },
+    #[error("writable by other users (mode {mode:04o}, no sticky bit), who could replace the store below it: refusing it")]
+    AncestorWritable { mode: u32 },
+    #[error("the store's filesystem is read-only")]
+    ReadOnly,
+}
+
 impl Error {
+    /// A problem with the store part at `path`.
+    pub fn store(path: impl Into<PathBuf>, problem: StoreProblem) -> Error {
+        Error::Store {
+            path: path.into(),
+            problem,
+        }
+    }
+
     pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io {
             path: path.into(),

@@ -3,21 +3,37 @@
 //! wrong size, manifests that do not parse, files under `blobs/` that are no blob. `--repair`
 //! moves the blobs that do not match their digest to `quarantine/<alg>/<hex>`: the store then
 //! lacks them, so a re-import of an image that needs one writes it again.
+//!
+//! A store whose records were lost (`meta.db` created, missing or empty, while `blobs/` held
+//! blobs: see `Store::adopted`) is a problem too; `--repair` then registers every index or
+//! manifest in the store that no other one refers to (and that is no referrer: those gc keeps
+//! by their subject) as `lost-found@<digest>`, and clears the mark, so that gc keeps what the
+//! lost images needed until the user tags what they want and removes `lost-found`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
+use serde::de::IgnoredAny;
+use serde::Deserialize;
 
 use crate::digest::Digest;
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::oci::{self, Descriptor, Kind, MAX_JSON_SIZE};
 use crate::progress::Progress;
+use crate::reference::Reference;
 
 use super::check::{self, BlobFile};
-use super::{Store, COPY_CHUNK, QUARANTINE_DIR};
+use super::{
+    adopted_in, clear_adopted, ensure_dir, Store, COPY_CHUNK, PRIVATE_DIR_MODE, QUARANTINE_DIR,
+};
+
+/// The repository under which `fsck --repair` registers the images it finds in a store whose
+/// records were lost.
+pub const LOST_FOUND: &str = "lost-found";
 
 #[derive(Debug, Clone, Default)]
 pub struct FsckOptions {
@@ -47,6 +63,8 @@ pub enum Problem {
     Stray { path: PathBuf, why: &'static str },
     /// A blob file that could not be read.
     Unreadable { digest: Digest, message: String },
+    /// `meta.db` was created (missing or empty) while the store held `blobs` blob files.
+    NoRecords { blobs: u64 },
 }
 
 impl std::fmt::Display for Problem {
@@ -80,6 +98,12 @@ impl std::fmt::Display for Problem {
             Problem::Unreadable { digest, message } => {
                 write!(f, "unreadable blob {digest}: {message}")
             }
+            Problem::NoRecords { blobs } => write!(
+                f,
+                "no image records: meta.db was created (missing or empty) while the store held \
+                 {blobs} blobs; gc refuses until fsck --repair registers the images it finds as \
+                 {LOST_FOUND}@<digest>, or gc --force"
+            ),
         }
     }
 }
@@ -94,6 +118,8 @@ pub struct FsckReport {
     pub problems: Vec<Problem>,
     /// Blobs moved to quarantine by `--repair`, and where.
     pub quarantined: Vec<(Digest, PathBuf)>,
+    /// Images `--repair` registered in a store whose records were lost.
+    pub recovered: Vec<Reference>,
     /// Blobs no image, referrer or lease needs: what gc would remove (count, bytes); None
     /// when gc would refuse (an index or manifest of an image cannot be read).
     pub unreferenced: Option<(usize, u64)>,
@@ -112,6 +138,22 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
     report.bytes = blobs.iter().map(|(_, s)| s).sum();
 
     let hashed = rehash_all(store, &blobs, opts.threads)?;
+
+    if let Some(adopted) = adopted_in(&store.connect()?)? {
+        report.problems.push(Problem::NoRecords {
+            blobs: adopted.blobs,
+        });
+        if opts.repair {
+            let sound: Vec<&(Digest, u64)> = blobs
+                .iter()
+                .filter(|(d, _)| !hashed.contains_key(d))
+                .collect();
+            let found = roots(store, &sound)?;
+            store.records().put(&found)?;
+            clear_adopted(&store.connect()?)?;
+            report.recovered = found.into_iter().map(|(name, _)| name).collect();
+        }
+    }
 
     // Which images need each blob, and what their walks found wrong.
     let mut needed_by: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
@@ -250,7 +292,7 @@ fn hash_file(
     buf: &mut [u8],
     progress: &Progress,
 ) -> io::Result<Digest> {
-    let mut file = File::open(store.blob_path(digest))?;
+    let mut file = store.open_blob_file(digest)?;
     let mut hasher = digest.algorithm().hasher();
     loop {
         let n = match file.read(buf) {
@@ -270,12 +312,89 @@ fn quarantine(store: &Store, digest: &Digest) -> Result<PathBuf> {
         .root()
         .join(QUARANTINE_DIR)
         .join(digest.algorithm().name());
-    fs::create_dir_all(&dir).at(&dir)?;
+    ensure_dir(&store.root().join(QUARANTINE_DIR), PRIVATE_DIR_MODE)?;
+    ensure_dir(&dir, PRIVATE_DIR_MODE)?;
     let to = dir.join(digest.hex());
     let from = store.blob_path(digest);
     fs::rename(&from, &to).at(&from)?;
     super::sync_dir(from.parent().unwrap_or(store.root()))?;
     Ok(to)
+}
+
+/// What tells an index or manifest among blobs: its media type, or the fields of one.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Probe {
+    #[serde(default)]
+    media_type: Option<String>,
+    #[serde(default)]
+    manifests: Option<IgnoredAny>,
+    #[serde(default)]
+    config: Option<IgnoredAny>,
+    #[serde(default)]
+    layers: Option<IgnoredAny>,
+    #[serde(default)]
+    subject: Option<IgnoredAny>,
+}
+
+/// The indexes and manifests among `blobs` that no other one refers to and that are no
+/// referrer, as `lost-found@<digest>` records, sorted by digest.
+fn roots(store: &Store, blobs: &[&(Digest, u64)]) -> Result<Vec<(Reference, Descriptor)>> {
+    let mut candidates = Vec::new();
+    for (digest, size) in blobs {
+        if *size > MAX_JSON_SIZE || *size < 2 {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        let read = store
+            .open_blob_file(digest)
+            .and_then(|f| f.take(MAX_JSON_SIZE).read_to_end(&mut bytes));
+        if read.is_err() || bytes.first() != Some(&b'{') {
+            continue;
+        }
+        let Ok(p) = serde_json::from_slice::<Probe>(&bytes) else {
+            continue;
+        };
+        if p.subject.is_some() {
+            continue;
+        }
+        let media_type = match p.media_type {
+            Some(m) => m,
+            None if p.manifests.is_some() => oci::MEDIA_OCI_INDEX.to_owned(),
+            None if p.config.is_some() && p.layers.is_some() => oci::MEDIA_OCI_MANIFEST.to_owned(),
+            None => continue,
+        };
+        if oci::kind_of(&media_type) == Kind::Leaf {
+            continue;
+        }
+        candidates.push(Descriptor {
+            media_type,
+            digest: digest.clone(),
+            size: *size,
+            urls: None,
+            annotations: Default::default(),
+            platform: None,
+            artifact_type: None,
+            data: None,
+        });
+    }
+    let mut referenced = BTreeSet::new();
+    for desc in &candidates {
+        let c = check::walk(store, desc);
+        referenced.extend(c.present.into_keys().filter(|d| *d != desc.digest));
+    }
+    let mut out = Vec::new();
+    for desc in candidates {
+        if referenced.contains(&desc.digest) {
+            continue;
+        }
+        let name: Reference = format!("{LOST_FOUND}@{}", desc.digest)
+            .parse()
+            .map_err(Error::Reference)?;
+        out.push((name, desc));
+    }
+    out.sort_by(|a, b| a.1.digest.cmp(&b.1.digest));
+    Ok(out)
 }
 
 impl FsckReport {

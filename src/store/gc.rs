@@ -7,14 +7,20 @@
 //! every record change also takes: see `leases` for why that makes gc safe while imports,
 //! exports and a mount run in other processes. A record whose index or manifest cannot be read
 //! makes gc stop before it removes anything, as the blobs behind it are unknown.
+//!
+//! A store whose `meta.db` was created while `blobs/` held blobs (the records were lost: see
+//! `Store::adopted`) makes gc refuse too, until `gc_forced` (`gc --force`) or `fsck --repair`
+//! clears the mark. Under `ingest/`, only directories named as ingest ids are swept, never
+//! through a link; anything else is left alone and reported.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use rusqlite::{Connection, TransactionBehavior};
+use rusqlite::TransactionBehavior;
 use serde::Deserialize;
 
 use crate::digest::Digest;
@@ -22,9 +28,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::oci::{self, Descriptor, Kind, MAX_JSON_SIZE};
 
 use super::check::{self, BlobFile};
-use super::ingest::{process_alive, DATA_FILE};
-use super::records::{now_ms, BUSY_TIMEOUT};
-use super::{Store, DB_FILE, INGEST_DIR};
+use super::ingest::{process_alive, sweepable, DATA_FILE};
+use super::records::now_ms;
+use super::{adopted_in, clear_adopted, Store, DB_FILE, INGEST_DIR};
 
 /// How long an abandoned ingest or lease stays before gc removes it, unless `--grace` says.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
@@ -59,6 +65,12 @@ pub struct GcReport {
     pub ingest_bytes: u64,
     /// Leases of processes that are gone, released.
     pub leases: usize,
+    /// Entries under `ingest/` that are no ingest (a name not in the id format, a link, a
+    /// file), left alone, and why.
+    pub left_alone: Vec<(PathBuf, &'static str)>,
+    /// The store's records were lost (see `Store::adopted`): a dry run tells what a forced gc
+    /// would remove; a forced gc cleared the mark.
+    pub adopted: Option<super::Adopted>,
 }
 
 impl GcReport {
@@ -82,8 +94,17 @@ struct Subject {
     digest: Digest,
 }
 
+/// Collects garbage; refuses, removing nothing, while the store's records are lost.
 pub fn gc(store: &Store, opts: &GcOptions) -> Result<GcReport> {
-    let mut report = collect(store, opts, &Scope::All)?;
+    let mut report = collect(store, opts, &Scope::All { force: false })?;
+    sweep_ingests(store, opts, &mut report)?;
+    Ok(report)
+}
+
+/// Collects garbage even when the store's records were lost, and then clears that mark:
+/// `gc --force`, the user's word that blobs no record reaches may go.
+pub fn gc_forced(store: &Store, opts: &GcOptions) -> Result<GcReport> {
+    let mut report = collect(store, opts, &Scope::All { force: true })?;
     sweep_ingests(store, opts, &mut report)?;
     Ok(report)
 }
@@ -104,7 +125,8 @@ pub fn remove_unneeded(store: &Store, candidates: &HashSet<Digest>, own: &str) -
 
 /// Which blobs a collection may remove.
 enum Scope<'a> {
-    All,
+    /// Every blob file; `force` runs in spite of lost records.
+    All { force: bool },
     Only {
         candidates: &'a HashSet<Digest>,
         own: &'a str,
@@ -112,10 +134,25 @@ enum Scope<'a> {
 }
 
 fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcReport> {
-    let mut conn = Connection::open(store.root().join(DB_FILE))?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut conn = store.connect()?;
+    // A dry run removes nothing: a read transaction (all a read-only store allows) sees one
+    // snapshot of leases and records.
+    let behavior = if opts.dry_run {
+        TransactionBehavior::Deferred
+    } else {
+        TransactionBehavior::Immediate
+    };
+    let tx = conn.transaction_with_behavior(behavior)?;
     let mut report = GcReport::default();
+    if let Scope::All { force } = scope {
+        report.adopted = adopted_in(&tx)?;
+        if let Some(a) = report.adopted.filter(|_| !force && !opts.dry_run) {
+            return Err(Error::NoRecords {
+                db: store.root().join(DB_FILE),
+                blobs: a.blobs,
+            });
+        }
+    }
     let cutoff = now_ms() - i64::try_from(opts.grace.as_millis()).unwrap_or(i64::MAX);
 
     // Leases: those of processes that are gone are void once older than the grace period.
@@ -205,6 +242,9 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
         .filter(|d| store.blob_path(d).exists())
         .count();
     if !opts.dry_run {
+        if report.adopted.is_some() {
+            clear_adopted(&tx)?;
+        }
         for id in &void {
             tx.execute("DELETE FROM lease_blobs WHERE lease = ?1", [id])?;
             tx.execute("DELETE FROM leases WHERE id = ?1", [id])?;
@@ -270,7 +310,8 @@ fn mark_referrers(store: &Store, on_disk: &[(Digest, u64)], keep: &mut HashSet<D
 
 fn read_small_file(store: &Store, digest: &Digest, size: u64) -> Option<Vec<u8>> {
     let mut bytes = Vec::with_capacity(size as usize);
-    fs::File::open(store.blob_path(digest))
+    store
+        .open_blob_file(digest)
         .ok()?
         .take(MAX_JSON_SIZE)
         .read_to_end(&mut bytes)
@@ -285,15 +326,17 @@ fn sweep_ingests(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Resu
     for e in fs::read_dir(&dir).at(&dir)? {
         let e = e.at(&dir)?;
         let path = e.path();
-        let pid = e
-            .file_name()
-            .to_str()
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok());
-        if pid.is_some_and(process_alive) {
+        let pid = match sweepable(&e) {
+            Ok(pid) => pid,
+            Err(why) => {
+                report.left_alone.push((path, why));
+                continue;
+            }
+        };
+        if process_alive(pid) {
             continue;
         }
-        let data = fs::metadata(path.join(DATA_FILE)).ok();
+        let data = fs::symlink_metadata(path.join(DATA_FILE)).ok();
         let touched = data
             .clone()
             .or_else(|| e.metadata().ok())

@@ -3,6 +3,10 @@
 //! renames it to `blobs/<alg>/<hex>`, then fsyncs that directory. A blob already present is a
 //! success. An ingest dropped without a commit removes its directory, so a failure leaves
 //! nothing under `blobs/`.
+//!
+//! An ingest is a directory named `<pid>-<n>-<nanoseconds>` (decimal numbers). Sweeping
+//! abandoned ones (`remove_abandoned`, and gc's) removes only directories named so, never
+//! through a link: anything else under `ingest/` is left alone and reported.
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
@@ -183,6 +187,35 @@ pub(super) fn process_unique_id(counter: &AtomicU64) -> String {
     )
 }
 
+/// The owner's pid of an ingest named `name`, when the name is an ingest id as
+/// `process_unique_id` makes it (`<pid>-<n>-<nanoseconds>`, decimal); None for anything else.
+pub(super) fn ingest_owner(name: &std::ffi::OsStr) -> Option<i32> {
+    let name = name.to_str()?;
+    let mut parts = name.split('-');
+    let (pid, n, nanos) = (parts.next()?, parts.next()?, parts.next()?);
+    let decimal = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if parts.next().is_some() || ![pid, n, nanos].into_iter().all(decimal) {
+        return None;
+    }
+    n.parse::<u64>().ok()?;
+    nanos.parse::<u128>().ok()?;
+    pid.parse::<i32>().ok().filter(|p| *p > 0)
+}
+
+/// An entry of `ingest/` that a sweep may remove: named as an ingest id and a directory (not
+/// a link to one). Otherwise why it is left alone.
+pub(super) fn sweepable(entry: &fs::DirEntry) -> std::result::Result<i32, &'static str> {
+    let Some(pid) = ingest_owner(&entry.file_name()) else {
+        return Err("not named as an ingest (<pid>-<n>-<nanoseconds>)");
+    };
+    match entry.file_type() {
+        Ok(t) if t.is_symlink() => Err("a symbolic link, not an ingest directory"),
+        Ok(t) if t.is_dir() => Ok(pid),
+        Ok(_) => Err("not a directory"),
+        Err(_) => Err("unreadable"),
+    }
+}
+
 /// Creates `ingest/<id>/` with an empty `data` file in it (mode 0600), for one blob's bytes. The
 /// id starts with this process's pid, so that a later process can tell abandoned ingests.
 pub fn new_ingest(store: &Store) -> Result<(PathBuf, File)> {
@@ -195,6 +228,7 @@ pub fn new_ingest(store: &Store) -> Result<(PathBuf, File)> {
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&data);
     match file {
         Ok(f) => Ok((dir, f)),
@@ -219,7 +253,7 @@ fn writing(digest: &Digest, data: &Path, source: io::Error) -> Error {
 /// the blob was already there (the data is left for the caller to remove).
 pub fn place(store: &Store, file: &File, data: &Path, expected: &Digest) -> Result<bool> {
     let target = store.blob_path(expected);
-    if target.exists() {
+    if fs::symlink_metadata(&target).is_ok() {
         return Ok(false);
     }
     file.sync_all().map_err(|e| writing(expected, data, e))?;
@@ -233,19 +267,19 @@ pub fn place(store: &Store, file: &File, data: &Path, expected: &Digest) -> Resu
 }
 
 /// Removes the ingests of processes that are gone (killed mid-write): their data can never be
-/// committed. Returns how many were removed.
+/// committed. Returns how many were removed. What is no ingest (see `sweepable`) is left
+/// alone, with a warning.
 pub fn remove_abandoned(store: &Store) -> Result<usize> {
     let dir = store.root().join(super::INGEST_DIR);
     let mut removed = 0;
     for e in fs::read_dir(&dir).at(&dir)? {
         let e = e.at(&dir)?;
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<i32>().ok())
-        else {
-            continue;
+        let pid = match sweepable(&e) {
+            Ok(pid) => pid,
+            Err(why) => {
+                tracing::warn!("left {} alone: {why}", e.path().display());
+                continue;
+            }
         };
         if !process_alive(pid) && fs::remove_dir_all(e.path()).is_ok() {
             removed += 1;
@@ -312,5 +346,37 @@ fn start_writeback(file: &File, offset: u64, len: u64) {
     // SAFETY: sync_file_range only reads its integer arguments and the open descriptor.
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn only_ingest_ids_name_an_owner() {
+        let made = process_unique_id(&AtomicU64::new(0));
+        assert_eq!(
+            ingest_owner(OsStr::new(&made)),
+            Some(std::process::id() as i32)
+        );
+        let cases: [(&str, Option<i32>); 12] = [
+            ("12-0-1764300000000000000", Some(12)),
+            ("1-18446744073709551615-0", Some(1)),
+            ("important", None),
+            ("12", None),
+            ("12-0", None),
+            ("12-0-1-2", None),
+            ("-12-0-1", None),
+            ("12-x-1", None),
+            ("12--1", None),
+            ("0-0-1", None),
+            ("99999999999-0-1", None),
+            ("+12-0-1", None),
+        ];
+        for (name, want) in cases {
+            assert_eq!(ingest_owner(OsStr::new(name)), want, "{name}");
+        }
     }
 }

@@ -8,6 +8,9 @@
 //! the same database. A lease added before gc's transaction is seen by gc; one added after it
 //! finds the blob either kept or gone (and then writes it). A lease of a process that is gone
 //! is void once it is older than gc's grace period.
+//!
+//! A store on a read-only filesystem has no leases: nothing can be removed from it, so a
+//! reader there holds nothing (and could not write the rows anyway).
 
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
@@ -21,7 +24,7 @@ use crate::error::Result;
 use crate::oci::{BlobSource, Descriptor};
 
 use super::ingest::process_unique_id;
-use super::records::{now_ms, BUSY_TIMEOUT};
+use super::records::{now_ms, write_flags, BUSY_TIMEOUT};
 use super::Store;
 
 /// The holder label of a lease that holds everything under one name (an import, an export).
@@ -31,28 +34,35 @@ static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
 
 /// The lease connection of one store. Leases need no durability (a lease of a process that
 /// crashed is void anyway), so this connection commits without fsync: holding a blob costs
-/// microseconds, not a disk flush.
+/// microseconds, not a disk flush. None on a read-only store: every lease there is empty.
 pub struct Leases {
-    conn: Mutex<Connection>,
+    conn: Option<Mutex<Connection>>,
 }
 
 impl Leases {
     pub(super) fn open(db: &Path) -> Result<Leases> {
-        let conn = Connection::open(db)?;
+        let conn = Connection::open_with_flags(db, write_flags())?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "synchronous", "OFF")?;
         Ok(Leases {
-            conn: Mutex::new(conn),
+            conn: Some(Mutex::new(conn)),
         })
+    }
+
+    /// The leases of a store on a read-only filesystem: they hold nothing.
+    pub(super) fn disabled() -> Leases {
+        Leases { conn: None }
     }
 
     /// Starts a lease owned by this process.
     pub fn create(self: &Arc<Self>) -> Result<Lease> {
         let id = process_unique_id(&NEXT_LEASE);
-        self.conn.lock().execute(
-            "INSERT INTO leases (id, pid, created) VALUES (?1, ?2, ?3)",
-            params![id, std::process::id(), now_ms()],
-        )?;
+        if let Some(conn) = &self.conn {
+            conn.lock().execute(
+                "INSERT INTO leases (id, pid, created) VALUES (?1, ?2, ?3)",
+                params![id, std::process::id(), now_ms()],
+            )?;
+        }
         Ok(Lease {
             leases: Arc::clone(self),
             id,
@@ -78,7 +88,10 @@ impl Lease {
         holder: &str,
         digests: impl IntoIterator<Item = &'d Digest>,
     ) -> Result<()> {
-        let mut conn = self.leases.conn.lock();
+        let Some(conn) = &self.leases.conn else {
+            return Ok(());
+        };
+        let mut conn = conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         {
             let mut stmt = tx.prepare_cached(
@@ -94,7 +107,10 @@ impl Lease {
 
     /// Releases what `holder` holds.
     pub fn release(&self, holder: &str) -> Result<()> {
-        self.leases.conn.lock().execute(
+        let Some(conn) = &self.leases.conn else {
+            return Ok(());
+        };
+        conn.lock().execute(
             "DELETE FROM lease_blobs WHERE lease = ?1 AND holder = ?2",
             params![self.id, holder],
         )?;
@@ -103,7 +119,10 @@ impl Lease {
 
     /// Releases what every holder whose label starts with `prefix` holds.
     pub fn release_prefix(&self, prefix: &str) -> Result<()> {
-        self.leases.conn.lock().execute(
+        let Some(conn) = &self.leases.conn else {
+            return Ok(());
+        };
+        conn.lock().execute(
             "DELETE FROM lease_blobs WHERE lease = ?1 AND substr(holder, 1, length(?2)) = ?2",
             params![self.id, prefix],
         )?;
@@ -112,7 +131,10 @@ impl Lease {
 
     /// How many digests the lease holds (under all holders, counted once).
     pub fn held(&self) -> Result<usize> {
-        let n: i64 = self.leases.conn.lock().query_row(
+        let Some(conn) = &self.leases.conn else {
+            return Ok(0);
+        };
+        let n: i64 = conn.lock().query_row(
             "SELECT count(DISTINCT digest) FROM lease_blobs WHERE lease = ?1",
             [&self.id],
             |r| r.get(0),
@@ -123,7 +145,10 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        let mut conn = self.leases.conn.lock();
+        let Some(conn) = &self.leases.conn else {
+            return;
+        };
+        let mut conn = conn.lock();
         let result = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .and_then(|tx| {

@@ -2,6 +2,14 @@
 //! which is also an OCI layout's), ingests under `ingest/`, and the image records in `meta.db`.
 //! Several processes may share one store: blobs appear only by atomic rename, records change
 //! only in SQLite transactions.
+//!
+//! Opening a store checks what it is made of before anything is read or written: the store,
+//! `blobs/`, `blobs/<alg>/`, `ingest/`, `quarantine/` and `meta.db` (with `-wal`, `-shm`) must
+//! be no symbolic link, belong to the caller and be writable by no one else, and the
+//! directories above it must belong to root or the caller (or be sticky, as /tmp). Then no one
+//! else can plant a link in it, and every later path in it is the store's own. Directories it
+//! creates get fixed modes whatever the umask. A store on a read-only filesystem opens for
+//! reading only (`Access::Read`), without leases.
 
 pub mod check;
 pub mod fsck;
@@ -10,13 +18,14 @@ mod ingest;
 mod leases;
 mod records;
 
-use std::fs::{self, File};
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::digest::{Algorithm, Digest};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, StoreProblem};
 use crate::oci::{self, BlobSource, Descriptor};
 
 pub use ingest::{
@@ -38,30 +47,140 @@ pub const DB_FILE: &str = "meta.db";
 pub const STORE_ENV: &str = "LAYOUTFS_STORE";
 /// Store of the root user when nothing else is said.
 pub const SYSTEM_STORE: &str = "/var/lib/layoutfs";
+/// Mode of the store directory, `blobs/` and `blobs/<alg>/` when layoutfs creates them (blobs
+/// are readable by all, as a layout directory's are), whatever the umask.
+pub const SHARED_DIR_MODE: u32 = 0o755;
+/// Mode of `ingest/` and `quarantine/` (and its `<alg>/`) when layoutfs creates them: data being
+/// written and corrupt blobs are the owner's only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode bits that let users other than the owner change a directory or file.
+const OTHERS_WRITE: u32 = 0o022;
+/// The sticky bit: in a directory with it, only an entry's owner may rename or remove it.
+const STICKY: u32 = 0o1000;
+/// The suffixes of SQLite's companion files of `meta.db` in WAL mode.
+const DB_COMPANIONS: [&str; 2] = ["-wal", "-shm"];
+
+/// What an opener of a store means to do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read images and blobs (images, export, fsck, gc --dry-run, a read-only mount): works on
+    /// a read-only filesystem too, read-only and without leases there.
+    Read,
+    /// Change the store: refused, naming the store, when its filesystem is read-only.
+    Write,
+}
+
+/// The mark of a store whose `meta.db` was created (missing or empty) while `blobs/` held
+/// blobs: its records were lost, and gc refuses until `gc --force` or `fsck --repair`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adopted {
+    /// Blob files in the store when the database was created.
+    pub blobs: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub since: i64,
+}
 
 /// An open store.
 pub struct Store {
     root: PathBuf,
     records: Records,
-    leases: std::sync::Arc<Leases>,
+    leases: Arc<Leases>,
+    read_only: bool,
+    adopted: Option<Adopted>,
+    /// (device, inode) of `meta.db` once opened: a database deleted or replaced since is
+    /// told by `db_replaced`.
+    db_identity: (u64, u64),
 }
 
 impl Store {
-    /// Opens the store at `root`, creating it on first use.
+    /// Opens the store at `root` for writing, creating it on first use.
     pub fn open(root: &Path) -> Result<Store> {
-        for dir in [root.to_path_buf(), root.join(INGEST_DIR)]
-            .into_iter()
-            .chain(Algorithm::ALL.map(|a| root.join(BLOBS_DIR).join(a.name())))
-        {
-            fs::create_dir_all(&dir).at(&dir)?;
+        Store::open_with(root, Access::Write)
+    }
+
+    /// Opens the store at `root` for `access`, creating it on first use where the filesystem
+    /// is writable. Refuses, naming the path, a store or store part that is a symbolic link,
+    /// not of its kind, owned by another user or writable by others (see the module doc).
+    pub fn open_with(root: &Path, access: Access) -> Result<Store> {
+        let root = prepare_root(root)?;
+        let read_only = filesystem_read_only(&root)?;
+        if read_only && access == Access::Write {
+            return Err(Error::store(&root, StoreProblem::ReadOnly));
         }
-        let records = Records::open(&root.join(DB_FILE))?;
-        let leases = std::sync::Arc::new(Leases::open(&root.join(DB_FILE))?);
-        Ok(Store {
-            root: root.to_path_buf(),
+        let dirs = [(BLOBS_DIR.to_owned(), SHARED_DIR_MODE)]
+            .into_iter()
+            .chain(Algorithm::ALL.map(|a| (format!("{BLOBS_DIR}/{}", a.name()), SHARED_DIR_MODE)))
+            .chain([(INGEST_DIR.to_owned(), PRIVATE_DIR_MODE)]);
+        for (dir, mode) in dirs {
+            let path = root.join(dir);
+            if read_only {
+                check_part(&path, Kind::Dir)?;
+            } else {
+                ensure_dir(&path, mode)?;
+            }
+        }
+        let quarantine = root.join(QUARANTINE_DIR);
+        for dir in [quarantine.clone()]
+            .into_iter()
+            .chain(Algorithm::ALL.map(|a| quarantine.join(a.name())))
+        {
+            check_part_if_there(&dir, Kind::Dir)?;
+        }
+        let db = root.join(DB_FILE);
+        for file in std::iter::once(db.clone()).chain(DB_COMPANIONS.map(|s| companion(&db, s))) {
+            check_part_if_there(&file, Kind::File)?;
+        }
+        let (records, leases) = if read_only {
+            (Records::open_read_only(&db)?, Leases::disabled())
+        } else {
+            let count = || count_blob_files(&root);
+            (Records::open_in_store(&db, &count)?, Leases::open(&db)?)
+        };
+        let mut store = Store {
+            root,
             records,
-            leases,
-        })
+            leases: Arc::new(leases),
+            read_only,
+            adopted: None,
+            db_identity: identity(&db)?,
+        };
+        store.adopted = store.read_adopted()?;
+        Ok(store)
+    }
+
+    /// Whether the store is on a read-only filesystem (and was opened for reading).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// Whether `meta.db` was deleted or replaced since this store was opened: what this
+    /// process wrote since went to a file no other process reads. A long-running user of the
+    /// store (an import, the mount) can ask before it reports success.
+    pub fn db_replaced(&self) -> bool {
+        identity(&self.root.join(DB_FILE)).map_or(true, |id| id != self.db_identity)
+    }
+
+    /// The mark of lost records, as it was when the store was opened.
+    pub fn adopted(&self) -> Option<Adopted> {
+        self.adopted
+    }
+
+    /// A new connection to `meta.db`, as gc and fsck --repair use: never through a link,
+    /// read-only on a read-only filesystem.
+    pub(crate) fn connect(&self) -> Result<rusqlite::Connection> {
+        let db = self.root.join(DB_FILE);
+        let conn = if self.read_only {
+            records::open_read_only(&db)?
+        } else {
+            rusqlite::Connection::open_with_flags(&db, records::write_flags())?
+        };
+        conn.busy_timeout(records::BUSY_TIMEOUT)?;
+        Ok(conn)
+    }
+
+    fn read_adopted(&self) -> Result<Option<Adopted>> {
+        let conn = self.connect()?;
+        Ok(adopted_in(&conn)?)
     }
 
     /// The store to use when `--store` is not given: `$LAYOUTFS_STORE`, else the system store
@@ -112,17 +231,25 @@ impl Store {
         Ingest::start(self, expected, size)
     }
 
+    /// Opens a blob file for reading, never through a symbolic link (a link in its place is
+    /// "not a regular file").
+    pub fn open_blob_file(&self, digest: &Digest) -> io::Result<File> {
+        open_no_follow(&self.blob_path(digest))
+    }
+
     /// Opens a blob for reading and checks that its size is `desc.size`: stored sizes are
     /// never trusted blindly.
     pub fn open_blob(&self, desc: &Descriptor) -> Result<File> {
         let path = self.blob_path(&desc.digest);
-        let file = File::open(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::MissingBlob {
-                digest: desc.digest.clone(),
-                referrer: None,
-            },
-            _ => Error::io(&path, e),
-        })?;
+        let file = self
+            .open_blob_file(&desc.digest)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::MissingBlob {
+                    digest: desc.digest.clone(),
+                    referrer: None,
+                },
+                _ => Error::io(&path, e),
+            })?;
         let size = file.metadata().at(&path)?.size();
         if size != desc.size {
             return Err(Error::SizeMismatch {
@@ -138,7 +265,7 @@ impl Store {
 impl BlobSource for Store {
     fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         let path = self.blob_path(digest);
-        match fs::metadata(&path) {
+        match fs::symlink_metadata(&path) {
             Ok(m) if m.is_file() => Ok(Some(m.size())),
             Ok(_) => Err(Error::io(
                 &path,
@@ -161,6 +288,216 @@ impl BlobSource for Store {
         check_bytes(desc, &bytes)?;
         Ok(bytes)
     }
+}
+
+/// The adoption mark in the database `conn` is connected to.
+pub(crate) fn adopted_in(conn: &rusqlite::Connection) -> rusqlite::Result<Option<Adopted>> {
+    Ok(records::adopted_mark(conn)?.map(|(blobs, since)| Adopted {
+        blobs: u64::try_from(blobs).unwrap_or(0),
+        since,
+    }))
+}
+
+/// Clears the adoption mark (the user said the store's blobs may be judged by its records).
+pub(crate) fn clear_adopted(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM state WHERE key = ?1", [records::ADOPTED_KEY])?;
+    Ok(())
+}
+
+/// Opens a file of the store for reading without following a link in its last component: a
+/// link there fails with ELOOP, reported as "not a regular file".
+pub fn open_no_follow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                io::Error::other("not a regular file (a symbolic link)")
+            } else {
+                e
+            }
+        })
+}
+
+/// The kind a store part must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Dir,
+    File,
+}
+
+/// This process's effective user.
+fn caller() -> u32 {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Checks one part of the store: no link, of its kind, the caller's, writable by no one else.
+fn check_part(path: &Path, kind: Kind) -> Result<()> {
+    let meta = fs::symlink_metadata(path).at(path)?;
+    check_meta(path, &meta, kind)
+}
+
+fn check_part_if_there(path: &Path, kind: Kind) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => check_meta(path, &meta, kind),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+fn check_meta(path: &Path, meta: &fs::Metadata, kind: Kind) -> Result<()> {
+    let problem = if meta.file_type().is_symlink() {
+        Some(StoreProblem::Symlink)
+    } else if kind == Kind::Dir && !meta.is_dir() {
+        Some(StoreProblem::NotADirectory)
+    } else if kind == Kind::File && !meta.is_file() {
+        Some(StoreProblem::NotAFile)
+    } else if meta.uid() != caller() {
+        Some(StoreProblem::Owner {
+            owner: meta.uid(),
+            you: caller(),
+        })
+    } else if meta.mode() & OTHERS_WRITE != 0 {
+        Some(StoreProblem::Writable {
+            mode: meta.mode() & 0o7777,
+        })
+    } else {
+        None
+    };
+    problem.map_or(Ok(()), |p| Err(Error::store(path, p)))
+}
+
+/// An error creating a store directory: EROFS says the filesystem is read-only.
+fn creating(path: &Path, e: io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::EROFS) {
+        Error::store(path, StoreProblem::ReadOnly)
+    } else {
+        Error::io(path, e)
+    }
+}
+
+/// Creates directory `path` with exactly `mode` (the umask does not apply) unless it exists,
+/// then checks it as a store part.
+pub(super) fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => set_dir_mode(path, mode)?,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(creating(path, e)),
+    }
+    check_part(path, Kind::Dir)
+}
+
+/// Sets a directory's mode through a descriptor opened without following a link.
+fn set_dir_mode(path: &Path, mode: u32) -> Result<()> {
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        .at(path)?;
+    dir.set_permissions(fs::Permissions::from_mode(mode))
+        .at(path)
+}
+
+/// Makes sure the store directory is there (creating it and its parents on first use), and
+/// is a directory and no link; returns its path with every link above it resolved, so that
+/// the directories above it checked here are the ones used later.
+fn prepare_root(root: &Path) -> Result<PathBuf> {
+    match fs::symlink_metadata(root) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(Error::store(root, StoreProblem::Symlink))
+        }
+        Ok(m) if !m.is_dir() => return Err(Error::store(root, StoreProblem::NotADirectory)),
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // Nothing is created below a directory that could not be trusted afterwards.
+            let existing = root
+                .ancestors()
+                .skip(1)
+                .map(|a| {
+                    if a.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        a
+                    }
+                })
+                .find(|a| a.exists());
+            if let Some(existing) = existing {
+                let real = fs::canonicalize(existing).at(existing)?;
+                for dir in real.ancestors() {
+                    check_ancestor(dir)?;
+                }
+            }
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(parent).map_err(|e| creating(parent, e))?;
+            }
+            match fs::DirBuilder::new().mode(SHARED_DIR_MODE).create(root) {
+                Ok(()) => set_dir_mode(root, SHARED_DIR_MODE)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(creating(root, e)),
+            }
+        }
+        Err(e) => return Err(Error::io(root, e)),
+    }
+    let real = fs::canonicalize(root).at(root)?;
+    check_part(&real, Kind::Dir)?;
+    for dir in real.ancestors().skip(1) {
+        check_ancestor(dir)?;
+    }
+    Ok(real)
+}
+
+/// A directory above the store must belong to root or the caller, and be writable by no one
+/// else unless it is sticky: otherwise its owner, or anyone, could move the store away and
+/// put another in its place.
+fn check_ancestor(dir: &Path) -> Result<()> {
+    let meta = fs::symlink_metadata(dir).at(dir)?;
+    let owner = meta.uid();
+    if owner != 0 && owner != caller() {
+        return Err(Error::store(dir, StoreProblem::AncestorOwner { owner }));
+    }
+    let mode = meta.mode() & 0o7777;
+    if mode & OTHERS_WRITE != 0 && mode & STICKY == 0 {
+        return Err(Error::store(dir, StoreProblem::AncestorWritable { mode }));
+    }
+    Ok(())
+}
+
+/// Whether the filesystem holding `path` is mounted read-only.
+fn filesystem_read_only(path: &Path) -> Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::io(path, io::Error::from(io::ErrorKind::InvalidInput)))?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(Error::io(path, io::Error::last_os_error()));
+    }
+    Ok(st.f_flag & libc::ST_RDONLY != 0)
+}
+
+/// (device, inode) of a file, not following a link.
+fn identity(path: &Path) -> Result<(u64, u64)> {
+    let m = fs::symlink_metadata(path).at(path)?;
+    Ok((m.dev(), m.ino()))
+}
+
+/// `meta.db` with a suffix (`-wal`, `-shm`).
+fn companion(db: &Path, suffix: &str) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// How many entries `blobs/<alg>/` hold: whether a store has content its records may cover.
+fn count_blob_files(root: &Path) -> Result<usize> {
+    let mut n = 0;
+    for alg in Algorithm::ALL {
+        let dir = root.join(BLOBS_DIR).join(alg.name());
+        n += fs::read_dir(&dir).at(&dir)?.count();
+    }
+    Ok(n)
 }
 
 /// Checks that `bytes` are the content `desc` describes.
@@ -191,6 +528,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("store")).unwrap();
         (dir, s)
+    }
+
+    #[test]
+    fn a_database_deleted_under_an_open_store_is_noticed() {
+        let (_t, s) = store();
+        assert!(!s.db_replaced());
+        let db = s.root().join(DB_FILE);
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = fs::remove_file(companion(&db, suffix));
+        }
+        assert!(s.db_replaced(), "deleted");
+        let again = Store::open(s.root()).unwrap();
+        assert!(s.db_replaced(), "replaced by a new one");
+        assert!(!again.db_replaced());
     }
 
     #[test]

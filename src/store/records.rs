@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
-use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 
 use crate::error::{Error, Result};
 use crate::oci::Descriptor;
@@ -16,8 +18,12 @@ use crate::reference::Reference;
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The pause before retrying what SQLite refused as BUSY without waiting.
 const BUSY_RETRY: Duration = Duration::from_millis(5);
-/// Schema version kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+/// Schema version kept in `PRAGMA user_version` (3 added the `state` table).
+const SCHEMA_VERSION: i64 = 3;
+/// The `state` row set when `meta.db` was created while `blobs/` already held blobs: the
+/// records were lost (a missing or empty database), so gc must not take every blob for
+/// garbage. Its value is how many blob files there were; `since` when it was set.
+pub(super) const ADOPTED_KEY: &str = "adopted_without_records";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images (
@@ -39,7 +45,83 @@ CREATE TABLE IF NOT EXISTS lease_blobs (
     digest TEXT NOT NULL,
     PRIMARY KEY (lease, holder, digest)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL,
+    since INTEGER NOT NULL
+);
 ";
+
+/// How the store's connections open `meta.db`: read-write, created when missing, and never
+/// through a symbolic link.
+pub(super) fn write_flags() -> OpenFlags {
+    OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW
+}
+
+/// Opens `meta.db` of a store on a read-only filesystem: read-only, and when SQLite cannot
+/// read a WAL database so (it needs to create `-shm`), as an immutable file (`immutable=1`:
+/// no locks, no WAL; nothing can write it there anyway).
+pub(super) fn open_read_only(path: &Path) -> Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+        | OpenFlags::SQLITE_OPEN_URI
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+    let probe = |c: &Connection| c.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0));
+    if let Ok(conn) = Connection::open_with_flags(path, flags) {
+        if probe(&conn).is_ok() {
+            return Ok(conn);
+        }
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        tracing::warn!(
+            "{}: read as an immutable file: changes still in its write-ahead log are not seen",
+            path.display()
+        );
+    }
+    let uri = format!("file:{}?immutable=1", uri_path(path));
+    let conn = Connection::open_with_flags(uri, flags)?;
+    probe(&conn)?;
+    Ok(conn)
+}
+
+/// `path` for a `file:` URI: bytes other than unreserved characters and `/` percent-encoded.
+fn uri_path(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The `state` mark of a store whose records were lost: (blob files then, when), if set. A
+/// database from before the `state` table has none.
+pub(super) fn adopted_mark(conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
+    let has_table: bool = conn.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'state'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has_table {
+        return Ok(None);
+    }
+    conn.query_row(
+        "SELECT value, since FROM state WHERE key = ?1",
+        [ADOPTED_KEY],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+    .optional()
+}
 
 /// Runs `f` again while SQLite answers BUSY without having waited, up to `BUSY_TIMEOUT`.
 fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
@@ -73,8 +155,32 @@ pub struct Records {
 }
 
 impl Records {
+    /// Opens (creating when missing) the records at `path`, as a database of no store.
     pub fn open(path: &Path) -> Result<Records> {
-        let conn = Connection::open(path)?;
+        Records::open_in_store(path, &|| Ok(0))
+    }
+
+    /// Opens the records of a store read-only (a store on a read-only filesystem).
+    pub(super) fn open_read_only(path: &Path) -> Result<Records> {
+        let conn = open_read_only(path)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(newer(path, version));
+        }
+        Ok(Records {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    /// Opens (creating when missing) the records of a store. When this creates the schema,
+    /// a missing or empty database, and `blob_files` counts any blob already in the store,
+    /// the records were lost: the `state` mark `ADOPTED_KEY` is set in the same transaction,
+    /// and gc refuses until it is cleared.
+    pub(super) fn open_in_store(
+        path: &Path,
+        blob_files: &dyn Fn() -> Result<usize>,
+    ) -> Result<Records> {
+        let conn = Connection::open_with_flags(path, write_flags())?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         // Several processes may open a new store at once: the switch to WAL and the schema
         // take write locks, and SQLite answers BUSY at once, without waiting, where waiting
@@ -84,13 +190,12 @@ impl Records {
         let version: i64 =
             retry_busy(|| conn.pragma_query_value(None, "user_version", |r| r.get(0)))?;
         if version > SCHEMA_VERSION {
-            return Err(Error::Invalid(format!(
-                "{}: written by a newer layoutfs (schema {version})",
-                path.display()
-            )));
+            return Err(newer(path, version));
         }
         if version < SCHEMA_VERSION {
             // A new or older store: the schema, once, under the write lock.
+            let mut counted = None;
+            let mut failed = None;
             retry_busy(|| {
                 let tx = Transaction::new_unchecked(&conn, TransactionBehavior::Immediate)?;
                 let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -98,8 +203,28 @@ impl Records {
                     tx.execute_batch(SCHEMA)?;
                     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
                 }
+                if version == 0 {
+                    // A database just made: were there blobs already?
+                    let n = match counted {
+                        Some(n) => n,
+                        None => match blob_files() {
+                            Ok(n) => *counted.insert(n),
+                            Err(e) => {
+                                failed = Some(e);
+                                return Err(rusqlite::Error::InvalidQuery);
+                            }
+                        },
+                    };
+                    if n > 0 {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO state (key, value, since) VALUES (?1, ?2, ?3)",
+                            params![ADOPTED_KEY, n as i64, now_ms()],
+                        )?;
+                    }
+                }
                 tx.commit()
-            })?;
+            })
+            .map_err(|e| failed.take().unwrap_or(Error::Db(e)))?;
         }
         Ok(Records {
             conn: Mutex::new(conn),
@@ -195,6 +320,13 @@ impl Records {
             .collect::<rusqlite::Result<Vec<_>>>()?;
         raws.into_iter().map(RawImage::parse).collect()
     }
+}
+
+fn newer(path: &Path, version: i64) -> Error {
+    Error::Invalid(format!(
+        "{}: written by a newer layoutfs (schema {version})",
+        path.display()
+    ))
 }
 
 struct RawImage {

@@ -6,6 +6,7 @@
 pub mod core;
 pub mod gen;
 pub mod mount;
+pub mod user;
 
 use std::fs;
 use std::io::Write;
