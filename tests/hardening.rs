@@ -395,3 +395,54 @@ fn what_held_in_the_attack_run_still_holds() {
         assert!(stderr(&out).contains("longer than"), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn with_allow_other_another_user_reads_the_mount_and_changes_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let mut b = LayoutBuilder::new(&env.path("shared"));
+    b.small_image("1", 1, 900, 10);
+    env.ok(&["import", b.dir.to_str().unwrap()]);
+    let user = common::user::OtherUser::create();
+    // The other user must be able to reach the mount point: the test's directory is 0700.
+    fs::set_permissions(env.tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let m = common::mount::Mounted::start(&env, "mnt", &["--allow-other"]);
+    let mnt = m.dir.to_str().unwrap().to_owned();
+    let as_user = |script: &str| {
+        std::process::Command::new("setpriv")
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .args(["--clear-groups", "sh", "-c", script])
+            .env("M", &mnt)
+            .output()
+            .unwrap()
+    };
+    let read = as_user("ls $M/shared/blobs/sha256 >/dev/null && cat $M/shared/index.json");
+    assert!(read.status.success(), "{}", stderr(&read));
+    assert_eq!(read.stdout, fs::read(m.path("shared/index.json")).unwrap());
+    let changes = [
+        "mkdir $M/new",
+        "touch $M/shared/x",
+        "rm $M/shared/index.json",
+        "mv $M/shared $M/moved",
+        "rm -r $M/shared",
+        "echo '{}' > $M/shared/index.json",
+        "cp $M/shared/oci-layout $M/shared/blobs/sha256/",
+    ];
+    for script in changes {
+        let out = as_user(&format!("LC_ALL=C {script}"));
+        assert!(!out.status.success(), "{script}: succeeded");
+        assert!(
+            stderr(&out).contains("Permission denied"),
+            "{script}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(env.images().len(), 1);
+    assert_eq!(
+        fs::read_dir(m.path("")).unwrap().count(),
+        1,
+        "only the one repository"
+    );
+    common::fsck_clean(&env);
+}
