@@ -446,3 +446,41 @@ fn with_allow_other_another_user_reads_the_mount_and_changes_nothing() {
     );
     common::fsck_clean(&env);
 }
+
+#[test]
+fn fsck_names_a_pinned_name_an_older_version_let_through() {
+    let env = Env::new();
+    let mut b = LayoutBuilder::new(&env.path("a"));
+    let x = b.small_image("unused", 1, 800, 11);
+    b.index.clear();
+    b.tag(&x, None).write_index();
+    env.ok(&["import", b.dir.to_str().unwrap()]);
+    let mut other = LayoutBuilder::new(&env.path("y"));
+    let y = other.small_image("1", 1, 700, 12);
+    env.ok(&["import", other.dir.to_str().unwrap()]);
+    // What a store written before 2026-11-28 could hold: a@X pointing at Y.
+    let db = rusqlite::Connection::open(env.store.join("meta.db")).unwrap();
+    let y_json: String = db
+        .query_row(
+            "SELECT descriptor FROM images WHERE name = 'y:1'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let spoofed = format!("a@{}", x.digest);
+    let n = db
+        .execute(
+            "UPDATE images SET descriptor = ?1 WHERE name = ?2",
+            [&y_json, &spoofed],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(db);
+    let out = env.run(&["fsck"]);
+    assert_eq!(out.status.code(), Some(1));
+    let report = String::from_utf8_lossy(&out.stdout);
+    let want = format!("image {spoofed} names {}", y.digest);
+    assert!(report.contains(&want), "{report}");
+    env.ok(&["rm", &spoofed]);
+    common::fsck_clean(&env);
+}

@@ -65,6 +65,9 @@ pub enum Problem {
     Unreadable { digest: Digest, message: String },
     /// `meta.db` was created (missing or empty) while the store held `blobs` blob files.
     NoRecords { blobs: u64 },
+    /// A name with a digest whose record names other content (made before such records were
+    /// refused).
+    Misnamed { name: String, target: Digest },
 }
 
 impl std::fmt::Display for Problem {
@@ -98,6 +101,11 @@ impl std::fmt::Display for Problem {
             Problem::Unreadable { digest, message } => {
                 write!(f, "unreadable blob {digest}: {message}")
             }
+            Problem::Misnamed { name, target } => write!(
+                f,
+                "image {name} names {target}: a name with a digest must name that content \
+                 (layoutfs rm {name})"
+            ),
             Problem::NoRecords { blobs } => write!(
                 f,
                 "no image records: meta.db was created (missing or empty) while the store held \
@@ -163,6 +171,12 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
     report.images = images.len();
     for img in &images {
         let name = img.name.to_string();
+        if img.name.check_target(&img.target.digest).is_err() {
+            report.problems.push(Problem::Misnamed {
+                name: name.clone(),
+                target: img.target.digest.clone(),
+            });
+        }
         let c = check::walk(store, &img.target);
         let mut broken = !c.is_complete();
         for d in c.present.keys() {
