@@ -377,13 +377,15 @@ impl Closure {
         self.missing.is_empty() && self.damaged.is_empty()
     }
 
-    /// Whether some index or manifest could not be read, so that the blobs it refers to are
-    /// unknown: gc must not sweep then.
+    /// Whether the walk could not tell every blob the image refers to, so gc must not sweep:
+    /// an index or manifest is missing, or anything is damaged (a damaged blob is not counted
+    /// as present, and a walk too deep or in a loop stops before the blobs below).
     pub fn has_unknown_children(&self) -> bool {
-        self.missing
-            .iter()
-            .chain(self.damaged.iter().map(|(d, _)| d))
-            .any(|d| kind_of(&d.media_type) != Kind::Leaf)
+        !self.damaged.is_empty()
+            || self
+                .missing
+                .iter()
+                .any(|d| kind_of(&d.media_type) != Kind::Leaf)
     }
 
     /// One line on the first thing wrong, for messages.

@@ -484,3 +484,111 @@ fn fsck_names_a_pinned_name_an_older_version_let_through() {
     env.ok(&["rm", &spoofed]);
     common::fsck_clean(&env);
 }
+
+/// The deepest nesting of indexes above a manifest that every consumer accepts: a blob may
+/// have at most `oci::MAX_DEPTH - 1` ancestors, and a manifest's config and layers sit one
+/// level below it.
+const DEEPEST_ACCEPTED: usize = oci::MAX_DEPTH - 2;
+
+#[test]
+fn import_export_images_gc_fsck_and_the_mount_agree_on_nesting_depths() {
+    let env = Env::new();
+    let m = common::mount::Mounted::start(&env, "mnt", &[]);
+    for depth in 1..=10usize {
+        let name = format!("deep{depth}");
+        let mut b = LayoutBuilder::new(&env.path(&name));
+        let mut top = b.add_manifest(&[b.add_random_layer(300, depth as u64)], "amd64");
+        for _ in 0..depth {
+            top = b.add_index(vec![top]);
+        }
+        b.tag(&top, Some("1")).write_index();
+        let accepted = depth <= DEEPEST_ACCEPTED;
+        let tag = format!("{name}:1");
+
+        let out = env.run(&["import", b.dir.to_str().unwrap()]);
+        assert_eq!(
+            out.status.success(),
+            accepted,
+            "import of {depth}: {}",
+            stderr(&out)
+        );
+        if !accepted {
+            assert!(
+                stderr(&out).contains("nested deeper than"),
+                "{}",
+                stderr(&out)
+            );
+        }
+        // The mount answers the same: cp -r registers the image or fails at index.json.
+        let into = m.path(&format!("m{name}"));
+        let cp = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(&b.dir)
+            .arg(&into)
+            .output()
+            .unwrap();
+        assert_eq!(
+            cp.status.success(),
+            accepted,
+            "cp -r of {depth}: {}",
+            stderr(&cp)
+        );
+        let names: Vec<String> = env.images().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names.contains(&format!("m{name}:1")),
+            accepted,
+            "mount, {depth}"
+        );
+
+        if !accepted {
+            // Register it behind import's back (as an older version's mount could): the other
+            // consumers all call it damaged.
+            for e in fs::read_dir(b.dir.join("blobs/sha256")).unwrap() {
+                let e = e.unwrap();
+                let to = env.store.join("blobs/sha256").join(e.file_name());
+                if !to.exists() {
+                    fs::copy(e.path(), &to).unwrap();
+                }
+            }
+            let db = rusqlite::Connection::open(env.store.join("meta.db")).unwrap();
+            let json = serde_json::to_string(&b.index[0]).unwrap();
+            db.execute(
+                "INSERT INTO images (name, repository, descriptor, created, updated) \
+                 VALUES (?1, ?2, ?3, 0, 0)",
+                [&tag, &name, &json],
+            )
+            .unwrap();
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(&env.ok(&["images", "--format", "json"])).unwrap();
+        let row = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["name"] == tag.as_str())
+            .unwrap();
+        assert_eq!(row["complete"], accepted, "images, {depth}: {row}");
+        let out = env.path(&format!("{name}.tar"));
+        let export = env.run(&["export", "-o", out.to_str().unwrap(), &tag]);
+        assert_eq!(export.status.success(), accepted, "export, {depth}");
+        assert_eq!(
+            env.run(&["fsck"]).status.success(),
+            accepted,
+            "fsck, {depth}"
+        );
+        let gc = env.run(&["gc", "--grace", "0s"]);
+        assert_eq!(
+            gc.status.success(),
+            accepted,
+            "gc, {depth}: {}",
+            stderr(&gc)
+        );
+        if accepted {
+            let again = Env::new();
+            again.ok(&["import", out.to_str().unwrap()]);
+            assert_eq!(again.images().len(), 1);
+        } else {
+            env.ok(&["rm", &tag]);
+        }
+    }
+}
