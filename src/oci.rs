@@ -494,6 +494,10 @@ impl Walker<'_> {
 
     fn missing(&mut self, desc: &Descriptor, referrer: Option<&Digest>) -> Result<()> {
         if is_non_distributable(&desc.media_type) {
+            // Allowed to be absent here, but not as whatever else refers to the same digest:
+            // a later reference must look again.
+            self.seen
+                .remove(&(desc.digest.clone(), kind_of(&desc.media_type)));
             return Ok(());
         }
         if self.policy.on_missing == OnMissing::Fail {
@@ -658,6 +662,29 @@ pub(crate) mod tests {
         // Skipping leaves the missing layer out instead.
         let c = closure(&src, &missing, OnMissing::Skip).unwrap();
         assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn a_digest_missing_as_a_foreign_layer_is_still_required_elsewhere() {
+        let mut src = MemSource::default();
+        let config = src.add("application/vnd.oci.image.config.v1+json", b"{}".to_vec());
+        let absent = Digest::of(Algorithm::Sha256, b"absent");
+        let foreign = desc(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar",
+            absent.clone(),
+            6,
+        );
+        let regular = desc("application/vnd.oci.image.layer.v1.tar", absent.clone(), 6);
+        for layers in [[&foreign, &regular], [&regular, &foreign]] {
+            let m = src.add(MEDIA_OCI_MANIFEST, manifest_json(&config, &layers));
+            let err = closure(&src, &m, OnMissing::Fail).unwrap_err().to_string();
+            assert!(err.contains(&format!("blob {absent}: missing")), "{err}");
+            let c = walk(&src, &m, Policy::REPORT).unwrap();
+            assert_eq!(c.missing.len(), 1, "{:?}", c.missing);
+        }
+        // Alone, a foreign layer may be absent.
+        let m = src.add(MEDIA_OCI_MANIFEST, manifest_json(&config, &[&foreign]));
+        assert!(walk(&src, &m, Policy::REPORT).unwrap().is_complete());
     }
 
     #[test]
