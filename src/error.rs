@@ -59,6 +59,9 @@ pub enum Error {
     #[error("{archive}: {message}")]
     Archive { archive: String, message: String },
 
+    #[error("image {name}: {message}")]
+    Image { name: String, message: String },
+
     #[error("no such image: {0}")]
     NotFound(String),
 

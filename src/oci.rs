@@ -28,9 +28,13 @@ pub const LAYOUT_VERSION: &str = "1.0.0";
 /// whole into memory, and a walk reads many.
 pub const MAX_JSON_SIZE: u64 = 4 << 20;
 /// Largest `index.json` of a layout accepted: a flat list with one descriptor per image (about
-/// 250 bytes a tag), so a repository of 250,000 tags still fits. What `export` and the mount
-/// write must read back, so export refuses to write a larger one.
-pub const MAX_INDEX_JSON_SIZE: u64 = 64 << 20;
+/// 250 bytes a tag), so a repository of 60,000 tags still fits, while what parsing it costs
+/// (up to about 16 times its size for hostile JSON of tiny strings) stays bounded. What
+/// `export` and the mount write must read back, so export refuses to write a larger one.
+pub const MAX_INDEX_JSON_SIZE: u64 = 16 << 20;
+/// Largest descriptor of one image in `index.json` (and in an image record), as compact JSON:
+/// room for many annotations, none for a record that every later `images` must parse.
+pub const MAX_DESCRIPTOR_SIZE: u64 = 16 << 10;
 /// Deepest nesting of indexes accepted (index -> index -> ... -> manifest).
 pub const MAX_DEPTH: usize = 8;
 
@@ -198,6 +202,18 @@ impl ImageIndex {
                 file,
                 format!("schemaVersion {} is not 2", index.schema_version),
             ));
+        }
+        for d in &index.manifests {
+            let size = serde_json::to_vec(d).map_or(u64::MAX, |v| v.len() as u64);
+            if size > MAX_DESCRIPTOR_SIZE {
+                return Err(Error::layout(
+                    file,
+                    format!(
+                        "the descriptor of {} is {size} bytes, over the {MAX_DESCRIPTOR_SIZE}-byte limit",
+                        d.digest
+                    ),
+                ));
+            }
         }
         Ok(index)
     }

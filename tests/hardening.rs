@@ -98,6 +98,39 @@ fn a_name_with_a_digest_names_exactly_that_content() {
             assert_eq!(env.images(), before, "{key}={name} from a {source}");
         }
     }
+    // The same digest under another media type: it would change what gc keeps.
+    let b2 = LayoutBuilder::new(&env.path("rekind"));
+    fs::copy(first.blob_path(&x), b2.blob_path(&x)).unwrap();
+    let mut leaf = annotated(&x, ANNOTATION_IMAGE_NAME, &pinned);
+    leaf.media_type = "application/octet-stream".into();
+    write_index(&b2, vec![leaf.clone()]);
+    let out = env.run(&["import", b2.dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("refusing to make it application/octet-stream"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.images(), before);
+    // One name twice in one index.json, under two media types.
+    let mut again = annotated(&x, ANNOTATION_IMAGE_NAME, "r/b:1");
+    again.media_type = oci::MEDIA_OCI_MANIFEST.into();
+    leaf.annotations
+        .insert(ANNOTATION_IMAGE_NAME.into(), "r/b:1".into());
+    for e in fs::read_dir(first.dir.join("blobs/sha256")).unwrap() {
+        let e = e.unwrap();
+        fs::copy(e.path(), b2.dir.join("blobs/sha256").join(e.file_name())).unwrap();
+    }
+    write_index(&b2, vec![again, leaf]);
+    let out = env.run(&["import", b2.dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("r/b:1 names both"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(env.images(), before);
+
     // The export of the pinned name is still X's content.
     let out = env.path("a.tar");
     env.ok(&["export", "-o", out.to_str().unwrap(), &pinned]);
@@ -194,6 +227,30 @@ fn a_manifest_under_an_unknown_media_type_is_an_opaque_blob_everywhere() {
     env.ok(&["gc", "--grace", "0s"]);
     assert_eq!(store_blobs(&env), only_m);
     common::fsck_clean(&env);
+}
+
+#[test]
+fn a_descriptor_over_16_kib_is_refused_wherever_records_are_made() {
+    let env = Env::new();
+    let mut b = LayoutBuilder::new(&env.path("big"));
+    let m = b.small_image("1", 1, 500, 13);
+    let huge = "x".repeat(oci::MAX_DESCRIPTOR_SIZE as usize);
+    let d = annotated(&m, "org.example.note", &huge);
+    write_index(&b, vec![annotated(&d, ANNOTATION_REF_NAME, "1")]);
+    let t = env.path("big.tar");
+    tar_dir(&b.dir, &t);
+    for arg in [&b.dir, &t] {
+        let out = env.run(&["import", arg.to_str().unwrap()]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains("index.json") && err.contains("16384-byte limit"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert!(env.images().is_empty());
+    assert_eq!(store_blobs(&env).len(), 0, "a refused import keeps nothing");
 }
 
 #[test]

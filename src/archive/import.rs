@@ -263,10 +263,13 @@ fn name_images(
             .map_err(|e| Error::layout(format!("{label}: index.json"), e.to_string()))?;
         let target = layout::unnamed_descriptor(d);
         if let Some(prev) = out.get(&name) {
-            if prev.digest != target.digest {
+            if prev.digest != target.digest || prev.media_type != target.media_type {
                 return Err(Error::layout(
-                    "index.json",
-                    format!("{name} names both {} and {}", prev.digest, target.digest),
+                    format!("{label}: index.json"),
+                    format!(
+                        "{name} names both {} ({}) and {} ({})",
+                        prev.digest, prev.media_type, target.digest, target.media_type
+                    ),
                 ));
             }
         }

@@ -11,7 +11,7 @@ use rusqlite::{
 };
 
 use crate::error::{Error, Result};
-use crate::oci::Descriptor;
+use crate::oci::{Descriptor, MAX_DESCRIPTOR_SIZE};
 use crate::reference::Reference;
 
 /// How long a writer waits for another process's transaction before giving up.
@@ -252,6 +252,37 @@ impl Records {
         let now = now_ms();
         for (name, target) in put {
             let json = serde_json::to_string(target).map_err(|e| Error::Invalid(e.to_string()))?;
+            if json.len() as u64 > MAX_DESCRIPTOR_SIZE {
+                return Err(Error::Image {
+                    name: name.to_string(),
+                    message: format!(
+                        "its descriptor is {} bytes, over the {MAX_DESCRIPTOR_SIZE}-byte limit",
+                        json.len()
+                    ),
+                });
+            }
+            if name.tag().is_none() {
+                // A name with a digest names that content as one kind of blob for good: given
+                // another media type, gc would judge its children by the new one.
+                let old: Option<String> = tx
+                    .query_row(
+                        "SELECT descriptor FROM images WHERE name = ?1",
+                        [name.to_string()],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                if let Some(old) = old.and_then(|o| serde_json::from_str::<Descriptor>(&o).ok()) {
+                    if old.media_type != target.media_type {
+                        return Err(Error::Image {
+                            name: name.to_string(),
+                            message: format!(
+                                "registered as {}; refusing to make it {}",
+                                old.media_type, target.media_type
+                            ),
+                        });
+                    }
+                }
+            }
             tx.execute(
                 "INSERT INTO images (name, repository, descriptor, created, updated)
                  VALUES (?1, ?2, ?3, ?4, ?4)
