@@ -1,7 +1,7 @@
 //! The command line: one enum of subcommands whose doc comments are the help, and what each
 //! subcommand does with the store. Errors come back as `Error` for `main` to print as one line.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::archive::{self, ExportOptions, Plan, Source};
+use crate::digest::Digest;
 use crate::error::StoreProblem;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, FsOptions};
@@ -508,15 +509,25 @@ struct ImageRow {
 
 fn list_images(store: &Store, format: Format) -> Result<()> {
     let mut rows = Vec::new();
+    // Each target is walked once, however many names it has: (size, complete, missing).
+    let mut walked: HashMap<(Digest, String), (u64, bool, usize)> = HashMap::new();
     for img in store.records().list()? {
-        let c = check::walk(store, &img.target);
+        let key = (img.target.digest.clone(), img.target.media_type.clone());
+        let (size, complete, missing) = *walked.entry(key).or_insert_with(|| {
+            let c = check::walk(store, &img.target);
+            (
+                c.present.values().map(|d| d.size).sum(),
+                c.is_complete(),
+                c.missing.len(),
+            )
+        });
         rows.push(ImageRow {
             name: img.name.to_string(),
             digest: img.target.digest.to_string(),
             media_type: img.target.media_type.clone(),
-            size: c.present.values().map(|d| d.size).sum(),
-            complete: c.is_complete(),
-            missing: c.missing.len(),
+            size,
+            complete,
+            missing,
             created: rfc3339(img.created),
             updated: rfc3339(img.updated),
         });

@@ -649,3 +649,51 @@ fn import_export_images_gc_fsck_and_the_mount_agree_on_nesting_depths() {
         }
     }
 }
+
+#[test]
+fn taking_back_walks_only_records_changed_since_the_import_began() {
+    let env = Env::new();
+    // An old image whose manifest is gone: a full walk of the store would stop at it.
+    let mut old = LayoutBuilder::new(&env.path("old"));
+    let old_m = old.small_image("1", 1, 400, 14);
+    env.ok(&["import", old.dir.to_str().unwrap()]);
+    let mut signed = LayoutBuilder::new(&env.path("signed"));
+    let subject = signed.small_image("1", 1, 300, 15);
+    env.ok(&["import", signed.dir.to_str().unwrap()]);
+    let db = rusqlite::Connection::open(env.store.join("meta.db")).unwrap();
+    db.execute("UPDATE images SET updated = updated - 3600000", [])
+        .unwrap();
+    drop(db);
+    fs::remove_file(env.store.join(old_m.digest.blob_path())).unwrap();
+
+    // An archive of a new image, carrying a stray blob and a signature of signed:1.
+    let mut b = LayoutBuilder::new(&env.path("new"));
+    b.small_image("1", 1, 500, 16);
+    let stray = b.add_blob(MEDIA_LAYER, &[7u8; 4096]);
+    let empty = b.add_blob("application/vnd.oci.empty.v1+json", b"{}");
+    let body = b.add_blob(MEDIA_LAYER, b"signature");
+    let sig = serde_json::json!({
+        "schemaVersion": 2, "mediaType": oci::MEDIA_OCI_MANIFEST,
+        "artifactType": "application/vnd.dev.cosign.artifact.sig.v1+json",
+        "config": empty, "layers": [body],
+        "subject": {"mediaType": subject.media_type, "digest": subject.digest, "size": subject.size},
+    });
+    let sig = b.add_blob(oci::MEDIA_OCI_MANIFEST, &serde_json::to_vec(&sig).unwrap());
+    let t = env.path("new.tar");
+    tar_dir(&b.dir, &t);
+    let out = env
+        .cmd(&["import", t.to_str().unwrap()])
+        .env("LAYOUTFS_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let blobs = store_blobs(&env);
+    assert!(
+        !blobs.contains(&stray.digest.to_string()),
+        "{}",
+        stderr(&out)
+    );
+    for kept in [&sig.digest, &body.digest, &empty.digest] {
+        assert!(blobs.contains(&kept.to_string()), "{kept} taken back");
+    }
+}

@@ -26,7 +26,7 @@ use crate::oci::{
 };
 use crate::progress::Progress;
 use crate::reference::{check_repository, check_tag, Reference};
-use crate::store::gc::remove_unneeded;
+use crate::store::gc::{remove_unneeded, TakeBack};
 use crate::store::{Lease, Store, WHOLE};
 
 use super::tarfmt;
@@ -120,6 +120,7 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
     // Every blob is held before the store is asked whether it has it, and until the images
     // are registered: a gc in another process keeps them (see store::leases).
     let lease = store.lease()?;
+    let since_ms = crate::store::now_ms();
     let written = Mutex::new(Written::default());
     let result = (|| {
         let index = match source {
@@ -140,9 +141,13 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
         };
         let images = name_images(&index, repository.as_deref(), &label)?;
         // Everything each image needs must be here and sound before any name is registered.
+        // (Each target once, however many names it has.)
         let mut reached = HashSet::new();
+        let mut walked = HashSet::new();
         for (_, target) in &images {
-            reached.extend(oci::closure(store, target, OnMissing::Fail)?.into_keys());
+            if walked.insert((&target.digest, &target.media_type)) {
+                reached.extend(oci::closure(store, target, OnMissing::Fail)?.into_keys());
+            }
         }
         store.records().put(&images)?;
         Ok((images, reached))
@@ -154,7 +159,13 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
             // into a few KiB): they are taken back now rather than left for gc.
             let unreached: HashSet<Digest> = written.placed.difference(&reached).cloned().collect();
             if !unreached.is_empty() {
-                match remove_unneeded(store, &unreached, lease.id()) {
+                let take_back = TakeBack {
+                    placed: &unreached,
+                    own: lease.id(),
+                    since_ms,
+                    keep_referrers: true,
+                };
+                match remove_unneeded(store, &take_back) {
                     Ok(r) => {
                         for (digest, size) in &r.blobs {
                             written.take_back(digest, *size);
@@ -178,7 +189,13 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
         Err(e) => {
             // Take back the blobs this import placed that nothing else needs: the store is as
             // it was (a blob another import also wrote meanwhile, or an image uses, stays).
-            match remove_unneeded(store, &written.placed, lease.id()) {
+            let take_back = TakeBack {
+                placed: &written.placed,
+                own: lease.id(),
+                since_ms,
+                keep_referrers: false,
+            };
+            match remove_unneeded(store, &take_back) {
                 Ok(r) if !r.blobs.is_empty() => tracing::info!(
                     "import failed: removed the {} blobs it had placed",
                     r.blobs.len()
@@ -350,7 +367,11 @@ fn import_dir(
         written,
     };
     let mut wanted: BTreeMap<Digest, Descriptor> = BTreeMap::new();
+    let mut walked = HashSet::new();
     for d in &index.manifests {
+        if !walked.insert((&d.digest, &d.media_type)) {
+            continue;
+        }
         for (digest, desc) in oci::closure(&src, d, OnMissing::Fail)? {
             if !store.has_blob(&digest)? {
                 wanted.insert(digest, desc);

@@ -169,6 +169,9 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
     let mut damaged: BTreeMap<Digest, (String, BTreeSet<String>)> = BTreeMap::new();
     let images = store.records().list()?;
     report.images = images.len();
+    // Each target is walked once, however many names it has.
+    let mut walked: std::collections::HashMap<(Digest, String), check::Closure> =
+        std::collections::HashMap::new();
     for img in &images {
         let name = img.name.to_string();
         if img.name.check_target(&img.target.digest).is_err() {
@@ -177,18 +180,24 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
                 target: img.target.digest.clone(),
             });
         }
-        let c = check::walk(store, &img.target);
+        let key = (img.target.digest.clone(), img.target.media_type.clone());
+        let c = walked
+            .entry(key)
+            .or_insert_with(|| check::walk(store, &img.target));
         let mut broken = !c.is_complete();
         for d in c.present.keys() {
             needed_by.entry(d.clone()).or_default().insert(name.clone());
             broken |= matches!(hashed.get(d), Some(Hashed::Mismatch(_) | Hashed::Failed(_)));
         }
-        for d in c.missing {
-            missing.entry(d.digest).or_default().insert(name.clone());
+        for d in &c.missing {
+            missing
+                .entry(d.digest.clone())
+                .or_default()
+                .insert(name.clone());
         }
-        for (d, e) in c.damaged {
+        for (d, e) in &c.damaged {
             let entry = damaged
-                .entry(d.digest)
+                .entry(d.digest.clone())
                 .or_insert_with(|| (e.to_string(), BTreeSet::new()));
             entry.1.insert(name.clone());
         }

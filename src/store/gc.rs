@@ -109,28 +109,44 @@ pub fn gc_forced(store: &Store, opts: &GcOptions) -> Result<GcReport> {
     Ok(report)
 }
 
-/// Removes those of `candidates` that nothing needs, ignoring what lease `own` holds: how a
-/// failed import takes back the blobs it placed, so that the store is as it was before, while
-/// a blob another import or an image also uses stays.
-pub fn remove_unneeded(store: &Store, candidates: &HashSet<Digest>, own: &str) -> Result<GcReport> {
-    if candidates.is_empty() {
+/// How far the clocks of processes sharing a store may disagree about when a record changed.
+const RECORD_CLOCK_MARGIN_MS: i64 = 60_000;
+
+/// What an import takes back.
+pub struct TakeBack<'a> {
+    /// Blobs the import placed: the store did not have them before it.
+    pub placed: &'a HashSet<Digest>,
+    /// The import's own lease, which holds nothing here.
+    pub own: &'a str,
+    /// When the import began (`store::now_ms`).
+    pub since_ms: i64,
+    /// Keep a placed referrer (a manifest with a `subject`) whose subject the store has, as
+    /// a successful import does for the signatures an archive carries; gc judges it later.
+    pub keep_referrers: bool,
+}
+
+/// Removes those of `t.placed` that nothing needs: how an import takes back the blobs it
+/// placed and no image of it reaches (or all of them, when it failed), while a blob another
+/// import, the mount or an image also uses stays.
+///
+/// No full walk: the blobs were absent before the import, so a record that needs one either
+/// was incomplete already (it stays as it was) or was made since by a process that held the
+/// blob in a lease before it looked (leases are read), and registered it after the import
+/// began: only the records changed since `since_ms` are walked, so this costs little in a
+/// large store and keeps the write lock briefly.
+pub fn remove_unneeded(store: &Store, t: &TakeBack<'_>) -> Result<GcReport> {
+    if t.placed.is_empty() {
         return Ok(GcReport::default());
     }
-    collect(
-        store,
-        &GcOptions::default(),
-        &Scope::Only { candidates, own },
-    )
+    collect(store, &GcOptions::default(), &Scope::Only(t))
 }
 
 /// Which blobs a collection may remove.
 enum Scope<'a> {
     /// Every blob file; `force` runs in spite of lost records.
     All { force: bool },
-    Only {
-        candidates: &'a HashSet<Digest>,
-        own: &'a str,
-    },
+    /// What an import placed.
+    Only(&'a TakeBack<'a>),
 }
 
 fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcReport> {
@@ -169,10 +185,10 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
         .map(|(id, _, _)| id)
         .collect();
     let mut ignored = HashSet::new();
-    if let Scope::Only { own, .. } = scope {
+    if let Scope::Only(t) = scope {
         // Void leases stay for a full gc; the caller's own lease holds nothing here.
         void.clear();
-        ignored.insert((*own).to_owned());
+        ignored.insert(t.own.to_owned());
     }
     report.leases = void.len();
     let mut keep: HashSet<Digest> = HashSet::new();
@@ -191,15 +207,23 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
     }
     let leased: HashSet<Digest> = keep.clone();
 
-    // Records.
+    // Records (each target walked once, however many names it has).
+    let since = match scope {
+        Scope::All { .. } => i64::MIN,
+        Scope::Only(t) => t.since_ms.saturating_sub(RECORD_CLOCK_MARGIN_MS),
+    };
     let images: Vec<(String, String)> = {
-        let mut stmt = tx.prepare("SELECT name, descriptor FROM images")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        let mut stmt = tx.prepare("SELECT name, descriptor FROM images WHERE updated >= ?1")?;
+        let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
         rows.collect::<rusqlite::Result<_>>()?
     };
+    let mut walked: HashSet<(Digest, String)> = HashSet::new();
     for (name, json) in &images {
         let target: Descriptor = serde_json::from_str(json)
             .map_err(|e| Error::Invalid(format!("gc: image record {name:?}: {e}")))?;
+        if !walked.insert((target.digest.clone(), target.media_type.clone())) {
+            continue;
+        }
         let c = check::walk(store, &target);
         if c.has_unknown_children() {
             return Err(Error::Invalid(format!(
@@ -217,10 +241,12 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
             on_disk.push((digest, size));
         }
     }
-    if let Scope::Only { candidates, .. } = scope {
-        on_disk.retain(|(d, _)| candidates.contains(d));
+    let mut present_subjects = false;
+    if let Scope::Only(t) = scope {
+        on_disk.retain(|(d, _)| t.placed.contains(d));
+        present_subjects = t.keep_referrers;
     }
-    mark_referrers(store, &on_disk, &mut keep);
+    mark_referrers(store, &on_disk, &mut keep, present_subjects);
 
     for (digest, size) in on_disk {
         if keep.contains(&digest) {
@@ -255,9 +281,15 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
 }
 
 /// Adds to `keep` the closures of the untagged images among `on_disk` whose `subject` is
-/// kept, until nothing changes (a signature of a signature stays too). Only blobs small
-/// enough to be a manifest are read, and each at most once.
-fn mark_referrers(store: &Store, on_disk: &[(Digest, u64)], keep: &mut HashSet<Digest>) {
+/// kept (or, with `present_subjects`, is in the store at all), until nothing changes (a
+/// signature of a signature stays too). Only blobs small enough to be a manifest are read,
+/// and each at most once.
+fn mark_referrers(
+    store: &Store,
+    on_disk: &[(Digest, u64)],
+    keep: &mut HashSet<Digest>,
+    present_subjects: bool,
+) {
     let mut referrers: HashMap<Digest, (Descriptor, Digest)> = HashMap::new();
     for (digest, size) in on_disk {
         if keep.contains(digest) || *size > MAX_JSON_SIZE || *size < 2 {
@@ -293,7 +325,12 @@ fn mark_referrers(store: &Store, on_disk: &[(Digest, u64)], keep: &mut HashSet<D
     loop {
         let ready: Vec<Digest> = referrers
             .iter()
-            .filter(|(_, (_, subject))| keep.contains(subject))
+            .filter(|(_, (_, subject))| {
+                keep.contains(subject)
+                    || (present_subjects
+                        && !referrers.contains_key(subject)
+                        && store.has_blob(subject).unwrap_or(false))
+            })
             .map(|(d, _)| d.clone())
             .collect();
         if ready.is_empty() {

@@ -390,7 +390,8 @@ impl RawImage {
     }
 }
 
-pub(super) fn now_ms() -> i64 {
+/// Milliseconds since the epoch, as records and leases keep time.
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
