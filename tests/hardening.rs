@@ -354,7 +354,7 @@ fn archive_oddities_get_their_own_one_line_errors() {
     tar_dir(&b.dir, &t);
     let good = fs::read(&t).unwrap();
     let body_end = good.len() - 1024; // the two end-of-archive blocks
-    let mut cases: Vec<(&str, Vec<u8>, &str)> = Vec::new();
+    let mut cases: Vec<(String, Vec<u8>, &str)> = Vec::new();
 
     // A second oci-layout after the first.
     let mut twice = good[..body_end].to_vec();
@@ -364,7 +364,11 @@ fn archive_oddities_get_their_own_one_line_errors() {
     body.resize(512, 0);
     twice.extend(body);
     twice.extend([0u8; 1024]);
-    cases.push(("a second oci-layout", twice, "oci-layout appears twice"));
+    cases.push((
+        "a second oci-layout".into(),
+        twice,
+        "oci-layout appears twice",
+    ));
 
     // GNU sparse entries, with a damaged real size and with a sound one.
     for (what, real_size) in [("damaged", None), ("sound", Some(512u64))] {
@@ -384,11 +388,70 @@ fn archive_oddities_get_their_own_one_line_errors() {
         sparse.extend([0u8; 512]);
         sparse.extend([0u8; 1024]);
         cases.push((
-            what,
+            what.into(),
             sparse,
             "sparse files (GNU tar --sparse) are not supported",
         ));
     }
+
+    // GNU tar's own sparse archives, in each of its formats.
+    let mut sparse = LayoutBuilder::new(&env.path("sparse"));
+    let holes = vec![0u8; 1 << 20];
+    let layer = sparse.add_blob(MEDIA_LAYER, &holes);
+    let path = sparse.blob_path(&layer);
+    fs::remove_file(&path).unwrap();
+    fs::File::create(&path)
+        .unwrap()
+        .set_len(holes.len() as u64)
+        .unwrap();
+    let m = sparse.add_manifest(&[layer], "amd64");
+    sparse.tag(&m, Some("1")).write_index();
+    let formats: [&[&str]; 4] = [
+        &["--format=gnu"],
+        &["--format=posix", "--sparse-version=0.0"],
+        &["--format=posix", "--sparse-version=0.1"],
+        &["--format=posix", "--sparse-version=1.0"],
+    ];
+    for format in formats {
+        let out = env.path("sparse.tar");
+        common::sh(
+            std::process::Command::new("tar")
+                .arg("-C")
+                .arg(&sparse.dir)
+                .arg("--sparse")
+                .args(format)
+                .arg("-cf")
+                .arg(&out)
+                .arg("."),
+        );
+        let what = format!("tar --sparse {}", format.join(" "));
+        cases.push((
+            what,
+            fs::read(&out).unwrap(),
+            "sparse files (GNU tar --sparse) are not supported",
+        ));
+    }
+
+    // A truncated archive whose last data block looks like a sparse header is truncated.
+    let mut fake = LayoutBuilder::new(&env.path("fake"));
+    let mut block = vec![b'x'; 1024];
+    block[156] = b'S';
+    block[257..262].copy_from_slice(b"ustar");
+    let looks = fake.add_blob(MEDIA_LAYER, &block);
+    let m = fake.add_manifest(&[looks], "amd64");
+    fake.tag(&m, Some("1")).write_index();
+    let t = env.path("fake.tar");
+    tar_dir(&fake.dir, &t);
+    let whole = fs::read(&t).unwrap();
+    let at = whole
+        .windows(block.len())
+        .position(|w| w == block.as_slice())
+        .unwrap();
+    cases.push((
+        "truncated after a block that looks like a sparse header".into(),
+        whole[..at + 512].to_vec(),
+        "truncated or corrupt tar",
+    ));
 
     for (what, bytes, want) in cases {
         let out = env.run_with_stdin(&["import", "--name", "odd", "-"], &bytes);

@@ -6,13 +6,11 @@
 //! until the closure of every listed image is present and verified; then all names are
 //! registered in one transaction.
 
-use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
@@ -590,17 +588,17 @@ fn import_stream(
         progress: &progress,
     };
     let reader = decompress(Box::new(counted), label)?;
-    let last = Rc::new(Cell::new([0xff; tarfmt::BLOCK]));
     let mut tail = Tail {
         inner: reader,
-        last: Rc::clone(&last),
+        last: [0xff; tarfmt::BLOCK],
     };
     let mut archive = tar::Archive::new(&mut tail);
     let bad = |m: String| Error::archive(label, m);
     let tar_err = |e: io::Error| {
-        // The tar crate fails on many GNU sparse headers before it yields the entry: the
-        // header is then the last block read.
-        if is_sparse_header(&last.get()) || e.to_string().contains("sparse") {
+        // The tar crate fails on many GNU sparse headers before it yields the entry, in
+        // words of its own.
+        let text = e.to_string();
+        if SPARSE_ERRORS.iter().any(|w| text.contains(w)) {
             return bad(SPARSE_REFUSED.into());
         }
         bad(format!(
@@ -618,6 +616,9 @@ fn import_stream(
         let shown = crate::error::printable(&path);
         let kind = entry.header().entry_type();
         let is_dir = kind.is_dir();
+        if is_pax_sparse(&mut entry).map_err(tar_err)? {
+            return Err(bad(format!("entry {shown}: {SPARSE_REFUSED}")));
+        }
         if !(kind.is_file() || is_dir) {
             let what = if kind.is_gnu_sparse() {
                 SPARSE_REFUSED
@@ -677,7 +678,7 @@ fn import_stream(
             }
         }
     }
-    if last.get().iter().any(|b| *b != 0) {
+    if tail.last.iter().any(|b| *b != 0) {
         return Err(bad(
             "truncated: the archive ends without its end-of-archive blocks".into(),
         ));
@@ -694,34 +695,42 @@ fn import_stream(
 /// What a GNU sparse entry (`tar --sparse`) gets: its holes would need filling, and no tool
 /// writes blobs that way.
 const SPARSE_REFUSED: &str = "sparse files (GNU tar --sparse) are not supported";
-/// Where a tar header keeps its type flag.
-const TYPEFLAG_AT: usize = 156;
+/// What the tar crate's errors say about a GNU sparse header it could not read.
+const SPARSE_ERRORS: &[&str] = &["sparse", "real_size"];
+/// The PAX keys of GNU tar's sparse formats 0.0, 0.1 and 1.0 (`--format=posix --sparse`).
+const PAX_SPARSE_PREFIX: &str = "GNU.sparse.";
 
-/// Whether `block` is a tar header of a GNU sparse entry.
-fn is_sparse_header(block: &[u8; tarfmt::BLOCK]) -> bool {
-    block[TYPEFLAG_AT] == b'S' && block[USTAR_MAGIC_AT].starts_with(b"ustar")
+/// Whether `entry` is a sparse file in one of the PAX forms.
+fn is_pax_sparse<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<bool> {
+    let Some(exts) = entry.pax_extensions()? else {
+        return Ok(false);
+    };
+    for ext in exts {
+        if ext?.key_bytes().starts_with(PAX_SPARSE_PREFIX.as_bytes()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Remembers the last block that went by: a whole archive ends with a zero block, one cut at
 /// an entry boundary does not.
 struct Tail<R> {
     inner: R,
-    last: Rc<Cell<[u8; tarfmt::BLOCK]>>,
+    last: [u8; tarfmt::BLOCK],
 }
 
 impl<R: Read> Read for Tail<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         let got = &buf[..n];
-        let mut last = self.last.get();
-        let len = last.len();
+        let len = self.last.len();
         if n >= len {
-            last.copy_from_slice(&got[n - len..]);
+            self.last.copy_from_slice(&got[n - len..]);
         } else {
-            last.copy_within(n.., 0);
-            last[len - n..].copy_from_slice(got);
+            self.last.copy_within(n.., 0);
+            self.last[len - n..].copy_from_slice(got);
         }
-        self.last.set(last);
         Ok(n)
     }
 }
