@@ -82,6 +82,22 @@ pub struct Descriptor {
     pub data: Option<String>,
 }
 
+impl Descriptor {
+    /// A descriptor with nothing but its media type, digest and size.
+    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size,
+            urls: None,
+            annotations: BTreeMap::new(),
+            platform: None,
+            artifact_type: None,
+            data: None,
+        }
+    }
+}
+
 fn non_negative_size<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
     let n = i64::deserialize(d)?;
     u64::try_from(n).map_err(|_| serde::de::Error::custom(format!("negative size {n}")))
@@ -582,16 +598,7 @@ pub(crate) mod tests {
     }
 
     pub fn desc(media_type: &str, digest: Digest, size: u64) -> Descriptor {
-        Descriptor {
-            media_type: media_type.to_owned(),
-            digest,
-            size,
-            urls: None,
-            annotations: BTreeMap::new(),
-            platform: None,
-            artifact_type: None,
-            data: None,
-        }
+        Descriptor::new(media_type, digest, size)
     }
 
     fn manifest_json(config: &Descriptor, layers: &[&Descriptor]) -> Vec<u8> {

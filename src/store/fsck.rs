@@ -390,16 +390,7 @@ fn roots(store: &Store, blobs: &[&(Digest, u64)]) -> Result<Vec<(Reference, Desc
         if oci::kind_of(&media_type) == Kind::Leaf {
             continue;
         }
-        candidates.push(Descriptor {
-            media_type,
-            digest: digest.clone(),
-            size: *size,
-            urls: None,
-            annotations: Default::default(),
-            platform: None,
-            artifact_type: None,
-            data: None,
-        });
+        candidates.push(Descriptor::new(media_type, digest.clone(), *size));
     }
     let mut referenced = BTreeSet::new();
     for desc in &candidates {

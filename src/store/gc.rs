@@ -310,16 +310,7 @@ fn mark_referrers(
         if oci::kind_of(&media_type) == Kind::Leaf {
             continue;
         }
-        let desc = Descriptor {
-            media_type,
-            digest: digest.clone(),
-            size: *size,
-            urls: None,
-            annotations: Default::default(),
-            platform: None,
-            artifact_type: None,
-            data: None,
-        };
+        let desc = Descriptor::new(media_type, digest.clone(), *size);
         referrers.insert(digest.clone(), (desc, subject.digest));
     }
     loop {
