@@ -669,3 +669,84 @@ fn gc_during_a_copy_keeps_what_the_mount_holds() {
     assert_eq!(removed, r_blobs);
     assert_eq!(h.images(), ["q:t0"]);
 }
+
+/// Repositories made and removed per timed batch.
+const REPO_BATCH: usize = 500;
+/// Batches: the last made with this many repositories already there.
+const REPO_BATCHES: usize = 8;
+
+/// Times `op(i)` over `range` in slices of 50 calls and returns the fastest slice: noise from
+/// other tests on a busy machine only adds time, while a cost growing with the number of
+/// repositories shows in every slice.
+fn timed_batch(range: std::ops::Range<usize>, op: impl Fn(usize)) -> std::time::Duration {
+    const SLICE: usize = 50;
+    let items: Vec<usize> = range.collect();
+    items
+        .chunks(SLICE)
+        .map(|slice| {
+            let start = std::time::Instant::now();
+            for &i in slice {
+                op(i);
+            }
+            start.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+/// Below this per slice of 50 calls, a batch is fast whatever the ratio (a few µs per call
+/// make ratios meaningless; the linear version took over 2 s per slice at 4,000).
+const FAST_SLICE: std::time::Duration = std::time::Duration::from_millis(50);
+
+#[test]
+fn mkdir_and_rmdir_of_thousands_of_repositories_take_constant_time() {
+    let h = Harness::new();
+    let root = layoutfs::fs::root_ino();
+    // Some images and some temporary files too, as a busy mount has.
+    let src = h.layout("src", 1, 51);
+    h.copy_in(&src, "busy", false).unwrap();
+    for i in 0..200 {
+        h.put(&format!("busy/tmp{i}"), b"x", 1).unwrap();
+    }
+    let name = |i: usize| format!("r{i:05}");
+    let mkdir = |i: usize| {
+        // As the kernel does: a lookup that fails, then mkdir, then getattr of the parent.
+        assert!(h.fs.lookup(root, OsStr::new(&name(i))).is_err());
+        h.fs.mkdir(root, &name(i)).unwrap();
+        h.fs.getattr(root).unwrap();
+    };
+    let rmdir = |i: usize| {
+        h.fs.lookup(root, OsStr::new(&name(i))).unwrap();
+        h.fs.rmdir(root, &name(i)).unwrap();
+        h.fs.getattr(root).unwrap();
+    };
+    let made: Vec<_> = (0..REPO_BATCHES)
+        .map(|b| timed_batch(b * REPO_BATCH..(b + 1) * REPO_BATCH, mkdir))
+        .collect();
+    assert_eq!(h.list("").unwrap().len(), REPO_BATCHES * REPO_BATCH + 1);
+    let removed: Vec<_> = (0..REPO_BATCHES)
+        .map(|b| timed_batch(b * REPO_BATCH..(b + 1) * REPO_BATCH, rmdir))
+        .collect();
+    assert_eq!(h.list("").unwrap(), ["busy"]);
+    // Nested: what readdir lists, lookup finds, after each removal.
+    h.mkdir_p("n1/n2/n3").unwrap();
+    for (dir, name) in [("n1/n2", "n3"), ("n1", "n2")] {
+        h.fs.rmdir(h.walk(dir).unwrap().ino, name).unwrap();
+        assert!(h.list(dir).unwrap().is_empty(), "{dir}");
+        assert_eq!(errno(h.walk(&format!("{dir}/{name}"))), libc::ENOENT);
+    }
+    h.fs.rmdir(root, "n1").unwrap();
+    assert_eq!(h.list("").unwrap(), ["busy"]);
+    // The first batch of removals runs with every repository there: compare it to the last.
+    let (mk_first, mk_last) = (made[0], made[REPO_BATCHES - 1]);
+    let (rm_last, rm_first) = (removed[REPO_BATCHES - 1], removed[0]);
+    eprintln!("mkdir per 50: {made:?}\nrmdir per 50: {removed:?}");
+    assert!(
+        mk_last < (mk_first * 3).max(FAST_SLICE),
+        "mkdir slows down as repositories grow: first {mk_first:?}, last {mk_last:?} per 50"
+    );
+    assert!(
+        rm_first < (rm_last * 3).max(FAST_SLICE),
+        "rmdir is slower among many repositories: {rm_first:?} vs {rm_last:?} per 50"
+    );
+}

@@ -272,12 +272,7 @@ impl Fs {
         } else {
             view.algorithms()
         };
-        algs.extend(
-            w.alg_dirs
-                .iter()
-                .filter(|(r, _)| r == repo)
-                .map(|(_, a)| *a),
-        );
+        algs.extend(w.alg_dirs_of(repo));
         Ok(algs)
     }
 
@@ -309,12 +304,16 @@ impl Fs {
             Node::Dir(path) => {
                 let snapshot = self.views.snapshot()?;
                 let dir = snapshot.dir(path).ok_or(FsError::NotFound)?;
-                let subdirs = dir
-                    .children
-                    .iter()
-                    .filter(|c| !(dir.repository && LAYOUT_NAMES.contains(&c.as_str())))
-                    .count()
-                    + usize::from(dir.repository);
+                // Counted without walking the children: the root may have thousands.
+                let shadowed = if dir.repository {
+                    LAYOUT_NAMES
+                        .iter()
+                        .filter(|n| dir.children.contains(**n))
+                        .count()
+                } else {
+                    0
+                };
+                let subdirs = dir.children.len() - shadowed + usize::from(dir.repository);
                 Attr {
                     nlink: 2 + subdirs as u32,
                     mtime: if dir.updated == UNIX_EPOCH {

@@ -78,7 +78,9 @@ pub struct Scratch {
 #[derive(Default)]
 pub struct WriteState {
     pub scratch: HashMap<u64, Scratch>,
-    pub names: HashMap<(u64, String), u64>,
+    /// The scratch entries of each directory (by inode), by name: a directory's own entries
+    /// are found without looking at any other's.
+    names: HashMap<u64, BTreeMap<String, u64>>,
     next: u64,
     /// Algorithm directories made with mkdir, per repository.
     pub alg_dirs: BTreeSet<(String, Algorithm)>,
@@ -96,7 +98,7 @@ pub struct WriteState {
     pub fresh: BTreeSet<String>,
     /// Blobs unlinked from a repository's listing (tar unlinks before it rewrites a file; rm -r
     /// unlinks everything). They stay in the store, and show again when written again.
-    pub hidden: BTreeSet<(String, Digest)>,
+    pub hidden: BTreeMap<String, BTreeSet<Digest>>,
 }
 
 /// Bound on remembered `index.json` reads; past it the oldest knowledge is dropped.
@@ -106,7 +108,7 @@ impl WriteState {
     pub fn add(&mut self, parent: u64, name: &str, repo: Arc<str>, kind: ScratchKind) -> u64 {
         self.next += 1;
         let id = self.next;
-        if let Some(old) = self.names.insert((parent, name.to_owned()), id) {
+        if let Some(old) = self.link(parent, name, id) {
             self.scratch.remove(&old);
         }
         self.scratch.insert(
@@ -121,39 +123,105 @@ impl WriteState {
         id
     }
 
+    /// Enters `id` as `name` in `parent`, returning what was there.
+    fn link(&mut self, parent: u64, name: &str, id: u64) -> Option<u64> {
+        self.names
+            .entry(parent)
+            .or_default()
+            .insert(name.to_owned(), id)
+    }
+
+    /// Removes `name` from `parent`, returning what was there.
+    fn unlink_name(&mut self, parent: u64, name: &str) -> Option<u64> {
+        let dir = self.names.get_mut(&parent)?;
+        let id = dir.remove(name);
+        if dir.is_empty() {
+            self.names.remove(&parent);
+        }
+        id
+    }
+
     pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
-        self.names.get(&(parent, name.to_owned())).copied()
+        self.names.get(&parent)?.get(name).copied()
     }
 
     pub fn remove(&mut self, id: u64) -> Option<Scratch> {
         let s = self.scratch.remove(&id)?;
-        self.names.remove(&(s.parent, s.name.clone()));
+        self.unlink_name(s.parent, &s.name);
         Some(s)
     }
 
+    /// The scratch entries of directory `parent`, by name.
     pub fn children(&self, parent: u64) -> Vec<(String, u64)> {
-        let mut v: Vec<(String, u64)> = self
-            .names
-            .iter()
-            .filter(|((p, _), _)| *p == parent)
-            .map(|((_, n), id)| (n.clone(), *id))
-            .collect();
-        v.sort();
-        v
+        self.names.get(&parent).map_or_else(Vec::new, |d| {
+            d.iter().map(|(n, id)| (n.clone(), *id)).collect()
+        })
+    }
+
+    /// Whether directory `parent` has scratch entries.
+    pub fn has_children(&self, parent: u64) -> bool {
+        self.names.contains_key(&parent)
     }
 
     pub fn move_to(&mut self, id: u64, parent: u64, name: &str) {
-        if let Some(old) = self.names.remove(&(parent, name.to_owned())) {
+        if let Some(old) = self.unlink_name(parent, name) {
             if old != id {
                 self.scratch.remove(&old);
             }
         }
-        if let Some(s) = self.scratch.get_mut(&id) {
-            self.names.remove(&(s.parent, s.name.clone()));
-            s.parent = parent;
-            s.name = name.to_owned();
-            self.names.insert((parent, name.to_owned()), id);
+        let Some((old_parent, old_name)) = self.scratch.get_mut(&id).map(|s| {
+            (
+                std::mem::replace(&mut s.parent, parent),
+                std::mem::replace(&mut s.name, name.to_owned()),
+            )
+        }) else {
+            return;
+        };
+        self.unlink_name(old_parent, &old_name);
+        self.link(parent, name, id);
+    }
+
+    /// Whether blob `digest` was unlinked from `repo`'s listing.
+    pub fn is_hidden(&self, repo: &str, digest: &Digest) -> bool {
+        self.hidden.get(repo).is_some_and(|h| h.contains(digest))
+    }
+
+    pub fn hide(&mut self, repo: &str, digest: Digest) {
+        self.hidden
+            .entry(repo.to_owned())
+            .or_default()
+            .insert(digest);
+    }
+
+    pub fn unhide(&mut self, repo: &str, digest: &Digest) {
+        if let Some(h) = self.hidden.get_mut(repo) {
+            h.remove(digest);
+            if h.is_empty() {
+                self.hidden.remove(repo);
+            }
         }
+    }
+
+    /// The algorithm directories made with mkdir in `repo`.
+    pub fn alg_dirs_of(&self, repo: &str) -> impl Iterator<Item = Algorithm> + '_ {
+        let repo = repo.to_owned();
+        Algorithm::ALL
+            .into_iter()
+            .filter(move |a| self.alg_dirs.contains(&(repo.clone(), *a)))
+    }
+
+    /// Forgets what was written or unlinked in `repo` (removed with rmdir): a few keys, whatever
+    /// the number of repositories.
+    pub fn forget_repo(&mut self, repo: &str) {
+        for name in LAYOUT_NAMES {
+            self.layout_names
+                .remove(&(repo.to_owned(), name.to_owned()));
+        }
+        for alg in Algorithm::ALL {
+            self.alg_dirs.remove(&(repo.to_owned(), alg));
+        }
+        self.fresh.remove(repo);
+        self.hidden.remove(repo);
     }
 
     /// What process `pid` saw of `repo`, forgetting it: the names it read, or none when it
@@ -374,9 +442,7 @@ impl super::Fs {
         Ok(view
             .blobs
             .iter()
-            .filter(|(d, _)| {
-                d.algorithm() == alg && !w.hidden.contains(&(repo.to_owned(), (*d).clone()))
-            })
+            .filter(|(d, _)| d.algorithm() == alg && !w.is_hidden(repo, d))
             .map(|(d, desc)| (d.clone(), desc.size))
             .collect())
     }
@@ -424,8 +490,7 @@ impl super::Fs {
                     check_repository(&new).map_err(|why| {
                         FsError::Invalid(format!("{new:?} is not a repository name: {why}"))
                     })?;
-                    self.views
-                        .update_extra(|x| x.created.insert(new.to_string()));
+                    self.views.add_created(&new);
                     self.write.lock().fresh.insert(new.to_string());
                     Node::Dir(new)
                 }
@@ -487,7 +552,7 @@ impl super::Fs {
             Node::AlgDir(_, alg) => {
                 check_blob_name(&repo, *alg, name)?;
                 if let Ok(d) = Digest::from_parts(alg.name(), name) {
-                    self.write.lock().hidden.remove(&(repo.to_string(), d));
+                    self.write.lock().unhide(&repo, &d);
                 }
                 *alg
             }
@@ -892,8 +957,8 @@ impl super::Fs {
                 _ => {
                     w.remove(id);
                     // The same blob may be listed through the repository's images too.
-                    if let Some(key) = blob {
-                        w.hidden.insert(key);
+                    if let Some((repo, digest)) = blob {
+                        w.hide(&repo, digest);
                     }
                     Ok(())
                 }
@@ -930,7 +995,7 @@ impl super::Fs {
             }
             // The blob leaves this listing; it leaves the store only by gc.
             (Node::Blob(digest, _), Node::AlgDir(repo, _)) => {
-                self.write.lock().hidden.insert((repo.to_string(), digest));
+                self.write.lock().hide(&repo, digest);
                 Ok(())
             }
             _ => Err(FsError::IsDir),
@@ -949,7 +1014,7 @@ impl super::Fs {
         let attr = self.lookup(parent, std::ffi::OsStr::new(name))?;
         let ino = attr.ino;
         let node = self.node(ino)?;
-        if !self.write.lock().children(ino).is_empty() {
+        if self.write.lock().has_children(ino) {
             return Err(FsError::NotEmpty);
         }
         match node {
@@ -971,7 +1036,9 @@ impl super::Fs {
                 }
                 self.show_layout_name(&repo, name, false);
                 let mut w = self.write.lock();
-                w.alg_dirs.retain(|(r, _)| **r != *repo);
+                for alg in Algorithm::ALL {
+                    w.alg_dirs.remove(&(repo.to_string(), alg));
+                }
                 Ok(())
             }
             Node::AlgDir(repo, alg) => {
@@ -988,12 +1055,10 @@ impl super::Fs {
                 if images || !dir.children.is_empty() {
                     return Err(FsError::NotEmpty);
                 }
-                self.views.update_extra(|x| x.created.remove(&*path));
-                let mut w = self.write.lock();
-                w.layout_names.retain(|(r, _), _| **r != *path);
-                w.fresh.remove(&*path);
-                w.hidden.retain(|(r, _)| **r != *path);
-                w.alg_dirs.retain(|(r, _)| **r != *path);
+                // Patched in place only while no one else holds this snapshot.
+                drop(snapshot);
+                self.views.remove_created(&path);
+                self.write.lock().forget_repo(&path);
                 Ok(())
             }
             _ => Err(FsError::NotDir),
