@@ -750,3 +750,113 @@ fn mkdir_and_rmdir_of_thousands_of_repositories_take_constant_time() {
         "rmdir is slower among many repositories: {rm_first:?} vs {rm_last:?} per 50"
     );
 }
+
+/// The descriptors this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Opens of one blob, and temporary files written and closed, in the descriptor test.
+const MANY: usize = 1000;
+/// Descriptors other tests of this binary, running at the same time, may open meanwhile.
+const FD_SLACK: usize = 100;
+
+#[test]
+fn one_descriptor_per_blob_and_none_for_closed_temporary_files() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 61);
+    h.copy_in(&src, "r", false).unwrap();
+    let (name, bytes) = source_blobs(&src)
+        .into_iter()
+        .max_by_key(|b| b.1.len())
+        .unwrap();
+    let ino = h.walk(&format!("r/blobs/sha256/{name}")).unwrap().ino;
+
+    // Many opens of one blob share one store descriptor, for reads and passthrough alike.
+    let before = open_fds();
+    let opened: Vec<_> = (0..MANY)
+        .map(|_| h.fs.open(ino, libc::O_RDONLY, 1).unwrap())
+        .collect();
+    let during = open_fds();
+    assert!(
+        during < before + FD_SLACK,
+        "{MANY} opens of one blob hold {} descriptors",
+        during - before
+    );
+    let first = opened[0].backing.clone().unwrap();
+    assert!(opened
+        .iter()
+        .all(|o| std::sync::Arc::ptr_eq(o.backing.as_ref().unwrap(), &first)));
+    drop(first);
+    assert_eq!(h.fs.read(opened[MANY - 1].fh, 0, 64 << 10).unwrap(), bytes);
+    let fhs: Vec<u64> = opened.into_iter().map(|o| o.fh).collect();
+    for fh in fhs {
+        h.fs.release(fh);
+    }
+    assert_eq!(h.fs.open_blob_files(), 0, "the last release closes it");
+
+    // Temporary files closed hold no descriptor, and read back and grow when opened again.
+    let before = open_fds();
+    for i in 0..MANY {
+        h.put(&format!("r/tmp{i}"), format!("temporary {i}").as_bytes(), 1)
+            .unwrap();
+    }
+    let after = open_fds();
+    assert!(
+        after < before + FD_SLACK,
+        "{MANY} closed temporary files hold {} descriptors",
+        after - before
+    );
+    assert_eq!(h.read_as("r/tmp7", 1).unwrap(), b"temporary 7");
+    let tmp = h.walk("r/tmp7").unwrap().ino;
+    let fh = h.fs.open(tmp, libc::O_WRONLY, 1).unwrap().fh;
+    h.fs.write(fh, 11, b" more").unwrap();
+    h.fs.flush(fh, 1).unwrap();
+    h.fs.release(fh);
+    assert_eq!(h.read_as("r/tmp7", 1).unwrap(), b"temporary 7 more");
+    h.fs.rename(
+        h.walk("r").unwrap().ino,
+        "tmp7",
+        h.walk("r").unwrap().ino,
+        "kept",
+        false,
+        1,
+    )
+    .unwrap();
+    assert_eq!(h.read_as("r/kept", 1).unwrap(), b"temporary 7 more");
+    assert_eq!(h.fs.open_handles(), 0);
+}
+
+#[test]
+fn an_empty_index_json_at_close_waits_for_the_bytes_written_through_a_duplicate() {
+    // bash's `echo … > index.json`: open (O_TRUNC), dup2, close of the first descriptor (an
+    // empty flush), write through the duplicate, its close, then the release.
+    let h = Harness::new();
+    let src = h.layout("src", 2, 71);
+    h.copy_in(&src, "r", false).unwrap();
+    let index = h.walk("r/index.json").unwrap().ino;
+    let mut one: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    one["manifests"].as_array_mut().unwrap().remove(0);
+    let bytes = serde_json::to_vec(&one).unwrap();
+    let fh =
+        h.fs.open(index, libc::O_WRONLY | libc::O_TRUNC, 5)
+            .unwrap()
+            .fh;
+    h.fs.flush(fh, 5).expect("an empty first close is no error");
+    assert_eq!(h.images(), ["r:t0", "r:t1"], "nothing applied yet");
+    h.fs.write(fh, 0, &bytes).unwrap();
+    h.fs.flush(fh, 5).unwrap();
+    h.fs.release(fh);
+    assert_eq!(h.images(), ["r:t1"]);
+
+    // Still empty at the last release: nothing changes (the error is logged).
+    let fh =
+        h.fs.open(index, libc::O_WRONLY | libc::O_TRUNC, 5)
+            .unwrap()
+            .fh;
+    h.fs.flush(fh, 5).unwrap();
+    h.fs.release(fh);
+    assert_eq!(h.images(), ["r:t1"]);
+    assert!(h.walk("r/oci-layout").is_ok());
+}

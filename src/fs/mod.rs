@@ -124,8 +124,10 @@ pub struct Statfs {
 
 enum Handle {
     Blob {
+        ino: u64,
         digest: Digest,
         size: u64,
+        /// Shared by every open of this inode (see `Fs::blob_files`).
         file: Arc<File>,
     },
     Bytes(Arc<[u8]>),
@@ -149,6 +151,9 @@ pub struct Fs {
     inodes: Inodes,
     verifier: Verifier,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// The store file behind each blob inode while any open of it lasts: one descriptor per
+    /// blob, for reads and passthrough alike, however many opens; dropped with the last.
+    blob_files: Mutex<HashMap<u64, std::sync::Weak<File>>>,
     next_fh: AtomicU64,
     options: FsOptions,
     uid: u32,
@@ -182,6 +187,7 @@ impl Fs {
             inodes: Inodes::new(),
             verifier: Verifier::default(),
             handles: Mutex::new(HashMap::new()),
+            blob_files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             options,
             uid,
@@ -551,16 +557,28 @@ impl Fs {
                 match kind {
                     Ok(shared) => (Handle::Upload { ino, shared }, Caching::Direct, None),
                     Err((digest, size)) => {
-                        let file = Arc::new(self.verifier.open(self.store(), &digest, size)?);
+                        let file = self.open_blob(ino, &digest, size)?;
                         let backing = Some(file.clone());
-                        (Handle::Blob { digest, size, file }, Caching::Keep, backing)
+                        let handle = Handle::Blob {
+                            ino,
+                            digest,
+                            size,
+                            file,
+                        };
+                        (handle, Caching::Keep, backing)
                     }
                 }
             }
             Node::Blob(digest, size) => {
-                let file = Arc::new(self.verifier.open(self.store(), &digest, size)?);
+                let file = self.open_blob(ino, &digest, size)?;
                 let backing = Some(file.clone());
-                (Handle::Blob { digest, size, file }, Caching::Keep, backing)
+                let handle = Handle::Blob {
+                    ino,
+                    digest,
+                    size,
+                    file,
+                };
+                (handle, Caching::Keep, backing)
             }
         };
         Ok(Opened {
@@ -586,9 +604,9 @@ impl Fs {
             Upload(write::Shared),
         }
         let src = match self.handles.lock().get(&fh) {
-            Some(Handle::Blob { digest, size, file }) => {
-                Src::Blob(digest.clone(), *size, file.clone())
-            }
+            Some(Handle::Blob {
+                digest, size, file, ..
+            }) => Src::Blob(digest.clone(), *size, file.clone()),
             Some(Handle::Bytes(b)) => Src::Bytes(b.clone()),
             Some(Handle::Upload { shared, .. }) => Src::Upload(shared.clone()),
             Some(Handle::Dir(_)) => return Err(FsError::IsDir),
@@ -597,7 +615,7 @@ impl Fs {
         buf.clear();
         match src {
             // A file being written reads back what was written so far.
-            Src::Upload(shared) => match shared.lock().upload.as_ref() {
+            Src::Upload(shared) => match shared.lock().upload.as_mut() {
                 Some(u) => u.read_at(offset, size, buf)?,
                 None => return Err(FsError::NotPermitted("the upload was committed")),
             },
@@ -626,9 +644,37 @@ impl Fs {
 
     pub fn release(&self, fh: u64) {
         let handle = self.handles.lock().remove(&fh);
-        if let Some(Handle::Upload { ino, shared }) = handle {
-            self.release_upload(ino, &shared);
+        match handle {
+            Some(Handle::Upload { ino, shared }) => self.release_upload(ino, &shared),
+            Some(Handle::Blob { ino, file, .. }) => {
+                drop(file);
+                let mut files = self.blob_files.lock();
+                if files.get(&ino).is_some_and(|f| f.strong_count() == 0) {
+                    files.remove(&ino);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// Opens blob inode `ino`, checked: the descriptor already open for it when it is the
+    /// same store file, else the one just checked (which the next opens share).
+    fn open_blob(&self, ino: u64, digest: &Digest, size: u64) -> FsResult<Arc<File>> {
+        let checked = self.verifier.open(self.store(), digest, size)?;
+        let mut files = self.blob_files.lock();
+        if let Some(open) = files.get(&ino).and_then(std::sync::Weak::upgrade) {
+            if same_file(&open, &checked) {
+                return Ok(open);
+            }
+        }
+        let file = Arc::new(checked);
+        files.insert(ino, Arc::downgrade(&file));
+        Ok(file)
+    }
+
+    /// How many blob inodes hold an open store file (for tests and logs).
+    pub fn open_blob_files(&self) -> usize {
+        self.blob_files.lock().len()
     }
 
     /// How many repository views were computed so far: each reads that repository's manifests,
@@ -670,6 +716,14 @@ impl Fs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, h);
         fh
+    }
+}
+
+/// Whether two descriptors are of the same file (device and inode).
+fn same_file(a: &File, b: &File) -> bool {
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

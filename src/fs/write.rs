@@ -101,6 +101,10 @@ pub struct WriteState {
     pub hidden: BTreeMap<String, BTreeSet<Digest>>,
 }
 
+/// The process a release acts for: the kernel does not say which closed the file last, and
+/// a process no writer has (none is 0) read nothing, so it removes what a cp would.
+const RELEASE_PID: u32 = 0;
+
 /// Bound on remembered `index.json` reads; past it the oldest knowledge is dropped.
 const MAX_SEEN: usize = 4096;
 
@@ -714,15 +718,22 @@ impl super::Fs {
                 return Ok(());
             }
         }
-        self.finish(ino, &shared, pid)
+        self.finish(ino, &shared, pid, false)
     }
 
-    fn finish(&self, ino: u64, shared: &Shared, pid: u32) -> FsResult<()> {
+    /// Acts on what was written to `ino`; `last_close` when nothing will write it again
+    /// (its last release, or a rename into place).
+    fn finish(&self, ino: u64, shared: &Shared, pid: u32, last_close: bool) -> FsResult<()> {
         match self.node(ino)? {
             Node::Index(repo) => {
                 let bytes = {
                     let mut w = shared.lock();
-                    let u = w.upload.as_ref().ok_or(FsError::BadHandle(ino))?;
+                    let u = w.upload.as_mut().ok_or(FsError::BadHandle(ino))?;
+                    // A shell's `echo … > index.json` closes an empty first descriptor (after
+                    // dup2) before it writes: an empty index.json is acted on at its last close.
+                    if u.is_empty() && !last_close {
+                        return Ok(());
+                    }
                     let b = u.read_small("index.json", oci::MAX_JSON_SIZE)?;
                     w.dirty = false;
                     b
@@ -731,7 +742,10 @@ impl super::Fs {
             }
             Node::LayoutFile(repo) => {
                 let mut w = shared.lock();
-                let u = w.upload.as_ref().ok_or(FsError::BadHandle(ino))?;
+                let u = w.upload.as_mut().ok_or(FsError::BadHandle(ino))?;
+                if u.is_empty() && !last_close {
+                    return Ok(());
+                }
                 let what = format!("{repo}/oci-layout");
                 oci::check_layout_file(&what, &u.read_small(&what, oci::MAX_JSON_SIZE)?)?;
                 w.dirty = false;
@@ -1119,7 +1133,7 @@ impl super::Fs {
                     let wanted = self.write.lock().wanted.get(&digest).copied();
                     let upload = {
                         let mut w = shared.lock();
-                        if let Some(u) = w.upload.as_ref() {
+                        if let Some(u) = w.upload.as_mut() {
                             u.verify(&digest, wanted)?;
                         }
                         w.upload.take()
@@ -1145,7 +1159,7 @@ impl super::Fs {
                     Node::LayoutFile(repo.clone())
                 });
                 shared.lock().dirty = true;
-                self.finish(ino, &shared, pid)?;
+                self.finish(ino, &shared, pid, true)?;
                 self.show_layout_name(repo, newname, true);
                 self.write.lock().remove(id);
                 return Ok(());
@@ -1280,16 +1294,39 @@ impl super::Fs {
         self.attr(ino, &node)
     }
 
-    /// The last close of a file at a blob's name that never became the blob (its bytes did
-    /// not match): the name goes, as nothing entered the store.
+    /// The release of a handle open for writing. At the last one: an `index.json` or
+    /// `oci-layout` still unapplied (written empty) is acted on now, and its error logged; a file
+    /// at a blob's name that never became the blob (its bytes did not match) goes, as nothing
+    /// entered the store; a temporary file closes its descriptors until it is opened again.
     pub(super) fn release_upload(&self, ino: u64, shared: &Shared) {
-        let Ok(Node::Scratch(id)) = self.node(ino) else {
-            return;
-        };
-        // The scratch table and this handle: no other descriptor has it open.
-        let last = Arc::strong_count(shared) <= 2;
-        if last && shared.lock().upload.is_some() && self.scratch_blob(id).is_some() {
-            self.write.lock().remove(id);
+        match self.node(ino) {
+            Ok(Node::Index(repo) | Node::LayoutFile(repo)) => {
+                // Not in the scratch table: this handle is the last when it is the only one.
+                let last = Arc::strong_count(shared) <= 1;
+                if last && shared.lock().dirty {
+                    let name = match self.node(ino) {
+                        Ok(Node::Index(_)) => "index.json",
+                        _ => "oci-layout",
+                    };
+                    if let Err(e) = self.finish(ino, shared, RELEASE_PID, true) {
+                        tracing::error!("{repo}/{name}: closed with nothing applied: {e}");
+                    }
+                }
+            }
+            Ok(Node::Scratch(id)) => {
+                // The scratch table and this handle: no other descriptor has it open.
+                if Arc::strong_count(shared) > 2 {
+                    return;
+                }
+                let mut w = shared.lock();
+                if w.upload.is_some() && self.scratch_blob(id).is_some() {
+                    drop(w);
+                    self.write.lock().remove(id);
+                } else if let Some(u) = w.upload.as_mut() {
+                    u.park();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -1327,7 +1364,7 @@ impl super::Fs {
 /// close, and later writes through another descriptor may still complete it.
 fn take_verified(shared: &Shared, digest: &Digest, size: Option<u64>) -> FsResult<Option<Upload>> {
     let mut w = shared.lock();
-    let Some(u) = w.upload.as_ref() else {
+    let Some(u) = w.upload.as_mut() else {
         return Ok(None);
     };
     if u.is_empty() && size != Some(0) && *digest != Digest::of(digest.algorithm(), b"") {
