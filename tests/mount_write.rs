@@ -453,3 +453,102 @@ fn the_daemon_killed_mid_copy_leaves_nothing_half_done() {
         "{killed_mid_way} kills landed mid-copy"
     );
 }
+
+/// Temporary files written before the timed unmount, and opens of one blob held at once.
+const MANY_FILES: usize = 3000;
+/// A login shell's usual soft limit on open descriptors.
+const LOW_NOFILE: u64 = 1024;
+/// How long the daemon may take to exit after an unmount, with `MANY_FILES` temporary files.
+const EXIT_WITHIN: Duration = Duration::from_secs(1);
+
+/// The descriptors process `pid` has open.
+fn fds_of(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn isatty_shell_redirection_unmount_and_many_files_leave_a_quiet_log_and_a_fast_exit() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut b = LayoutBuilder::new(&src);
+    b.small_image("1", 2, 50_000, 3);
+    b.small_image("2", 2, 60_000, 4);
+    // Started with a soft limit below the opens to come: the daemon raises it to the hard one.
+    let m = Mounted::start_with_nofile(&env, "mnt", &[], LOW_NOFILE);
+    let (soft, hard) = m.nofile_limits();
+    assert!(
+        hard > LOW_NOFILE,
+        "the hard limit ({hard}) leaves nothing to raise"
+    );
+    assert_eq!(soft, hard, "the daemon's soft limit on descriptors");
+    cp_r_ok(&src, m.path("r"));
+    let idle = fds_of(m.pid());
+
+    // isatty() on mount files: an ioctl the mount answers ENOTTY, quietly.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("test -t 0 < \"$1\"/oci-layout; test -t 0 < \"$1\"/index.json; echo $?")
+        .arg("sh")
+        .arg(m.path("r"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "not a tty"
+    );
+
+    // bash's `echo … > index.json`: an empty first close, then the bytes.
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(m.path("r/index.json")).unwrap()).unwrap();
+    index["manifests"].as_array_mut().unwrap().remove(0);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("echo \"$2\" > \"$1\"/index.json")
+        .arg("bash")
+        .arg(m.path("r"))
+        .arg(serde_json::to_string(&index).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "echo > index.json: {}", stderr(&out));
+    assert_eq!(names(&env), ["r:2"]);
+
+    // Many opens of one blob share one descriptor of the daemon's.
+    let blob = blobs_of(&src).into_keys().next().unwrap();
+    let held: Vec<fs::File> = (0..MANY_FILES)
+        .map(|_| fs::File::open(m.path(&format!("r/blobs/sha256/{blob}"))).unwrap())
+        .collect();
+    let with_opens = fds_of(m.pid());
+    drop(held);
+    // Closed temporary files hold no descriptor of the daemon's.
+    for i in 0..MANY_FILES {
+        fs::write(m.path(&format!("r/tmp{i}")), b"temporary").unwrap();
+    }
+    let with_files = fds_of(m.pid());
+    assert_eq!(fs::read(m.path("r/tmp7")).unwrap(), b"temporary");
+    assert!(
+        with_opens < idle + 10 && with_files < idle + 10,
+        "daemon descriptors: {idle} idle, {with_opens} with {MANY_FILES} opens of one blob, \
+         {with_files} with {MANY_FILES} closed temporary files"
+    );
+
+    // The unmount, and the daemon's exit with thousands of temporary files to drop.
+    let start = Instant::now();
+    sh(Command::new("umount").arg(&m.dir));
+    let log_path = env.path("mnt.log");
+    let status = m.wait();
+    let took = start.elapsed();
+    let log = fs::read_to_string(log_path).unwrap();
+    assert!(status.success(), "{status}");
+    eprintln!(
+        "daemon descriptors: {idle} idle, {with_opens} with {MANY_FILES} opens of one blob, \
+         {with_files} with {MANY_FILES} closed temporary files; exit after umount {took:?}"
+    );
+    let noises = ["Not Implemented", "ioctl", "Failed to umount", "ERROR"];
+    let found: Vec<&str> = noises.into_iter().filter(|n| log.contains(n)).collect();
+    assert!(found.is_empty(), "{found:?} in the log:\n{log}");
+    assert!(took < EXIT_WITHIN, "the daemon took {took:?} to exit");
+    // What the exit had no time to remove, the next mount does.
+    drop(Mounted::start(&env, "again", &[]));
+    store_is_clean(&env);
+}

@@ -727,6 +727,12 @@ fn same_file(a: &File, b: &File) -> bool {
     }
 }
 
+impl Drop for Fs {
+    fn drop(&mut self) {
+        self.drop_uploads(None);
+    }
+}
+
 fn file_attr(base: Attr, size: u64, perm: u16, mtime: SystemTime, attr_ttl: Duration) -> Attr {
     Attr {
         kind: Kind::File,

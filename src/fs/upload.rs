@@ -73,6 +73,8 @@ pub struct Upload {
     /// Running hash of bytes 0..len, while every write has continued where the last ended.
     hasher: Option<Hasher>,
     len: u64,
+    /// Left in the ingest area when dropped (see `abandon`).
+    keep: bool,
 }
 
 impl Upload {
@@ -87,7 +89,14 @@ impl Upload {
             direct,
             hasher: Some(alg.hasher()),
             len: 0,
+            keep: false,
         })
+    }
+
+    /// Drops the upload but leaves its ingest directory, as a process that died would: the
+    /// next mount, or gc, removes it (the daemon's exit does not wait for the disk).
+    pub fn abandon(mut self) {
+        self.keep = true;
     }
 
     /// Closes the upload's descriptors; the next access opens the data file again.
@@ -280,6 +289,9 @@ fn open_direct(data: &std::path::Path) -> Option<File> {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
