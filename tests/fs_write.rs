@@ -164,7 +164,7 @@ fn a_copied_layout_is_registered_and_reads_back_the_same() {
         assert!(h.fs.pending().is_empty());
         assert_eq!(
             h.list("copied").unwrap(),
-            ["blobs", "index.json", "oci-layout"]
+            ["index.json", "oci-layout", "blobs"]
         );
         for (name, bytes) in source_blobs(&src) {
             assert_eq!(
@@ -512,18 +512,20 @@ fn removing_and_renaming_repositories() {
         libc::ENOTEMPTY
     );
 
-    // rm -r c, as rm does it: blobs, their directories, the files, the directory.
+    // rm -r c, as rm does it, in readdir's order: index.json (and with it every image), then
+    // oci-layout, the blobs (no image needs them now), their directories, the directory.
+    let c = h.walk("c").unwrap().ino;
+    assert_eq!(h.list("c").unwrap(), ["index.json", "oci-layout", "blobs"]);
+    assert_eq!(errno(h.fs.rmdir(root, "c")), libc::ENOTEMPTY);
+    h.fs.unlink(c, "index.json").unwrap();
+    h.fs.unlink(c, "oci-layout").unwrap();
     for name in h.list("c/blobs/sha256").unwrap() {
         h.fs.unlink(h.walk("c/blobs/sha256").unwrap().ino, &name)
             .unwrap();
     }
-    let c = h.walk("c").unwrap().ino;
     let blobs = h.walk("c/blobs").unwrap().ino;
-    assert_eq!(errno(h.fs.rmdir(root, "c")), libc::ENOTEMPTY);
     h.fs.rmdir(blobs, "sha256").unwrap();
     h.fs.rmdir(c, "blobs").unwrap();
-    h.fs.unlink(c, "index.json").unwrap();
-    h.fs.unlink(c, "oci-layout").unwrap();
     h.fs.rmdir(root, "c").unwrap();
     assert!(h.walk("c").is_err());
     assert_eq!(h.images(), ["d/nested:t0", "d/nested:t1"]);
@@ -557,7 +559,7 @@ fn a_repository_imported_elsewhere_is_removed_in_any_order() {
         )
         .unwrap();
         let r = h.walk("r").unwrap().ino;
-        assert_eq!(h.list("r").unwrap(), ["blobs", "index.json", "oci-layout"]);
+        assert_eq!(h.list("r").unwrap(), ["index.json", "oci-layout", "blobs"]);
         for name in order {
             if name == "blobs" {
                 let alg = h.walk("r/blobs/sha256").unwrap().ino;
@@ -597,7 +599,7 @@ fn tar_over_an_existing_layout_replaces_it() {
     }
     h.copy_in(&src, "t", false).unwrap();
     assert_eq!(h.images(), ["t:t0"]);
-    assert_eq!(h.list("t").unwrap(), ["blobs", "index.json", "oci-layout"]);
+    assert_eq!(h.list("t").unwrap(), ["index.json", "oci-layout", "blobs"]);
     assert_eq!(
         h.list("t/blobs/sha256").unwrap().len(),
         source_blobs(&src).len()
@@ -859,4 +861,83 @@ fn an_empty_index_json_at_close_waits_for_the_bytes_written_through_a_duplicate(
     h.fs.release(fh);
     assert_eq!(h.images(), ["r:t1"]);
     assert!(h.walk("r/oci-layout").is_ok());
+}
+
+#[test]
+fn unlinking_a_blob_an_image_needs_is_ebusy_and_others_go() {
+    // r: registered (copied in); p: pending (index.json first, one blob held back). Each
+    // image's manifest, config and layers are needed; a blob no image of the repository
+    // needs (left by an earlier image, as umoci gc finds) may go.
+    let h = Harness::new();
+    let src = h.layout("src", 2, 81);
+    h.copy_in(&src, "r", false).unwrap();
+    let index: oci::ImageIndex =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    let t0 = &index.manifests[0];
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(src.join("blobs/sha256").join(t0.digest.hex())).unwrap(),
+    )
+    .unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    let config_hex = config.strip_prefix("sha256:").unwrap().to_owned();
+    let alg = h.walk("r/blobs/sha256").unwrap().ino;
+    let store_before = h.store_blobs();
+    for hex in [t0.digest.hex(), &config_hex] {
+        let e = h.fs.unlink(alg, hex).expect_err("a needed blob is refused");
+        assert_eq!(e.errno(), libc::EBUSY, "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains(hex) && message.contains("r:t"),
+            "{message}"
+        );
+        assert!(
+            h.walk(&format!("r/blobs/sha256/{hex}")).is_ok(),
+            "still listed"
+        );
+    }
+    assert_eq!(h.images(), ["r:t0", "r:t1"]);
+    assert_eq!(h.store_blobs(), store_before);
+
+    // Once t0 is gone from index.json, its own blobs may go; shared ones stay refused.
+    let mut one: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    one["manifests"].as_array_mut().unwrap().remove(0);
+    h.put("r/index.json", &serde_json::to_vec(&one).unwrap(), 9)
+        .unwrap();
+    assert_eq!(h.images(), ["r:t1"]);
+    h.fs.unlink(alg, t0.digest.hex())
+        .expect("no image needs it now");
+    assert!(h
+        .walk(&format!("r/blobs/sha256/{}", t0.digest.hex()))
+        .is_err());
+
+    // Pending: index.json first, then every blob but one layer.
+    let q = h.layout("q-src", 1, 91);
+    let q_index = std::fs::read(q.join("index.json")).unwrap();
+    h.mkdir_p("p/blobs/sha256").unwrap();
+    h.put("p/index.json", &q_index, 3).unwrap();
+    let q_manifest_hex = serde_json::from_slice::<oci::ImageIndex>(&q_index)
+        .unwrap()
+        .manifests[0]
+        .digest
+        .hex()
+        .to_owned();
+    let mut held_back = None;
+    for (name, bytes) in source_blobs(&q) {
+        if held_back.is_none() && name != q_manifest_hex {
+            held_back = Some((name, bytes));
+            continue;
+        }
+        h.put(&format!("p/blobs/sha256/{name}"), &bytes, 3).unwrap();
+    }
+    assert!(h.images().iter().all(|n| !n.starts_with("p:")), "pending");
+    let p_alg = h.walk("p/blobs/sha256").unwrap().ino;
+    let e =
+        h.fs.unlink(p_alg, &q_manifest_hex)
+            .expect_err("a pending image needs it");
+    assert_eq!(e.errno(), libc::EBUSY, "{e}");
+    assert!(e.to_string().contains("p:t0"), "{e}");
+    let (name, bytes) = held_back.unwrap();
+    h.put(&format!("p/blobs/sha256/{name}"), &bytes, 3).unwrap();
+    assert!(h.images().contains(&"p:t0".to_owned()));
 }

@@ -135,8 +135,23 @@ fn cp_tar_and_skopeo_copy_import_into_the_mount() {
         names(&env)
     );
     same_blobs(&exported_blobs(&env, "fromctr:base"), &blobs_of(&layout));
-    // Again over the same directory: tar replaces each file, the image stays.
+    // Again over the same directory. Plain tar unlinks each file it finds before writing it,
+    // and the archive lists blobs before index.json: the blobs the image needs are EBUSY
+    // (tar: "Cannot open: File exists"), and the image stays whole.
+    let again = Command::new("tar")
+        .arg("-C")
+        .arg(m.path("fromctr"))
+        .arg("-xf")
+        .arg(&ctr_tar)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("File exists"), "{}", stderr(&again));
+    assert!(names(&env).contains(&"fromctr:base".to_owned()));
+    same_blobs(&exported_blobs(&env, "fromctr:base"), &blobs_of(&layout));
+    // With --overwrite tar rewrites each file in place: each blob is verified again.
     sh(Command::new("tar")
+        .arg("--overwrite")
         .arg("-C")
         .arg(m.path("fromctr"))
         .arg("-xf")
@@ -550,5 +565,44 @@ fn isatty_shell_redirection_unmount_and_many_files_leave_a_quiet_log_and_a_fast_
     assert!(took < EXIT_WITHIN, "the daemon took {took:?} to exit");
     // What the exit had no time to remove, the next mount does.
     drop(Mounted::start(&env, "again", &[]));
+    store_is_clean(&env);
+}
+
+#[test]
+fn rm_of_a_blob_an_image_needs_is_ebusy_and_rm_r_still_removes_the_repository() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut b = LayoutBuilder::new(&src);
+    let m1 = b.small_image("1", 2, 40_000, 5);
+    let m = Mounted::start(&env, "mnt", &[]);
+    cp_r_ok(&src, m.path("r"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(src.join("blobs/sha256").join(m1.digest.hex())).unwrap())
+            .unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    let hex = config.strip_prefix("sha256:").unwrap();
+    let path = m.path(&format!("r/blobs/sha256/{hex}"));
+    let out = Command::new("rm").arg(&path).output().unwrap();
+    assert!(!out.status.success(), "rm of a needed blob succeeded");
+    assert!(
+        stderr(&out).contains("Device or resource busy"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(path.exists(), "the blob is still listed");
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        fs::read(src.join("blobs/sha256").join(hex)).unwrap()
+    );
+    let log = m.log();
+    let warned = log
+        .lines()
+        .any(|l| l.contains("WARN") && l.contains(&config) && l.contains("r:1"));
+    assert!(warned, "no warning naming the blob and the image:\n{log}");
+    // rm -r removes index.json first: then nothing needs the blobs.
+    sh(Command::new("rm").arg("-r").arg(m.path("r")));
+    assert!(!m.path("r").exists());
+    assert!(names(&env).is_empty());
+    drop(m);
     store_is_clean(&env);
 }

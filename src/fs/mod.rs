@@ -448,14 +448,16 @@ impl Fs {
                 let info = snapshot.dir(&path).ok_or(FsError::NotFound)?;
                 out.push(dir(".", Node::Dir(path.clone())));
                 out.push(dir("..", Node::Dir(parent_path(&path))));
-                if self.layout_visible(&snapshot, &path, "blobs") {
-                    out.push(dir("blobs", Node::Blobs(path.clone())));
-                }
+                // index.json first: `rm -r` removes in this order, and a blob an image needs
+                // may be unlinked only once index.json (and so every image) is gone.
                 if self.layout_visible(&snapshot, &path, "index.json") {
                     out.push(file("index.json", Node::Index(path.clone())));
                 }
                 if self.layout_visible(&snapshot, &path, "oci-layout") {
                     out.push(file("oci-layout", Node::LayoutFile(path.clone())));
+                }
+                if self.layout_visible(&snapshot, &path, "blobs") {
+                    out.push(dir("blobs", Node::Blobs(path.clone())));
                 }
                 for c in &info.children {
                     if info.repository && LAYOUT_NAMES.contains(&c.as_str()) {

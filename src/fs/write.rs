@@ -13,8 +13,10 @@
 //!   remove, so two tools adding tags at once lose none; otherwise (cp, tar) every image of the
 //!   repository not listed goes. An image whose blobs are not all in the store yet waits
 //!   (pending, shown in `index.json`) and is registered when its last blob commits.
-//! - `rm -r` of a repository removes its images (unlinking `index.json` does); unlinking a blob,
-//!   `oci-layout` or `rmdir` of `blobs/` changes nothing, as blobs leave the store only by gc.
+//! - `rm -r` of a repository removes its images (unlinking `index.json` does, and readdir lists
+//!   it first); unlinking a blob, `oci-layout` or `rmdir` of `blobs/` changes no image, as
+//!   blobs leave the store only by gc. A blob an image of the repository (registered or
+//!   pending) needs is EBUSY to unlink while the image is there; others (umoci gc) go.
 //!   `mv` of a repository directory renames its images.
 //!
 //! Lock order: `write_lock` (serialises every change of records and pending images), then the
@@ -967,6 +969,14 @@ impl super::Fs {
                 .map(|d| (repo.to_string(), d)),
             _ => None,
         };
+        if let Some((repo, digest)) = &blob {
+            if let Some(image) = self.needed_by(repo, digest)? {
+                return Err(FsError::Busy {
+                    digest: digest.clone(),
+                    image: image.to_string(),
+                });
+            }
+        }
         let mut w = self.write.lock();
         if let Some(id) = w.lookup(parent, name) {
             return match w.scratch.get(&id).map(|s| &s.kind) {
@@ -1017,6 +1027,32 @@ impl super::Fs {
             }
             _ => Err(FsError::IsDir),
         }
+    }
+
+    /// The image of `repo` (registered or pending) whose closure holds `digest`, if any: its
+    /// blob may not be unlinked from the layout while the image is there, or the layout would
+    /// no longer hold what its `index.json` names.
+    fn needed_by(&self, repo: &str, digest: &Digest) -> FsResult<Option<Reference>> {
+        let Some(view) = self.views.repo(repo)? else {
+            return Ok(None);
+        };
+        if !view.blobs.contains_key(digest) {
+            return Ok(None);
+        }
+        // Which image: walked again only here, for the message.
+        for e in &view.entries {
+            let closure =
+                oci::closure(self.store(), &e.target, oci::OnMissing::Skip).map_err(|source| {
+                    FsError::Repository {
+                        repository: repo.to_owned(),
+                        source,
+                    }
+                })?;
+            if closure.contains_key(digest) {
+                return Ok(Some(e.name.clone()));
+            }
+        }
+        Ok(view.entries.first().map(|e| e.name.clone()))
     }
 
     fn show_layout_name(&self, repo: &str, name: &str, shown: bool) {
