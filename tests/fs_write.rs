@@ -830,6 +830,47 @@ fn one_descriptor_per_blob_and_none_for_closed_temporary_files() {
 }
 
 #[test]
+fn last_closes_and_stats_of_a_temporary_file_at_once_do_not_deadlock() {
+    // A last close parks the upload (looking at the scratch table) while a stat reads its
+    // size (the scratch table, then the upload): both orders of two locks, on two threads.
+    let h = std::sync::Arc::new(Harness::new());
+    h.mkdir_p("r").unwrap();
+    h.put("r/tmp", b"temporary", 1).unwrap();
+    let ino = h.walk("r/tmp").unwrap().ino;
+    let (done, finished) = std::sync::mpsc::channel();
+    let stats = {
+        let (h, done) = (h.clone(), done.clone());
+        move || {
+            for _ in 0..RACE_ROUNDS {
+                h.fs.getattr(ino).unwrap();
+            }
+            done.send(()).unwrap();
+        }
+    };
+    let closes = {
+        let h = h.clone();
+        move || {
+            for _ in 0..RACE_ROUNDS {
+                let fh = h.fs.open(ino, libc::O_RDONLY, 1).unwrap().fh;
+                h.fs.release(fh);
+            }
+            done.send(()).unwrap();
+        }
+    };
+    // Detached: a deadlocked thread must not keep the test from failing.
+    std::thread::spawn(stats);
+    std::thread::spawn(closes);
+    for _ in 0..2 {
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a stat and a close deadlocked");
+    }
+}
+
+/// Rounds of the close-versus-stat race.
+const RACE_ROUNDS: usize = 20_000;
+
+#[test]
 fn an_empty_index_json_at_close_waits_for_the_bytes_written_through_a_duplicate() {
     // bash's `echo … > index.json`: open (O_TRUNC), dup2, close of the first descriptor (an
     // empty flush), write through the duplicate, its close, then the release.

@@ -20,7 +20,7 @@
 //!   `mv` of a repository directory renames its images.
 //!
 //! Lock order: `write_lock` (serialises every change of records and pending images), then the
-//! scratch table, the views and the records, each a leaf.
+//! scratch table, then an upload's own lock (`Writing`); the views and the records are leaves.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
@@ -1357,8 +1357,10 @@ impl super::Fs {
                 if Arc::strong_count(shared) > 2 {
                     return;
                 }
+                // Asked before the upload is locked: the scratch table comes first.
+                let at_blob_name = self.scratch_blob(id).is_some();
                 let mut w = shared.lock();
-                if w.upload.is_some() && self.scratch_blob(id).is_some() {
+                if w.upload.is_some() && at_blob_name {
                     drop(w);
                     self.write.lock().remove(id);
                 } else if let Some(u) = w.upload.as_mut() {
