@@ -211,7 +211,12 @@ impl Filesystem for Adapter {
 
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
+        let found = if self.read_only {
+            self.fs.lookup(parent.0, name)
+        } else {
+            self.fs.lookup_as(parent.0, name, &|| process_of(req))
+        };
+        match found {
             Ok(a) => {
                 reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
             }
@@ -350,8 +355,13 @@ impl Filesystem for Adapter {
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let opened = if self.read_only {
+            self.fs.opendir(ino.0)
+        } else {
+            self.fs.opendir_as(ino.0, &|| process_of(req))
+        };
+        match opened {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", &e)),
         }
@@ -478,14 +488,14 @@ impl Filesystem for Adapter {
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = name_str(name).and_then(|n| self.fs.mkdir(parent.0, n));
+        let r = name_str(name).and_then(|n| self.fs.mkdir_as(parent.0, n, process_of(req)));
         match r {
             Ok(a) => {
                 reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))

@@ -982,3 +982,71 @@ fn unlinking_a_blob_an_image_needs_is_ebusy_and_others_go() {
     h.put(&format!("p/blobs/sha256/{name}"), &bytes, 3).unwrap();
     assert!(h.images().contains(&"p:t0".to_owned()));
 }
+
+#[test]
+fn a_repository_with_pending_images_shows_its_layout_names() {
+    // mkdir, then index.json alone (its blobs not written yet): the images are pending, and
+    // readers see a layout (oci-layout, index.json, blobs/); the process that made the
+    // directory (cp -r, which creates each name exclusively) sees what it wrote, as on a disk.
+    let h = Harness::new();
+    let src = h.layout("src", 1, 101);
+    let root = layoutfs::fs::root_ino();
+    const MAKER: u32 = 40;
+    const READER: u32 = 41;
+    h.fs.mkdir_as(root, "p", MAKER).unwrap();
+    let p = h.walk("p").unwrap().ino;
+    assert!(h.list("p").unwrap().is_empty());
+    h.put(
+        "p/index.json",
+        &std::fs::read(src.join("index.json")).unwrap(),
+        MAKER,
+    )
+    .unwrap();
+    assert!(h.images().is_empty(), "pending");
+    let all = ["index.json", "oci-layout", "blobs"];
+    let as_pid = |pid: u32| {
+        let fh = h.fs.opendir_as(p, &|| pid).unwrap();
+        let names: Vec<String> =
+            h.fs.readdir(fh, 0)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .filter(|n| n != "." && n != "..")
+                .collect();
+        h.fs.releasedir(fh);
+        let found: Vec<&str> = all
+            .into_iter()
+            .filter(|n| h.fs.lookup_as(p, OsStr::new(n), &|| pid).is_ok())
+            .collect();
+        assert_eq!(names, found, "pid {pid}: readdir and lookup agree");
+        names
+    };
+    assert_eq!(h.list("p").unwrap(), all, "a reader sees a layout");
+    assert_eq!(as_pid(READER), all);
+    assert_eq!(
+        as_pid(MAKER),
+        ["index.json"],
+        "the maker sees what it wrote"
+    );
+    assert_eq!(
+        h.read_as("p/oci-layout", READER).unwrap(),
+        oci::layout_file_bytes()
+    );
+    // The maker goes on as cp does: creates oci-layout and blobs/ (exclusively), the blobs.
+    h.put(
+        "p/oci-layout",
+        &std::fs::read(src.join("oci-layout")).unwrap(),
+        MAKER,
+    )
+    .unwrap();
+    h.fs.mkdir_as(p, "blobs", MAKER).unwrap();
+    assert_eq!(as_pid(MAKER), all);
+    h.mkdir_p("p/blobs/sha256").unwrap();
+    for (name, bytes) in source_blobs(&src) {
+        h.put(&format!("p/blobs/sha256/{name}"), &bytes, MAKER)
+            .unwrap();
+    }
+    assert_eq!(h.images(), ["p:t0"]);
+    assert_eq!(as_pid(READER), all);
+    assert_eq!(as_pid(MAKER), all);
+}

@@ -606,3 +606,51 @@ fn rm_of_a_blob_an_image_needs_is_ebusy_and_rm_r_still_removes_the_repository() 
     drop(m);
     store_is_clean(&env);
 }
+
+#[test]
+fn a_pending_repository_shows_a_layout_and_cp_r_with_index_json_first_still_works() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut b = LayoutBuilder::new(&src);
+    b.small_image("1", 2, 30_000, 6);
+    // The same layout with index.json made first: cp -r copies in inode order, so index.json
+    // (its images pending) comes before oci-layout and blobs/, which cp then creates with
+    // O_EXCL and mkdir.
+    let first = env.path("index-first");
+    fs::create_dir(&first).unwrap();
+    for name in ["index.json", "oci-layout"] {
+        fs::copy(src.join(name), first.join(name)).unwrap();
+    }
+    cp_r_ok(src.join("blobs"), first.join("blobs"));
+    let m = Mounted::start(&env, "mnt", &[]);
+
+    // mkdir, then index.json alone: pending; ls (not the maker) sees a layout.
+    sh(Command::new("mkdir").arg(m.path("p")));
+    sh(Command::new("cp")
+        .arg(src.join("index.json"))
+        .arg(m.path("p/")));
+    assert!(names(&env).is_empty(), "pending");
+    assert_eq!(
+        sh(Command::new("ls").arg(m.path("p"))),
+        "blobs\nindex.json\noci-layout\n"
+    );
+    for name in ["index.json", "oci-layout", "blobs"] {
+        sh(Command::new("stat").arg(m.path(&format!("p/{name}"))));
+    }
+    // The rest arrives by another cp: the image registers.
+    sh(Command::new("cp")
+        .arg("-r")
+        .arg(src.join("blobs"))
+        .arg(m.path("p/")));
+    assert_eq!(names(&env), ["p:1"]);
+
+    cp_r_ok(&first, m.path("q"));
+    assert_eq!(names(&env), ["p:1", "q:1"]);
+    assert_eq!(
+        sh(Command::new("ls").arg(m.path("q"))),
+        "blobs\nindex.json\noci-layout\n"
+    );
+    assert!(!m.log().contains("ERROR"), "{}", m.log());
+    drop(m);
+    store_is_clean(&env);
+}

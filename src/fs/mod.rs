@@ -62,6 +62,20 @@ const LAYOUT_FILE_MODE: u16 = 0o444;
 const INDEX_MODE: u16 = 0o644;
 const INDEX_MODE_RO: u16 = 0o444;
 
+/// Who looks into a repository directory. A repository made with mkdir in this mount shows
+/// each layout name once it is written, as on a disk; once it has images (pending ones too) it
+/// shows all three to every process but its maker, which goes on creating them exclusively
+/// (cp -r: open with O_EXCL, mkdir) and must not find them there first.
+#[derive(Clone, Copy)]
+pub(crate) enum Viewer<'a> {
+    /// Any process but the maker (the core's own reads, tests).
+    Reader,
+    /// The maker, or the mount acting for a write: what was written.
+    Maker,
+    /// A process, by id, asked only when the answer depends on it.
+    Process(&'a dyn Fn() -> u32),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Dir,
@@ -216,7 +230,18 @@ impl Fs {
         self.views.repo(repo)?.ok_or(FsError::NotFound)
     }
 
+    /// Looks `name` up in `parent` as any reader does (see `Viewer`).
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        self.lookup_in(parent, name, Viewer::Reader)
+    }
+
+    /// Looks `name` up for a process, whose id `pid` gives when asked (only a repository made
+    /// with mkdir in this mount asks, see `Viewer`).
+    pub fn lookup_as(&self, parent: u64, name: &OsStr, pid: &dyn Fn() -> u32) -> FsResult<Attr> {
+        self.lookup_in(parent, name, Viewer::Process(pid))
+    }
+
+    pub(crate) fn lookup_in(&self, parent: u64, name: &OsStr, viewer: Viewer) -> FsResult<Attr> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let scratch = self.write.lock().lookup(parent, name);
         if let Some(id) = scratch {
@@ -229,13 +254,15 @@ impl Fs {
                 let snapshot = self.views.snapshot()?;
                 let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
                 match name {
-                    "oci-layout" if self.layout_visible(&snapshot, &path, name) => {
+                    "oci-layout" if self.layout_visible(&snapshot, &path, name, viewer) => {
                         Node::LayoutFile(path)
                     }
-                    "index.json" if self.layout_visible(&snapshot, &path, name) => {
+                    "index.json" if self.layout_visible(&snapshot, &path, name, viewer) => {
                         Node::Index(path)
                     }
-                    "blobs" if self.layout_visible(&snapshot, &path, name) => Node::Blobs(path),
+                    "blobs" if self.layout_visible(&snapshot, &path, name, viewer) => {
+                        Node::Blobs(path)
+                    }
                     _ if dir.children.contains(name) => Node::Dir(child_path(&path, name)),
                     _ => return Err(FsError::NotFound),
                 }
@@ -333,13 +360,16 @@ impl Fs {
             }
             Node::LayoutFile(repo) => {
                 let mtime = self.repo_updated(repo)?;
-                file_attr(
-                    base,
-                    self.layout_file.len() as u64,
-                    LAYOUT_FILE_MODE,
-                    mtime,
-                    IMMUTABLE_TTL,
-                )
+                Attr {
+                    entry_ttl: self.entry_ttl(repo, "oci-layout"),
+                    ..file_attr(
+                        base,
+                        self.layout_file.len() as u64,
+                        LAYOUT_FILE_MODE,
+                        mtime,
+                        IMMUTABLE_TTL,
+                    )
+                }
             }
             Node::Index(repo) => {
                 let view = self.repo(repo)?;
@@ -351,9 +381,13 @@ impl Fs {
                     (INDEX_MODE, Duration::ZERO)
                 };
                 let mtime = self.repo_updated(repo)?;
-                file_attr(base, view.index.len() as u64, mode, mtime, ttl)
+                Attr {
+                    entry_ttl: self.entry_ttl(repo, "index.json"),
+                    ..file_attr(base, view.index.len() as u64, mode, mtime, ttl)
+                }
             }
             Node::Blobs(repo) => Attr {
+                entry_ttl: self.entry_ttl(repo, "blobs"),
                 nlink: 2 + self.algorithms(repo)?.len() as u32,
                 mtime: self.repo_updated(repo)?,
                 size: BLOCK_SIZE.into(),
@@ -411,7 +445,16 @@ impl Fs {
     /// Opens a directory: its entries are read now, so that offsets stay valid while it is
     /// read even if images change meanwhile.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let entries = self.dir_entries(ino)?;
+        self.opendir_in(ino, Viewer::Reader)
+    }
+
+    /// Opens a directory for a process, whose id `pid` gives when asked (see `lookup_as`).
+    pub fn opendir_as(&self, ino: u64, pid: &dyn Fn() -> u32) -> FsResult<u64> {
+        self.opendir_in(ino, Viewer::Process(pid))
+    }
+
+    fn opendir_in(&self, ino: u64, viewer: Viewer) -> FsResult<u64> {
+        let entries = self.dir_entries(ino, viewer)?;
         Ok(self.add_handle(Handle::Dir(Arc::new(entries))))
     }
 
@@ -429,7 +472,7 @@ impl Fs {
         }
     }
 
-    fn dir_entries(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+    fn dir_entries(&self, ino: u64, viewer: Viewer) -> FsResult<Vec<DirEntry>> {
         let node = self.node(ino)?;
         let dir = |name: &str, node: Node| DirEntry {
             ino: self.inodes.ino(&node),
@@ -450,13 +493,13 @@ impl Fs {
                 out.push(dir("..", Node::Dir(parent_path(&path))));
                 // index.json first: `rm -r` removes in this order, and a blob an image needs
                 // may be unlinked only once index.json (and so every image) is gone.
-                if self.layout_visible(&snapshot, &path, "index.json") {
+                if self.layout_visible(&snapshot, &path, "index.json", viewer) {
                     out.push(file("index.json", Node::Index(path.clone())));
                 }
-                if self.layout_visible(&snapshot, &path, "oci-layout") {
+                if self.layout_visible(&snapshot, &path, "oci-layout", viewer) {
                     out.push(file("oci-layout", Node::LayoutFile(path.clone())));
                 }
-                if self.layout_visible(&snapshot, &path, "blobs") {
+                if self.layout_visible(&snapshot, &path, "blobs", viewer) {
                     out.push(dir("blobs", Node::Blobs(path.clone())));
                 }
                 for c in &info.children {

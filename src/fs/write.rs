@@ -95,9 +95,12 @@ pub struct WriteState {
     /// that cp and tar can create its files, and a name tar unlinks before rewriting it is gone
     /// until it is written again.
     pub layout_names: BTreeMap<(String, String), bool>,
-    /// Repositories made with mkdir in this mount: their layout names show only once written,
-    /// as on a disk, so that cp's exclusive creates of them succeed whatever order it copies in.
+    /// Repositories made with mkdir in this mount: their layout names show to their maker only
+    /// once written, as on a disk, so that cp's exclusive creates of them succeed whatever
+    /// order it copies in (see `Viewer`).
     pub fresh: BTreeSet<String>,
+    /// The process that made each of `fresh`.
+    pub makers: HashMap<String, u32>,
     /// Blobs unlinked from a repository's listing (tar unlinks before it rewrites a file; rm -r
     /// unlinks everything). They stay in the store, and show again when written again.
     pub hidden: BTreeMap<String, BTreeSet<Digest>>,
@@ -106,6 +109,9 @@ pub struct WriteState {
 /// The process a release acts for: the kernel does not say which closed the file last, and
 /// a process no writer has (none is 0) read nothing, so it removes what a cp would.
 const RELEASE_PID: u32 = 0;
+
+/// The maker of a directory made through the core's `mkdir`, which is given no process.
+const UNKNOWN_PID: u32 = 0;
 
 /// Threads removing temporary files' ingests at unmount.
 const DROP_THREADS: usize = 32;
@@ -230,6 +236,7 @@ impl WriteState {
             self.alg_dirs.remove(&(repo.to_owned(), alg));
         }
         self.fresh.remove(repo);
+        self.makers.remove(repo);
         self.hidden.remove(repo);
     }
 
@@ -414,25 +421,53 @@ impl super::Fs {
         }
     }
 
-    /// Whether the layout name `name` shows in repository directory `path`: always when it has
-    /// images, else once written.
+    /// Whether the layout name `name` shows in repository directory `path` to `viewer`: as
+    /// written or unlinked in this mount, else when the repository has images (pending ones
+    /// included), except to the maker of a repository made with mkdir here (see `Viewer`).
     pub(super) fn layout_visible(
         &self,
         snapshot: &super::view::Snapshot,
         path: &str,
         name: &str,
+        viewer: super::Viewer,
     ) -> bool {
         match snapshot.dir(path) {
             Some(d) if d.repository => {
                 let key = (path.to_owned(), name.to_owned());
-                let w = self.write.lock();
-                match w.layout_names.get(&key) {
-                    Some(shown) => *shown,
-                    None if w.fresh.contains(path) => false,
-                    None => snapshot.entries(path).is_some_and(|e| !e.is_empty()),
+                let (written, fresh, maker) = {
+                    let w = self.write.lock();
+                    (
+                        w.layout_names.get(&key).copied(),
+                        w.fresh.contains(path),
+                        w.makers.get(path).copied(),
+                    )
+                };
+                let images = snapshot.entries(path).is_some_and(|e| !e.is_empty());
+                match (written, fresh, viewer) {
+                    (Some(shown), _, _) => shown,
+                    _ if !images => false,
+                    (None, false, _) => true,
+                    (None, true, super::Viewer::Reader) => true,
+                    (None, true, super::Viewer::Maker) => false,
+                    (None, true, super::Viewer::Process(pid)) => Some(pid()) != maker,
                 }
             }
             _ => false,
+        }
+    }
+
+    /// How long the kernel may keep the entry of layout name `name` of `repo`: nothing while
+    /// whether it shows depends on who looks (see `Viewer`), so that each process is asked.
+    pub(super) fn entry_ttl(&self, repo: &str, name: &str) -> std::time::Duration {
+        let w = self.write.lock();
+        let by_viewer = w.fresh.contains(repo)
+            && !w
+                .layout_names
+                .contains_key(&(repo.to_owned(), name.to_owned()));
+        if by_viewer {
+            std::time::Duration::ZERO
+        } else {
+            super::DYNAMIC_TTL
         }
     }
 
@@ -479,9 +514,16 @@ impl super::Fs {
         }
     }
 
+    /// Makes a directory, as process `UNKNOWN_PID` (see `mkdir_as`).
     pub fn mkdir(&self, parent: u64, name: &str) -> FsResult<super::Attr> {
+        self.mkdir_as(parent, name, UNKNOWN_PID)
+    }
+
+    /// Makes a directory for process `pid`: a new repository's maker (see `Viewer`).
+    pub fn mkdir_as(&self, parent: u64, name: &str, pid: u32) -> FsResult<super::Attr> {
         self.writable()?;
-        if self.lookup(parent, std::ffi::OsStr::new(name)).is_ok() {
+        let exists = self.lookup_in(parent, std::ffi::OsStr::new(name), super::Viewer::Maker);
+        if exists.is_ok() {
             return Err(FsError::Exists);
         }
         let node = self.node(parent)?;
@@ -500,7 +542,9 @@ impl super::Fs {
                         FsError::Invalid(format!("{new:?} is not a repository name: {why}"))
                     })?;
                     self.views.add_created(&new);
-                    self.write.lock().fresh.insert(new.to_string());
+                    let mut w = self.write.lock();
+                    w.fresh.insert(new.to_string());
+                    w.makers.insert(new.to_string(), pid);
                     Node::Dir(new)
                 }
             }
@@ -743,7 +787,9 @@ impl super::Fs {
                     w.dirty = false;
                     b
                 };
-                self.apply_index(&repo, &bytes, pid)
+                self.apply_index(&repo, &bytes, pid)?;
+                self.show_layout_name(&repo, "index.json", true);
+                Ok(())
             }
             Node::LayoutFile(repo) => {
                 let mut w = shared.lock();
@@ -754,6 +800,9 @@ impl super::Fs {
                 let what = format!("{repo}/oci-layout");
                 oci::check_layout_file(&what, &u.read_small(&what, oci::MAX_JSON_SIZE)?)?;
                 w.dirty = false;
+                drop(w);
+                // Written: it shows to every process from now on, its maker too.
+                self.show_layout_name(&repo, "oci-layout", true);
                 Ok(())
             }
             Node::Blob(digest, size) => {
@@ -1000,7 +1049,10 @@ impl super::Fs {
                 let snapshot = self.views.snapshot()?;
                 let shown: Vec<&str> = LAYOUT_NAMES
                     .into_iter()
-                    .filter(|n| *n != name && self.layout_visible(&snapshot, &repo, n))
+                    .filter(|n| {
+                        *n != name
+                            && self.layout_visible(&snapshot, &repo, n, super::Viewer::Reader)
+                    })
                     .collect();
                 let algs = self.algorithms(&repo)?;
                 {
@@ -1256,6 +1308,10 @@ impl super::Fs {
             w.fresh = std::mem::take(&mut w.fresh)
                 .into_iter()
                 .map(|r| moved(&r).unwrap_or(r))
+                .collect();
+            w.makers = std::mem::take(&mut w.makers)
+                .into_iter()
+                .map(|(r, pid)| (moved(&r).unwrap_or(r), pid))
                 .collect();
             w.hidden = std::mem::take(&mut w.hidden)
                 .into_iter()
