@@ -13,6 +13,9 @@
 //!           <hex>          Node::Blob(digest, size): the store's file, checked on open
 //! ```
 //!
+//! An open blob holds its store file once per inode, however many opens (`blob_files`): the
+//! descriptor is shared by reads and by passthrough, and closed at the last release.
+//!
 //! Lock order: handles, then nothing; the view and inode locks are leaves taken one at a time.
 
 pub mod error;

@@ -7,7 +7,11 @@
 //! Changes made by other processes are noticed through SQLite's `data_version`, checked at most
 //! every `REFRESH_INTERVAL`, so an image imported, tagged or removed elsewhere shows within it.
 //!
-//! Lock order: `State` is locked alone; repository views are computed outside it.
+//! A repository made or removed with mkdir/rmdir in the mount patches the tree in place
+//! (`add_created`, `remove_created`), so that each costs the same however many there are.
+//!
+//! Lock order: `State` is locked alone, or before `extra`; repository views are computed
+//! outside it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

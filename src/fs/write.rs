@@ -2,6 +2,8 @@
 //!
 //! - `mkdir` under the root makes a repository (its name checked, EINVAL otherwise); inside a
 //!   repository, a directory whose name is no repository component (`.umoci-*`) is scratch.
+//!   Its layout names show to its maker once written (cp -r creates each exclusively), and to
+//!   every other process as soon as it has images, pending ones included (`Viewer`).
 //! - Every regular file written is an `Upload` in the store's ingest area. What happens to it
 //!   depends on where it is when it is closed, fsynced or renamed: at `blobs/<alg>/<hex>` it
 //!   is verified and committed (a mismatch fails that call with EIO and nothing enters the
