@@ -1,22 +1,28 @@
 //! The thin adapter between fuser and the filesystem core, and the mount itself: each operation
 //! calls the core and turns its result into a reply (errors through `FsError::errno`, faults
 //! logged with the file or digest they concern). It owns what only the kernel connection has:
-//! passthrough backing files (one per inode while any open lasts), the session threads, and
-//! unmounting on SIGINT or SIGTERM.
+//! passthrough backing files (one per inode while any open lasts), the session threads,
+//! unmounting on SIGINT or SIGTERM, and the process's descriptor limit (raised to its hard
+//! limit at mount: every open blob and writer holds one).
+//!
+//! Unmounting: fuser unmounts again when its session ends, even after the kernel already did
+//! (`umount` by the user), and logs "Failed to umount filesystem: Invalid argument". The
+//! mount is therefore taken from fuser when the session ends (`destroy`), where an EINVAL only
+//! confirms that the kernel was first.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, MountOption, OpenFlags, PollEvents, PollFlags, PollNotifier,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow,
-    WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, PollEvents, PollFlags,
+    PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyIoctl, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    SessionACL, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 use tracing::{debug, error, info, instrument, warn};
@@ -28,6 +34,9 @@ use crate::fs::{Attr, Caching, Fs, FsError, Kind};
 const MAX_STACK_DEPTH: u32 = 1;
 /// Requests the kernel may have in flight at once (reads and readahead run in parallel).
 const MAX_BACKGROUND: u16 = 64;
+/// How long the daemon's exit may spend removing temporary files' ingests; the rest is left
+/// as a dead process's, removed by the next mount or gc.
+const EXIT_BUDGET: Duration = Duration::from_millis(300);
 /// Session threads when not given: enough that a slow blob check does not stall the rest.
 const MIN_THREADS: usize = 4;
 
@@ -63,6 +72,8 @@ struct Adapter {
     /// Passthrough was asked for and the kernel offers it; cleared on the first failure.
     passthrough: AtomicBool,
     backing: Mutex<Backing>,
+    /// What unmounts the session, filled once it exists; taken when the session ends.
+    unmounter: Arc<Mutex<Option<fuser::SessionUnmounter>>>,
 }
 
 /// The process a request comes from. The kernel names the calling thread, and a
@@ -164,11 +175,48 @@ impl Filesystem for Adapter {
         for name in self.fs.pending() {
             warn!("{name} was never registered: blobs it needs did not arrive");
         }
+        // Taken here so that fuser does not unmount again, and complain, when the session
+        // ends; after an unmount from outside the kernel answers EINVAL, which is expected.
+        if let Some(mut unmounter) = self.unmounter.lock().take() {
+            match unmounter.unmount() {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    debug!("the kernel had unmounted already")
+                }
+                Err(e) => warn!("unmounting at the end of the session: {e}"),
+            }
+        }
+        // Temporary files' ingests go now, many at a time, for at most EXIT_BUDGET.
+        let left = self.fs.drop_uploads(Some(EXIT_BUDGET));
+        if left > 0 {
+            info!("{left} temporary files' ingests left for the next mount or gc to remove");
+        }
+    }
+
+    /// No ioctl is supported: ENOTTY, as for a file on a disk (isatty() asks TCGETS of every
+    /// file a shell redirects from), answered here to keep fuser's warning out of the log.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        reply.error(Errno::ENOTTY);
     }
 
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.fs.lookup(parent.0, name) {
+        let found = if self.read_only {
+            self.fs.lookup(parent.0, name)
+        } else {
+            self.fs.lookup_as(parent.0, name, &|| process_of(req))
+        };
+        match found {
             Ok(a) => {
                 reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
             }
@@ -307,8 +355,13 @@ impl Filesystem for Adapter {
     }
 
     #[instrument(level = "debug", skip_all, fields(ino = ino.0))]
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.opendir(ino.0) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let opened = if self.read_only {
+            self.fs.opendir(ino.0)
+        } else {
+            self.fs.opendir_as(ino.0, &|| process_of(req))
+        };
+        match opened {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", &e)),
         }
@@ -435,14 +488,14 @@ impl Filesystem for Adapter {
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         _mode: u32,
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = name_str(name).and_then(|n| self.fs.mkdir(parent.0, n));
+        let r = name_str(name).and_then(|n| self.fs.mkdir_as(parent.0, n, process_of(req)));
         match r {
             Ok(a) => {
                 reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
@@ -587,6 +640,7 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
 /// `fusermount3 -u`, SIGINT or SIGTERM).
 pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     check_mountpoint(mountpoint)?;
+    raise_nofile_limit();
     let signals = block_signals();
     let mut config = fuser::Config::default();
     config.mount_options = vec![
@@ -613,7 +667,9 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
         read_only: options.read_only,
         passthrough: AtomicBool::new(options.passthrough),
         backing: Mutex::new(Backing::default()),
+        unmounter: Arc::new(Mutex::new(None)),
     };
+    let unmounter_slot = adapter.unmounter.clone();
     let mut session = fuser::Session::new(adapter, mountpoint, &config).map_err(|e| {
         // SAFETY: geteuid has no preconditions.
         let root = unsafe { libc::geteuid() } == 0;
@@ -630,6 +686,7 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     // stat of the mount point is served by the session: ask for it once the session runs.
     let mp = mountpoint.to_path_buf();
     std::thread::spawn(move || raise_readahead(&mp));
+    *unmounter_slot.lock() = Some(session.unmount_callable());
     let mut unmounter = session.unmount_callable();
     let mp = mountpoint.to_path_buf();
     std::thread::Builder::new()
@@ -651,6 +708,29 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     session.run().map_err(|e| Error::io(mountpoint, e))?;
     info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: the daemon holds one per open
+/// blob and per file being written, and the usual soft limit (1024) is soon reached.
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read or write the one struct we pass.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+            None
+        } else {
+            let from = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            (libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0).then_some(from)
+        }
+    };
+    match raised {
+        Some(from) => debug!("open file limit raised from {from} to {}", lim.rlim_max),
+        None => debug!("open file limit stays at {}", lim.rlim_cur),
+    }
 }
 
 /// Sets the mount's readahead window to `READAHEAD_KB` through its backing device in sysfs (the

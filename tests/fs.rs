@@ -73,7 +73,7 @@ fn tree_files_and_bytes_match_the_records_and_the_store() {
     assert_eq!(h.list("").unwrap(), ["busybox", "docker.io"]);
     assert_eq!(h.list("docker.io/library").unwrap(), ["busybox"]);
     for repo in ["busybox", "docker.io/library/busybox"] {
-        assert_eq!(h.list(repo).unwrap(), ["blobs", "index.json", "oci-layout"]);
+        assert_eq!(h.list(repo).unwrap(), ["index.json", "oci-layout", "blobs"]);
         assert_eq!(h.list(&format!("{repo}/blobs")).unwrap(), ["sha256"]);
 
         let entries = h.entries(repo);
@@ -340,7 +340,7 @@ fn ten_thousand_images_list_without_reading_a_manifest() {
     // Looking into one repository reads that repository only.
     assert_eq!(
         h.list("repo00042/app").unwrap(),
-        ["blobs", "index.json", "oci-layout"]
+        ["index.json", "oci-layout", "blobs"]
     );
     assert_eq!(h.list("repo00042/app/blobs/sha256").unwrap().len(), 0);
     assert_eq!(h.fs.repo_views_built(), 1);

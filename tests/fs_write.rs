@@ -164,7 +164,7 @@ fn a_copied_layout_is_registered_and_reads_back_the_same() {
         assert!(h.fs.pending().is_empty());
         assert_eq!(
             h.list("copied").unwrap(),
-            ["blobs", "index.json", "oci-layout"]
+            ["index.json", "oci-layout", "blobs"]
         );
         for (name, bytes) in source_blobs(&src) {
             assert_eq!(
@@ -512,18 +512,20 @@ fn removing_and_renaming_repositories() {
         libc::ENOTEMPTY
     );
 
-    // rm -r c, as rm does it: blobs, their directories, the files, the directory.
+    // rm -r c, as rm does it, in readdir's order: index.json (and with it every image), then
+    // oci-layout, the blobs (no image needs them now), their directories, the directory.
+    let c = h.walk("c").unwrap().ino;
+    assert_eq!(h.list("c").unwrap(), ["index.json", "oci-layout", "blobs"]);
+    assert_eq!(errno(h.fs.rmdir(root, "c")), libc::ENOTEMPTY);
+    h.fs.unlink(c, "index.json").unwrap();
+    h.fs.unlink(c, "oci-layout").unwrap();
     for name in h.list("c/blobs/sha256").unwrap() {
         h.fs.unlink(h.walk("c/blobs/sha256").unwrap().ino, &name)
             .unwrap();
     }
-    let c = h.walk("c").unwrap().ino;
     let blobs = h.walk("c/blobs").unwrap().ino;
-    assert_eq!(errno(h.fs.rmdir(root, "c")), libc::ENOTEMPTY);
     h.fs.rmdir(blobs, "sha256").unwrap();
     h.fs.rmdir(c, "blobs").unwrap();
-    h.fs.unlink(c, "index.json").unwrap();
-    h.fs.unlink(c, "oci-layout").unwrap();
     h.fs.rmdir(root, "c").unwrap();
     assert!(h.walk("c").is_err());
     assert_eq!(h.images(), ["d/nested:t0", "d/nested:t1"]);
@@ -557,7 +559,7 @@ fn a_repository_imported_elsewhere_is_removed_in_any_order() {
         )
         .unwrap();
         let r = h.walk("r").unwrap().ino;
-        assert_eq!(h.list("r").unwrap(), ["blobs", "index.json", "oci-layout"]);
+        assert_eq!(h.list("r").unwrap(), ["index.json", "oci-layout", "blobs"]);
         for name in order {
             if name == "blobs" {
                 let alg = h.walk("r/blobs/sha256").unwrap().ino;
@@ -597,7 +599,7 @@ fn tar_over_an_existing_layout_replaces_it() {
     }
     h.copy_in(&src, "t", false).unwrap();
     assert_eq!(h.images(), ["t:t0"]);
-    assert_eq!(h.list("t").unwrap(), ["blobs", "index.json", "oci-layout"]);
+    assert_eq!(h.list("t").unwrap(), ["index.json", "oci-layout", "blobs"]);
     assert_eq!(
         h.list("t/blobs/sha256").unwrap().len(),
         source_blobs(&src).len()
@@ -668,4 +670,383 @@ fn gc_during_a_copy_keeps_what_the_mount_holds() {
     let removed: BTreeSet<String> = gc_now(&h).into_iter().collect();
     assert_eq!(removed, r_blobs);
     assert_eq!(h.images(), ["q:t0"]);
+}
+
+/// Repositories made and removed per timed batch.
+const REPO_BATCH: usize = 500;
+/// Batches: the last made with this many repositories already there.
+const REPO_BATCHES: usize = 8;
+
+/// Times `op(i)` over `range` in slices of 50 calls and returns the fastest slice: noise from
+/// other tests on a busy machine only adds time, while a cost growing with the number of
+/// repositories shows in every slice.
+fn timed_batch(range: std::ops::Range<usize>, op: impl Fn(usize)) -> std::time::Duration {
+    const SLICE: usize = 50;
+    let items: Vec<usize> = range.collect();
+    items
+        .chunks(SLICE)
+        .map(|slice| {
+            let start = std::time::Instant::now();
+            for &i in slice {
+                op(i);
+            }
+            start.elapsed()
+        })
+        .min()
+        .unwrap()
+}
+
+/// Below this per slice of 50 calls, a batch is fast whatever the ratio (a few µs per call
+/// make ratios meaningless; the linear version took over 2 s per slice at 4,000).
+const FAST_SLICE: std::time::Duration = std::time::Duration::from_millis(50);
+
+#[test]
+fn mkdir_and_rmdir_of_thousands_of_repositories_take_constant_time() {
+    let h = Harness::new();
+    let root = layoutfs::fs::root_ino();
+    // Some images and some temporary files too, as a busy mount has.
+    let src = h.layout("src", 1, 51);
+    h.copy_in(&src, "busy", false).unwrap();
+    for i in 0..200 {
+        h.put(&format!("busy/tmp{i}"), b"x", 1).unwrap();
+    }
+    let name = |i: usize| format!("r{i:05}");
+    let mkdir = |i: usize| {
+        // As the kernel does: a lookup that fails, then mkdir, then getattr of the parent.
+        assert!(h.fs.lookup(root, OsStr::new(&name(i))).is_err());
+        h.fs.mkdir(root, &name(i)).unwrap();
+        h.fs.getattr(root).unwrap();
+    };
+    let rmdir = |i: usize| {
+        h.fs.lookup(root, OsStr::new(&name(i))).unwrap();
+        h.fs.rmdir(root, &name(i)).unwrap();
+        h.fs.getattr(root).unwrap();
+    };
+    let made: Vec<_> = (0..REPO_BATCHES)
+        .map(|b| timed_batch(b * REPO_BATCH..(b + 1) * REPO_BATCH, mkdir))
+        .collect();
+    assert_eq!(h.list("").unwrap().len(), REPO_BATCHES * REPO_BATCH + 1);
+    let removed: Vec<_> = (0..REPO_BATCHES)
+        .map(|b| timed_batch(b * REPO_BATCH..(b + 1) * REPO_BATCH, rmdir))
+        .collect();
+    assert_eq!(h.list("").unwrap(), ["busy"]);
+    // Nested: what readdir lists, lookup finds, after each removal.
+    h.mkdir_p("n1/n2/n3").unwrap();
+    for (dir, name) in [("n1/n2", "n3"), ("n1", "n2")] {
+        h.fs.rmdir(h.walk(dir).unwrap().ino, name).unwrap();
+        assert!(h.list(dir).unwrap().is_empty(), "{dir}");
+        assert_eq!(errno(h.walk(&format!("{dir}/{name}"))), libc::ENOENT);
+    }
+    h.fs.rmdir(root, "n1").unwrap();
+    assert_eq!(h.list("").unwrap(), ["busy"]);
+    // The first batch of removals runs with every repository there: compare it to the last.
+    let (mk_first, mk_last) = (made[0], made[REPO_BATCHES - 1]);
+    let (rm_last, rm_first) = (removed[REPO_BATCHES - 1], removed[0]);
+    eprintln!("mkdir per 50: {made:?}\nrmdir per 50: {removed:?}");
+    assert!(
+        mk_last < (mk_first * 3).max(FAST_SLICE),
+        "mkdir slows down as repositories grow: first {mk_first:?}, last {mk_last:?} per 50"
+    );
+    assert!(
+        rm_first < (rm_last * 3).max(FAST_SLICE),
+        "rmdir is slower among many repositories: {rm_first:?} vs {rm_last:?} per 50"
+    );
+}
+
+/// The descriptors this process has open.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Opens of one blob, and temporary files written and closed, in the descriptor test.
+const MANY: usize = 1000;
+/// Descriptors other tests of this binary, running at the same time, may open meanwhile.
+const FD_SLACK: usize = 100;
+
+#[test]
+fn one_descriptor_per_blob_and_none_for_closed_temporary_files() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 61);
+    h.copy_in(&src, "r", false).unwrap();
+    let (name, bytes) = source_blobs(&src)
+        .into_iter()
+        .max_by_key(|b| b.1.len())
+        .unwrap();
+    let ino = h.walk(&format!("r/blobs/sha256/{name}")).unwrap().ino;
+
+    // Many opens of one blob share one store descriptor, for reads and passthrough alike.
+    let before = open_fds();
+    let opened: Vec<_> = (0..MANY)
+        .map(|_| h.fs.open(ino, libc::O_RDONLY, 1).unwrap())
+        .collect();
+    let during = open_fds();
+    assert!(
+        during < before + FD_SLACK,
+        "{MANY} opens of one blob hold {} descriptors",
+        during - before
+    );
+    let first = opened[0].backing.clone().unwrap();
+    assert!(opened
+        .iter()
+        .all(|o| std::sync::Arc::ptr_eq(o.backing.as_ref().unwrap(), &first)));
+    drop(first);
+    assert_eq!(h.fs.read(opened[MANY - 1].fh, 0, 64 << 10).unwrap(), bytes);
+    let fhs: Vec<u64> = opened.into_iter().map(|o| o.fh).collect();
+    for fh in fhs {
+        h.fs.release(fh);
+    }
+    assert_eq!(h.fs.open_blob_files(), 0, "the last release closes it");
+
+    // Temporary files closed hold no descriptor, and read back and grow when opened again.
+    let before = open_fds();
+    for i in 0..MANY {
+        h.put(&format!("r/tmp{i}"), format!("temporary {i}").as_bytes(), 1)
+            .unwrap();
+    }
+    let after = open_fds();
+    assert!(
+        after < before + FD_SLACK,
+        "{MANY} closed temporary files hold {} descriptors",
+        after - before
+    );
+    assert_eq!(h.read_as("r/tmp7", 1).unwrap(), b"temporary 7");
+    let tmp = h.walk("r/tmp7").unwrap().ino;
+    let fh = h.fs.open(tmp, libc::O_WRONLY, 1).unwrap().fh;
+    h.fs.write(fh, 11, b" more").unwrap();
+    h.fs.flush(fh, 1).unwrap();
+    h.fs.release(fh);
+    assert_eq!(h.read_as("r/tmp7", 1).unwrap(), b"temporary 7 more");
+    h.fs.rename(
+        h.walk("r").unwrap().ino,
+        "tmp7",
+        h.walk("r").unwrap().ino,
+        "kept",
+        false,
+        1,
+    )
+    .unwrap();
+    assert_eq!(h.read_as("r/kept", 1).unwrap(), b"temporary 7 more");
+    assert_eq!(h.fs.open_handles(), 0);
+}
+
+#[test]
+fn last_closes_and_stats_of_a_temporary_file_at_once_do_not_deadlock() {
+    // A last close parks the upload (looking at the scratch table) while a stat reads its
+    // size (the scratch table, then the upload): both orders of two locks, on two threads.
+    let h = std::sync::Arc::new(Harness::new());
+    h.mkdir_p("r").unwrap();
+    h.put("r/tmp", b"temporary", 1).unwrap();
+    let ino = h.walk("r/tmp").unwrap().ino;
+    let (done, finished) = std::sync::mpsc::channel();
+    let stats = {
+        let (h, done) = (h.clone(), done.clone());
+        move || {
+            for _ in 0..RACE_ROUNDS {
+                h.fs.getattr(ino).unwrap();
+            }
+            done.send(()).unwrap();
+        }
+    };
+    let closes = {
+        let h = h.clone();
+        move || {
+            for _ in 0..RACE_ROUNDS {
+                let fh = h.fs.open(ino, libc::O_RDONLY, 1).unwrap().fh;
+                h.fs.release(fh);
+            }
+            done.send(()).unwrap();
+        }
+    };
+    // Detached: a deadlocked thread must not keep the test from failing.
+    std::thread::spawn(stats);
+    std::thread::spawn(closes);
+    for _ in 0..2 {
+        finished
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("a stat and a close deadlocked");
+    }
+}
+
+/// Rounds of the close-versus-stat race.
+const RACE_ROUNDS: usize = 20_000;
+
+#[test]
+fn an_empty_index_json_at_close_waits_for_the_bytes_written_through_a_duplicate() {
+    // bash's `echo … > index.json`: open (O_TRUNC), dup2, close of the first descriptor (an
+    // empty flush), write through the duplicate, its close, then the release.
+    let h = Harness::new();
+    let src = h.layout("src", 2, 71);
+    h.copy_in(&src, "r", false).unwrap();
+    let index = h.walk("r/index.json").unwrap().ino;
+    let mut one: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    one["manifests"].as_array_mut().unwrap().remove(0);
+    let bytes = serde_json::to_vec(&one).unwrap();
+    let fh =
+        h.fs.open(index, libc::O_WRONLY | libc::O_TRUNC, 5)
+            .unwrap()
+            .fh;
+    h.fs.flush(fh, 5).expect("an empty first close is no error");
+    assert_eq!(h.images(), ["r:t0", "r:t1"], "nothing applied yet");
+    h.fs.write(fh, 0, &bytes).unwrap();
+    h.fs.flush(fh, 5).unwrap();
+    h.fs.release(fh);
+    assert_eq!(h.images(), ["r:t1"]);
+
+    // Still empty at the last release: nothing changes (the error is logged).
+    let fh =
+        h.fs.open(index, libc::O_WRONLY | libc::O_TRUNC, 5)
+            .unwrap()
+            .fh;
+    h.fs.flush(fh, 5).unwrap();
+    h.fs.release(fh);
+    assert_eq!(h.images(), ["r:t1"]);
+    assert!(h.walk("r/oci-layout").is_ok());
+}
+
+#[test]
+fn unlinking_a_blob_an_image_needs_is_ebusy_and_others_go() {
+    // r: registered (copied in); p: pending (index.json first, one blob held back). Each
+    // image's manifest, config and layers are needed; a blob no image of the repository
+    // needs (left by an earlier image, as umoci gc finds) may go.
+    let h = Harness::new();
+    let src = h.layout("src", 2, 81);
+    h.copy_in(&src, "r", false).unwrap();
+    let index: oci::ImageIndex =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    let t0 = &index.manifests[0];
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(src.join("blobs/sha256").join(t0.digest.hex())).unwrap(),
+    )
+    .unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    let config_hex = config.strip_prefix("sha256:").unwrap().to_owned();
+    let alg = h.walk("r/blobs/sha256").unwrap().ino;
+    let store_before = h.store_blobs();
+    for hex in [t0.digest.hex(), &config_hex] {
+        let e = h.fs.unlink(alg, hex).expect_err("a needed blob is refused");
+        assert_eq!(e.errno(), libc::EBUSY, "{e}");
+        let message = e.to_string();
+        assert!(
+            message.contains(hex) && message.contains("r:t"),
+            "{message}"
+        );
+        assert!(
+            h.walk(&format!("r/blobs/sha256/{hex}")).is_ok(),
+            "still listed"
+        );
+    }
+    assert_eq!(h.images(), ["r:t0", "r:t1"]);
+    assert_eq!(h.store_blobs(), store_before);
+
+    // Once t0 is gone from index.json, its own blobs may go; shared ones stay refused.
+    let mut one: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    one["manifests"].as_array_mut().unwrap().remove(0);
+    h.put("r/index.json", &serde_json::to_vec(&one).unwrap(), 9)
+        .unwrap();
+    assert_eq!(h.images(), ["r:t1"]);
+    h.fs.unlink(alg, t0.digest.hex())
+        .expect("no image needs it now");
+    assert!(h
+        .walk(&format!("r/blobs/sha256/{}", t0.digest.hex()))
+        .is_err());
+
+    // Pending: index.json first, then every blob but one layer.
+    let q = h.layout("q-src", 1, 91);
+    let q_index = std::fs::read(q.join("index.json")).unwrap();
+    h.mkdir_p("p/blobs/sha256").unwrap();
+    h.put("p/index.json", &q_index, 3).unwrap();
+    let q_manifest_hex = serde_json::from_slice::<oci::ImageIndex>(&q_index)
+        .unwrap()
+        .manifests[0]
+        .digest
+        .hex()
+        .to_owned();
+    let mut held_back = None;
+    for (name, bytes) in source_blobs(&q) {
+        if held_back.is_none() && name != q_manifest_hex {
+            held_back = Some((name, bytes));
+            continue;
+        }
+        h.put(&format!("p/blobs/sha256/{name}"), &bytes, 3).unwrap();
+    }
+    assert!(h.images().iter().all(|n| !n.starts_with("p:")), "pending");
+    let p_alg = h.walk("p/blobs/sha256").unwrap().ino;
+    let e =
+        h.fs.unlink(p_alg, &q_manifest_hex)
+            .expect_err("a pending image needs it");
+    assert_eq!(e.errno(), libc::EBUSY, "{e}");
+    assert!(e.to_string().contains("p:t0"), "{e}");
+    let (name, bytes) = held_back.unwrap();
+    h.put(&format!("p/blobs/sha256/{name}"), &bytes, 3).unwrap();
+    assert!(h.images().contains(&"p:t0".to_owned()));
+}
+
+#[test]
+fn a_repository_with_pending_images_shows_its_layout_names() {
+    // mkdir, then index.json alone (its blobs not written yet): the images are pending, and
+    // readers see a layout (oci-layout, index.json, blobs/); the process that made the
+    // directory (cp -r, which creates each name exclusively) sees what it wrote, as on a disk.
+    let h = Harness::new();
+    let src = h.layout("src", 1, 101);
+    let root = layoutfs::fs::root_ino();
+    const MAKER: u32 = 40;
+    const READER: u32 = 41;
+    h.fs.mkdir_as(root, "p", MAKER).unwrap();
+    let p = h.walk("p").unwrap().ino;
+    assert!(h.list("p").unwrap().is_empty());
+    h.put(
+        "p/index.json",
+        &std::fs::read(src.join("index.json")).unwrap(),
+        MAKER,
+    )
+    .unwrap();
+    assert!(h.images().is_empty(), "pending");
+    let all = ["index.json", "oci-layout", "blobs"];
+    let as_pid = |pid: u32| {
+        let fh = h.fs.opendir_as(p, &|| pid).unwrap();
+        let names: Vec<String> =
+            h.fs.readdir(fh, 0)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.name)
+                .filter(|n| n != "." && n != "..")
+                .collect();
+        h.fs.releasedir(fh);
+        let found: Vec<&str> = all
+            .into_iter()
+            .filter(|n| h.fs.lookup_as(p, OsStr::new(n), &|| pid).is_ok())
+            .collect();
+        assert_eq!(names, found, "pid {pid}: readdir and lookup agree");
+        names
+    };
+    assert_eq!(h.list("p").unwrap(), all, "a reader sees a layout");
+    assert_eq!(as_pid(READER), all);
+    assert_eq!(
+        as_pid(MAKER),
+        ["index.json"],
+        "the maker sees what it wrote"
+    );
+    assert_eq!(
+        h.read_as("p/oci-layout", READER).unwrap(),
+        oci::layout_file_bytes()
+    );
+    // The maker goes on as cp does: creates oci-layout and blobs/ (exclusively), the blobs.
+    h.put(
+        "p/oci-layout",
+        &std::fs::read(src.join("oci-layout")).unwrap(),
+        MAKER,
+    )
+    .unwrap();
+    h.fs.mkdir_as(p, "blobs", MAKER).unwrap();
+    assert_eq!(as_pid(MAKER), all);
+    h.mkdir_p("p/blobs/sha256").unwrap();
+    for (name, bytes) in source_blobs(&src) {
+        h.put(&format!("p/blobs/sha256/{name}"), &bytes, MAKER)
+            .unwrap();
+    }
+    assert_eq!(h.images(), ["p:t0"]);
+    assert_eq!(as_pid(READER), all);
+    assert_eq!(as_pid(MAKER), all);
 }

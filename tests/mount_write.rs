@@ -135,8 +135,23 @@ fn cp_tar_and_skopeo_copy_import_into_the_mount() {
         names(&env)
     );
     same_blobs(&exported_blobs(&env, "fromctr:base"), &blobs_of(&layout));
-    // Again over the same directory: tar replaces each file, the image stays.
+    // Again over the same directory. Plain tar unlinks each file it finds before writing it,
+    // and the archive lists blobs before index.json: the blobs the image needs are EBUSY
+    // (tar: "Cannot open: File exists"), and the image stays whole.
+    let again = Command::new("tar")
+        .arg("-C")
+        .arg(m.path("fromctr"))
+        .arg("-xf")
+        .arg(&ctr_tar)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("File exists"), "{}", stderr(&again));
+    assert!(names(&env).contains(&"fromctr:base".to_owned()));
+    same_blobs(&exported_blobs(&env, "fromctr:base"), &blobs_of(&layout));
+    // With --overwrite tar rewrites each file in place: each blob is verified again.
     sh(Command::new("tar")
+        .arg("--overwrite")
         .arg("-C")
         .arg(m.path("fromctr"))
         .arg("-xf")
@@ -452,4 +467,190 @@ fn the_daemon_killed_mid_copy_leaves_nothing_half_done() {
         killed_mid_way >= CRASH_ROUNDS / 4,
         "{killed_mid_way} kills landed mid-copy"
     );
+}
+
+/// Temporary files written before the timed unmount, and opens of one blob held at once.
+const MANY_FILES: usize = 3000;
+/// A login shell's usual soft limit on open descriptors.
+const LOW_NOFILE: u64 = 1024;
+/// How long the daemon may take to exit after an unmount, with `MANY_FILES` temporary files.
+const EXIT_WITHIN: Duration = Duration::from_secs(1);
+
+/// The descriptors process `pid` has open.
+fn fds_of(pid: i32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+#[test]
+fn isatty_shell_redirection_unmount_and_many_files_leave_a_quiet_log_and_a_fast_exit() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut b = LayoutBuilder::new(&src);
+    b.small_image("1", 2, 50_000, 3);
+    b.small_image("2", 2, 60_000, 4);
+    // Started with a soft limit below the opens to come: the daemon raises it to the hard one.
+    let m = Mounted::start_with_nofile(&env, "mnt", &[], LOW_NOFILE);
+    let (soft, hard) = m.nofile_limits();
+    assert!(
+        hard > LOW_NOFILE,
+        "the hard limit ({hard}) leaves nothing to raise"
+    );
+    assert_eq!(soft, hard, "the daemon's soft limit on descriptors");
+    cp_r_ok(&src, m.path("r"));
+    let idle = fds_of(m.pid());
+
+    // isatty() on mount files: an ioctl the mount answers ENOTTY, quietly.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("test -t 0 < \"$1\"/oci-layout; test -t 0 < \"$1\"/index.json; echo $?")
+        .arg("sh")
+        .arg(m.path("r"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "1",
+        "not a tty"
+    );
+
+    // bash's `echo … > index.json`: an empty first close, then the bytes.
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&fs::read(m.path("r/index.json")).unwrap()).unwrap();
+    index["manifests"].as_array_mut().unwrap().remove(0);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("echo \"$2\" > \"$1\"/index.json")
+        .arg("bash")
+        .arg(m.path("r"))
+        .arg(serde_json::to_string(&index).unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "echo > index.json: {}", stderr(&out));
+    assert_eq!(names(&env), ["r:2"]);
+
+    // Many opens of one blob share one descriptor of the daemon's.
+    let blob = blobs_of(&src).into_keys().next().unwrap();
+    let held: Vec<fs::File> = (0..MANY_FILES)
+        .map(|_| fs::File::open(m.path(&format!("r/blobs/sha256/{blob}"))).unwrap())
+        .collect();
+    let with_opens = fds_of(m.pid());
+    drop(held);
+    // Closed temporary files hold no descriptor of the daemon's.
+    for i in 0..MANY_FILES {
+        fs::write(m.path(&format!("r/tmp{i}")), b"temporary").unwrap();
+    }
+    let with_files = fds_of(m.pid());
+    assert_eq!(fs::read(m.path("r/tmp7")).unwrap(), b"temporary");
+    assert!(
+        with_opens < idle + 10 && with_files < idle + 10,
+        "daemon descriptors: {idle} idle, {with_opens} with {MANY_FILES} opens of one blob, \
+         {with_files} with {MANY_FILES} closed temporary files"
+    );
+
+    // The unmount, and the daemon's exit with thousands of temporary files to drop.
+    let start = Instant::now();
+    sh(Command::new("umount").arg(&m.dir));
+    let log_path = env.path("mnt.log");
+    let status = m.wait();
+    let took = start.elapsed();
+    let log = fs::read_to_string(log_path).unwrap();
+    assert!(status.success(), "{status}");
+    eprintln!(
+        "daemon descriptors: {idle} idle, {with_opens} with {MANY_FILES} opens of one blob, \
+         {with_files} with {MANY_FILES} closed temporary files; exit after umount {took:?}"
+    );
+    let noises = ["Not Implemented", "ioctl", "Failed to umount", "ERROR"];
+    let found: Vec<&str> = noises.into_iter().filter(|n| log.contains(n)).collect();
+    assert!(found.is_empty(), "{found:?} in the log:\n{log}");
+    assert!(took < EXIT_WITHIN, "the daemon took {took:?} to exit");
+    // What the exit had no time to remove, the next mount does.
+    drop(Mounted::start(&env, "again", &[]));
+    store_is_clean(&env);
+}
+
+#[test]
+fn rm_of_a_blob_an_image_needs_is_ebusy_and_rm_r_still_removes_the_repository() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut b = LayoutBuilder::new(&src);
+    let m1 = b.small_image("1", 2, 40_000, 5);
+    let m = Mounted::start(&env, "mnt", &[]);
+    cp_r_ok(&src, m.path("r"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(src.join("blobs/sha256").join(m1.digest.hex())).unwrap())
+            .unwrap();
+    let config = manifest["config"]["digest"].as_str().unwrap().to_owned();
+    let hex = config.strip_prefix("sha256:").unwrap();
+    let path = m.path(&format!("r/blobs/sha256/{hex}"));
+    let out = Command::new("rm").arg(&path).output().unwrap();
+    assert!(!out.status.success(), "rm of a needed blob succeeded");
+    assert!(
+        stderr(&out).contains("Device or resource busy"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(path.exists(), "the blob is still listed");
+    assert_eq!(
+        fs::read(&path).unwrap(),
+        fs::read(src.join("blobs/sha256").join(hex)).unwrap()
+    );
+    let log = m.log();
+    let warned = log
+        .lines()
+        .any(|l| l.contains("WARN") && l.contains(&config) && l.contains("r:1"));
+    assert!(warned, "no warning naming the blob and the image:\n{log}");
+    // rm -r removes index.json first: then nothing needs the blobs.
+    sh(Command::new("rm").arg("-r").arg(m.path("r")));
+    assert!(!m.path("r").exists());
+    assert!(names(&env).is_empty());
+    drop(m);
+    store_is_clean(&env);
+}
+
+#[test]
+fn a_pending_repository_shows_a_layout_and_cp_r_with_index_json_first_still_works() {
+    let env = Env::new();
+    let src = env.path("src");
+    let mut b = LayoutBuilder::new(&src);
+    b.small_image("1", 2, 30_000, 6);
+    // The same layout with index.json made first: cp -r copies in inode order, so index.json
+    // (its images pending) comes before oci-layout and blobs/, which cp then creates with
+    // O_EXCL and mkdir.
+    let first = env.path("index-first");
+    fs::create_dir(&first).unwrap();
+    for name in ["index.json", "oci-layout"] {
+        fs::copy(src.join(name), first.join(name)).unwrap();
+    }
+    cp_r_ok(src.join("blobs"), first.join("blobs"));
+    let m = Mounted::start(&env, "mnt", &[]);
+
+    // mkdir, then index.json alone: pending; ls (not the maker) sees a layout.
+    sh(Command::new("mkdir").arg(m.path("p")));
+    sh(Command::new("cp")
+        .arg(src.join("index.json"))
+        .arg(m.path("p/")));
+    assert!(names(&env).is_empty(), "pending");
+    assert_eq!(
+        sh(Command::new("ls").arg(m.path("p"))),
+        "blobs\nindex.json\noci-layout\n"
+    );
+    for name in ["index.json", "oci-layout", "blobs"] {
+        sh(Command::new("stat").arg(m.path(&format!("p/{name}"))));
+    }
+    // The rest arrives by another cp: the image registers.
+    sh(Command::new("cp")
+        .arg("-r")
+        .arg(src.join("blobs"))
+        .arg(m.path("p/")));
+    assert_eq!(names(&env), ["p:1"]);
+
+    cp_r_ok(&first, m.path("q"));
+    assert_eq!(names(&env), ["p:1", "q:1"]);
+    assert_eq!(
+        sh(Command::new("ls").arg(m.path("q"))),
+        "blobs\nindex.json\noci-layout\n"
+    );
+    assert!(!m.log().contains("ERROR"), "{}", m.log());
+    drop(m);
+    store_is_clean(&env);
 }

@@ -26,6 +26,9 @@ pub enum FsError {
     NotEmpty,
     #[error("operation not permitted: {0}")]
     NotPermitted(&'static str),
+    /// A blob an image of the repository needs: it stays while the image does.
+    #[error("blob {digest} is needed by image {image}: remove the image (write index.json without it) before its blobs")]
+    Busy { digest: Digest, image: String },
     #[error("blob {digest}: a write past its size of {size} bytes")]
     TooLarge { digest: Digest, size: u64 },
     #[error("unknown file handle {0}")]
@@ -59,6 +62,7 @@ impl FsError {
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::NotPermitted(_) => libc::EPERM,
             FsError::TooLarge { .. } => libc::EFBIG,
+            FsError::Busy { .. } => libc::EBUSY,
             FsError::Damaged { .. } => libc::EIO,
             FsError::Repository { source, .. } | FsError::Store(source) => store_errno(source),
         }
@@ -73,7 +77,10 @@ impl FsError {
     pub fn is_refusal(&self) -> bool {
         matches!(
             self,
-            FsError::Invalid(_) | FsError::TooLarge { .. } | FsError::NotPermitted(_)
+            FsError::Invalid(_)
+                | FsError::TooLarge { .. }
+                | FsError::NotPermitted(_)
+                | FsError::Busy { .. }
         )
     }
 }
@@ -106,6 +113,13 @@ mod tests {
             (FsError::IsDir, libc::EISDIR),
             (FsError::ReadOnly, libc::EROFS),
             (FsError::BadHandle(7), libc::EBADF),
+            (
+                FsError::Busy {
+                    digest: digest.clone(),
+                    image: "r:1".into(),
+                },
+                libc::EBUSY,
+            ),
             (
                 FsError::Damaged {
                     digest: digest.clone(),

@@ -13,6 +13,9 @@
 //!           <hex>          Node::Blob(digest, size): the store's file, checked on open
 //! ```
 //!
+//! An open blob holds its store file once per inode, however many opens (`blob_files`): the
+//! descriptor is shared by reads and by passthrough, and closed at the last release.
+//!
 //! Lock order: handles, then nothing; the view and inode locks are leaves taken one at a time.
 
 pub mod error;
@@ -61,6 +64,20 @@ const BLOB_MODE: u16 = 0o444;
 const LAYOUT_FILE_MODE: u16 = 0o444;
 const INDEX_MODE: u16 = 0o644;
 const INDEX_MODE_RO: u16 = 0o444;
+
+/// Who looks into a repository directory. A repository made with mkdir in this mount shows
+/// each layout name once it is written, as on a disk; once it has images (pending ones too) it
+/// shows all three to every process but its maker, which goes on creating them exclusively
+/// (cp -r: open with O_EXCL, mkdir) and must not find them there first.
+#[derive(Clone, Copy)]
+pub(crate) enum Viewer<'a> {
+    /// Any process but the maker (the core's own reads, tests).
+    Reader,
+    /// The maker, or the mount acting for a write: what was written.
+    Maker,
+    /// A process, by id, asked only when the answer depends on it.
+    Process(&'a dyn Fn() -> u32),
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -124,8 +141,10 @@ pub struct Statfs {
 
 enum Handle {
     Blob {
+        ino: u64,
         digest: Digest,
         size: u64,
+        /// Shared by every open of this inode (see `Fs::blob_files`).
         file: Arc<File>,
     },
     Bytes(Arc<[u8]>),
@@ -149,6 +168,9 @@ pub struct Fs {
     inodes: Inodes,
     verifier: Verifier,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// The store file behind each blob inode while any open of it lasts: one descriptor per
+    /// blob, for reads and passthrough alike, however many opens; dropped with the last.
+    blob_files: Mutex<HashMap<u64, std::sync::Weak<File>>>,
     next_fh: AtomicU64,
     options: FsOptions,
     uid: u32,
@@ -182,6 +204,7 @@ impl Fs {
             inodes: Inodes::new(),
             verifier: Verifier::default(),
             handles: Mutex::new(HashMap::new()),
+            blob_files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             options,
             uid,
@@ -210,7 +233,18 @@ impl Fs {
         self.views.repo(repo)?.ok_or(FsError::NotFound)
     }
 
+    /// Looks `name` up in `parent` as any reader does (see `Viewer`).
     pub fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        self.lookup_in(parent, name, Viewer::Reader)
+    }
+
+    /// Looks `name` up for a process, whose id `pid` gives when asked (only a repository made
+    /// with mkdir in this mount asks, see `Viewer`).
+    pub fn lookup_as(&self, parent: u64, name: &OsStr, pid: &dyn Fn() -> u32) -> FsResult<Attr> {
+        self.lookup_in(parent, name, Viewer::Process(pid))
+    }
+
+    pub(crate) fn lookup_in(&self, parent: u64, name: &OsStr, viewer: Viewer) -> FsResult<Attr> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let scratch = self.write.lock().lookup(parent, name);
         if let Some(id) = scratch {
@@ -223,13 +257,15 @@ impl Fs {
                 let snapshot = self.views.snapshot()?;
                 let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
                 match name {
-                    "oci-layout" if self.layout_visible(&snapshot, &path, name) => {
+                    "oci-layout" if self.layout_visible(&snapshot, &path, name, viewer) => {
                         Node::LayoutFile(path)
                     }
-                    "index.json" if self.layout_visible(&snapshot, &path, name) => {
+                    "index.json" if self.layout_visible(&snapshot, &path, name, viewer) => {
                         Node::Index(path)
                     }
-                    "blobs" if self.layout_visible(&snapshot, &path, name) => Node::Blobs(path),
+                    "blobs" if self.layout_visible(&snapshot, &path, name, viewer) => {
+                        Node::Blobs(path)
+                    }
                     _ if dir.children.contains(name) => Node::Dir(child_path(&path, name)),
                     _ => return Err(FsError::NotFound),
                 }
@@ -272,12 +308,7 @@ impl Fs {
         } else {
             view.algorithms()
         };
-        algs.extend(
-            w.alg_dirs
-                .iter()
-                .filter(|(r, _)| r == repo)
-                .map(|(_, a)| *a),
-        );
+        algs.extend(w.alg_dirs_of(repo));
         Ok(algs)
     }
 
@@ -309,12 +340,16 @@ impl Fs {
             Node::Dir(path) => {
                 let snapshot = self.views.snapshot()?;
                 let dir = snapshot.dir(path).ok_or(FsError::NotFound)?;
-                let subdirs = dir
-                    .children
-                    .iter()
-                    .filter(|c| !(dir.repository && LAYOUT_NAMES.contains(&c.as_str())))
-                    .count()
-                    + usize::from(dir.repository);
+                // Counted without walking the children: the root may have thousands.
+                let shadowed = if dir.repository {
+                    LAYOUT_NAMES
+                        .iter()
+                        .filter(|n| dir.children.contains(**n))
+                        .count()
+                } else {
+                    0
+                };
+                let subdirs = dir.children.len() - shadowed + usize::from(dir.repository);
                 Attr {
                     nlink: 2 + subdirs as u32,
                     mtime: if dir.updated == UNIX_EPOCH {
@@ -328,13 +363,16 @@ impl Fs {
             }
             Node::LayoutFile(repo) => {
                 let mtime = self.repo_updated(repo)?;
-                file_attr(
-                    base,
-                    self.layout_file.len() as u64,
-                    LAYOUT_FILE_MODE,
-                    mtime,
-                    IMMUTABLE_TTL,
-                )
+                Attr {
+                    entry_ttl: self.entry_ttl(repo, "oci-layout"),
+                    ..file_attr(
+                        base,
+                        self.layout_file.len() as u64,
+                        LAYOUT_FILE_MODE,
+                        mtime,
+                        IMMUTABLE_TTL,
+                    )
+                }
             }
             Node::Index(repo) => {
                 let view = self.repo(repo)?;
@@ -346,9 +384,13 @@ impl Fs {
                     (INDEX_MODE, Duration::ZERO)
                 };
                 let mtime = self.repo_updated(repo)?;
-                file_attr(base, view.index.len() as u64, mode, mtime, ttl)
+                Attr {
+                    entry_ttl: self.entry_ttl(repo, "index.json"),
+                    ..file_attr(base, view.index.len() as u64, mode, mtime, ttl)
+                }
             }
             Node::Blobs(repo) => Attr {
+                entry_ttl: self.entry_ttl(repo, "blobs"),
                 nlink: 2 + self.algorithms(repo)?.len() as u32,
                 mtime: self.repo_updated(repo)?,
                 size: BLOCK_SIZE.into(),
@@ -406,7 +448,16 @@ impl Fs {
     /// Opens a directory: its entries are read now, so that offsets stay valid while it is
     /// read even if images change meanwhile.
     pub fn opendir(&self, ino: u64) -> FsResult<u64> {
-        let entries = self.dir_entries(ino)?;
+        self.opendir_in(ino, Viewer::Reader)
+    }
+
+    /// Opens a directory for a process, whose id `pid` gives when asked (see `lookup_as`).
+    pub fn opendir_as(&self, ino: u64, pid: &dyn Fn() -> u32) -> FsResult<u64> {
+        self.opendir_in(ino, Viewer::Process(pid))
+    }
+
+    fn opendir_in(&self, ino: u64, viewer: Viewer) -> FsResult<u64> {
+        let entries = self.dir_entries(ino, viewer)?;
         Ok(self.add_handle(Handle::Dir(Arc::new(entries))))
     }
 
@@ -424,7 +475,7 @@ impl Fs {
         }
     }
 
-    fn dir_entries(&self, ino: u64) -> FsResult<Vec<DirEntry>> {
+    fn dir_entries(&self, ino: u64, viewer: Viewer) -> FsResult<Vec<DirEntry>> {
         let node = self.node(ino)?;
         let dir = |name: &str, node: Node| DirEntry {
             ino: self.inodes.ino(&node),
@@ -443,14 +494,16 @@ impl Fs {
                 let info = snapshot.dir(&path).ok_or(FsError::NotFound)?;
                 out.push(dir(".", Node::Dir(path.clone())));
                 out.push(dir("..", Node::Dir(parent_path(&path))));
-                if self.layout_visible(&snapshot, &path, "blobs") {
-                    out.push(dir("blobs", Node::Blobs(path.clone())));
-                }
-                if self.layout_visible(&snapshot, &path, "index.json") {
+                // index.json first: `rm -r` removes in this order, and a blob an image needs
+                // may be unlinked only once index.json (and so every image) is gone.
+                if self.layout_visible(&snapshot, &path, "index.json", viewer) {
                     out.push(file("index.json", Node::Index(path.clone())));
                 }
-                if self.layout_visible(&snapshot, &path, "oci-layout") {
+                if self.layout_visible(&snapshot, &path, "oci-layout", viewer) {
                     out.push(file("oci-layout", Node::LayoutFile(path.clone())));
+                }
+                if self.layout_visible(&snapshot, &path, "blobs", viewer) {
+                    out.push(dir("blobs", Node::Blobs(path.clone())));
                 }
                 for c in &info.children {
                     if info.repository && LAYOUT_NAMES.contains(&c.as_str()) {
@@ -552,16 +605,28 @@ impl Fs {
                 match kind {
                     Ok(shared) => (Handle::Upload { ino, shared }, Caching::Direct, None),
                     Err((digest, size)) => {
-                        let file = Arc::new(self.verifier.open(self.store(), &digest, size)?);
+                        let file = self.open_blob(ino, &digest, size)?;
                         let backing = Some(file.clone());
-                        (Handle::Blob { digest, size, file }, Caching::Keep, backing)
+                        let handle = Handle::Blob {
+                            ino,
+                            digest,
+                            size,
+                            file,
+                        };
+                        (handle, Caching::Keep, backing)
                     }
                 }
             }
             Node::Blob(digest, size) => {
-                let file = Arc::new(self.verifier.open(self.store(), &digest, size)?);
+                let file = self.open_blob(ino, &digest, size)?;
                 let backing = Some(file.clone());
-                (Handle::Blob { digest, size, file }, Caching::Keep, backing)
+                let handle = Handle::Blob {
+                    ino,
+                    digest,
+                    size,
+                    file,
+                };
+                (handle, Caching::Keep, backing)
             }
         };
         Ok(Opened {
@@ -587,9 +652,9 @@ impl Fs {
             Upload(write::Shared),
         }
         let src = match self.handles.lock().get(&fh) {
-            Some(Handle::Blob { digest, size, file }) => {
-                Src::Blob(digest.clone(), *size, file.clone())
-            }
+            Some(Handle::Blob {
+                digest, size, file, ..
+            }) => Src::Blob(digest.clone(), *size, file.clone()),
             Some(Handle::Bytes(b)) => Src::Bytes(b.clone()),
             Some(Handle::Upload { shared, .. }) => Src::Upload(shared.clone()),
             Some(Handle::Dir(_)) => return Err(FsError::IsDir),
@@ -598,7 +663,7 @@ impl Fs {
         buf.clear();
         match src {
             // A file being written reads back what was written so far.
-            Src::Upload(shared) => match shared.lock().upload.as_ref() {
+            Src::Upload(shared) => match shared.lock().upload.as_mut() {
                 Some(u) => u.read_at(offset, size, buf)?,
                 None => return Err(FsError::NotPermitted("the upload was committed")),
             },
@@ -627,9 +692,37 @@ impl Fs {
 
     pub fn release(&self, fh: u64) {
         let handle = self.handles.lock().remove(&fh);
-        if let Some(Handle::Upload { ino, shared }) = handle {
-            self.release_upload(ino, &shared);
+        match handle {
+            Some(Handle::Upload { ino, shared }) => self.release_upload(ino, &shared),
+            Some(Handle::Blob { ino, file, .. }) => {
+                drop(file);
+                let mut files = self.blob_files.lock();
+                if files.get(&ino).is_some_and(|f| f.strong_count() == 0) {
+                    files.remove(&ino);
+                }
+            }
+            _ => {}
         }
+    }
+
+    /// Opens blob inode `ino`, checked: the descriptor already open for it when it is the
+    /// same store file, else the one just checked (which the next opens share).
+    fn open_blob(&self, ino: u64, digest: &Digest, size: u64) -> FsResult<Arc<File>> {
+        let checked = self.verifier.open(self.store(), digest, size)?;
+        let mut files = self.blob_files.lock();
+        if let Some(open) = files.get(&ino).and_then(std::sync::Weak::upgrade) {
+            if same_file(&open, &checked) {
+                return Ok(open);
+            }
+        }
+        let file = Arc::new(checked);
+        files.insert(ino, Arc::downgrade(&file));
+        Ok(file)
+    }
+
+    /// How many blob inodes hold an open store file (for tests and logs).
+    pub fn open_blob_files(&self) -> usize {
+        self.blob_files.lock().len()
     }
 
     /// How many repository views were computed so far: each reads that repository's manifests,
@@ -671,6 +764,20 @@ impl Fs {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.handles.lock().insert(fh, h);
         fh
+    }
+}
+
+/// Whether two descriptors are of the same file (device and inode).
+fn same_file(a: &File, b: &File) -> bool {
+    match (a.metadata(), b.metadata()) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+impl Drop for Fs {
+    fn drop(&mut self) {
+        self.drop_uploads(None);
     }
 }
 

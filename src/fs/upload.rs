@@ -3,6 +3,9 @@
 //! its bytes stay here until it is committed as a blob (verified against the digest its name
 //! gives), read as `index.json` or `oci-layout`, or dropped. Writes out of order are allowed;
 //! the hash is then computed from the file at commit. Dropping an upload removes its directory.
+//! An upload nothing has open (a temporary file after close) is parked: its descriptors are
+//! closed and the file is opened again from its ingest path at the next access, so that
+//! thousands of temporary files hold no descriptor of the daemon's.
 
 use std::fs::File;
 use std::io;
@@ -58,33 +61,74 @@ const PARALLEL_HASH_MIN: usize = 256 << 10;
 
 pub struct Upload {
     dir: PathBuf,
-    file: File,
+    /// The data file, read and write; None while parked.
+    file: Option<File>,
     /// The same file opened with O_DIRECT, for large aligned writes: they go to the disk from
     /// a buffer of this thread's instead of into newly allocated page cache (the slow part of a
     /// copy into the mount), and leave little for the fsync at commit. None where the
-    /// filesystem has no O_DIRECT (tmpfs) or after it failed once.
+    /// filesystem has no O_DIRECT (tmpfs) or after it failed once, and while parked.
     direct: Option<File>,
+    /// Whether O_DIRECT is worth opening again after a park (it worked when last tried).
+    direct_ok: bool,
     /// Running hash of bytes 0..len, while every write has continued where the last ended.
     hasher: Option<Hasher>,
     len: u64,
+    /// Left in the ingest area when dropped (see `abandon`).
+    keep: bool,
 }
 
 impl Upload {
     /// A new, empty upload; `alg` is the hash kept while it is written.
     pub fn new(store: &Store, alg: Algorithm) -> Result<Upload> {
         let (dir, file) = store::new_ingest(store)?;
-        let direct = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(dir.join(store::DATA_FILE))
-            .ok();
+        let direct = open_direct(&dir.join(store::DATA_FILE));
         Ok(Upload {
             dir,
-            file,
+            file: Some(file),
+            direct_ok: direct.is_some(),
             direct,
             hasher: Some(alg.hasher()),
             len: 0,
+            keep: false,
         })
+    }
+
+    /// Drops the upload but leaves its ingest directory, as a process that died would: the
+    /// next mount, or gc, removes it (the daemon's exit does not wait for the disk).
+    pub fn abandon(mut self) {
+        self.keep = true;
+    }
+
+    /// Closes the upload's descriptors; the next access opens the data file again.
+    pub fn park(&mut self) {
+        self.file = None;
+        self.direct = None;
+    }
+
+    /// Whether the upload holds descriptors now.
+    pub fn is_parked(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// The data file, opened again if the upload was parked.
+    fn file(&mut self) -> Result<&File> {
+        let file = match self.file.take() {
+            Some(f) => f,
+            None => {
+                let data = self.data();
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&data)
+                    .map_err(|e| Error::io(&data, e))?;
+                if self.direct_ok {
+                    self.direct = open_direct(&data);
+                    self.direct_ok = self.direct.is_some();
+                }
+                file
+            }
+        };
+        Ok(self.file.insert(file))
     }
 
     fn data(&self) -> PathBuf {
@@ -103,12 +147,18 @@ impl Upload {
     /// another thread while it is written, so that a copy into the mount pays for the slower of
     /// the two, not both. After an error the upload is not to be committed.
     pub fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.file()?;
         let direct = self.direct.as_ref().filter(|_| {
             offset % DIRECT_ALIGN as u64 == 0
                 && buf.len() % DIRECT_ALIGN == 0
                 && buf.len() >= PARALLEL_HASH_MIN
         });
-        let file = &self.file;
+        let Some(file) = self.file.as_ref() else {
+            return Err(Error::io(
+                self.data(),
+                io::Error::other("the upload is parked"),
+            ));
+        };
         let write = || match direct {
             Some(d) => write_direct(d, buf, offset),
             None => file.write_all_at(buf, offset).map(|()| true),
@@ -138,9 +188,11 @@ impl Upload {
             // The filesystem refused O_DIRECT for this write: buffered from now on.
             Ok(false) => {
                 self.direct = None;
-                self.file
+                self.direct_ok = false;
+                let data = self.data();
+                self.file()?
                     .write_all_at(buf, offset)
-                    .map_err(|e| Error::io(self.data(), e))?;
+                    .map_err(|e| Error::io(data, e))?;
             }
             Err(e) => return Err(Error::io(self.data(), e)),
         }
@@ -148,19 +200,19 @@ impl Upload {
         Ok(())
     }
 
-    pub fn read_at(&self, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<()> {
+    pub fn read_at(&mut self, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<()> {
         let want = self.len.saturating_sub(offset).min(u64::from(size)) as usize;
         buf.clear();
         buf.resize(want, 0);
-        self.file
+        let data = self.data();
+        self.file()?
             .read_exact_at(buf, offset)
-            .map_err(|e| Error::io(self.data(), e))
+            .map_err(|e| Error::io(data, e))
     }
 
     pub fn truncate(&mut self, size: u64) -> Result<()> {
-        self.file
-            .set_len(size)
-            .map_err(|e| Error::io(self.data(), e))?;
+        let data = self.data();
+        self.file()?.set_len(size).map_err(|e| Error::io(data, e))?;
         if size == 0 {
             if let Some(h) = &self.hasher {
                 self.hasher = Some(h.algorithm().hasher());
@@ -173,7 +225,7 @@ impl Upload {
     }
 
     /// The whole content, for small files (`index.json`, `oci-layout`): at most `cap` bytes.
-    pub fn read_small(&self, what: &str, cap: u64) -> Result<Vec<u8>> {
+    pub fn read_small(&mut self, what: &str, cap: u64) -> Result<Vec<u8>> {
         if self.len > cap {
             return Err(Error::TooLarge {
                 file: what.to_owned(),
@@ -187,7 +239,7 @@ impl Upload {
     }
 
     /// The digest of the content with `alg`.
-    fn digest(&self, alg: Algorithm) -> io::Result<Digest> {
+    fn digest(&mut self, alg: Algorithm) -> Result<Digest> {
         if let Some(h) = &self.hasher {
             if h.algorithm() == alg {
                 return Ok(h.clone().finish());
@@ -196,9 +248,12 @@ impl Upload {
         let mut h = alg.hasher();
         let mut buf = vec![0u8; HASH_CHUNK];
         let mut offset = 0;
-        while offset < self.len {
-            let n = (self.len - offset).min(HASH_CHUNK as u64) as usize;
-            self.file.read_exact_at(&mut buf[..n], offset)?;
+        let (len, data) = (self.len, self.data());
+        let file = self.file()?;
+        while offset < len {
+            let n = (len - offset).min(HASH_CHUNK as u64) as usize;
+            file.read_exact_at(&mut buf[..n], offset)
+                .map_err(|e| Error::io(&data, e))?;
             h.update(&buf[..n]);
             offset += n as u64;
         }
@@ -207,24 +262,35 @@ impl Upload {
 
     /// Checks the content against the blob `expected` (and `size` bytes, when a descriptor
     /// gives it), leaving the upload as it is.
-    pub fn verify(&self, expected: &Digest, size: Option<u64>) -> Result<()> {
+    pub fn verify(&mut self, expected: &Digest, size: Option<u64>) -> Result<()> {
         store::check_size(expected, size, self.len)?;
-        let found = self
-            .digest(expected.algorithm())
-            .map_err(|e| Error::io(self.data(), e))?;
+        let found = self.digest(expected.algorithm())?;
         store::check_digest(expected, found)
     }
 
     /// Verifies the content as the blob `expected` and moves it into the store. Returns false
     /// when the store had it already. The upload is spent either way.
-    pub fn commit(self, store: &Store, expected: &Digest, size: Option<u64>) -> Result<bool> {
+    pub fn commit(mut self, store: &Store, expected: &Digest, size: Option<u64>) -> Result<bool> {
         self.verify(expected, size)?;
-        store::place(store, &self.file, &self.data(), expected)
+        let data = self.data();
+        store::place(store, self.file()?, &data, expected)
     }
+}
+
+/// The data file at `data` opened again with O_DIRECT, where the filesystem allows it.
+fn open_direct(data: &std::path::Path) -> Option<File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(data)
+        .ok()
 }
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        if self.keep {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

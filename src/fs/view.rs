@@ -7,7 +7,11 @@
 //! Changes made by other processes are noticed through SQLite's `data_version`, checked at most
 //! every `REFRESH_INTERVAL`, so an image imported, tagged or removed elsewhere shows within it.
 //!
-//! Lock order: `State` is locked alone; repository views are computed outside it.
+//! A repository made or removed with mkdir/rmdir in the mount patches the tree in place
+//! (`add_created`, `remove_created`), so that each costs the same however many there are.
+//!
+//! Lock order: `State` is locked alone, or before `extra`; repository views are computed
+//! outside it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -53,7 +57,7 @@ impl Default for DirInfo {
 }
 
 /// The tree as the records give it at one moment.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     dirs: HashMap<String, DirInfo>,
     repos: HashMap<String, Vec<Entry>>,
@@ -125,6 +129,57 @@ impl Snapshot {
             }
         }
         s
+    }
+
+    /// Adds the repository `repo` with no image (made with mkdir), as `build_with` would: the
+    /// directory, and its name in each directory above it.
+    fn add_empty_repo(&mut self, repo: &str, updated: SystemTime) {
+        let mut path = repo.to_owned();
+        let mut child: Option<String> = None;
+        loop {
+            let dir = self.dirs.entry(path.clone()).or_default();
+            dir.updated = dir.updated.max(updated);
+            match child.take() {
+                Some(c) => {
+                    dir.children.insert(c);
+                }
+                None => dir.repository = true,
+            }
+            if path.is_empty() {
+                break;
+            }
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+            child = Some(name.to_owned());
+            path = parent.to_owned();
+        }
+        self.repos.entry(repo.to_owned()).or_default();
+    }
+
+    /// Removes the repository `repo` if it has no image and no sub-directory, and each
+    /// directory above it left with nothing below.
+    fn remove_empty_repo(&mut self, repo: &str) {
+        let empty = |s: &Snapshot, p: &str| {
+            s.dirs.get(p).is_some_and(|d| d.children.is_empty())
+                && s.repos.get(p).is_none_or(Vec::is_empty)
+        };
+        if !empty(self, repo) {
+            return;
+        }
+        self.repos.remove(repo);
+        self.dirs.remove(repo);
+        let mut path = repo;
+        loop {
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+            let Some(dir) = self.dirs.get_mut(parent) else {
+                return;
+            };
+            dir.children.remove(name);
+            if parent.is_empty() || dir.repository || !dir.children.is_empty() {
+                return;
+            }
+            self.dirs.remove(parent);
+            path = parent;
+        }
     }
 
     pub fn dir(&self, path: &str) -> Option<&DirInfo> {
@@ -228,6 +283,27 @@ impl Views {
         let out = f(&mut self.extra.lock());
         self.invalidate();
         out
+    }
+
+    /// Adds `repo`, made with mkdir, to what the mount shows. The tree is patched in place, not
+    /// rebuilt (a rebuild reads every record, which made each mkdir cost as much as all before).
+    pub fn add_created(&self, repo: &str) {
+        self.extra.lock().created.insert(repo.to_owned());
+        let mut st = self.state.lock();
+        // With no version, the next look rebuilds the tree from the records and `extra`.
+        if st.version.is_some() {
+            Arc::make_mut(&mut st.snapshot).add_empty_repo(repo, SystemTime::now());
+        }
+    }
+
+    /// Removes `repo`, an empty repository (rmdir), from what the mount shows, in place.
+    pub fn remove_created(&self, repo: &str) {
+        self.extra.lock().created.remove(repo);
+        let mut st = self.state.lock();
+        st.repos.remove(repo);
+        if st.version.is_some() {
+            Arc::make_mut(&mut st.snapshot).remove_empty_repo(repo);
+        }
     }
 
     /// Drops the cached view of `repo`, whose blobs changed without its images changing.

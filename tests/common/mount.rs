@@ -28,19 +28,53 @@ pub fn is_mounted(dir: &Path) -> bool {
 impl Mounted {
     /// Mounts `env`'s store on a new directory `name` of its temporary directory.
     pub fn start(env: &Env, name: &str, extra: &[&str]) -> Mounted {
+        Self::start_with(env, name, extra, |_| {})
+    }
+
+    /// Like `start`, with the daemon's soft limit on open descriptors lowered to `soft` (as a
+    /// login shell's usual 1024), to see the daemon raise it.
+    pub fn start_with_nofile(env: &Env, name: &str, extra: &[&str], soft: u64) -> Mounted {
+        use std::os::unix::process::CommandExt;
+        Self::start_with(env, name, extra, move |cmd| {
+            // SAFETY: the closure runs in the child before exec and only calls getrlimit and
+            // setrlimit, which are async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
+    fn start_with(
+        env: &Env,
+        name: &str,
+        extra: &[&str],
+        adjust: impl FnOnce(&mut std::process::Command),
+    ) -> Mounted {
         let dir = env.path(name);
         fs::create_dir_all(&dir).unwrap();
         let log = env.path(&format!("{name}.log"));
         let mut args = vec!["mount", dir.to_str().unwrap()];
         args.extend_from_slice(extra);
-        let child = env
-            .cmd(&args)
-            .env("LAYOUTFS_LOG", "info")
+        let mut cmd = env.cmd(&args);
+        cmd.env("LAYOUTFS_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(fs::File::create(&log).unwrap());
+        adjust(&mut cmd);
+        let child = cmd.spawn().unwrap();
         let mut m = Mounted {
             child: Some(child),
             dir,
@@ -63,6 +97,17 @@ impl Mounted {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// The daemon's (soft, hard) limits on open descriptors.
+    pub fn nofile_limits(&self) -> (u64, u64) {
+        let limits = fs::read_to_string(format!("/proc/{}/limits", self.pid())).unwrap();
+        let line = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap();
+        let mut n = line.split_whitespace().skip(3).map(|v| v.parse().unwrap());
+        (n.next().unwrap(), n.next().unwrap())
     }
 
     /// The daemon's log so far.
