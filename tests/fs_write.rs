@@ -361,7 +361,18 @@ fn bad_index_and_layout_files_fail_at_close_and_change_nothing() {
     let before = h.images();
     let good_index = h.read_as("repo/index.json", 1).unwrap();
     let missing = Digest::of(Algorithm::Sha256, b"nothing");
+    // A ref name pinned to other content; one name twice under two media types.
+    let good: serde_json::Value = serde_json::from_slice(&good_index).unwrap();
+    let mut pinned = good.clone();
+    pinned["manifests"][0]["annotations"][oci::ANNOTATION_REF_NAME] =
+        format!("repo@{missing}").into();
+    let mut twice = good.clone();
+    let mut leaf = good["manifests"][0].clone();
+    leaf["mediaType"] = "application/octet-stream".into();
+    twice["manifests"].as_array_mut().unwrap().push(leaf);
     for bad in [
+        serde_json::to_vec(&pinned).unwrap(),
+        serde_json::to_vec(&twice).unwrap(),
         b"{not json".to_vec(),
         br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:ABC","size":1}]}"#.to_vec(),
         br#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:../../x","size":1}]}"#.to_vec(),

@@ -408,7 +408,8 @@ impl Fs {
             }
             Node::Blob(digest, size) => {
                 // Blocks and times from the store's file; if it vanished, reads say so.
-                let (blocks, mtime) = match std::fs::metadata(self.store().blob_path(digest)) {
+                let path = self.store().blob_path(digest);
+                let (blocks, mtime) = match std::fs::symlink_metadata(path) {
                     Ok(m) => (m.blocks(), m.modified().unwrap_or(UNIX_EPOCH)),
                     Err(_) => (size.div_ceil(STAT_BLOCK), UNIX_EPOCH),
                 };

@@ -283,7 +283,12 @@ pub fn name_in_repo(repo: &str, d: &Descriptor) -> Result<Reference> {
             })?;
             match full.tag() {
                 Some(t) => Ok(Reference::tagged(repo, t)?),
-                None => Ok(Reference::digested(repo, d.digest.clone())?),
+                None => {
+                    // As import: a name with a digest names exactly that content.
+                    full.check_target(&d.digest)
+                        .map_err(|e| Error::layout("index.json", e.to_string()))?;
+                    Ok(Reference::digested(repo, d.digest.clone())?)
+                }
             }
         }
         None => Ok(Reference::digested(repo, d.digest.clone())?),
@@ -298,10 +303,13 @@ pub fn parse_index(repo: &str, bytes: &[u8]) -> Result<BTreeMap<Reference, Descr
         let name = name_in_repo(repo, d)?;
         let target = layout::unnamed_descriptor(d);
         if let Some(prev) = out.insert(name.clone(), target.clone()) {
-            if prev.digest != target.digest {
+            if prev.digest != target.digest || prev.media_type != target.media_type {
                 return Err(Error::layout(
                     "index.json",
-                    format!("{name} names both {} and {}", prev.digest, target.digest),
+                    format!(
+                        "{name} names both {} ({}) and {} ({})",
+                        prev.digest, prev.media_type, target.digest, target.media_type
+                    ),
                 ));
             }
         }
