@@ -1061,3 +1061,34 @@ fn a_repository_with_pending_images_shows_its_layout_names() {
     assert_eq!(as_pid(READER), all);
     assert_eq!(as_pid(MAKER), all);
 }
+
+#[test]
+fn a_tag_is_added_through_the_mount_to_a_repository_of_20000() {
+    // Before 2026-11-28 the mount refused an index.json over 4 MiB, which export writes for
+    // 18,000 tags, so no tag could be added to such a repository.
+    const TAGS: usize = 20_000;
+    let h = Harness::new();
+    let dir = h.tmp.path().join("many");
+    let mut b = LayoutBuilder::new(&dir);
+    let m = b.small_image("t0", 1, 100, 17);
+    for i in 1..TAGS {
+        b.tag(&m, Some(&format!("t{i}")));
+    }
+    b.write_index();
+    h.copy_in(&dir, "many", false).unwrap();
+    assert_eq!(h.images().len(), TAGS);
+    let read = h.read_as("many/index.json", 1).unwrap();
+    assert!(
+        read.len() as u64 > oci::MAX_JSON_SIZE,
+        "{} bytes",
+        read.len()
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&read).unwrap();
+    let mut extra = v["manifests"][0].clone();
+    extra["annotations"] = serde_json::json!({ (oci::ANNOTATION_REF_NAME): "added" });
+    v["manifests"].as_array_mut().unwrap().push(extra);
+    h.put("many/index.json", &serde_json::to_vec(&v).unwrap(), 1)
+        .unwrap();
+    assert_eq!(h.images().len(), TAGS + 1);
+    assert!(h.images().contains(&"many:added".to_owned()));
+}
