@@ -184,6 +184,42 @@ impl Hasher {
     }
 }
 
+/// Hashes `file` from its start with `alg`: up to `len` bytes when given (the file must hold
+/// them), else to its end. Positional reads through `buf` leave a shared descriptor's offset
+/// alone; `seen` is told each count read. The one hash-a-file loop: the mount's verifier, fsck
+/// and the mount's uploads call it.
+pub fn hash_file(
+    alg: Algorithm,
+    file: &std::fs::File,
+    len: Option<u64>,
+    buf: &mut [u8],
+    mut seen: impl FnMut(u64),
+) -> std::io::Result<Digest> {
+    use std::os::unix::fs::FileExt;
+    let mut h = alg.hasher();
+    let mut offset = 0u64;
+    loop {
+        let want = match len {
+            Some(l) => (l - offset).min(buf.len() as u64) as usize,
+            None => buf.len(),
+        };
+        if want == 0 {
+            break;
+        }
+        let n = match file.read_at(&mut buf[..want], offset) {
+            Ok(0) if len.is_some() => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+        offset += n as u64;
+        seen(n as u64);
+    }
+    Ok(h.finish())
+}
+
 fn to_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
@@ -262,6 +298,22 @@ mod tests {
             assert!(want(&err), "{s:?} gave {err:?}");
             assert!(err.to_string().contains("invalid digest"), "{err}");
         }
+    }
+
+    #[test]
+    fn hash_file_reads_to_the_end_or_exactly_len() {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(b"abcdef").unwrap();
+        let mut buf = [0u8; 4]; // smaller than the file: several reads
+        let mut seen = 0;
+        let whole = hash_file(Algorithm::Sha256, &f, None, &mut buf, |n| seen += n).unwrap();
+        assert_eq!(whole, Digest::of(Algorithm::Sha256, b"abcdef"));
+        assert_eq!(seen, 6);
+        let head = hash_file(Algorithm::Sha512, &f, Some(3), &mut buf, |_| {}).unwrap();
+        assert_eq!(head, Digest::of(Algorithm::Sha512, b"abc"));
+        let past = hash_file(Algorithm::Sha256, &f, Some(7), &mut buf, |_| {});
+        assert_eq!(past.unwrap_err().kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

@@ -245,19 +245,11 @@ impl Upload {
                 return Ok(h.clone().finish());
             }
         }
-        let mut h = alg.hasher();
         let mut buf = vec![0u8; HASH_CHUNK];
-        let mut offset = 0;
         let (len, data) = (self.len, self.data());
         let file = self.file()?;
-        while offset < len {
-            let n = (len - offset).min(HASH_CHUNK as u64) as usize;
-            file.read_exact_at(&mut buf[..n], offset)
-                .map_err(|e| Error::io(&data, e))?;
-            h.update(&buf[..n]);
-            offset += n as u64;
-        }
-        Ok(h.finish())
+        crate::digest::hash_file(alg, file, Some(len), &mut buf, |_| {})
+            .map_err(|e| Error::io(&data, e))
     }
 
     /// Checks the content against the blob `expected` (and `size` bytes, when a descriptor

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 
@@ -101,18 +101,6 @@ impl Verifier {
 fn hash_file(file: &File, digest: &Digest) -> io::Result<Digest> {
     // SAFETY: posix_fadvise only takes an fd we own and plain integers; it is advice.
     unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
-    let mut hasher = digest.algorithm().hasher();
     let mut buf = vec![0u8; HASH_CHUNK];
-    let mut offset = 0u64;
-    loop {
-        let n = match file.read_at(&mut buf, offset) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        offset += n as u64;
-    }
-    Ok(hasher.finish())
+    crate::digest::hash_file(digest.algorithm(), file, None, &mut buf, |_| {})
 }

@@ -315,18 +315,8 @@ fn hash_file(
     buf: &mut [u8],
     progress: &Progress,
 ) -> io::Result<Digest> {
-    let mut file = store.open_blob_file(digest)?;
-    let mut hasher = digest.algorithm().hasher();
-    loop {
-        let n = match file.read(buf) {
-            Ok(0) => return Ok(hasher.finish()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        progress.add(n as u64);
-    }
+    let file = store.open_blob_file(digest)?;
+    crate::digest::hash_file(digest.algorithm(), &file, None, buf, |n| progress.add(n))
 }
 
 /// Moves a blob to `quarantine/<alg>/<hex>`, replacing an earlier quarantined copy.
