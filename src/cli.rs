@@ -188,27 +188,7 @@ impl Cli {
         })?;
         warn_if_adopted(&store, &self.command);
         match self.command {
-            Command::Import { name, source } => {
-                let source = Source::from_arg(&source)?;
-                let imported = archive::import(&store, &source, name.as_deref())?;
-                if store.db_replaced() {
-                    return Err(Error::Invalid(format!(
-                        "{}: deleted or replaced during the import: the images were registered \
-                         in the old database; import again",
-                        store.root().join(crate::store::DB_FILE).display()
-                    )));
-                }
-                tracing::info!(
-                    blobs = imported.new_blobs,
-                    bytes = imported.new_bytes,
-                    "import done"
-                );
-                let mut out = std::io::stdout().lock();
-                for n in &imported.names {
-                    writeln!(out, "{n}").map_err(stdout_err)?;
-                }
-                Ok(())
-            }
+            Command::Import { name, source } => import(&store, name.as_deref(), &source),
             Command::Export {
                 output,
                 platform,
@@ -216,36 +196,15 @@ impl Cli {
                 verify,
                 refs,
             } => {
-                let images = resolve(&store, &refs)?;
-                let entries: Vec<Entry> = images.into_iter().map(entry).collect();
                 let opts = ExportOptions {
                     platform,
                     docker_manifest,
                     verify,
                 };
-                let plan = Plan::new(&store, &entries, &opts)?;
-                let lease = store.lease()?;
-                plan.hold(&store, &lease)?;
-                let out = archive::open_output(output.as_deref())?;
-                let progress = Progress::bytes("exporting", Some(plan.blob_bytes()));
-                plan.write(&store, &out, verify, &progress)?;
-                progress.finish();
-                drop(lease);
-                Ok(())
+                export(&store, &refs, output.as_deref(), &opts)
             }
             Command::Images { format } => list_images(&store, format),
-            Command::Rm { refs } => {
-                let names: Vec<Reference> = resolve(&store, &refs)?
-                    .into_iter()
-                    .map(|i| i.name)
-                    .collect();
-                store.records().remove(&names)?;
-                let mut out = std::io::stdout().lock();
-                for n in &names {
-                    writeln!(out, "{n}").map_err(stdout_err)?;
-                }
-                Ok(())
-            }
+            Command::Rm { refs } => remove(&store, &refs),
             Command::Mount {
                 mountpoint,
                 allow_other,
@@ -259,16 +218,7 @@ impl Cli {
                     passthrough: !no_passthrough,
                     threads: threads.map(std::num::NonZeroUsize::get),
                 };
-                let abandoned = if store.is_read_only() {
-                    0
-                } else {
-                    crate::store::remove_abandoned(&store)?
-                };
-                if abandoned > 0 {
-                    tracing::info!("removed {abandoned} ingests of processes that are gone");
-                }
-                let fs = Fs::new(std::sync::Arc::new(store), FsOptions { read_only });
-                fuse::mount(fs, &mountpoint, &options)
+                mount(store, &mountpoint, &options)
             }
             Command::Gc {
                 dry_run,
@@ -284,26 +234,95 @@ impl Cli {
                 print_gc(&report, dry_run)
             }
             Command::Fsck { repair } => {
-                let report = fsck::fsck(
-                    &store,
-                    &FsckOptions {
-                        repair,
-                        threads: None,
-                    },
-                )?;
-                print_fsck(&report)
+                let opts = FsckOptions {
+                    repair,
+                    threads: None,
+                };
+                print_fsck(&fsck::fsck(&store, &opts)?)
             }
-            Command::Tag { source, target } => {
-                let src: Reference = source.parse()?;
-                let dst: Reference = target.parse()?;
-                let image = store
-                    .records()
-                    .get(&src)?
-                    .ok_or_else(|| Error::NotFound(src.to_string()))?;
-                store.records().put(&[(dst, image.target)])
-            }
+            Command::Tag { source, target } => tag(&store, &source, &target),
         }
     }
+}
+
+/// `layoutfs import`: prints the names registered.
+fn import(store: &Store, name: Option<&str>, source: &std::path::Path) -> Result<()> {
+    let source = Source::from_arg(source)?;
+    let imported = archive::import(store, &source, name)?;
+    if store.db_replaced() {
+        return Err(Error::Invalid(format!(
+            "{}: deleted or replaced during the import: the images were registered \
+             in the old database; import again",
+            store.root().join(crate::store::DB_FILE).display()
+        )));
+    }
+    tracing::info!(
+        blobs = imported.new_blobs,
+        bytes = imported.new_bytes,
+        "import done"
+    );
+    print_names(&imported.names)
+}
+
+/// `layoutfs export`: every blob is held and checked before the first byte is written.
+fn export(
+    store: &Store,
+    refs: &[String],
+    output: Option<&std::path::Path>,
+    opts: &ExportOptions,
+) -> Result<()> {
+    let images = resolve(store, refs)?;
+    let entries: Vec<Entry> = images.into_iter().map(entry).collect();
+    let plan = Plan::new(store, &entries, opts)?;
+    let lease = store.lease()?;
+    plan.hold(store, &lease)?;
+    let out = archive::open_output(output)?;
+    let progress = Progress::bytes("exporting", Some(plan.blob_bytes()));
+    plan.write(store, &out, opts.verify, &progress)?;
+    progress.finish();
+    drop(lease);
+    Ok(())
+}
+
+/// `layoutfs rm`: removes names only, and prints them.
+fn remove(store: &Store, refs: &[String]) -> Result<()> {
+    let names: Vec<Reference> = resolve(store, refs)?.into_iter().map(|i| i.name).collect();
+    store.records().remove(&names)?;
+    print_names(&names)
+}
+
+/// `layoutfs mount`: serves until unmounted.
+fn mount(store: Store, mountpoint: &std::path::Path, options: &MountOptions) -> Result<()> {
+    let abandoned = if store.is_read_only() {
+        0
+    } else {
+        crate::store::remove_abandoned(&store)?
+    };
+    if abandoned > 0 {
+        tracing::info!("removed {abandoned} ingests of processes that are gone");
+    }
+    let read_only = options.read_only;
+    let fs = Fs::new(std::sync::Arc::new(store), FsOptions { read_only });
+    fuse::mount(fs, mountpoint, options)
+}
+
+/// `layoutfs tag SOURCE TARGET`.
+fn tag(store: &Store, source: &str, target: &str) -> Result<()> {
+    let src: Reference = source.parse()?;
+    let dst: Reference = target.parse()?;
+    let image = store
+        .records()
+        .get(&src)?
+        .ok_or_else(|| Error::NotFound(src.to_string()))?;
+    store.records().put(&[(dst, image.target)])
+}
+
+fn print_names(names: &[Reference]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for n in names {
+        writeln!(out, "{n}").map_err(stdout_err)?;
+    }
+    Ok(())
 }
 
 /// Says on standard error, for the commands that read records, that the store's records were
