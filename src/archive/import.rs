@@ -120,50 +120,25 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
     let lease = store.lease()?;
     let since_ms = crate::store::now_ms();
     let written = Mutex::new(Written::default());
-    let result = (|| {
-        let index = match source {
-            Source::Dir(dir) => import_dir(store, &lease, dir, &written)?,
-            Source::Archive(path) => {
-                let file = File::open(path).at(path)?;
-                let size = file.metadata().at(path)?.len();
-                import_stream(store, &lease, Box::new(file), &label, Some(size), &written)?
-            }
-            Source::Stdin => import_stream(
-                store,
-                &lease,
-                Box::new(io::stdin().lock()),
-                &label,
-                None,
-                &written,
-            )?,
-        };
-        let images = name_images(&index, repository.as_deref(), &label)?;
-        // Everything each image needs must be here and sound before any name is registered.
-        // (Each target once, however many names it has.)
-        let mut reached = HashSet::new();
-        let mut walked = HashSet::new();
-        for (_, target) in &images {
-            if walked.insert((&target.digest, &target.media_type)) {
-                reached.extend(oci::closure(store, target, OnMissing::Fail)?.into_keys());
-            }
-        }
-        store.records().put(&images)?;
-        Ok((images, reached))
-    })();
+    let result = read_source(store, &lease, source, &label, &written)
+        .and_then(|index| register(store, &index, repository.as_deref(), &label));
     let mut written = written.into_inner();
+    let take_back = |placed: &HashSet<Digest>, keep_referrers: bool| {
+        let t = TakeBack {
+            placed,
+            own: lease.id(),
+            since_ms,
+            keep_referrers,
+        };
+        remove_unneeded(store, &t)
+    };
     match result {
         Ok((images, reached)) => {
             // An archive may carry blobs no image of it reaches (a 2 GiB blob of zeros packs
             // into a few KiB): they are taken back now rather than left for gc.
             let unreached: HashSet<Digest> = written.placed.difference(&reached).cloned().collect();
             if !unreached.is_empty() {
-                let take_back = TakeBack {
-                    placed: &unreached,
-                    own: lease.id(),
-                    since_ms,
-                    keep_referrers: true,
-                };
-                match remove_unneeded(store, &take_back) {
+                match take_back(&unreached, true) {
                     Ok(r) => {
                         for (digest, size) in &r.blobs {
                             written.take_back(digest, *size);
@@ -187,13 +162,7 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
         Err(e) => {
             // Take back the blobs this import placed that nothing else needs: the store is as
             // it was (a blob another import also wrote meanwhile, or an image uses, stays).
-            let take_back = TakeBack {
-                placed: &written.placed,
-                own: lease.id(),
-                since_ms,
-                keep_referrers: false,
-            };
-            match remove_unneeded(store, &take_back) {
+            match take_back(&written.placed, false) {
                 Ok(r) if !r.blobs.is_empty() => tracing::info!(
                     "import failed: removed the {} blobs it had placed",
                     r.blobs.len()
@@ -204,6 +173,53 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
             Err(e)
         }
     }
+}
+
+/// Brings the blobs of `source` into the store (verified, held by `lease`) and returns its
+/// `index.json`.
+fn read_source(
+    store: &Store,
+    lease: &Lease,
+    source: &Source,
+    label: &str,
+    written: &Mutex<Written>,
+) -> Result<ImageIndex> {
+    match source {
+        Source::Dir(dir) => import_dir(store, lease, dir, written),
+        Source::Archive(path) => {
+            let file = File::open(path).at(path)?;
+            let size = file.metadata().at(path)?.len();
+            import_stream(store, lease, Box::new(file), label, Some(size), written)
+        }
+        Source::Stdin => {
+            let stdin = Box::new(io::stdin().lock());
+            import_stream(store, lease, stdin, label, None, written)
+        }
+    }
+}
+
+/// Images by name, as an import registers them.
+type Images = Vec<(Reference, Descriptor)>;
+
+/// Names the images of `index` and registers them, all at once, once the closure of each is
+/// in the store and sound; returns them and every blob they reach.
+fn register(
+    store: &Store,
+    index: &ImageIndex,
+    repository: Option<&str>,
+    label: &str,
+) -> Result<(Images, HashSet<Digest>)> {
+    let images = name_images(index, repository, label)?;
+    // Each target once, however many names it has.
+    let mut reached = HashSet::new();
+    let mut walked = HashSet::new();
+    for (_, target) in &images {
+        if walked.insert((&target.digest, &target.media_type)) {
+            reached.extend(oci::closure(store, target, OnMissing::Fail)?.into_keys());
+        }
+    }
+    store.records().put(&images)?;
+    Ok((images, reached))
 }
 
 #[derive(Default)]
