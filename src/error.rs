@@ -18,9 +18,10 @@ pub enum Error {
     #[error("{what}: {source}")]
     Stream { what: String, source: io::Error },
 
-    #[error("blob {digest}: writing {}: {source}", path.display())]
+    /// `blob` is `blob <digest>`, or what an ingest that names its content at commit is.
+    #[error("{blob}: writing {}: {source}", path.display())]
     Write {
-        digest: Digest,
+        blob: String,
         path: PathBuf,
         source: io::Error,
     },

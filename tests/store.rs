@@ -86,6 +86,36 @@ fn write_in_chunks_then_read_back_a_read_only_blob() {
 }
 
 #[test]
+fn an_unnamed_ingest_is_named_by_its_hash_at_commit() {
+    let t = tempfile::tempdir().unwrap();
+    let s = open(t.path());
+    for alg in Algorithm::ALL {
+        let data = bytes(2 << 20, 7);
+        let want = Digest::of(alg, &data);
+        let mut w = s.ingest_unnamed(alg).unwrap();
+        for c in data.chunks(65_537) {
+            w.write_all(c).unwrap();
+        }
+        assert!(
+            !s.has_blob(&want).unwrap(),
+            "a blob shows only once committed"
+        );
+        assert_eq!(w.commit_named().unwrap(), (want.clone(), true));
+        assert_eq!(fs::read(s.blob_path(&want)).unwrap(), data);
+        // The same content again: named the same, nothing new placed.
+        let mut w = s.ingest_unnamed(alg).unwrap();
+        w.write_all(&data).unwrap();
+        assert_eq!(w.commit_named().unwrap(), (want, false));
+        // Dropped without a commit: nothing stays.
+        let mut w = s.ingest_unnamed(alg).unwrap();
+        w.write_all(b"abandoned").unwrap();
+        drop(w);
+    }
+    assert_eq!(blob_count(&s), 2);
+    assert!(ingests(&s).is_empty());
+}
+
+#[test]
 fn commit_of_a_blob_that_exists_succeeds_and_leaves_it_untouched() {
     let t = tempfile::tempdir().unwrap();
     let s = open(t.path());

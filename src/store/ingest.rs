@@ -1,6 +1,8 @@
 //! Ingest: writing one blob into the store. Bytes go to `ingest/<id>/data` and are hashed as
 //! they are written; `commit` checks size and digest, fsyncs, makes the file read-only and
-//! renames it to `blobs/<alg>/<hex>`, then fsyncs that directory. A blob already present is a
+//! renames it to `blobs/<alg>/<hex>`, then fsyncs that directory. An ingest either expects a
+//! digest (and maybe a size) up front, or hashes the content and names it at commit
+//! (`Store::ingest_unnamed`: a legacy docker archive's layer, a chunked upload). A blob already present is a
 //! success. An ingest dropped without a commit removes its directory, so a failure leaves
 //! nothing under `blobs/`.
 //!
@@ -16,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::{Algorithm, Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
 
 use super::Store;
@@ -40,7 +42,8 @@ pub struct Ingest<'s> {
     dir: PathBuf,
     file: File,
     hasher: Hasher,
-    expected: Digest,
+    /// The digest the content must have; None names it by its hash at commit.
+    expected: Option<Digest>,
     expected_size: Option<u64>,
     written: u64,
     flushed_to: u64,
@@ -50,7 +53,8 @@ pub struct Ingest<'s> {
 impl<'s> Ingest<'s> {
     pub(super) fn start(
         store: &'s Store,
-        expected: &Digest,
+        alg: Algorithm,
+        expected: Option<&Digest>,
         expected_size: Option<u64>,
     ) -> Result<Ingest<'s>> {
         let (dir, file) = new_ingest(store)?;
@@ -58,8 +62,8 @@ impl<'s> Ingest<'s> {
             store,
             dir,
             file,
-            hasher: expected.algorithm().hasher(),
-            expected: expected.clone(),
+            hasher: alg.hasher(),
+            expected: expected.cloned(),
             expected_size,
             written: 0,
             flushed_to: 0,
@@ -67,8 +71,12 @@ impl<'s> Ingest<'s> {
         })
     }
 
-    pub fn digest(&self) -> &Digest {
-        &self.expected
+    /// What errors call this blob.
+    fn label(&self) -> String {
+        match &self.expected {
+            Some(d) => format!("blob {d}"),
+            None => format!("a {} blob being hashed", self.hasher.algorithm()),
+        }
     }
 
     pub fn written(&self) -> u64 {
@@ -78,10 +86,10 @@ impl<'s> Ingest<'s> {
     /// Appends bytes. Writing past the expected size fails at once.
     pub fn write_all(&mut self, buf: &[u8]) -> Result<()> {
         let after = self.written + buf.len() as u64;
-        if let Some(size) = self.expected_size {
+        if let (Some(size), Some(digest)) = (self.expected_size, &self.expected) {
             if after > size {
                 return Err(Error::SizeMismatch {
-                    digest: self.expected.clone(),
+                    digest: digest.clone(),
                     expected: size,
                     found: after,
                 });
@@ -90,7 +98,7 @@ impl<'s> Ingest<'s> {
         self.hasher.update(buf);
         self.file
             .write_all(buf)
-            .map_err(|e| writing(&self.expected, &self.dir.join(DATA_FILE), e))?;
+            .map_err(|e| writing(self.label(), &self.dir.join(DATA_FILE), e))?;
         self.written = after;
         if self.written - self.flushed_to >= WRITEBACK_STEP {
             start_writeback(&self.file, self.flushed_to, self.written - self.flushed_to);
@@ -126,19 +134,30 @@ impl<'s> Ingest<'s> {
     }
 
     /// Verifies and moves the blob into place. Returns false when it was already there.
-    pub fn commit(mut self) -> Result<bool> {
+    pub fn commit(self) -> Result<bool> {
+        self.commit_named().map(|(_, placed)| placed)
+    }
+
+    /// Verifies (when a digest was expected) and moves the blob into place under the digest
+    /// its content hashes to, which it returns, with whether it was placed now (false: it was
+    /// already there).
+    pub fn commit_named(mut self) -> Result<(Digest, bool)> {
         self.done = true;
         let result = self.finish();
         let _ = fs::remove_dir_all(&self.dir);
         result
     }
 
-    fn finish(&mut self) -> Result<bool> {
+    fn finish(&mut self) -> Result<(Digest, bool)> {
         let data = self.dir.join(DATA_FILE);
-        check_size(&self.expected, self.expected_size, self.written)?;
-        let hasher = std::mem::replace(&mut self.hasher, self.expected.algorithm().hasher());
-        check_digest(&self.expected, hasher.finish())?;
-        place(self.store, &self.file, &data, &self.expected)
+        let alg = self.hasher.algorithm();
+        let found = std::mem::replace(&mut self.hasher, alg.hasher()).finish();
+        if let Some(expected) = &self.expected {
+            check_size(expected, self.expected_size, self.written)?;
+            check_digest(expected, found.clone())?;
+        }
+        let placed = place(self.store, &self.file, &data, &found)?;
+        Ok((found, placed))
     }
 }
 
@@ -239,10 +258,10 @@ pub fn new_ingest(store: &Store) -> Result<(PathBuf, File)> {
     }
 }
 
-/// A failed write (ENOSPC, EIO) of the ingest of `digest` at `data`, naming both.
-fn writing(digest: &Digest, data: &Path, source: io::Error) -> Error {
+/// A failed write (ENOSPC, EIO) of the ingest of `blob` at `data`, naming both.
+fn writing(blob: String, data: &Path, source: io::Error) -> Error {
     Error::Write {
-        digest: digest.clone(),
+        blob,
         path: data.to_owned(),
         source,
     }
@@ -256,7 +275,8 @@ pub fn place(store: &Store, file: &File, data: &Path, expected: &Digest) -> Resu
     if fs::symlink_metadata(&target).is_ok() {
         return Ok(false);
     }
-    file.sync_all().map_err(|e| writing(expected, data, e))?;
+    file.sync_all()
+        .map_err(|e| writing(format!("blob {expected}"), data, e))?;
     file.set_permissions(Permissions::from_mode(BLOB_MODE))
         .at(data)?;
     let placed = rename_no_replace(data, &target).at(&target)?;

@@ -228,7 +228,13 @@ impl Store {
 
     /// Starts writing a blob that must hash to `expected` (and be `size` bytes, if known).
     pub fn ingest(&self, expected: &Digest, size: Option<u64>) -> Result<Ingest<'_>> {
-        Ingest::start(self, expected, size)
+        Ingest::start(self, expected.algorithm(), Some(expected), size)
+    }
+
+    /// Starts writing a blob whose digest is known only at the end: it is hashed with `alg`
+    /// and named by that hash at commit (`Ingest::commit_named`).
+    pub fn ingest_unnamed(&self, alg: Algorithm) -> Result<Ingest<'_>> {
+        Ingest::start(self, alg, None, None)
     }
 
     /// Opens a blob file for reading, never through a symbolic link (a link in its place is
