@@ -29,7 +29,8 @@ use crate::oci::{self, Descriptor, Kind, MAX_JSON_SIZE};
 
 use super::check::{self, BlobFile};
 use super::ingest::{process_alive, sweepable, DATA_FILE};
-use super::records::now_ms;
+use super::leases;
+use super::records::{self, now_ms};
 use super::{adopted_in, clear_adopted, Store, DB_FILE, INGEST_DIR};
 
 /// How long an abandoned ingest or lease stays before gc removes it, unless `--grace` says.
@@ -169,70 +170,10 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
             });
         }
     }
-    let cutoff = now_ms() - i64::try_from(opts.grace.as_millis()).unwrap_or(i64::MAX);
-
-    // Leases: those of processes that are gone are void once older than the grace period.
-    let leases: Vec<(String, i64, i64)> = {
-        let mut stmt = tx.prepare("SELECT id, pid, created FROM leases")?;
-        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    let mut void: HashSet<String> = leases
-        .into_iter()
-        .filter(|(_, pid, created)| {
-            *created <= cutoff && !i32::try_from(*pid).is_ok_and(process_alive)
-        })
-        .map(|(id, _, _)| id)
-        .collect();
-    let mut ignored = HashSet::new();
-    if let Scope::Only(t) = scope {
-        // Void leases stay for a full gc; the caller's own lease holds nothing here.
-        void.clear();
-        ignored.insert(t.own.to_owned());
-    }
+    let (void, leased) = mark_leases(&tx, opts, scope)?;
     report.leases = void.len();
-    let mut keep: HashSet<Digest> = HashSet::new();
-    {
-        let mut stmt = tx.prepare("SELECT DISTINCT lease, digest FROM lease_blobs")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        for row in rows {
-            let (lease, digest) = row?;
-            if void.contains(&lease) || ignored.contains(&lease) {
-                continue;
-            }
-            if let Ok(d) = digest.parse::<Digest>() {
-                keep.insert(d);
-            }
-        }
-    }
-    let leased: HashSet<Digest> = keep.clone();
-
-    // Records (each target walked once, however many names it has).
-    let since = match scope {
-        Scope::All { .. } => i64::MIN,
-        Scope::Only(t) => t.since_ms.saturating_sub(RECORD_CLOCK_MARGIN_MS),
-    };
-    let images: Vec<(String, String)> = {
-        let mut stmt = tx.prepare("SELECT name, descriptor FROM images WHERE updated >= ?1")?;
-        let rows = stmt.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect::<rusqlite::Result<_>>()?
-    };
-    let mut walked: HashSet<(Digest, String)> = HashSet::new();
-    for (name, json) in &images {
-        let target: Descriptor = serde_json::from_str(json)
-            .map_err(|e| Error::Invalid(format!("gc: image record {name:?}: {e}")))?;
-        if !walked.insert((target.digest.clone(), target.media_type.clone())) {
-            continue;
-        }
-        let c = check::walk(store, &target);
-        if c.has_unknown_children() {
-            return Err(Error::Invalid(format!(
-                "gc: image {name}: {}: nothing was removed (run layoutfs fsck; re-import or remove the image)",
-                c.first_problem().unwrap_or_default()
-            )));
-        }
-        keep.extend(c.present.into_keys());
-    }
+    let mut keep = leased.clone();
+    mark_records(store, &tx, scope, &mut keep)?;
 
     // What is on disk, and the untagged images whose subject is kept.
     let mut on_disk = Vec::new();
@@ -247,7 +188,90 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
         present_subjects = t.keep_referrers;
     }
     mark_referrers(store, &on_disk, &mut keep, present_subjects);
+    sweep_blobs(store, opts, on_disk, &keep, &mut report)?;
+    report.leased = leased
+        .iter()
+        .filter(|d| store.blob_path(d).exists())
+        .count();
+    if !opts.dry_run {
+        if report.adopted.is_some() {
+            clear_adopted(&tx)?;
+        }
+        for id in &void {
+            leases::delete_in(&tx, id)?;
+        }
+        tx.commit()?;
+    }
+    Ok(report)
+}
 
+/// The leases of processes that are gone and older than the grace period (void: deleted by
+/// a full gc), and every blob the other leases hold. Taking back an import's blobs voids none
+/// and ignores the import's own lease.
+fn mark_leases(
+    tx: &rusqlite::Transaction<'_>,
+    opts: &GcOptions,
+    scope: &Scope<'_>,
+) -> Result<(HashSet<String>, HashSet<Digest>)> {
+    let cutoff = now_ms() - i64::try_from(opts.grace.as_millis()).unwrap_or(i64::MAX);
+    let mut void: HashSet<String> = leases::all_in(tx)?
+        .into_iter()
+        .filter(|l| l.created <= cutoff && !i32::try_from(l.pid).is_ok_and(process_alive))
+        .map(|l| l.id)
+        .collect();
+    let mut ignored = HashSet::new();
+    if let Scope::Only(t) = scope {
+        void.clear();
+        ignored.insert(t.own.to_owned());
+    }
+    let held = leases::holds_in(tx)?
+        .into_iter()
+        .filter(|(lease, _)| !void.contains(lease) && !ignored.contains(lease))
+        .map(|(_, d)| d)
+        .collect();
+    Ok((void, held))
+}
+
+/// Adds to `keep` the closure of every record (each target walked once, however many names
+/// it has), or of those changed since an import began; fails, removing nothing, when a
+/// closure cannot be told.
+fn mark_records(
+    store: &Store,
+    tx: &rusqlite::Transaction<'_>,
+    scope: &Scope<'_>,
+    keep: &mut HashSet<Digest>,
+) -> Result<()> {
+    let since = match scope {
+        Scope::All { .. } => i64::MIN,
+        Scope::Only(t) => t.since_ms.saturating_sub(RECORD_CLOCK_MARGIN_MS),
+    };
+    let mut walked: HashSet<(Digest, String)> = HashSet::new();
+    for (name, json) in records::changed_since_in(tx, since)? {
+        let target: Descriptor = serde_json::from_str(&json)
+            .map_err(|e| Error::Invalid(format!("gc: image record {name:?}: {e}")))?;
+        if !walked.insert((target.digest.clone(), target.media_type.clone())) {
+            continue;
+        }
+        let c = check::walk(store, &target);
+        if c.has_unknown_children() {
+            return Err(Error::Invalid(format!(
+                "gc: image {name}: {}: nothing was removed (run layoutfs fsck; re-import or remove the image)",
+                c.first_problem().unwrap_or_default()
+            )));
+        }
+        keep.extend(c.present.into_keys());
+    }
+    Ok(())
+}
+
+/// Removes (or, dry, lists) the blobs of `on_disk` that are not in `keep`.
+fn sweep_blobs(
+    store: &Store,
+    opts: &GcOptions,
+    on_disk: Vec<(Digest, u64)>,
+    keep: &HashSet<Digest>,
+    report: &mut GcReport,
+) -> Result<()> {
     for (digest, size) in on_disk {
         if keep.contains(&digest) {
             report.kept += 1;
@@ -263,21 +287,7 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
         }
         report.blobs.push((digest, size));
     }
-    report.leased = leased
-        .iter()
-        .filter(|d| store.blob_path(d).exists())
-        .count();
-    if !opts.dry_run {
-        if report.adopted.is_some() {
-            clear_adopted(&tx)?;
-        }
-        for id in &void {
-            tx.execute("DELETE FROM lease_blobs WHERE lease = ?1", [id])?;
-            tx.execute("DELETE FROM leases WHERE id = ?1", [id])?;
-        }
-        tx.commit()?;
-    }
-    Ok(report)
+    Ok(())
 }
 
 /// Adds to `keep` the closures of the untagged images among `on_disk` whose `subject` is

@@ -181,3 +181,44 @@ impl BlobSource for Held<'_> {
         self.store.read_small(desc)
     }
 }
+
+/// A lease as gc sees it, within its transaction.
+pub(super) struct LeaseRow {
+    pub id: String,
+    pub pid: i64,
+    pub created: i64,
+}
+
+/// Every lease, read in `tx`.
+pub(super) fn all_in(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<LeaseRow>> {
+    let mut stmt = tx.prepare("SELECT id, pid, created FROM leases")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(LeaseRow {
+            id: r.get(0)?,
+            pid: r.get(1)?,
+            created: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Every (lease, digest) held, read in `tx`; digests that do not parse are left out.
+pub(super) fn holds_in(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<(String, Digest)>> {
+    let mut stmt = tx.prepare("SELECT DISTINCT lease, digest FROM lease_blobs")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (lease, digest) = row?;
+        if let Ok(d) = digest.parse::<Digest>() {
+            out.push((lease, d));
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes lease `id` and what it holds, in `tx`.
+pub(super) fn delete_in(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Result<()> {
+    tx.execute("DELETE FROM lease_blobs WHERE lease = ?1", [id])?;
+    tx.execute("DELETE FROM leases WHERE id = ?1", [id])?;
+    Ok(())
+}

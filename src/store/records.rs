@@ -390,6 +390,17 @@ impl RawImage {
     }
 }
 
+/// The (name, descriptor JSON) of the records changed at or after `since_ms`, read in `tx`
+/// (gc's view: `i64::MIN` for all of them).
+pub(super) fn changed_since_in(
+    tx: &rusqlite::Transaction<'_>,
+    since_ms: i64,
+) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = tx.prepare("SELECT name, descriptor FROM images WHERE updated >= ?1")?;
+    let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
 /// Milliseconds since the epoch, as records and leases keep time.
 pub fn now_ms() -> i64 {
     SystemTime::now()
