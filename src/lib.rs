@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod content;
 pub mod digest;
 pub mod error;
 pub mod fs;

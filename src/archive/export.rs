@@ -11,12 +11,13 @@ use std::os::fd::{AsRawFd, RawFd};
 
 use serde::Serialize;
 
+use crate::content::Provider;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::{self, Entry};
-use crate::oci::{self, BlobSource, Descriptor, Kind, OnMissing, PlatformSpec};
+use crate::oci::{self, Descriptor, Kind, OnMissing, PlatformSpec};
 use crate::progress::Progress;
-use crate::store::{Lease, Store, COPY_CHUNK, WHOLE};
+use crate::store::{Lease, COPY_CHUNK, WHOLE};
 
 use super::tarfmt::{self, EntryKind};
 
@@ -51,7 +52,7 @@ enum Record {
 
 impl Plan {
     /// The archive of `entries`: every blob of their closures must be in the store.
-    pub fn new(store: &Store, entries: &[Entry], opts: &ExportOptions) -> Result<Plan> {
+    pub fn new(store: &dyn Provider, entries: &[Entry], opts: &ExportOptions) -> Result<Plan> {
         let entries = match &opts.platform {
             Some(p) => entries
                 .iter()
@@ -89,7 +90,7 @@ impl Plan {
     /// Holds every blob of the archive in `lease` and checks that each is there with its
     /// size: after this, a gc in another process cannot take one away mid-stream, so an
     /// export fails before its first byte or not at all.
-    pub fn hold(&self, store: &Store, lease: &Lease) -> Result<()> {
+    pub fn hold(&self, store: &dyn Provider, lease: &Lease) -> Result<()> {
         let blobs: Vec<&Descriptor> = self
             .records
             .iter()
@@ -128,7 +129,7 @@ impl Plan {
     /// Streams the archive to `out` (a file, pipe or socket).
     pub fn write(
         &self,
-        store: &Store,
+        store: &dyn Provider,
         out: &File,
         verify: bool,
         progress: &Progress,
@@ -150,7 +151,7 @@ impl Plan {
                         MODE_READ_ONLY,
                         desc.size,
                     ))?;
-                    let file = store.open_blob(desc)?;
+                    let file = store.open(desc)?;
                     sink.blob(desc, &file, verify, progress)?;
                     sink.pad(desc.size)?;
                 }
@@ -162,7 +163,7 @@ impl Plan {
 }
 
 /// An image with its index target replaced by the manifest for `platform`.
-fn pick_platform(store: &Store, e: &Entry, platform: &PlatformSpec) -> Result<Entry> {
+fn pick_platform(store: &dyn Provider, e: &Entry, platform: &PlatformSpec) -> Result<Entry> {
     match oci::select_platform(store, &e.target, platform)? {
         Some(target) => Ok(Entry {
             name: e.name.clone(),
@@ -186,7 +187,7 @@ struct DockerManifest {
 /// Docker's `manifest.json`: one entry per image manifest (an index contributes the manifest
 /// of the requested platform, else of this host's).
 fn docker_manifest(
-    store: &Store,
+    store: &dyn Provider,
     entries: &[Entry],
     platform: Option<&PlatformSpec>,
 ) -> Result<Vec<u8>> {

@@ -13,9 +13,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::content::Provider;
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::store::Store;
 
 use super::error::{FsError, FsResult};
 
@@ -53,14 +53,14 @@ pub struct Verifier {
 
 impl Verifier {
     /// Opens the blob `digest` of `size` bytes, checked.
-    pub fn open(&self, store: &Store, digest: &Digest, size: u64) -> FsResult<File> {
+    pub fn open(&self, store: &dyn Provider, digest: &Digest, size: u64) -> FsResult<File> {
         let damaged = |message: String| FsError::Damaged {
             digest: digest.clone(),
             message,
         };
-        let path = store.blob_path(digest);
+        let path = store.locate(digest);
         // Never through a link planted in the store.
-        let file = store.open_blob_file(digest).map_err(|e| match e.kind() {
+        let file = store.open_file(digest).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => damaged("missing from the store".into()),
             _ => FsError::Store(Error::io(&path, e)),
         })?;

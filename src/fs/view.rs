@@ -20,6 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use crate::content::{Catalog, Provider};
 use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
 use crate::layout::{self, Entry};
@@ -201,7 +202,7 @@ pub struct RepoView {
 }
 
 impl RepoView {
-    pub fn build(store: &Store, entries: Vec<Entry>) -> Result<RepoView> {
+    pub fn build(store: &dyn Provider, entries: Vec<Entry>) -> Result<RepoView> {
         let blobs = layout::blobs(store, &entries, OnMissing::Skip)?;
         let index = Arc::from(layout::index_json(&entries));
         Ok(RepoView {
@@ -262,8 +263,8 @@ impl Views {
         if st.checked.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
             return Ok(st.snapshot.clone());
         }
-        let records = self.store.records();
-        let version = records.data_version()?;
+        let records: &dyn Catalog = self.store.records();
+        let version = records.version()?;
         st.checked = Some(Instant::now());
         if st.version != Some(version) {
             let extra = self.extra.lock().clone();
@@ -340,7 +341,7 @@ impl Views {
                 return Ok(Some(v.clone()));
             }
         }
-        let view = RepoView::build(&self.store, entries.to_vec()).map_err(|source| {
+        let view = RepoView::build(&*self.store, entries.to_vec()).map_err(|source| {
             FsError::Repository {
                 repository: repo.to_owned(),
                 source,
