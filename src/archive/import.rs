@@ -609,45 +609,18 @@ fn import_stream(
         last: [0xff; tarfmt::BLOCK],
     };
     let mut archive = tar::Archive::new(&mut tail);
-    let bad = |m: String| Error::archive(label, m);
-    let tar_err = |e: io::Error| {
-        // The tar crate fails on many GNU sparse headers before it yields the entry, in
-        // words of its own.
-        let text = e.to_string();
-        if SPARSE_ERRORS.iter().any(|w| text.contains(w)) {
-            return bad(SPARSE_REFUSED.into());
-        }
-        bad(format!(
-            "truncated or corrupt tar: {}",
-            crate::error::printable(&e.to_string())
-        ))
-    };
+    let errs = ArchiveErrors { label };
     let mut layout_file = None;
     let mut index_bytes = None;
     let mut seen = BTreeSet::new();
-    for entry in archive.entries().map_err(tar_err)? {
-        let mut entry = entry.map_err(tar_err)?;
-        let raw = entry.path().map_err(tar_err)?.into_owned();
-        let path = safe_path(&raw).map_err(|m| bad(format!("entry {m}")))?;
+    for entry in archive.entries().map_err(|e| errs.tar(e))? {
+        let mut entry = entry.map_err(|e| errs.tar(e))?;
+        let raw = entry.path().map_err(|e| errs.tar(e))?.into_owned();
+        let path = safe_path(&raw).map_err(|m| errs.bad(format!("entry {m}")))?;
         let shown = crate::error::printable(&path);
-        let kind = entry.header().entry_type();
-        let is_dir = kind.is_dir();
-        if is_pax_sparse(&mut entry).map_err(tar_err)? {
-            return Err(bad(format!("entry {shown}: {SPARSE_REFUSED}")));
-        }
-        if !(kind.is_file() || is_dir) {
-            let what = if kind.is_gnu_sparse() {
-                SPARSE_REFUSED
-            } else if kind.is_symlink() {
-                "symbolic links are refused"
-            } else if kind.is_hard_link() {
-                "hard links are refused"
-            } else {
-                "only regular files and directories are accepted"
-            };
-            return Err(bad(format!("entry {shown}: {what}")));
-        }
-        let member = classify(&path, is_dir).map_err(|e| bad(format!("entry {shown}: {e}")))?;
+        let is_dir = check_kind(&mut entry, &shown, &errs)?;
+        let member =
+            classify(&path, is_dir).map_err(|e| errs.bad(format!("entry {shown}: {e}")))?;
         let entry_size = entry.size();
         match member {
             Member::Dir | Member::Other => {}
@@ -660,7 +633,7 @@ fn import_stream(
                     _ => oci::check_json_size(&what, entry_size)?,
                 }
                 let mut bytes = Vec::with_capacity(entry_size as usize);
-                entry.read_to_end(&mut bytes).map_err(tar_err)?;
+                entry.read_to_end(&mut bytes).map_err(|e| errs.tar(e))?;
                 // A second copy would silently replace the first: refused.
                 let twice = match member {
                     Member::LayoutFile => layout_file.replace(bytes).is_some(),
@@ -668,7 +641,7 @@ fn import_stream(
                     _ => false, // Docker's manifest.json: names come from index.json.
                 };
                 if twice {
-                    return Err(bad(format!("{shown} appears twice")));
+                    return Err(errs.bad(format!("{shown} appears twice")));
                 }
             }
             Member::Blob(digest) => {
@@ -677,35 +650,98 @@ fn import_stream(
                     lease.hold(WHOLE, [&digest])?;
                 }
                 if !first || store.has_blob(&digest)? {
-                    io::copy(&mut entry, &mut io::sink()).map_err(tar_err)?;
+                    io::copy(&mut entry, &mut io::sink()).map_err(|e| errs.tar(e))?;
                     continue;
                 }
-                let mut w = store.ingest(&digest, Some(entry_size))?;
-                w.copy_from(&mut entry, &format!("{label}: {path}"), &mut |_| {})
-                    .map_err(|e| match e {
-                        Error::Stream { source, .. } => tar_err(source),
-                        e => e,
-                    })?;
-                if w.written() != entry_size {
-                    return Err(tar_err(io::ErrorKind::UnexpectedEof.into()));
-                }
-                let placed = w.commit()?;
+                let what = format!("{label}: {path}");
+                let placed = ingest_entry(store, &mut entry, &digest, &what, &errs)?;
                 written.lock().add(placed, &digest, entry_size);
             }
         }
     }
     if tail.last.iter().any(|b| *b != 0) {
-        return Err(bad(
-            "truncated: the archive ends without its end-of-archive blocks".into(),
-        ));
+        return Err(
+            errs.bad("truncated: the archive ends without its end-of-archive blocks".into())
+        );
     }
     progress.finish();
     let layout_file =
-        layout_file.ok_or_else(|| bad("oci-layout is missing: not an OCI archive".into()))?;
+        layout_file.ok_or_else(|| errs.bad("oci-layout is missing: not an OCI archive".into()))?;
     oci::check_layout_file(&format!("{label}: oci-layout"), &layout_file)?;
-    let index_bytes = index_bytes.ok_or_else(|| bad("index.json is missing".into()))?;
-    let index = ImageIndex::parse(&format!("{label}: index.json"), &index_bytes)?;
-    Ok(index)
+    let index_bytes = index_bytes.ok_or_else(|| errs.bad("index.json is missing".into()))?;
+    ImageIndex::parse(&format!("{label}: index.json"), &index_bytes)
+}
+
+/// The errors of one archive, named by its label.
+struct ArchiveErrors<'a> {
+    label: &'a str,
+}
+
+impl ArchiveErrors<'_> {
+    fn bad(&self, message: String) -> Error {
+        Error::archive(self.label, message)
+    }
+
+    /// A read error of the tar stream, as one printable line.
+    fn tar(&self, e: io::Error) -> Error {
+        // The tar crate fails on many GNU sparse headers before it yields the entry, in
+        // words of its own.
+        let text = e.to_string();
+        if SPARSE_ERRORS.iter().any(|w| text.contains(w)) {
+            return self.bad(SPARSE_REFUSED.into());
+        }
+        self.bad(format!(
+            "truncated or corrupt tar: {}",
+            crate::error::printable(&text)
+        ))
+    }
+}
+
+/// Refuses every kind of entry but regular files and directories; says whether it is a
+/// directory.
+fn check_kind<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    shown: &str,
+    errs: &ArchiveErrors<'_>,
+) -> Result<bool> {
+    let kind = entry.header().entry_type();
+    if is_pax_sparse(entry).map_err(|e| errs.tar(e))? {
+        return Err(errs.bad(format!("entry {shown}: {SPARSE_REFUSED}")));
+    }
+    if kind.is_file() || kind.is_dir() {
+        return Ok(kind.is_dir());
+    }
+    let what = if kind.is_gnu_sparse() {
+        SPARSE_REFUSED
+    } else if kind.is_symlink() {
+        "symbolic links are refused"
+    } else if kind.is_hard_link() {
+        "hard links are refused"
+    } else {
+        "only regular files and directories are accepted"
+    };
+    Err(errs.bad(format!("entry {shown}: {what}")))
+}
+
+/// Streams one blob entry into an ingest, checked against `digest` and the entry's size;
+/// returns whether it was placed (false: the store had it).
+fn ingest_entry<R: Read>(
+    store: &Store,
+    entry: &mut tar::Entry<'_, R>,
+    digest: &Digest,
+    what: &str,
+    errs: &ArchiveErrors<'_>,
+) -> Result<bool> {
+    let size = entry.size();
+    let mut w = store.ingest(digest, Some(size))?;
+    w.copy_from(entry, what, &mut |_| {}).map_err(|e| match e {
+        Error::Stream { source, .. } => errs.tar(source),
+        e => e,
+    })?;
+    if w.written() != size {
+        return Err(errs.tar(io::ErrorKind::UnexpectedEof.into()));
+    }
+    w.commit()
 }
 
 /// What a GNU sparse entry (`tar --sparse`) gets: its holes would need filling, and no tool
