@@ -156,9 +156,6 @@ struct Model<'a> {
     repos: BTreeMap<String, RepoM>,
     /// Blobs in the store (nothing leaves it: there is no gc here).
     store: BTreeSet<String>,
-    /// Blobs wanted by images removed since the last commit or index.json applied: the
-    /// known bug `a_removed_pending_image_still_limits_writes`.
-    stale_wanted: BTreeSet<String>,
 }
 
 impl Model<'_> {
@@ -584,8 +581,6 @@ impl Run<'_> {
                 };
                 let exists = self.m.repos.contains_key(&dir);
                 self.expect(got, if exists { 0 } else { libc::ENOENT });
-                let wanted = self.m.wanted_all();
-                self.m.stale_wanted.extend(wanted);
                 self.m.remove_tree(&dir);
             }
         }
@@ -608,7 +603,6 @@ impl Run<'_> {
             .iter()
             .map(|i| (self.fx.images[*i].tag.clone(), *i))
             .collect();
-        self.m.stale_wanted.clear();
         let r = self.m.repos.get_mut(repo).unwrap();
         r.written.insert("index.json", true);
         r.desired = tags;
@@ -705,9 +699,6 @@ impl Run<'_> {
         let want = match how {
             "good" => 0,
             "long" if self.m.wanted(&hex) => libc::EFBIG,
-            // Known bug (a_removed_pending_image_still_limits_writes): the sizes of the blobs
-            // of images removed by unlinking index.json stay wanted until the next commit.
-            "long" if self.m.stale_wanted.contains(&hex) => libc::EFBIG,
             _ => libc::EIO,
         };
         self.expect(got, want);
@@ -715,7 +706,6 @@ impl Run<'_> {
         if good {
             r.alg_files.insert(hex.clone(), None);
             self.m.store.insert(hex);
-            self.m.stale_wanted.clear();
         } else {
             // A file at a blob's name that never became the blob goes at its last close.
             r.alg_files.remove(&hex);
@@ -838,7 +828,6 @@ impl Run<'_> {
                 }
                 r.alg_files.insert(hex.clone(), None);
                 self.m.store.insert(hex);
-                self.m.stale_wanted.clear();
             }
         }
     }
@@ -860,8 +849,6 @@ impl Run<'_> {
                 .into_iter()
                 .filter(|n| self.m.shown(repo, n, Viewer::Reader))
                 .collect();
-            let wanted = self.m.wanted_all();
-            self.m.stale_wanted.extend(wanted);
             let r = self.m.repos.get_mut(repo).unwrap();
             for n in keep {
                 r.written.insert(n, true);
@@ -898,17 +885,7 @@ impl Run<'_> {
         }
         // README: `rm` of a blob that an image of the repository needs is EBUSY.
         if self.m.needed(repo, &name) {
-            // Known bug (a_layer_is_needed_once_the_manifest_arrives_through_another_repository):
-            // a pending image's config or layer may not be refused when its manifest came
-            // through another repository. There only, the unlink is accepted as it goes.
-            let r = &self.m.repos[repo];
-            let stale_ok = r.desired.values().all(|i| {
-                let img = &self.fx.images[*i];
-                !self.m.known(*i, &name) || (!self.m.complete(*i) && img.manifest != name)
-            });
-            if !(stale_ok && got != libc::EBUSY) {
-                return self.expect(got, libc::EBUSY);
-            }
+            return self.expect(got, libc::EBUSY);
         }
         let r = self.m.repos.get_mut(repo).unwrap();
         let want = if r.alg_files.remove(&name).is_some() {
@@ -941,11 +918,6 @@ impl Run<'_> {
     }
 
     fn rmdir_blobs(&mut self, repo: &str) {
-        if self.m.repos.get(repo).is_some_and(|r| r.alg) {
-            // Known bug (rmdir_of_blobs_holding_sha256_is_enotempty): rmdir of blobs/ succeeds
-            // while blobs/sha256 is there. Not driven here until it is fixed.
-            return self.step();
-        }
         self.log.push(format!("rmdir {repo}/blobs"));
         let got = match walk_v(self.h, repo, Viewer::Reader) {
             Ok(p) => code(self.h.fs.rmdir(p, "blobs")),
@@ -964,16 +936,6 @@ impl Run<'_> {
     }
 
     fn rmdir_repo(&mut self, dir: &str) {
-        if let Some(r) = self.m.repos.get(dir) {
-            let refused =
-                !r.desired.is_empty() || !r.tmps.is_empty() || !self.m.children(dir).is_empty();
-            if !refused && !self.m.listing(dir, Viewer::Reader).is_empty() {
-                // Known bug (rmdir_of_a_repository_that_lists_files_is_enotempty): a repository
-                // that lists only layout names written to it (blobs/, oci-layout, an index.json
-                // of no image) is removed by rmdir. Not driven here until it is fixed.
-                return self.step();
-            }
-        }
         self.log.push(format!("rmdir {dir}"));
         let (parent, name) = split(dir);
         let got = match walk_v(self.h, parent, Viewer::Reader) {
@@ -1152,7 +1114,6 @@ fn run(seed: u64) {
             fx: &fx,
             repos: BTreeMap::new(),
             store: BTreeSet::new(),
-            stale_wanted: BTreeSet::new(),
         },
         rng: SplitMix(seed),
         log: Vec::new(),
@@ -1176,7 +1137,6 @@ fn random_writes_keep_the_mount_consistent_with_the_model() {
 }
 
 #[test]
-#[ignore = "known bug: rmdir of a repository succeeds while it still lists blobs/ (and files under it), oci-layout or index.json"]
 fn rmdir_of_a_repository_that_lists_files_is_enotempty() {
     let h = Harness::new();
     let fx = Fixture::new(&h);
@@ -1212,7 +1172,6 @@ fn rmdir_of_a_repository_that_lists_files_is_enotempty() {
 }
 
 #[test]
-#[ignore = "known bug: rmdir of a repository's blobs/ succeeds while blobs/sha256 (and files under it) is there"]
 fn rmdir_of_blobs_holding_sha256_is_enotempty() {
     let h = Harness::new();
     let fx = Fixture::new(&h);
@@ -1242,7 +1201,6 @@ fn rmdir_of_blobs_holding_sha256_is_enotempty() {
 }
 
 #[test]
-#[ignore = "known bug: unlinking index.json (rm -r) leaves its pending images' blob sizes enforced (EFBIG) until the next commit"]
 fn a_removed_pending_image_still_limits_writes() {
     let h = Harness::new();
     let fx = Fixture::new(&h);
@@ -1270,7 +1228,6 @@ fn a_removed_pending_image_still_limits_writes() {
 }
 
 #[test]
-#[ignore = "known bug: a pending image's layer is not EBUSY to unlink when its manifest arrived through another repository"]
 fn a_layer_is_needed_once_the_manifest_arrives_through_another_repository() {
     let h = Harness::new();
     let fx = Fixture::new(&h);

@@ -476,7 +476,7 @@ impl Fs {
         }
     }
 
-    fn dir_entries(&self, ino: u64, viewer: Viewer) -> FsResult<Vec<DirEntry>> {
+    pub(super) fn dir_entries(&self, ino: u64, viewer: Viewer) -> FsResult<Vec<DirEntry>> {
         let node = self.node(ino)?;
         let dir = |name: &str, node: Node| DirEntry {
             ino: self.inodes.ino(&node),

@@ -978,6 +978,10 @@ impl super::Fs {
         if let Some(lease) = &self.lease {
             lease.release_prefix(&format!("w {repo} "))?;
         }
+        if !dropped.is_empty() {
+            // The sizes the dropped images gave their blobs no longer bind writes.
+            self.refresh_wanted()?;
+        }
         Ok(())
     }
 
@@ -1059,10 +1063,9 @@ impl super::Fs {
         let Some(view) = self.views.repo(repo)? else {
             return Ok(None);
         };
-        if !view.blobs.contains_key(digest) {
-            return Ok(None);
-        }
-        // Which image: walked again only here, for the message.
+        // Walked here, not read from the view's blobs: a blob committed through another
+        // repository (a pending image's manifest) changes what the images need without
+        // changing the images, so the view may be older than the store.
         for e in &view.entries {
             let closure =
                 oci::closure(self.store(), &e.target, oci::OnMissing::Skip).map_err(|source| {
@@ -1075,7 +1078,7 @@ impl super::Fs {
                 return Ok(Some(e.name.clone()));
             }
         }
-        Ok(view.entries.first().map(|e| e.name.clone()))
+        Ok(None)
     }
 
     fn show_layout_name(&self, repo: &str, name: &str, shown: bool) {
@@ -1092,6 +1095,14 @@ impl super::Fs {
         let node = self.node(ino)?;
         if self.write.lock().has_children(ino) {
             return Err(FsError::NotEmpty);
+        }
+        // Empty as every process sees it: what the maker wrote and what others are shown (a
+        // pending repository's layout names), by the rule readdir lists with.
+        for viewer in [super::Viewer::Maker, super::Viewer::Reader] {
+            let listed = self.dir_entries(ino, viewer)?;
+            if listed.iter().any(|e| e.name != "." && e.name != "..") {
+                return Err(FsError::NotEmpty);
+            }
         }
         match node {
             Node::Scratch(id) => {
