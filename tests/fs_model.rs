@@ -222,14 +222,6 @@ impl Model<'_> {
             })
     }
 
-    fn wanted_all(&self) -> BTreeSet<String> {
-        self.fx
-            .hexes()
-            .into_iter()
-            .filter(|h| self.wanted(h))
-            .collect()
-    }
-
     /// Sub-repository names directly below `path`.
     fn children(&self, path: &str) -> Vec<String> {
         let prefix = if path.is_empty() {
@@ -568,10 +560,9 @@ impl Run<'_> {
             }
             _ => {
                 let dir = self.pick(&REMOVABLE).to_owned();
-                // rm runs as a process other than the repository's maker. Run by the maker, it misses a
-                // blobs/ the maker never made (shown to others for the images), and its rmdir of the
-                // repository succeeds with files left below: the known bug of
-                // rmdir_of_a_repository_that_lists_files_is_enotempty. Not driven here.
+                // rm runs as a process other than the repository's maker. Run by the maker, it
+                // does not see a blobs/ shown only to others, and its last rmdir is ENOTEMPTY
+                // (rmdir_of_a_repository_that_lists_files_is_enotempty). Not driven here.
                 let v = Viewer::Pid(OTHER);
                 self.log.push(format!("rm -r {dir} as {v:?}"));
                 let (parent, name) = split(&dir);
