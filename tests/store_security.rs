@@ -244,6 +244,88 @@ fn under_umask_000_the_store_gets_fixed_modes() {
 }
 
 #[test]
+fn under_umask_000_missing_parents_and_ingests_get_fixed_modes_too() {
+    let env = Env::new();
+    let store = env.path("a/b/store");
+    let umask0 = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_layoutfs"));
+        cmd.arg("--store").arg(&store).args(args);
+        // SAFETY: umask is async-signal-safe and touches only this child's state.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    };
+    // The parents made on first use are not left writable by others (which the store's own
+    // check would then refuse).
+    let out = umask0(&["images"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for p in ["a", "a/b"] {
+        let mode = fs::symlink_metadata(env.path(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode, 0o755, "{p}: {mode:o}");
+    }
+    // An import under umask 000 keeps each ingest private while it writes: a slow source
+    // (a pipe that stalls) leaves its ingest to look at.
+    let mut b = common::gen::LayoutBuilder::new(&env.path("src"));
+    b.small_image("1", 1, 4096, 3);
+    let t = env.path("src.tar");
+    common::tar_dir(&b.dir, &t);
+    let bytes = fs::read(&t).unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_layoutfs"));
+    cmd.arg("--store")
+        .arg(&store)
+        .args(["import", "--name", "src", "-"])
+        .stdin(std::process::Stdio::piped());
+    // SAFETY: as above.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    use std::io::Write;
+    // Up to the middle of the layer's bytes, so that its ingest is open.
+    let layer = fs::read_dir(b.dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| fs::read(e.unwrap().path()).unwrap())
+        .find(|b| b.len() == 4096)
+        .unwrap();
+    let cut = bytes
+        .windows(layer.len())
+        .position(|w| w == layer.as_slice())
+        .unwrap()
+        + 100;
+    stdin.write_all(&bytes[..cut]).unwrap();
+    stdin.flush().unwrap();
+    let ingest = store.join("ingest");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while seen.is_empty() && std::time::Instant::now() < deadline {
+        seen = fs::read_dir(&ingest)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        !seen.is_empty(),
+        "no ingest while the layer was half written"
+    );
+    for dir in &seen {
+        let mode = fs::symlink_metadata(dir).unwrap().mode() & 0o7777;
+        assert_eq!(mode & 0o077, 0, "{}: {mode:o}", dir.display());
+    }
+    stdin.write_all(&bytes[cut..]).unwrap();
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
 fn gc_removes_only_ingests_and_never_follows_a_link() {
     let env = Env::new();
     env.ok(&["images"]);
@@ -457,4 +539,39 @@ fn a_store_path_that_is_a_file_says_not_a_directory() {
         "--store FILE",
         &[&format!("--store {}: not a directory", env.store.display())],
     );
+}
+
+#[test]
+fn a_link_another_user_made_on_the_way_to_the_store_is_refused() {
+    let env = Env::new();
+    let user = OtherUser::create();
+    // A sticky directory all may write, as /tmp is; in it, the other user's link to a
+    // directory of root's.
+    let public = env.path("public");
+    fs::create_dir(&public).unwrap();
+    fs::set_permissions(&public, fs::Permissions::from_mode(0o1777)).unwrap();
+    let target = env.path("rootowned");
+    fs::create_dir(&target).unwrap();
+    let link = public.join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    user.chown(&link);
+    let store = link.join("store");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layoutfs"))
+        .arg("--store")
+        .arg(&store)
+        .arg("images")
+        .output()
+        .unwrap();
+    refused(&out, "another user's link", &[&link.display().to_string()]);
+    assert!(!target.join("store").exists(), "created through the link");
+    // The caller's own link is followed.
+    let own = public.join("own");
+    std::os::unix::fs::symlink(&target, &own).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_layoutfs"))
+        .arg("--store")
+        .arg(own.join("store"))
+        .arg("images")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -13,7 +13,7 @@
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -30,6 +30,9 @@ pub const COPY_CHUNK: usize = 1 << 20;
 /// Dirty bytes after which the kernel is asked to start writing back, so that the final fsync
 /// finds little left to do and disk writes overlap hashing.
 const WRITEBACK_STEP: u64 = 16 << 20;
+
+/// Mode of one ingest's directory.
+const INGEST_ENTRY_MODE: u32 = 0o700;
 
 /// The file in an ingest directory that holds the bytes.
 pub const DATA_FILE: &str = "data";
@@ -240,7 +243,12 @@ pub(super) fn sweepable(entry: &fs::DirEntry) -> std::result::Result<i32, &'stat
 pub fn new_ingest(store: &Store) -> Result<(PathBuf, File)> {
     let id = process_unique_id(&NEXT_ID);
     let dir = store.root().join(super::INGEST_DIR).join(id);
-    fs::create_dir(&dir).at(&dir)?;
+    // Private whatever the umask (it can only take bits away): no one else may replace the
+    // data file between its check and its rename into place.
+    fs::DirBuilder::new()
+        .mode(INGEST_ENTRY_MODE)
+        .create(&dir)
+        .at(&dir)?;
     let data = dir.join(DATA_FILE);
     let file = OpenOptions::new()
         .read(true)
@@ -281,6 +289,18 @@ pub fn place(store: &Store, file: &File, data: &Path, expected: &Digest) -> Resu
         .at(data)?;
     let placed = rename_no_replace(data, &target).at(&target)?;
     if placed {
+        // What went into place must be the file that was written and checked.
+        let written = file.metadata().at(data)?;
+        let there = fs::symlink_metadata(&target).at(&target)?;
+        if (there.dev(), there.ino()) != (written.dev(), written.ino()) {
+            return Err(Error::io(
+                &target,
+                io::Error::other(format!(
+                    "not the file written and checked for blob {expected} (its ingest was \
+                     replaced): left for fsck"
+                )),
+            ));
+        }
         sync_dir(target.parent().unwrap_or(Path::new(".")))?;
     }
     Ok(placed)

@@ -410,6 +410,7 @@ fn set_dir_mode(path: &Path, mode: u32) -> Result<()> {
 /// is a directory and no link; returns its path with every link above it resolved, so that
 /// the directories above it checked here are the ones used later.
 fn prepare_root(root: &Path) -> Result<PathBuf> {
+    check_links_above(root)?;
     match fs::symlink_metadata(root) {
         Ok(m) if m.file_type().is_symlink() => {
             return Err(Error::store(root, StoreProblem::Symlink))
@@ -436,7 +437,12 @@ fn prepare_root(root: &Path) -> Result<PathBuf> {
                 }
             }
             if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
-                fs::create_dir_all(parent).map_err(|e| creating(parent, e))?;
+                // Fixed modes: the umask can only take bits away.
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(SHARED_DIR_MODE)
+                    .create(parent)
+                    .map_err(|e| creating(parent, e))?;
             }
             match fs::DirBuilder::new().mode(SHARED_DIR_MODE).create(root) {
                 Ok(()) => set_dir_mode(root, SHARED_DIR_MODE)?,
@@ -452,6 +458,25 @@ fn prepare_root(root: &Path) -> Result<PathBuf> {
         check_ancestor(dir)?;
     }
     Ok(real)
+}
+
+/// Refuses a symbolic link on the way to the store that another user made: resolving it
+/// would let that user choose where the store is.
+fn check_links_above(root: &Path) -> Result<()> {
+    let mut path = PathBuf::new();
+    for c in root.components() {
+        path.push(c);
+        if path == root {
+            break;
+        }
+        if let Ok(m) = fs::symlink_metadata(&path) {
+            let owner = m.uid();
+            if m.file_type().is_symlink() && owner != 0 && owner != caller() {
+                return Err(Error::store(&path, StoreProblem::AncestorOwner { owner }));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A directory above the store must belong to root or the caller, and be writable by no one
