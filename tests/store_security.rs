@@ -575,3 +575,20 @@ fn a_link_another_user_made_on_the_way_to_the_store_is_refused() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_meta_db_that_is_no_database_is_named() {
+    let env = Env::new();
+    env.ok(&["images"]);
+    let db = env.store.join("meta.db");
+    for companion in ["meta.db-wal", "meta.db-shm"] {
+        let _ = fs::remove_file(env.store.join(companion));
+    }
+    fs::write(&db, vec![0x42u8; 8192]).unwrap();
+    let out = env.run(&["images"]);
+    refused(
+        &out,
+        "garbage meta.db",
+        &[&db.display().to_string(), "not a database"],
+    );
+}

@@ -274,7 +274,7 @@ pub fn name_in_repo(repo: &str, d: &Descriptor) -> Result<Reference> {
         Some(r) => {
             let full: Reference = r.parse().map_err(|_| {
                 Error::layout(
-                    "index.json",
+                    format!("{repo}/index.json"),
                     format!(
                         "{} {r:?} is neither a tag nor a full image name",
                         oci::ANNOTATION_REF_NAME
@@ -286,7 +286,7 @@ pub fn name_in_repo(repo: &str, d: &Descriptor) -> Result<Reference> {
                 None => {
                     // As import: a name with a digest names exactly that content.
                     full.check_target(&d.digest)
-                        .map_err(|e| Error::layout("index.json", e.to_string()))?;
+                        .map_err(|e| Error::layout(format!("{repo}/index.json"), e.to_string()))?;
                     Ok(Reference::digested(repo, d.digest.clone())?)
                 }
             }
@@ -297,7 +297,7 @@ pub fn name_in_repo(repo: &str, d: &Descriptor) -> Result<Reference> {
 
 /// Parses `index.json` bytes written into `repo` into the images it names.
 pub fn parse_index(repo: &str, bytes: &[u8]) -> Result<BTreeMap<Reference, Descriptor>> {
-    let index = ImageIndex::parse("index.json", bytes)?;
+    let index = ImageIndex::parse(&format!("{repo}/index.json"), bytes)?;
     let mut out = BTreeMap::new();
     for d in &index.manifests {
         let name = name_in_repo(repo, d)?;
@@ -305,7 +305,7 @@ pub fn parse_index(repo: &str, bytes: &[u8]) -> Result<BTreeMap<Reference, Descr
         if let Some(prev) = out.insert(name.clone(), target.clone()) {
             if prev.digest != target.digest || prev.media_type != target.media_type {
                 return Err(Error::layout(
-                    "index.json",
+                    format!("{repo}/index.json"),
                     format!(
                         "{name} names both {} ({}) and {} ({})",
                         prev.digest, prev.media_type, target.digest, target.media_type

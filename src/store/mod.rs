@@ -130,11 +130,20 @@ impl Store {
         for file in std::iter::once(db.clone()).chain(DB_COMPANIONS.map(|s| companion(&db, s))) {
             check_part_if_there(&file, Kind::File)?;
         }
+        // A database that cannot be opened is named: SQLite's words do not say which file.
+        let named = |e: Error| match e {
+            Error::Db(source) => Error::Invalid(format!("{}: {source}", db.display())),
+            e => e,
+        };
         let (records, leases) = if read_only {
-            (Records::open_read_only(&db)?, Leases::disabled())
+            (
+                Records::open_read_only(&db).map_err(named)?,
+                Leases::disabled(),
+            )
         } else {
             let count = || count_blob_files(&root);
-            (Records::open_in_store(&db, &count)?, Leases::open(&db)?)
+            let records = Records::open_in_store(&db, &count).map_err(named)?;
+            (records, Leases::open(&db).map_err(named)?)
         };
         let mut store = Store {
             root,
