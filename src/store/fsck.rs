@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -187,7 +188,10 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
         let mut broken = !c.is_complete();
         for d in c.present.keys() {
             needed_by.entry(d.clone()).or_default().insert(name.clone());
-            broken |= matches!(hashed.get(d), Some(Hashed::Mismatch(_) | Hashed::Failed(_)));
+            broken |= matches!(
+                hashed.get(d),
+                Some(Hashed::Mismatch(..) | Hashed::Failed(_))
+            );
         }
         for d in &c.missing {
             missing
@@ -211,7 +215,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
 
     for (digest, _) in &blobs {
         match hashed.get(digest) {
-            Some(Hashed::Mismatch(found)) => {
+            Some(Hashed::Mismatch(found, hashed_file)) => {
                 let mut images = names(digest, &needed_by);
                 if let Some((_, more)) = damaged.remove(digest) {
                     images.extend(more);
@@ -224,9 +228,9 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
                     images,
                 });
                 if opts.repair {
-                    report
-                        .quarantined
-                        .push((digest.clone(), quarantine(store, digest)?));
+                    if let Some(to) = quarantine(store, digest, *hashed_file)? {
+                        report.quarantined.push((digest.clone(), to));
+                    }
                 }
             }
             Some(Hashed::Failed(message)) => report.problems.push(Problem::Unreadable {
@@ -261,7 +265,8 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
 }
 
 enum Hashed {
-    Mismatch(Digest),
+    /// What the file hashed to, and which file it was (device, inode).
+    Mismatch(Digest, (u64, u64)),
     Failed(String),
 }
 
@@ -290,9 +295,10 @@ fn rehash_all(
                         return;
                     };
                     match hash_file(store, digest, &mut buf, &progress) {
-                        Ok(found) if found == *digest => {}
-                        Ok(found) => {
-                            out.lock().insert(digest.clone(), Hashed::Mismatch(found));
+                        Ok((found, _)) if found == *digest => {}
+                        Ok((found, file)) => {
+                            out.lock()
+                                .insert(digest.clone(), Hashed::Mismatch(found, file));
                         }
                         // Gone since it was listed (a gc in another process): not a problem.
                         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -314,13 +320,18 @@ fn hash_file(
     digest: &Digest,
     buf: &mut [u8],
     progress: &Progress,
-) -> io::Result<Digest> {
+) -> io::Result<(Digest, (u64, u64))> {
     let file = store.open_blob_file(digest)?;
-    crate::digest::hash_file(digest.algorithm(), &file, None, buf, |n| progress.add(n))
+    let meta = file.metadata()?;
+    let found =
+        crate::digest::hash_file(digest.algorithm(), &file, None, buf, |n| progress.add(n))?;
+    Ok((found, (meta.dev(), meta.ino())))
 }
 
-/// Moves a blob to `quarantine/<alg>/<hex>`, replacing an earlier quarantined copy.
-fn quarantine(store: &Store, digest: &Digest) -> Result<PathBuf> {
+/// Moves a blob to `quarantine/<alg>/<hex>`, replacing an earlier quarantined copy, if the
+/// file there is still the one that hashed wrong (`hashed`: device, inode): one replaced since
+/// (by a gc and a re-import in another process) is left alone, and None returned.
+fn quarantine(store: &Store, digest: &Digest, hashed: (u64, u64)) -> Result<Option<PathBuf>> {
     let dir = store
         .root()
         .join(QUARANTINE_DIR)
@@ -329,9 +340,18 @@ fn quarantine(store: &Store, digest: &Digest) -> Result<PathBuf> {
     ensure_dir(&dir, PRIVATE_DIR_MODE)?;
     let to = dir.join(digest.hex());
     let from = store.blob_path(digest);
+    match fs::symlink_metadata(&from) {
+        Ok(m) if (m.dev(), m.ino()) == hashed => {}
+        Ok(_) => {
+            tracing::warn!("blob {digest} changed since it was hashed: not moved to quarantine");
+            return Ok(None);
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(&from, e)),
+    }
     fs::rename(&from, &to).at(&from)?;
     super::sync_dir(from.parent().unwrap_or(store.root()))?;
-    Ok(to)
+    Ok(Some(to))
 }
 
 /// What tells an index or manifest among blobs: its media type, or the fields of one.
@@ -405,5 +425,29 @@ impl FsckReport {
     /// Whether anything is wrong (stray files included).
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+
+    #[test]
+    fn quarantine_moves_only_the_file_that_hashed_wrong() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let d = Digest::of(Algorithm::Sha256, b"blob");
+        let mut w = store.ingest(&d, Some(4)).unwrap();
+        w.write_all(b"blob").unwrap();
+        w.commit().unwrap();
+        let path = store.blob_path(&d);
+        // Another file is there now than the one hashed (a gc and a re-import meanwhile).
+        assert_eq!(quarantine(&store, &d, (0, 0)).unwrap(), None);
+        assert!(path.exists());
+        let m = fs::symlink_metadata(&path).unwrap();
+        let to = quarantine(&store, &d, (m.dev(), m.ino())).unwrap().unwrap();
+        assert!(!path.exists());
+        assert_eq!(fs::read(to).unwrap(), b"blob");
     }
 }
