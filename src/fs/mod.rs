@@ -605,30 +605,10 @@ impl Fs {
                 };
                 match kind {
                     Ok(shared) => (Handle::Upload { ino, shared }, Caching::Direct, None),
-                    Err((digest, size)) => {
-                        let file = self.open_blob(ino, &digest, size)?;
-                        let backing = Some(file.clone());
-                        let handle = Handle::Blob {
-                            ino,
-                            digest,
-                            size,
-                            file,
-                        };
-                        (handle, Caching::Keep, backing)
-                    }
+                    Err((digest, size)) => self.blob_opening(ino, digest, size)?,
                 }
             }
-            Node::Blob(digest, size) => {
-                let file = self.open_blob(ino, &digest, size)?;
-                let backing = Some(file.clone());
-                let handle = Handle::Blob {
-                    ino,
-                    digest,
-                    size,
-                    file,
-                };
-                (handle, Caching::Keep, backing)
-            }
+            Node::Blob(digest, size) => self.blob_opening(ino, digest, size)?,
         };
         Ok(Opened {
             fh: self.add_handle(handle),
@@ -708,6 +688,25 @@ impl Fs {
 
     /// Opens blob inode `ino`, checked: the descriptor already open for it when it is the
     /// same store file, else the one just checked (which the next opens share).
+    /// A handle on a committed blob: its shared, checked descriptor, kept in the page cache and
+    /// handed to the kernel for passthrough.
+    fn blob_opening(
+        &self,
+        ino: u64,
+        digest: Digest,
+        size: u64,
+    ) -> FsResult<(Handle, Caching, Option<Arc<File>>)> {
+        let file = self.open_blob(ino, &digest, size)?;
+        let backing = Some(file.clone());
+        let handle = Handle::Blob {
+            ino,
+            digest,
+            size,
+            file,
+        };
+        Ok((handle, Caching::Keep, backing))
+    }
+
     fn open_blob(&self, ino: u64, digest: &Digest, size: u64) -> FsResult<Arc<File>> {
         let checked = self.verifier.open(self.store(), digest, size)?;
         let mut files = self.blob_files.lock();
