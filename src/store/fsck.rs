@@ -147,77 +147,14 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
     report.bytes = blobs.iter().map(|(_, s)| s).sum();
 
     let hashed = rehash_all(store, &blobs, opts.threads)?;
-
-    if let Some(adopted) = adopted_in(&store.connect()?)? {
-        report.problems.push(Problem::NoRecords {
-            blobs: adopted.blobs,
-        });
-        if opts.repair {
-            let sound: Vec<&(Digest, u64)> = blobs
-                .iter()
-                .filter(|(d, _)| !hashed.contains_key(d))
-                .collect();
-            let found = roots(store, &sound)?;
-            store.records().put(&found)?;
-            clear_adopted(&store.connect()?)?;
-            report.recovered = found.into_iter().map(|(name, _)| name).collect();
-        }
-    }
-
-    // Which images need each blob, and what their walks found wrong.
-    let mut needed_by: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
-    let mut missing: BTreeMap<Digest, BTreeSet<String>> = BTreeMap::new();
-    let mut damaged: BTreeMap<Digest, (String, BTreeSet<String>)> = BTreeMap::new();
-    let images = store.records().list()?;
-    report.images = images.len();
-    // Each target is walked once, however many names it has.
-    let mut walked: std::collections::HashMap<(Digest, String), check::Closure> =
-        std::collections::HashMap::new();
-    for img in &images {
-        let name = img.name.to_string();
-        if img.name.check_target(&img.target.digest).is_err() {
-            report.problems.push(Problem::Misnamed {
-                name: name.clone(),
-                target: img.target.digest.clone(),
-            });
-        }
-        let key = (img.target.digest.clone(), img.target.media_type.clone());
-        let c = walked
-            .entry(key)
-            .or_insert_with(|| check::walk(store, &img.target));
-        let mut broken = !c.is_complete();
-        for d in c.present.keys() {
-            needed_by.entry(d.clone()).or_default().insert(name.clone());
-            broken |= matches!(
-                hashed.get(d),
-                Some(Hashed::Mismatch(..) | Hashed::Failed(_))
-            );
-        }
-        for d in &c.missing {
-            missing
-                .entry(d.digest.clone())
-                .or_default()
-                .insert(name.clone());
-        }
-        for (d, e) in &c.damaged {
-            let entry = damaged
-                .entry(d.digest.clone())
-                .or_insert_with(|| (e.to_string(), BTreeSet::new()));
-            entry.1.insert(name.clone());
-        }
-        report.broken_images += usize::from(broken);
-    }
-    let names = |d: &Digest, map: &BTreeMap<Digest, BTreeSet<String>>| -> Vec<String> {
-        map.get(d)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
-    };
+    check_records_lost(store, opts, &blobs, &hashed, &mut report)?;
+    let mut needs = walk_images(store, &hashed, &mut report)?;
 
     for (digest, _) in &blobs {
         match hashed.get(digest) {
             Some(Hashed::Mismatch(found, hashed_file)) => {
-                let mut images = names(digest, &needed_by);
-                if let Some((_, more)) = damaged.remove(digest) {
+                let mut images = names(digest, &needs.needed_by);
+                if let Some((_, more)) = needs.damaged.remove(digest) {
                     images.extend(more);
                     images.sort();
                     images.dedup();
@@ -240,13 +177,13 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
             _ => {}
         }
     }
-    for (digest, images) in missing {
+    for (digest, images) in needs.missing {
         report.problems.push(Problem::Missing {
             digest,
             images: images.into_iter().collect(),
         });
     }
-    for (digest, (message, images)) in damaged {
+    for (digest, (message, images)) in needs.damaged {
         report.problems.push(Problem::Damaged {
             digest,
             message,
@@ -262,6 +199,104 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
         .ok()
         .map(|g| (g.blobs.len(), g.bytes()));
     Ok(report)
+}
+
+/// Reports a store whose records were lost; with `--repair`, registers the top images it
+/// finds among the sound blobs under `lost-found` and clears the mark.
+fn check_records_lost(
+    store: &Store,
+    opts: &FsckOptions,
+    blobs: &[(Digest, u64)],
+    hashed: &BTreeMap<Digest, Hashed>,
+    report: &mut FsckReport,
+) -> Result<()> {
+    let Some(adopted) = adopted_in(&store.connect()?)? else {
+        return Ok(());
+    };
+    report.problems.push(Problem::NoRecords {
+        blobs: adopted.blobs,
+    });
+    if opts.repair {
+        let sound: Vec<&(Digest, u64)> = blobs
+            .iter()
+            .filter(|(d, _)| !hashed.contains_key(d))
+            .collect();
+        let found = roots(store, &sound)?;
+        store.records().put(&found)?;
+        clear_adopted(&store.connect()?)?;
+        report.recovered = found.into_iter().map(|(name, _)| name).collect();
+    }
+    Ok(())
+}
+
+/// Which images need each blob, and what their walks found missing or damaged.
+#[derive(Default)]
+struct Needs {
+    needed_by: BTreeMap<Digest, BTreeSet<String>>,
+    missing: BTreeMap<Digest, BTreeSet<String>>,
+    damaged: BTreeMap<Digest, (String, BTreeSet<String>)>,
+}
+
+/// Walks every image (each target once, however many names it has), counting the images
+/// broken and the names pinned to other content.
+fn walk_images(
+    store: &Store,
+    hashed: &BTreeMap<Digest, Hashed>,
+    report: &mut FsckReport,
+) -> Result<Needs> {
+    let mut needs = Needs::default();
+    let images = store.records().list()?;
+    report.images = images.len();
+    let mut walked: std::collections::HashMap<(Digest, String), check::Closure> =
+        std::collections::HashMap::new();
+    for img in &images {
+        let name = img.name.to_string();
+        if img.name.check_target(&img.target.digest).is_err() {
+            report.problems.push(Problem::Misnamed {
+                name: name.clone(),
+                target: img.target.digest.clone(),
+            });
+        }
+        let key = (img.target.digest.clone(), img.target.media_type.clone());
+        let c = walked
+            .entry(key)
+            .or_insert_with(|| check::walk(store, &img.target));
+        let mut broken = !c.is_complete();
+        for d in c.present.keys() {
+            needs
+                .needed_by
+                .entry(d.clone())
+                .or_default()
+                .insert(name.clone());
+            broken |= matches!(
+                hashed.get(d),
+                Some(Hashed::Mismatch(..) | Hashed::Failed(_))
+            );
+        }
+        for d in &c.missing {
+            needs
+                .missing
+                .entry(d.digest.clone())
+                .or_default()
+                .insert(name.clone());
+        }
+        for (d, e) in &c.damaged {
+            let entry = needs
+                .damaged
+                .entry(d.digest.clone())
+                .or_insert_with(|| (e.to_string(), BTreeSet::new()));
+            entry.1.insert(name.clone());
+        }
+        report.broken_images += usize::from(broken);
+    }
+    Ok(needs)
+}
+
+/// The names in `map` for `d`, sorted.
+fn names(d: &Digest, map: &BTreeMap<Digest, BTreeSet<String>>) -> Vec<String> {
+    map.get(d)
+        .map(|s| s.iter().cloned().collect())
+        .unwrap_or_default()
 }
 
 enum Hashed {
