@@ -337,30 +337,7 @@ impl Fs {
             entry_ttl: DYNAMIC_TTL,
         };
         let attr = match node {
-            Node::Dir(path) => {
-                let snapshot = self.views.snapshot()?;
-                let dir = snapshot.dir(path).ok_or(FsError::NotFound)?;
-                // Counted without walking the children: the root may have thousands.
-                let shadowed = if dir.repository {
-                    LAYOUT_NAMES
-                        .iter()
-                        .filter(|n| dir.children.contains(**n))
-                        .count()
-                } else {
-                    0
-                };
-                let subdirs = dir.children.len() - shadowed + usize::from(dir.repository);
-                Attr {
-                    nlink: 2 + subdirs as u32,
-                    mtime: if dir.updated == UNIX_EPOCH {
-                        self.started
-                    } else {
-                        dir.updated
-                    },
-                    size: BLOCK_SIZE.into(),
-                    ..base
-                }
-            }
+            Node::Dir(path) => self.dir_attr(path, base)?,
             Node::LayoutFile(repo) => {
                 let mtime = self.repo_updated(repo)?;
                 Attr {
@@ -418,26 +395,61 @@ impl Fs {
                     ..file_attr(base, *size, BLOB_MODE, mtime, IMMUTABLE_TTL)
                 }
             }
-            Node::Scratch(id) => {
-                let w = self.write.lock();
-                let s = w.scratch.get(id).ok_or(FsError::NotFound)?;
-                match &s.kind {
-                    write::ScratchKind::Dir => Attr {
-                        mtime: self.started,
-                        size: BLOCK_SIZE.into(),
-                        ..base
-                    },
-                    write::ScratchKind::File(shared) => {
-                        let len = shared.lock().upload.as_ref().map_or(0, |u| u.len());
-                        file_attr(base, len, INDEX_MODE, SystemTime::now(), Duration::ZERO)
-                    }
-                    write::ScratchKind::Committed(_, size) => {
-                        file_attr(base, *size, BLOB_MODE, self.started, IMMUTABLE_TTL)
-                    }
-                }
-            }
+            Node::Scratch(id) => self.scratch_attr(*id, base)?,
         };
         Ok(attr)
+    }
+
+    /// A directory of the tree: its link count without walking its children (the root may
+    /// have thousands).
+    fn dir_attr(&self, path: &str, base: Attr) -> FsResult<Attr> {
+        let snapshot = self.views.snapshot()?;
+        let dir = snapshot.dir(path).ok_or(FsError::NotFound)?;
+        let shadowed = if dir.repository {
+            LAYOUT_NAMES
+                .iter()
+                .filter(|n| dir.children.contains(**n))
+                .count()
+        } else {
+            0
+        };
+        let subdirs = dir.children.len() - shadowed + usize::from(dir.repository);
+        Ok(Attr {
+            nlink: 2 + subdirs as u32,
+            mtime: if dir.updated == UNIX_EPOCH {
+                self.started
+            } else {
+                dir.updated
+            },
+            size: BLOCK_SIZE.into(),
+            ..base
+        })
+    }
+
+    /// A temporary file or directory. The write lock is let go before an upload's own lock
+    /// is taken (lock order: never the write lock while waiting on an upload).
+    fn scratch_attr(&self, id: u64, base: Attr) -> FsResult<Attr> {
+        let kind = {
+            let w = self.write.lock();
+            let s = w.scratch.get(&id).ok_or(FsError::NotFound)?;
+            match &s.kind {
+                write::ScratchKind::Dir => None,
+                write::ScratchKind::File(shared) => Some(Ok(shared.clone())),
+                write::ScratchKind::Committed(_, size) => Some(Err(*size)),
+            }
+        };
+        Ok(match kind {
+            None => Attr {
+                mtime: self.started,
+                size: BLOCK_SIZE.into(),
+                ..base
+            },
+            Some(Ok(shared)) => {
+                let len = shared.lock().upload.as_ref().map_or(0, |u| u.len());
+                file_attr(base, len, INDEX_MODE, SystemTime::now(), Duration::ZERO)
+            }
+            Some(Err(size)) => file_attr(base, size, BLOB_MODE, self.started, IMMUTABLE_TTL),
+        })
     }
 
     fn repo_updated(&self, repo: &str) -> FsResult<SystemTime> {
