@@ -556,7 +556,13 @@ impl Fs {
             }
             Node::LayoutFile(_) | Node::Index(_) | Node::Blob(..) => return Err(FsError::NotDir),
         }
-        // What was written here: temporary files and directories, and blobs committed.
+        self.add_written(ino, &mut out);
+        Ok(out)
+    }
+
+    /// Adds to a listing of directory `ino` what was written there: temporary files and
+    /// directories, and blobs committed (which take the place of a name listed already).
+    fn add_written(&self, ino: u64, out: &mut Vec<DirEntry>) {
         let w = self.write.lock();
         for (name, id) in w.children(ino) {
             let kind = match w.scratch.get(&id).map(|s| &s.kind) {
@@ -573,7 +579,6 @@ impl Fs {
                 None => out.push(entry),
             }
         }
-        Ok(out)
     }
 
     pub fn releasedir(&self, fh: u64) {
