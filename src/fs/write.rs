@@ -122,6 +122,35 @@ const DROP_THREADS: usize = 32;
 const MAX_SEEN: usize = 4096;
 
 impl WriteState {
+    /// Moves what is kept per repository to the new names `moved` gives (None: unchanged).
+    fn rename_repos(&mut self, moved: &dyn Fn(&str) -> Option<String>) {
+        for s in self.scratch.values_mut() {
+            if let Some(r) = moved(&s.repo) {
+                s.repo = Arc::from(r);
+            }
+        }
+        self.layout_names = std::mem::take(&mut self.layout_names)
+            .into_iter()
+            .map(|((r, n), v)| ((moved(&r).unwrap_or(r), n), v))
+            .collect();
+        self.fresh = std::mem::take(&mut self.fresh)
+            .into_iter()
+            .map(|r| moved(&r).unwrap_or(r))
+            .collect();
+        self.makers = std::mem::take(&mut self.makers)
+            .into_iter()
+            .map(|(r, pid)| (moved(&r).unwrap_or(r), pid))
+            .collect();
+        self.hidden = std::mem::take(&mut self.hidden)
+            .into_iter()
+            .map(|(r, d)| (moved(&r).unwrap_or(r), d))
+            .collect();
+        self.alg_dirs = std::mem::take(&mut self.alg_dirs)
+            .into_iter()
+            .map(|(r, a)| (moved(&r).unwrap_or(r), a))
+            .collect();
+    }
+
     pub fn add(&mut self, parent: u64, name: &str, repo: Arc<str>, kind: ScratchKind) -> u64 {
         self.next += 1;
         let id = self.next;
@@ -1276,34 +1305,7 @@ impl super::Fs {
         }
         self.store().records().update(&put, &remove)?;
         self.inodes.rename_tree(from, to);
-        {
-            let mut w = self.write.lock();
-            for s in w.scratch.values_mut() {
-                if let Some(r) = moved(&s.repo) {
-                    s.repo = Arc::from(r);
-                }
-            }
-            w.layout_names = std::mem::take(&mut w.layout_names)
-                .into_iter()
-                .map(|((r, n), v)| ((moved(&r).unwrap_or(r), n), v))
-                .collect();
-            w.fresh = std::mem::take(&mut w.fresh)
-                .into_iter()
-                .map(|r| moved(&r).unwrap_or(r))
-                .collect();
-            w.makers = std::mem::take(&mut w.makers)
-                .into_iter()
-                .map(|(r, pid)| (moved(&r).unwrap_or(r), pid))
-                .collect();
-            w.hidden = std::mem::take(&mut w.hidden)
-                .into_iter()
-                .map(|(r, d)| (moved(&r).unwrap_or(r), d))
-                .collect();
-            w.alg_dirs = std::mem::take(&mut w.alg_dirs)
-                .into_iter()
-                .map(|(r, a)| (moved(&r).unwrap_or(r), a))
-                .collect();
-        }
+        self.write.lock().rename_repos(&moved);
         self.views.update_extra(|x| -> Result<()> {
             let created: Vec<String> = x.created.iter().cloned().collect();
             for c in created {
