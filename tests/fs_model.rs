@@ -1127,31 +1127,45 @@ fn random_writes_keep_the_mount_consistent_with_the_model() {
     eprintln!("{RUNS} runs of {STEPS} steps in {:?}", start.elapsed());
 }
 
+/// Repository `a` made by the maker with `blobs/sha256/` holding one blob written there;
+/// returns the inode of `a` and the blob's hex.
+fn repo_with_one_blob(h: &Harness, fx: &Fixture) -> (u64, String) {
+    let hex = fx.images[1].blobs[2].clone();
+    h.fs.mkdir_as(layoutfs::fs::root_ino(), "a", MAKER).unwrap();
+    let a = walk_v(h, "a", Viewer::Reader).unwrap();
+    let blobs = h.fs.mkdir_as(a, "blobs", MAKER).unwrap().ino;
+    h.fs.mkdir_as(blobs, "sha256", MAKER).unwrap();
+    put(h, &format!("a/blobs/sha256/{hex}"), &fx.bytes[&hex], MAKER).unwrap();
+    (a, hex)
+}
+
+/// Makes `a/blobs/sha256` again (after an rmdir that should have failed) and lists it.
+fn remake_and_list(h: &Harness, a: u64) -> Vec<String> {
+    let blobs = match h.fs.mkdir_as(a, "blobs", MAKER) {
+        Ok(attr) => attr.ino,
+        Err(_) => walk_v(h, "a/blobs", Viewer::Reader).unwrap(),
+    };
+    h.fs.mkdir_as(blobs, "sha256", MAKER).unwrap();
+    h.list("a/blobs/sha256").unwrap()
+}
+
 #[test]
 fn rmdir_of_a_repository_that_lists_files_is_enotempty() {
     let h = Harness::new();
     let fx = Fixture::new(&h);
     let root = layoutfs::fs::root_ino();
-    let hex = fx.images[1].blobs[2].clone();
-    h.fs.mkdir_as(root, "a", MAKER).unwrap();
-    let a = walk_v(&h, "a", Viewer::Reader).unwrap();
-    let blobs = h.fs.mkdir_as(a, "blobs", MAKER).unwrap().ino;
-    h.fs.mkdir_as(blobs, "sha256", MAKER).unwrap();
-    put(&h, &format!("a/blobs/sha256/{hex}"), &fx.bytes[&hex], MAKER).unwrap();
+    let (_, hex) = repo_with_one_blob(&h, &fx);
     assert_eq!(h.list("a").unwrap(), ["blobs"]);
     assert_eq!(
         h.list("a/blobs/sha256").unwrap(),
         std::slice::from_ref(&hex)
     );
     let e = h.fs.rmdir(root, "a");
-    // What happens instead: rmdir succeeds, and the file written under it comes back in a
-    // new repository of that name once its blobs/sha256 is made again.
+    // Before the fix rmdir succeeded, and the file written under it came back in a new
+    // repository of that name once its blobs/sha256 was made again.
     let back = if e.is_ok() {
         h.fs.mkdir_as(root, "a", MAKER).unwrap();
-        let a = walk_v(&h, "a", Viewer::Reader).unwrap();
-        let blobs = h.fs.mkdir_as(a, "blobs", MAKER).unwrap().ino;
-        h.fs.mkdir_as(blobs, "sha256", MAKER).unwrap();
-        h.list("a/blobs/sha256").unwrap()
+        remake_and_list(&h, walk_v(&h, "a", Viewer::Reader).unwrap())
     } else {
         vec![]
     };
@@ -1166,21 +1180,13 @@ fn rmdir_of_a_repository_that_lists_files_is_enotempty() {
 fn rmdir_of_blobs_holding_sha256_is_enotempty() {
     let h = Harness::new();
     let fx = Fixture::new(&h);
-    let root = layoutfs::fs::root_ino();
-    let hex = fx.images[1].blobs[2].clone();
-    h.fs.mkdir_as(root, "a", MAKER).unwrap();
-    let a = walk_v(&h, "a", Viewer::Reader).unwrap();
-    let blobs = h.fs.mkdir_as(a, "blobs", MAKER).unwrap().ino;
-    h.fs.mkdir_as(blobs, "sha256", MAKER).unwrap();
-    put(&h, &format!("a/blobs/sha256/{hex}"), &fx.bytes[&hex], MAKER).unwrap();
+    let (a, _) = repo_with_one_blob(&h, &fx);
     assert_eq!(h.list("a/blobs").unwrap(), ["sha256"]);
     let e = h.fs.rmdir(a, "blobs");
-    // What happens instead: rmdir succeeds, and the file written under it comes back once
-    // blobs/sha256 is made again.
+    // Before the fix rmdir succeeded, and the file written under it came back once
+    // blobs/sha256 was made again.
     let back = if e.is_ok() {
-        let blobs = h.fs.mkdir_as(a, "blobs", MAKER).unwrap().ino;
-        h.fs.mkdir_as(blobs, "sha256", MAKER).unwrap();
-        h.list("a/blobs/sha256").unwrap()
+        remake_and_list(&h, a)
     } else {
         vec![]
     };

@@ -703,8 +703,6 @@ impl Fs {
         }
     }
 
-    /// Opens blob inode `ino`, checked: the descriptor already open for it when it is the
-    /// same store file, else the one just checked (which the next opens share).
     /// A handle on a committed blob: its shared, checked descriptor, kept in the page cache and
     /// handed to the kernel for passthrough.
     fn blob_opening(
@@ -724,6 +722,8 @@ impl Fs {
         Ok((handle, Caching::Keep, backing))
     }
 
+    /// Opens blob inode `ino`, checked: the descriptor already open for it when it is the
+    /// same store file, else the one just checked (which the next opens share).
     fn open_blob(&self, ino: u64, digest: &Digest, size: u64) -> FsResult<Arc<File>> {
         let checked = self.verifier.open(self.store(), digest, size)?;
         let mut files = self.blob_files.lock();

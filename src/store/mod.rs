@@ -188,8 +188,8 @@ impl Store {
     }
 
     fn read_adopted(&self) -> Result<Option<Adopted>> {
-        let conn = self.connect()?;
-        Ok(adopted_in(&conn)?)
+        // On the records' own connection: no second connection at every open.
+        Ok(self.records.with_conn(adopted_in)?)
     }
 
     /// The store to use when `--store` is not given: `$LAYOUTFS_STORE`, else the system store
@@ -396,12 +396,17 @@ fn creating(path: &Path, e: io::Error) -> Error {
 /// Creates directory `path` with exactly `mode` (the umask does not apply) unless it exists,
 /// then checks it as a store part.
 pub(super) fn ensure_dir(path: &Path, mode: u32) -> Result<()> {
-    match fs::DirBuilder::new().mode(mode).create(path) {
-        Ok(()) => set_dir_mode(path, mode)?,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(creating(path, e)),
-    }
+    make_dir(path, mode)?;
     check_part(path, Kind::Dir)
+}
+
+/// Creates directory `path` with exactly `mode` unless something is there already.
+fn make_dir(path: &Path, mode: u32) -> Result<()> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => set_dir_mode(path, mode),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(creating(path, e)),
+    }
 }
 
 /// Sets a directory's mode through a descriptor opened without following a link.
@@ -453,11 +458,7 @@ fn prepare_root(root: &Path) -> Result<PathBuf> {
                     .create(parent)
                     .map_err(|e| creating(parent, e))?;
             }
-            match fs::DirBuilder::new().mode(SHARED_DIR_MODE).create(root) {
-                Ok(()) => set_dir_mode(root, SHARED_DIR_MODE)?,
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(creating(root, e)),
-            }
+            make_dir(root, SHARED_DIR_MODE)?;
         }
         Err(e) => return Err(Error::io(root, e)),
     }

@@ -336,6 +336,11 @@ impl Records {
         )
     }
 
+    /// Runs `f` on the records' connection (what the store reads of its own state there).
+    pub(super) fn with_conn<T>(&self, f: impl FnOnce(&Connection) -> T) -> T {
+        f(&self.conn.lock())
+    }
+
     /// A number that changes whenever another connection (another process, or another `Store`
     /// in this one) commits a change: a cheap way to notice that the records changed.
     pub fn data_version(&self) -> Result<i64> {
