@@ -9,13 +9,13 @@
 //! or a read-only catalog plugs in here.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read};
 
 use crate::digest::{Algorithm, Digest};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::oci::{BlobSource, Descriptor};
 use crate::reference::Reference;
-use crate::store::{Image, Ingest, Records, Store};
+use crate::store::{Image, Ingest, Records, Store, COPY_CHUNK};
 
 /// Where blobs come from. `BlobSource` gives `blob_size` and `read_small` (whole, verified).
 pub trait Provider: BlobSource + Send + Sync {
@@ -27,12 +27,55 @@ pub trait Provider: BlobSource + Send + Sync {
     fn locate(&self, digest: &Digest) -> String;
 }
 
-/// Where blobs go: each write is hashed as it goes and checked at commit.
-pub trait Ingester {
+/// One blob being written: hashed as it goes, checked and made visible at commit. A writer
+/// dropped without a commit leaves nothing behind.
+pub trait Writer: Send {
+    /// Appends bytes; writing past an expected size fails at once.
+    fn write_all(&mut self, buf: &[u8]) -> Result<()>;
+    /// Bytes written so far.
+    fn written(&self) -> u64;
+    /// Checks size and digest and makes the blob visible. Ok(false): it was already there.
+    /// A writer that expects no digest commits under the digest its content hashes to.
+    fn commit(self: Box<Self>) -> Result<bool> {
+        self.commit_named().map(|(_, placed)| placed)
+    }
+    /// As `commit`, and returns the digest the content hashes to.
+    fn commit_named(self: Box<Self>) -> Result<(Digest, bool)>;
+
+    /// Copies everything `r` yields; `what` names the source in errors; `progress` is told of
+    /// each chunk.
+    fn copy_from(
+        &mut self,
+        r: &mut dyn Read,
+        what: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let mut buf = vec![0u8; COPY_CHUNK];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::Stream {
+                        what: what.to_owned(),
+                        source: e,
+                    })
+                }
+            };
+            self.write_all(&buf[..n])?;
+            progress(n as u64);
+        }
+    }
+}
+
+/// Where blobs go.
+pub trait Ingester: Send + Sync {
     /// A writer of a blob that must hash to `expected` (and be `size` bytes, if known).
-    fn ingest(&self, expected: &Digest, size: Option<u64>) -> Result<Ingest<'_>>;
-    /// A writer of a blob whose digest is known only at the end (`Ingest::commit_named`).
-    fn ingest_unnamed(&self, alg: Algorithm) -> Result<Ingest<'_>>;
+    fn ingest(&self, expected: &Digest, size: Option<u64>) -> Result<Box<dyn Writer + '_>>;
+    /// A writer of a blob whose digest is known only at the end: it is hashed with `alg` and
+    /// named by that hash at commit (`Writer::commit_named`).
+    fn ingest_unnamed(&self, alg: Algorithm) -> Result<Box<dyn Writer + '_>>;
 }
 
 /// The image records.
@@ -42,7 +85,8 @@ pub trait Catalog: Send + Sync {
     /// The images of one repository, sorted by name.
     fn of_repository(&self, repository: &str) -> Result<Vec<Image>>;
     fn get(&self, name: &Reference) -> Result<Option<Image>>;
-    /// A number that changes whenever the records change (in another process too).
+    /// A number that changes whenever the records change, through this catalog or any other
+    /// handle on the same records (another process too).
     fn version(&self) -> Result<i64>;
     /// In one transaction: removes `remove` and registers `put`.
     fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()>;
@@ -62,13 +106,36 @@ impl Provider for Store {
     }
 }
 
-impl Ingester for Store {
-    fn ingest(&self, expected: &Digest, size: Option<u64>) -> Result<Ingest<'_>> {
-        Store::ingest(self, expected, size)
+impl Writer for Ingest<'_> {
+    fn write_all(&mut self, buf: &[u8]) -> Result<()> {
+        Ingest::write_all(self, buf)
     }
 
-    fn ingest_unnamed(&self, alg: Algorithm) -> Result<Ingest<'_>> {
-        Store::ingest_unnamed(self, alg)
+    fn written(&self) -> u64 {
+        Ingest::written(self)
+    }
+
+    fn commit_named(self: Box<Self>) -> Result<(Digest, bool)> {
+        Ingest::commit_named(*self)
+    }
+
+    fn copy_from(
+        &mut self,
+        r: &mut dyn Read,
+        what: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        Ingest::copy_from(self, r, what, progress)
+    }
+}
+
+impl Ingester for Store {
+    fn ingest(&self, expected: &Digest, size: Option<u64>) -> Result<Box<dyn Writer + '_>> {
+        Ok(Box::new(Store::ingest(self, expected, size)?))
+    }
+
+    fn ingest_unnamed(&self, alg: Algorithm) -> Result<Box<dyn Writer + '_>> {
+        Ok(Box::new(Store::ingest_unnamed(self, alg)?))
     }
 }
 
@@ -86,7 +153,7 @@ impl Catalog for Records {
     }
 
     fn version(&self) -> Result<i64> {
-        self.data_version()
+        Records::version(self)
     }
 
     fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()> {

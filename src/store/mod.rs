@@ -33,7 +33,7 @@ pub use ingest::{
     BLOB_MODE, COPY_CHUNK, DATA_FILE,
 };
 pub use leases::{Held, Lease, Leases, WHOLE};
-pub use records::{now_ms, Image, Records};
+pub use records::{check_record, now_ms, Image, Records};
 
 /// Directory of verified blobs.
 pub const BLOBS_DIR: &str = "blobs";

@@ -3,6 +3,7 @@
 //! the store and a failed import registers nothing.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -149,9 +150,47 @@ pub struct Image {
     pub updated: i64,
 }
 
+/// Checks that `name` may be registered for `target`, where `old` is what it names now, and
+/// returns the record as compact JSON. Every catalog of image records keeps these rules: a
+/// name with a digest names exactly that content, and keeps its media type for good (given
+/// another, gc would judge its children by the new one); a record is at most
+/// `MAX_DESCRIPTOR_SIZE` bytes.
+pub fn check_record(
+    name: &Reference,
+    target: &Descriptor,
+    old: Option<&Descriptor>,
+) -> Result<String> {
+    name.check_target(&target.digest)?;
+    let json = serde_json::to_string(target).map_err(|e| Error::Invalid(e.to_string()))?;
+    if json.len() as u64 > MAX_DESCRIPTOR_SIZE {
+        return Err(Error::Image {
+            name: name.to_string(),
+            message: format!(
+                "its descriptor is {} bytes, over the {MAX_DESCRIPTOR_SIZE}-byte limit",
+                json.len()
+            ),
+        });
+    }
+    if let Some(old) = old.filter(|_| name.tag().is_none()) {
+        if old.media_type != target.media_type {
+            return Err(Error::Image {
+                name: name.to_string(),
+                message: format!(
+                    "registered as {}; refusing to make it {}",
+                    old.media_type, target.media_type
+                ),
+            });
+        }
+    }
+    Ok(json)
+}
+
 /// The image-record table of one store.
 pub struct Records {
     conn: Mutex<Connection>,
+    /// Changes committed through this handle: SQLite's `data_version` counts only those of
+    /// other connections.
+    commits: AtomicI64,
 }
 
 impl Records {
@@ -169,6 +208,7 @@ impl Records {
         }
         Ok(Records {
             conn: Mutex::new(conn),
+            commits: AtomicI64::new(0),
         })
     }
 
@@ -228,6 +268,7 @@ impl Records {
         }
         Ok(Records {
             conn: Mutex::new(conn),
+            commits: AtomicI64::new(0),
         })
     }
 
@@ -251,38 +292,19 @@ impl Records {
         }
         let now = now_ms();
         for (name, target) in put {
-            let json = serde_json::to_string(target).map_err(|e| Error::Invalid(e.to_string()))?;
-            if json.len() as u64 > MAX_DESCRIPTOR_SIZE {
-                return Err(Error::Image {
-                    name: name.to_string(),
-                    message: format!(
-                        "its descriptor is {} bytes, over the {MAX_DESCRIPTOR_SIZE}-byte limit",
-                        json.len()
-                    ),
-                });
-            }
-            if name.tag().is_none() {
-                // A name with a digest names that content as one kind of blob for good: given
-                // another media type, gc would judge its children by the new one.
-                let old: Option<String> = tx
+            // Only a name with a digest keeps its media type: only its old record matters.
+            let old: Option<String> = match name.tag() {
+                Some(_) => None,
+                None => tx
                     .query_row(
                         "SELECT descriptor FROM images WHERE name = ?1",
                         [name.to_string()],
                         |r| r.get(0),
                     )
-                    .optional()?;
-                if let Some(old) = old.and_then(|o| serde_json::from_str::<Descriptor>(&o).ok()) {
-                    if old.media_type != target.media_type {
-                        return Err(Error::Image {
-                            name: name.to_string(),
-                            message: format!(
-                                "registered as {}; refusing to make it {}",
-                                old.media_type, target.media_type
-                            ),
-                        });
-                    }
-                }
-            }
+                    .optional()?,
+            };
+            let old = old.and_then(|o| serde_json::from_str::<Descriptor>(&o).ok());
+            let json = check_record(name, target, old.as_ref())?;
             tx.execute(
                 "INSERT INTO images (name, repository, descriptor, created, updated)
                  VALUES (?1, ?2, ?3, ?4, ?4)
@@ -291,6 +313,7 @@ impl Records {
             )?;
         }
         tx.commit()?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -305,6 +328,7 @@ impl Records {
             }
         }
         tx.commit()?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -346,6 +370,14 @@ impl Records {
     pub fn data_version(&self) -> Result<i64> {
         let conn = self.conn.lock();
         Ok(conn.pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+
+    /// A number that changes whenever the records change, through this handle or any other:
+    /// `data_version` plus the changes this handle committed (both only grow).
+    pub fn version(&self) -> Result<i64> {
+        Ok(self
+            .data_version()?
+            .wrapping_add(self.commits.load(Ordering::Relaxed)))
     }
 
     fn query<P: rusqlite::Params>(&self, sql: &str, p: P) -> Result<Vec<Image>> {
