@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::archive::{self, ExportOptions, Plan, Source};
+use crate::content::{Catalog, Provider};
 use crate::digest::Digest;
 use crate::error::StoreProblem;
 use crate::error::{Error, Result};
@@ -203,7 +204,7 @@ impl Cli {
                 };
                 export(&store, &refs, output.as_deref(), &opts)
             }
-            Command::Images { format } => list_images(&store, format),
+            Command::Images { format } => list_images(store.records(), &store, format),
             Command::Rm { refs } => remove(&store, &refs),
             Command::Mount {
                 mountpoint,
@@ -240,7 +241,7 @@ impl Cli {
                 };
                 print_fsck(&fsck::fsck(&store, &opts)?)
             }
-            Command::Tag { source, target } => tag(&store, &source, &target),
+            Command::Tag { source, target } => tag(store.records(), &source, &target),
         }
     }
 }
@@ -271,7 +272,7 @@ fn export(
     output: Option<&std::path::Path>,
     opts: &ExportOptions,
 ) -> Result<()> {
-    let images = resolve(store, refs)?;
+    let images = resolve(store.records(), refs)?;
     let entries: Vec<Entry> = images.into_iter().map(entry).collect();
     let plan = Plan::new(store, &entries, opts)?;
     let lease = store.lease()?;
@@ -286,7 +287,10 @@ fn export(
 
 /// `layoutfs rm`: removes names only, and prints them.
 fn remove(store: &Store, refs: &[String]) -> Result<()> {
-    let names: Vec<Reference> = resolve(store, refs)?.into_iter().map(|i| i.name).collect();
+    let names: Vec<Reference> = resolve(store.records(), refs)?
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     store.records().remove(&names)?;
     print_names(&names)
 }
@@ -307,14 +311,13 @@ fn mount(store: Store, mountpoint: &std::path::Path, options: &MountOptions) -> 
 }
 
 /// `layoutfs tag SOURCE TARGET`.
-fn tag(store: &Store, source: &str, target: &str) -> Result<()> {
+fn tag(catalog: &dyn Catalog, source: &str, target: &str) -> Result<()> {
     let src: Reference = source.parse()?;
     let dst: Reference = target.parse()?;
-    let image = store
-        .records()
+    let image = catalog
         .get(&src)?
         .ok_or_else(|| Error::NotFound(src.to_string()))?;
-    store.records().put(&[(dst, image.target)])
+    catalog.update(&[(dst, image.target)], &[])
 }
 
 fn print_names(names: &[Reference]) -> Result<()> {
@@ -486,16 +489,15 @@ fn stdout_err(e: std::io::Error) -> Error {
 }
 
 /// The images named by `refs`, each once, in the order given. Every ref must match.
-pub fn resolve(store: &Store, refs: &[String]) -> Result<Vec<Image>> {
+pub fn resolve(catalog: &dyn Catalog, refs: &[String]) -> Result<Vec<Image>> {
     let mut out: BTreeMap<String, (usize, Image)> = BTreeMap::new();
     for (i, r) in refs.iter().enumerate() {
         let found = match r.parse::<RefQuery>()? {
-            RefQuery::Image(name) => vec![store
-                .records()
+            RefQuery::Image(name) => vec![catalog
                 .get(&name)?
                 .ok_or_else(|| Error::NotFound(name.to_string()))?],
             RefQuery::Repository(repo) => {
-                let v = store.records().of_repository(&repo)?;
+                let v = catalog.of_repository(&repo)?;
                 if v.is_empty() {
                     return Err(Error::NotFound(repo));
                 }
@@ -526,14 +528,14 @@ struct ImageRow {
     updated: String,
 }
 
-fn list_images(store: &Store, format: Format) -> Result<()> {
+fn list_images(catalog: &dyn Catalog, blobs: &dyn Provider, format: Format) -> Result<()> {
     let mut rows = Vec::new();
     // Each target is walked once, however many names it has: (size, complete, missing).
     let mut walked: HashMap<(Digest, String), (u64, bool, usize)> = HashMap::new();
-    for img in store.records().list()? {
+    for img in catalog.list()? {
         let key = (img.target.digest.clone(), img.target.media_type.clone());
         let (size, complete, missing) = *walked.entry(key).or_insert_with(|| {
-            let c = check::walk(store, &img.target);
+            let c = check::walk(blobs, &img.target);
             (
                 c.present.values().map(|d| d.size).sum(),
                 c.is_complete(),
