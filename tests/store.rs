@@ -19,6 +19,7 @@ use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use common::layout_dir::LayoutDir;
 use common::memory::Memory;
 use common::Tmpfs;
 use layoutfs::content::{Catalog, Ingester, Provider};
@@ -415,6 +416,21 @@ fn content_in_memory_keeps_the_content_contracts() {
     provider_contract("memory", &m, &[]);
     ingester_contract("memory", &m, &m);
     catalog_contract("memory", &m);
+}
+
+#[test]
+fn a_layout_directory_keeps_the_provider_contract() {
+    let t = tempfile::tempdir().unwrap();
+    let mut blobs: Vec<(Descriptor, Vec<u8>)> = (0..3).map(json_blob).collect();
+    let layer = bytes(3 << 20, 11);
+    let d = Digest::of(Algorithm::Sha512, &layer);
+    blobs.push((Descriptor::new(LAYER, d, layer.len() as u64), layer));
+    for (desc, data) in &blobs {
+        let path = t.path().join(desc.digest.blob_path());
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, data).unwrap();
+    }
+    provider_contract("layout directory", &LayoutDir(t.path().to_owned()), &blobs);
 }
 
 #[test]

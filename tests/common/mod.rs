@@ -5,6 +5,7 @@
 
 pub mod core;
 pub mod gen;
+pub mod layout_dir;
 pub mod memory;
 pub mod mount;
 pub mod user;
