@@ -315,8 +315,7 @@ pub(crate) fn adopted_in(conn: &rusqlite::Connection) -> rusqlite::Result<Option
 
 /// Clears the adoption mark (the user said the store's blobs may be judged by its records).
 pub(crate) fn clear_adopted(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM state WHERE key = ?1", [records::ADOPTED_KEY])?;
-    Ok(())
+    records::clear_adopted_mark(conn)
 }
 
 /// Opens a file of the store for reading without following a link in its last component: a

@@ -24,7 +24,7 @@ const SCHEMA_VERSION: i64 = 3;
 /// The `state` row set when `meta.db` was created while `blobs/` already held blobs: the
 /// records were lost (a missing or empty database), so gc must not take every blob for
 /// garbage. Its value is how many blob files there were; `since` when it was set.
-pub(super) const ADOPTED_KEY: &str = "adopted_without_records";
+const ADOPTED_KEY: &str = "adopted_without_records";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS images (
@@ -122,6 +122,12 @@ pub(super) fn adopted_mark(conn: &Connection) -> rusqlite::Result<Option<(i64, i
         |r| Ok((r.get(0)?, r.get(1)?)),
     )
     .optional()
+}
+
+/// Clears the mark that the records were lost.
+pub(super) fn clear_adopted_mark(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM state WHERE key = ?1", [ADOPTED_KEY])?;
+    Ok(())
 }
 
 /// Runs `f` again while SQLite answers BUSY without having waited, up to `BUSY_TIMEOUT`.
