@@ -13,9 +13,10 @@ use std::path::Path;
 use common::gen::{LayoutBuilder, MEDIA_LAYER};
 use common::Env;
 use layoutfs::archive::export::{send, Destination, Images, Order, Shipment};
+use layoutfs::archive::import::format::StreamFormat;
 use layoutfs::archive::import::pull::Blobs;
 use layoutfs::archive::import::source::{Entries, Entry, Tree};
-use layoutfs::archive::import::{import_from, Input};
+use layoutfs::archive::import::{import_from, Input, Intake};
 use layoutfs::archive::ExportOptions;
 use layoutfs::content::Provider;
 use layoutfs::digest::{Algorithm, Digest};
@@ -193,6 +194,70 @@ fn an_in_memory_stream_imports_through_the_entries_seam() {
         err.to_string(),
         "memory stream: oci-layout is missing: not an OCI archive"
     );
+    assert_eq!(blob_count(&store), 0, "the blobs it placed are taken back");
+}
+
+/// A format whose blobs are named only once hashed, as a `docker save` archive's layers are:
+/// every entry but `index.json` is a blob, whatever its name.
+#[derive(Default)]
+struct Unnamed {
+    index: Option<Vec<u8>>,
+    named: Vec<Digest>,
+}
+
+impl StreamFormat for Unnamed {
+    fn entry(&mut self, entry: Entry<'_>, intake: &Intake<'_>) -> Result<()> {
+        if entry.path == "index.json" {
+            let mut bytes = Vec::new();
+            entry.reader.read_to_end(&mut bytes).unwrap();
+            self.index = Some(bytes);
+            return Ok(());
+        }
+        let (digest, size) = intake.copy_unnamed(Algorithm::Sha256, entry.reader, entry.path)?;
+        assert_eq!(size, entry.size);
+        self.named.push(digest);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<ImageIndex> {
+        ImageIndex::parse("index.json", self.index.as_deref().unwrap_or_default())
+    }
+}
+
+#[test]
+fn a_format_that_names_blobs_by_their_hash_plugs_into_the_stream_seam() {
+    let env = Env::new();
+    let b = nested_layout(&env.path("src"));
+    let store = open_store(&env);
+    // Blobs under names that say nothing of their digests.
+    let all = files(&b.dir);
+    let mut entries: Vec<(String, Vec<u8>)> = all
+        .iter()
+        .filter(|(p, _)| p.starts_with("blobs/"))
+        .enumerate()
+        .map(|(i, (_, bytes))| (format!("{i}/layer.tar"), bytes.clone()))
+        .collect();
+    entries.push(("index.json".into(), all["index.json"].clone()));
+    let mut stream = MemStream(entries);
+    let input = Input::Stream {
+        entries: &mut stream,
+        format: Box::<Unnamed>::default(),
+    };
+    let got = import_from(&store, input, "unnamed", Some("u")).unwrap();
+    assert_eq!(names(&store), ["u:nested", "u:plain"]);
+    assert_eq!(got.new_blobs, all.len() - 2);
+
+    // One blob short: the closure check fails, and the blobs it named are taken back.
+    let other = Env::new();
+    let store = open_store(&other);
+    let mut short = MemStream(stream.0.split_off(1));
+    let input = Input::Stream {
+        entries: &mut short,
+        format: Box::<Unnamed>::default(),
+    };
+    let err = import_from(&store, input, "unnamed", Some("u")).unwrap_err();
+    assert!(matches!(err, Error::MissingBlob { .. }), "{err}");
+    assert!(names(&store).is_empty());
     assert_eq!(blob_count(&store), 0, "the blobs it placed are taken back");
 }
 

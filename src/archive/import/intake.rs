@@ -9,7 +9,7 @@ use std::io::Read;
 use parking_lot::Mutex;
 
 use crate::content::{Ingester, Provider};
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
 use crate::oci::Descriptor;
 use crate::store::{Ingest, Lease, WHOLE};
@@ -105,6 +105,26 @@ impl<'a> Intake<'a> {
         let mut w = self.start(&desc.digest, desc.size)?;
         w.copy_from(r, what, progress)?;
         self.commit(w, &desc.digest, desc.size)
+    }
+
+    /// Copies `r` into a blob named by its `alg` hash at the end (a layer of a `docker save`
+    /// archive, whose name is not its digest); returns its digest and size. The blob is
+    /// held as soon as it is named, not before: if the store already had it, unreferenced,
+    /// a gc in that moment may remove it, and the import then fails when `register` checks
+    /// the closure; it never registers a broken image.
+    pub fn copy_unnamed(
+        &self,
+        alg: Algorithm,
+        r: &mut dyn Read,
+        what: &str,
+    ) -> Result<(Digest, u64)> {
+        let mut w = self.ingester.ingest_unnamed(alg)?;
+        w.copy_from(r, what, &mut |_| {})?;
+        let size = w.written();
+        let (digest, placed) = w.commit_named()?;
+        self.hold(&digest)?;
+        self.written.lock().add(placed, &digest, size);
+        Ok((digest, size))
     }
 
     pub(super) fn into_written(self) -> Written {
