@@ -2,7 +2,7 @@
 //! closures, their `index.json`) and in which order (by path, or children before parents);
 //! `dest` says what a destination of blobs and images is; `tar` is the one destination
 //! today, the deterministic, zero-copy OCI archive streamer. `Plan` ties them together for
-//! the CLI and the mount.
+//! the CLI: an OCI archive of some images.
 
 mod dest;
 mod docker;
@@ -47,11 +47,6 @@ impl Plan {
         Ok(Plan {
             shipment: Shipment::new(store, entries, opts)?,
         })
-    }
-
-    /// What the archive holds.
-    pub fn shipment(&self) -> &Shipment {
-        &self.shipment
     }
 
     /// Holds every blob of the archive in `lease` and checks that each is there with its
