@@ -1,0 +1,133 @@
+//! Where an import's blobs go: the content store's `Ingester`, each blob held by the
+//! import's lease before the store is asked whether it has it (so a gc in another process
+//! keeps it), and what was placed counted, so that a failed import can take it back. Formats
+//! and pulls write through this and nothing else.
+
+use std::collections::HashSet;
+use std::io::Read;
+
+use parking_lot::Mutex;
+
+use crate::content::{Ingester, Provider};
+use crate::digest::{Algorithm, Digest};
+use crate::error::Result;
+use crate::oci::Descriptor;
+use crate::store::{Ingest, Lease, WHOLE};
+
+/// The blobs an import placed (they were not in the store before).
+#[derive(Debug, Default)]
+pub(super) struct Written {
+    pub count: usize,
+    pub bytes: u64,
+    pub placed: HashSet<Digest>,
+}
+
+impl Written {
+    fn add(&mut self, placed: bool, digest: &Digest, size: u64) {
+        if placed {
+            self.count += 1;
+            self.bytes += size;
+            self.placed.insert(digest.clone());
+        }
+    }
+
+    pub fn take_back(&mut self, digest: &Digest, size: u64) {
+        if self.placed.remove(digest) {
+            self.count -= 1;
+            self.bytes -= size;
+        }
+    }
+}
+
+/// The store an import writes into, seen through the content interfaces.
+pub struct Intake<'a> {
+    ingester: &'a (dyn Ingester + Sync),
+    provider: &'a dyn Provider,
+    lease: &'a Lease,
+    written: Mutex<Written>,
+}
+
+impl<'a> Intake<'a> {
+    /// Writes through `ingester` and looks through `provider` (the same store), holding
+    /// every blob met in `lease`.
+    pub fn new(
+        ingester: &'a (dyn Ingester + Sync),
+        provider: &'a dyn Provider,
+        lease: &'a Lease,
+    ) -> Intake<'a> {
+        Intake {
+            ingester,
+            provider,
+            lease,
+            written: Mutex::new(Written::default()),
+        }
+    }
+
+    /// Holds `digest` for the import: call it before `has`.
+    pub fn hold(&self, digest: &Digest) -> Result<()> {
+        self.lease.hold(WHOLE, [digest])
+    }
+
+    /// The size of blob `digest` in the store, if it is there.
+    pub fn size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.provider.blob_size(digest)
+    }
+
+    pub fn has(&self, digest: &Digest) -> Result<bool> {
+        Ok(self.size(digest)?.is_some())
+    }
+
+    /// A small blob of the store, read whole and verified.
+    pub fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        self.provider.read_small(desc)
+    }
+
+    /// Starts writing blob `digest` of `size` bytes; `commit` finishes it.
+    pub fn start(&self, digest: &Digest, size: u64) -> Result<Ingest<'a>> {
+        self.ingester.ingest(digest, Some(size))
+    }
+
+    /// Commits `w` (checking its size and digest) and counts it if it was placed now.
+    pub fn commit(&self, w: Ingest<'_>, digest: &Digest, size: u64) -> Result<()> {
+        let placed = w.commit()?;
+        self.written.lock().add(placed, digest, size);
+        Ok(())
+    }
+
+    /// Copies `r` into blob `desc`, checked; `what` names the source in errors.
+    pub fn copy(
+        &self,
+        desc: &Descriptor,
+        r: &mut dyn Read,
+        what: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let mut w = self.start(&desc.digest, desc.size)?;
+        w.copy_from(r, what, progress)?;
+        self.commit(w, &desc.digest, desc.size)
+    }
+
+    /// Copies `r` into a blob named by its `alg` hash at the end (a layer of a `docker save`
+    /// archive, whose name is not its digest); returns its digest and size. The blob is
+    /// held as soon as it is named, not before: if the store already had it, unreferenced,
+    /// a gc in that moment may remove it, and the import then fails when `register` checks
+    /// the closure; it never registers a broken image.
+    pub fn copy_unnamed(
+        &self,
+        alg: Algorithm,
+        r: &mut dyn Read,
+        what: &str,
+    ) -> Result<(Digest, u64)> {
+        let mut w = self.ingester.ingest_unnamed(alg)?;
+        w.copy_from(r, what, &mut |_| {})?;
+        let size = w.written();
+        let (digest, placed) = w.commit_named()?;
+        self.hold(&digest)?;
+        self.written.lock().add(placed, &digest, size);
+        Ok((digest, size))
+    }
+
+    pub(super) fn into_written(self) -> Written {
+        self.written.into_inner()
+    }
+}

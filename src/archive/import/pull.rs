@@ -1,0 +1,124 @@
+//! Pulling from a source of blobs by digest (a layout directory read as one; a registry
+//! next): the closure of every listed image is walked from the index, each index and
+//! manifest copied in (verified) as it is met so its children are read from the verified
+//! copy, then the remaining blobs the store lacks are copied on all cores, largest first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+
+use crate::digest::Digest;
+use crate::error::Result;
+use crate::oci::{self, BlobSource, Descriptor, ImageIndex, OnMissing};
+use crate::progress::Progress;
+
+use super::intake::Intake;
+
+/// Blobs fetched by digest.
+pub trait Blobs: Sync {
+    /// The size of blob `digest`, None when the source does not have it.
+    fn size(&self, digest: &Digest) -> Result<Option<u64>>;
+    /// Opens blob `digest` (`Error::MissingBlob` when the source does not have it), with
+    /// what errors call it.
+    fn open(&self, digest: &Digest) -> Result<(Box<dyn Read + Send + '_>, String)>;
+}
+
+/// Brings the closure of every image `index` lists into the store through `intake`.
+pub fn pull(blobs: &dyn Blobs, index: &ImageIndex, intake: &Intake<'_>) -> Result<()> {
+    // Walk the closure, copying manifests and indexes in as they are met (their children are
+    // read from the verified copy) and collecting the other blobs the store lacks.
+    let view = Pulling { blobs, intake };
+    let mut wanted: BTreeMap<Digest, Descriptor> = BTreeMap::new();
+    let mut walked = HashSet::new();
+    for d in &index.manifests {
+        if !walked.insert((&d.digest, &d.media_type)) {
+            continue;
+        }
+        for (digest, desc) in oci::closure(&view, d, OnMissing::Fail)? {
+            if !intake.has(&digest)? {
+                wanted.insert(digest, desc);
+            }
+        }
+    }
+    let total = wanted.values().map(|d| d.size).sum();
+    let progress = Progress::bytes("importing", Some(total));
+    let mut jobs: Vec<Descriptor> = wanted.into_values().collect();
+    jobs.sort_by_key(|d| std::cmp::Reverse(d.size));
+    parallel_copy(blobs, intake, jobs, &progress)?;
+    progress.finish();
+    Ok(())
+}
+
+/// Copies blobs into the store on all cores, in the order given.
+fn parallel_copy(
+    blobs: &dyn Blobs,
+    intake: &Intake<'_>,
+    jobs: Vec<Descriptor>,
+    progress: &Progress,
+) -> Result<()> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len().max(1));
+    let queue = Mutex::new(jobs.into_iter());
+    let failed = AtomicBool::new(false);
+    let first_error = Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                if failed.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some(desc) = queue.lock().next() else {
+                    return;
+                };
+                if let Err(e) = copy_one(blobs, intake, &desc, progress) {
+                    failed.store(true, Ordering::Relaxed);
+                    first_error.lock().get_or_insert(e);
+                    return;
+                }
+            });
+        }
+    });
+    match first_error.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Copies one blob into the store, verified against `desc`.
+fn copy_one(
+    blobs: &dyn Blobs,
+    intake: &Intake<'_>,
+    desc: &Descriptor,
+    progress: &Progress,
+) -> Result<()> {
+    let (mut r, what) = blobs.open(&desc.digest)?;
+    intake.copy(desc, &mut r, &what, &mut |n| progress.add(n))
+}
+
+/// A source of blobs seen through the store, for the walk: blobs the store has are read
+/// from it; others are sized at the source, and manifests are copied in (verified) before
+/// being read. Every blob is held before the store is asked.
+struct Pulling<'a> {
+    blobs: &'a dyn Blobs,
+    intake: &'a Intake<'a>,
+}
+
+impl BlobSource for Pulling<'_> {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.intake.hold(digest)?;
+        match self.intake.size(digest)? {
+            Some(size) => Ok(Some(size)),
+            None => self.blobs.size(digest),
+        }
+    }
+
+    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        if !self.intake.has(&desc.digest)? {
+            copy_one(self.blobs, self.intake, desc, &Progress::hidden())?;
+        }
+        self.intake.read_small(desc)
+    }
+}
