@@ -8,11 +8,11 @@ use std::io::Read;
 
 use parking_lot::Mutex;
 
-use crate::content::{Ingester, Provider};
+use crate::content::{Ingester, Provider, Writer};
 use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
 use crate::oci::Descriptor;
-use crate::store::{Ingest, Lease, WHOLE};
+use crate::store::{Lease, WHOLE};
 
 /// The blobs an import placed (they were not in the store before).
 #[derive(Debug, Default)]
@@ -41,7 +41,7 @@ impl Written {
 
 /// The store an import writes into, seen through the content interfaces.
 pub struct Intake<'a> {
-    ingester: &'a (dyn Ingester + Sync),
+    ingester: &'a dyn Ingester,
     provider: &'a dyn Provider,
     lease: &'a Lease,
     written: Mutex<Written>,
@@ -51,7 +51,7 @@ impl<'a> Intake<'a> {
     /// Writes through `ingester` and looks through `provider` (the same store), holding
     /// every blob met in `lease`.
     pub fn new(
-        ingester: &'a (dyn Ingester + Sync),
+        ingester: &'a dyn Ingester,
         provider: &'a dyn Provider,
         lease: &'a Lease,
     ) -> Intake<'a> {
@@ -83,12 +83,12 @@ impl<'a> Intake<'a> {
     }
 
     /// Starts writing blob `digest` of `size` bytes; `commit` finishes it.
-    pub fn start(&self, digest: &Digest, size: u64) -> Result<Ingest<'a>> {
+    pub fn start(&self, digest: &Digest, size: u64) -> Result<Box<dyn Writer + 'a>> {
         self.ingester.ingest(digest, Some(size))
     }
 
     /// Commits `w` (checking its size and digest) and counts it if it was placed now.
-    pub fn commit(&self, w: Ingest<'_>, digest: &Digest, size: u64) -> Result<()> {
+    pub fn commit(&self, w: Box<dyn Writer + '_>, digest: &Digest, size: u64) -> Result<()> {
         let placed = w.commit()?;
         self.written.lock().add(placed, digest, size);
         Ok(())
