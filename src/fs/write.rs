@@ -21,14 +21,11 @@
 //!   pending) needs is EBUSY to unlink while the image is there; others (umoci gc) go.
 //!   `mv` of a repository directory renames its images.
 //!
-//! Lock order: `write_lock` (serialises every change of records and pending images), then the
-//! scratch table, then an upload's own lock (`Writing`); the views and the records are leaves.
+//! What the writes keep in memory, and the lock order of the whole core: `fs::state`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
@@ -39,74 +36,9 @@ use crate::store::{Held, Store};
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
+use super::state::{ScratchKind, Shared, SharedUpload};
 use super::upload::Upload;
 use super::view::LAYOUT_NAMES;
-
-/// An upload and whether it changed since it was last acted on.
-pub struct Writing {
-    pub upload: Option<Upload>,
-    pub dirty: bool,
-    /// Why a write failed: the upload is dropped then (giving its space back on a full disk),
-    /// and close fails with the same error.
-    pub failed: Option<(i32, String)>,
-}
-
-pub type Shared = Arc<Mutex<Writing>>;
-
-impl Writing {
-    pub fn shared(upload: Upload) -> Shared {
-        Arc::new(Mutex::new(Writing {
-            upload: Some(upload),
-            dirty: true,
-            failed: None,
-        }))
-    }
-}
-
-pub enum ScratchKind {
-    Dir,
-    File(Shared),
-    /// A file that became the blob `digest`: it stays listed under its name for the mount's
-    /// life, so that what the writer does next (chmod, utime, stat) finds it.
-    Committed(Digest, u64),
-}
-
-pub struct Scratch {
-    pub parent: u64,
-    pub name: String,
-    pub repo: Arc<str>,
-    pub kind: ScratchKind,
-}
-
-/// What the writes of this mount hold in memory.
-#[derive(Default)]
-pub struct WriteState {
-    pub scratch: HashMap<u64, Scratch>,
-    /// The scratch entries of each directory (by inode), by name: a directory's own entries
-    /// are found without looking at any other's.
-    names: HashMap<u64, BTreeMap<String, u64>>,
-    next: u64,
-    /// Algorithm directories made with mkdir, per repository.
-    pub alg_dirs: BTreeSet<(String, Algorithm)>,
-    /// The names a process last read in a repository's `index.json`: what it may remove.
-    pub seen: HashMap<(u32, String), BTreeSet<Reference>>,
-    /// Sizes of the blobs pending images wait for, to refuse a write past them.
-    pub wanted: HashMap<Digest, u64>,
-    /// Layout names (`oci-layout`, `index.json`, `blobs`) shown (true) or unlinked (false)
-    /// in a repository regardless of its images: a repository made with mkdir starts empty so
-    /// that cp and tar can create its files, and a name tar unlinks before rewriting it is gone
-    /// until it is written again.
-    pub layout_names: BTreeMap<(String, String), bool>,
-    /// Repositories made with mkdir in this mount: their layout names show to their maker only
-    /// once written, as on a disk, so that cp's exclusive creates of them succeed whatever
-    /// order it copies in (see `Viewer`).
-    pub fresh: BTreeSet<String>,
-    /// The process that made each of `fresh`.
-    pub makers: HashMap<String, u32>,
-    /// Blobs unlinked from a repository's listing (tar unlinks before it rewrites a file; rm -r
-    /// unlinks everything). They stay in the store, and show again when written again.
-    pub hidden: BTreeMap<String, BTreeSet<Digest>>,
-}
 
 /// The process a release acts for: the kernel does not say which closed the file last, and
 /// a process no writer has (none is 0) read nothing, so it removes what a cp would.
@@ -118,182 +50,9 @@ const UNKNOWN_PID: u32 = 0;
 /// Threads removing temporary files' ingests at unmount.
 const DROP_THREADS: usize = 32;
 
-/// Bound on remembered `index.json` reads; past it the oldest knowledge is dropped.
-const MAX_SEEN: usize = 4096;
-
-impl WriteState {
-    /// Moves what is kept per repository to the new names `moved` gives (None: unchanged).
-    fn rename_repos(&mut self, moved: &dyn Fn(&str) -> Option<String>) {
-        for s in self.scratch.values_mut() {
-            if let Some(r) = moved(&s.repo) {
-                s.repo = Arc::from(r);
-            }
-        }
-        self.layout_names = std::mem::take(&mut self.layout_names)
-            .into_iter()
-            .map(|((r, n), v)| ((moved(&r).unwrap_or(r), n), v))
-            .collect();
-        self.fresh = std::mem::take(&mut self.fresh)
-            .into_iter()
-            .map(|r| moved(&r).unwrap_or(r))
-            .collect();
-        self.makers = std::mem::take(&mut self.makers)
-            .into_iter()
-            .map(|(r, pid)| (moved(&r).unwrap_or(r), pid))
-            .collect();
-        self.hidden = std::mem::take(&mut self.hidden)
-            .into_iter()
-            .map(|(r, d)| (moved(&r).unwrap_or(r), d))
-            .collect();
-        self.alg_dirs = std::mem::take(&mut self.alg_dirs)
-            .into_iter()
-            .map(|(r, a)| (moved(&r).unwrap_or(r), a))
-            .collect();
-    }
-
-    pub fn add(&mut self, parent: u64, name: &str, repo: Arc<str>, kind: ScratchKind) -> u64 {
-        self.next += 1;
-        let id = self.next;
-        if let Some(old) = self.link(parent, name, id) {
-            self.scratch.remove(&old);
-        }
-        self.scratch.insert(
-            id,
-            Scratch {
-                parent,
-                name: name.to_owned(),
-                repo,
-                kind,
-            },
-        );
-        id
-    }
-
-    /// Enters `id` as `name` in `parent`, returning what was there.
-    fn link(&mut self, parent: u64, name: &str, id: u64) -> Option<u64> {
-        self.names
-            .entry(parent)
-            .or_default()
-            .insert(name.to_owned(), id)
-    }
-
-    /// Removes `name` from `parent`, returning what was there.
-    fn unlink_name(&mut self, parent: u64, name: &str) -> Option<u64> {
-        let dir = self.names.get_mut(&parent)?;
-        let id = dir.remove(name);
-        if dir.is_empty() {
-            self.names.remove(&parent);
-        }
-        id
-    }
-
-    pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
-        self.names.get(&parent)?.get(name).copied()
-    }
-
-    pub fn remove(&mut self, id: u64) -> Option<Scratch> {
-        let s = self.scratch.remove(&id)?;
-        self.unlink_name(s.parent, &s.name);
-        Some(s)
-    }
-
-    /// The scratch entries of directory `parent`, by name.
-    pub fn children(&self, parent: u64) -> Vec<(String, u64)> {
-        self.names.get(&parent).map_or_else(Vec::new, |d| {
-            d.iter().map(|(n, id)| (n.clone(), *id)).collect()
-        })
-    }
-
-    /// Whether directory `parent` has scratch entries.
-    pub fn has_children(&self, parent: u64) -> bool {
-        self.names.contains_key(&parent)
-    }
-
-    pub fn move_to(&mut self, id: u64, parent: u64, name: &str) {
-        if let Some(old) = self.unlink_name(parent, name) {
-            if old != id {
-                self.scratch.remove(&old);
-            }
-        }
-        let Some((old_parent, old_name)) = self.scratch.get_mut(&id).map(|s| {
-            (
-                std::mem::replace(&mut s.parent, parent),
-                std::mem::replace(&mut s.name, name.to_owned()),
-            )
-        }) else {
-            return;
-        };
-        self.unlink_name(old_parent, &old_name);
-        self.link(parent, name, id);
-    }
-
-    /// Whether blob `digest` was unlinked from `repo`'s listing.
-    pub fn is_hidden(&self, repo: &str, digest: &Digest) -> bool {
-        self.hidden.get(repo).is_some_and(|h| h.contains(digest))
-    }
-
-    pub fn hide(&mut self, repo: &str, digest: Digest) {
-        self.hidden
-            .entry(repo.to_owned())
-            .or_default()
-            .insert(digest);
-    }
-
-    pub fn unhide(&mut self, repo: &str, digest: &Digest) {
-        if let Some(h) = self.hidden.get_mut(repo) {
-            h.remove(digest);
-            if h.is_empty() {
-                self.hidden.remove(repo);
-            }
-        }
-    }
-
-    /// The algorithm directories made with mkdir in `repo`.
-    pub fn alg_dirs_of(&self, repo: &str) -> impl Iterator<Item = Algorithm> + '_ {
-        let repo = repo.to_owned();
-        Algorithm::ALL
-            .into_iter()
-            .filter(move |a| self.alg_dirs.contains(&(repo.clone(), *a)))
-    }
-
-    /// Forgets what was written or unlinked in `repo` (removed with rmdir): a few keys, whatever
-    /// the number of repositories.
-    pub fn forget_repo(&mut self, repo: &str) {
-        for name in LAYOUT_NAMES {
-            self.layout_names
-                .remove(&(repo.to_owned(), name.to_owned()));
-        }
-        for alg in Algorithm::ALL {
-            self.alg_dirs.remove(&(repo.to_owned(), alg));
-        }
-        self.fresh.remove(repo);
-        self.makers.remove(repo);
-        self.hidden.remove(repo);
-    }
-
-    /// What process `pid` saw of `repo`, forgetting it: the names it read, or none when it
-    /// found the repository (or a directory above it) missing.
-    pub fn seen_by(&mut self, pid: u32, repo: &str) -> Option<BTreeSet<Reference>> {
-        if let Some(names) = self.seen.remove(&(pid, repo.to_owned())) {
-            return Some(names);
-        }
-        let mut prefix = repo;
-        while let Some((up, _)) = prefix.rsplit_once('/') {
-            if self.seen.contains_key(&(pid, up.to_owned())) {
-                return Some(BTreeSet::new());
-            }
-            prefix = up;
-        }
-        None
-    }
-
-    pub fn remember_read(&mut self, pid: u32, repo: &str, names: BTreeSet<Reference>) {
-        if self.seen.len() >= MAX_SEEN {
-            self.seen.clear();
-        }
-        self.seen.insert((pid, repo.to_owned()), names);
-    }
-}
+/// Scratch directories nested deeper than this are taken for a cycle (a directory moved into
+/// itself, which the kernel refuses) and belong to no repository.
+const MAX_SCRATCH_DEPTH: usize = 4096;
 
 /// The name an image listed in a repository's `index.json` gets in that repository: the tag in
 /// `org.opencontainers.image.ref.name` (or the tag of a full name there), else its digest.
@@ -379,16 +138,25 @@ pub fn missing_blobs(store: &dyn BlobSource, root: &Descriptor) -> Result<Vec<De
     }
 }
 
-/// The lease holder of the blobs process `pid` wrote into `repo` (`*` when the repository is
-/// not known): released when that process writes the repository's `index.json`, or the
-/// repository goes.
-fn writer_holder(repo: &str, pid: u32) -> String {
-    format!("w {repo} {pid}")
+/// The lease holder of the blobs process `pid` wrote into the repository of id `repo` (`*`
+/// when the repository is not known): released when that process writes the repository's
+/// `index.json`, or the repository goes. By id, so that it follows a rename.
+fn writer_holder(repo: Option<u64>, pid: u32) -> String {
+    match repo {
+        Some(id) => format!("w {id} {pid}"),
+        None => format!("w * {pid}"),
+    }
 }
 
-/// The lease holder of a pending image's blobs: released when it is registered or dropped.
-fn pending_holder(name: &Reference) -> String {
-    format!("p {name}")
+/// Image records to put: name and target.
+type Images = Vec<(Reference, Descriptor)>;
+
+/// The lease holder of a pending image's blobs, by its repository's id and its name there (so
+/// that it follows a rename): released when it is registered or dropped.
+fn pending_holder(repo: u64, name: &Reference) -> String {
+    let full = name.to_string();
+    let in_repo = full.get(name.repository().len()..).unwrap_or(&full);
+    format!("p {repo} {in_repo}")
 }
 
 impl super::Fs {
@@ -421,9 +189,8 @@ impl super::Fs {
         }
     }
 
-    /// Whether the layout name `name` shows in repository directory `path` to `viewer`: as
-    /// written or unlinked in this mount, else when the repository has images (pending ones
-    /// included), except to the maker of a repository made with mkdir here (see `Viewer`).
+    /// Whether the layout name `name` shows in repository directory `path` to `viewer`, by
+    /// the one rule (`state::LayoutRule`).
     pub(super) fn layout_visible(
         &self,
         snapshot: &super::view::Snapshot,
@@ -433,24 +200,9 @@ impl super::Fs {
     ) -> bool {
         match snapshot.dir(path) {
             Some(d) if d.repository => {
-                let key = (path.to_owned(), name.to_owned());
-                let (written, fresh, maker) = {
-                    let w = self.write.lock();
-                    (
-                        w.layout_names.get(&key).copied(),
-                        w.fresh.contains(path),
-                        w.makers.get(path).copied(),
-                    )
-                };
+                let rule = self.write.lock().layout_rule(path, name);
                 let images = snapshot.entries(path).is_some_and(|e| !e.is_empty());
-                match (written, fresh, viewer) {
-                    (Some(shown), _, _) => shown,
-                    _ if !images => false,
-                    (None, false, _) => true,
-                    (None, true, super::Viewer::Reader) => true,
-                    (None, true, super::Viewer::Maker) => false,
-                    (None, true, super::Viewer::Process(pid)) => Some(pid()) != maker,
-                }
+                rule.shows(images, viewer)
             }
             _ => false,
         }
@@ -459,20 +211,15 @@ impl super::Fs {
     /// How long the kernel may keep the entry of layout name `name` of `repo`: nothing while
     /// whether it shows depends on who looks (see `Viewer`), so that each process is asked.
     pub(super) fn entry_ttl(&self, repo: &str, name: &str) -> std::time::Duration {
-        let w = self.write.lock();
-        let by_viewer = w.fresh.contains(repo)
-            && !w
-                .layout_names
-                .contains_key(&(repo.to_owned(), name.to_owned()));
-        if by_viewer {
+        if self.write.lock().layout_rule(repo, name).by_viewer() {
             std::time::Duration::ZERO
         } else {
             super::DYNAMIC_TTL
         }
     }
 
-    /// The blobs listed in `repo`'s `blobs/<alg>/`: those of its images, less the unlinked;
-    /// none in a repository made with mkdir in this mount, which lists what was written.
+    /// The blobs listed in `repo`'s `blobs/<alg>/`: those of its images that the rule lists
+    /// (`WriteState::listed`).
     pub(super) fn visible_blobs(
         &self,
         repo: &str,
@@ -480,13 +227,10 @@ impl super::Fs {
     ) -> FsResult<BTreeMap<Digest, u64>> {
         let view = self.repo(repo)?;
         let w = self.write.lock();
-        if w.fresh.contains(repo) {
-            return Ok(BTreeMap::new());
-        }
         Ok(view
             .blobs
             .iter()
-            .filter(|(d, _)| d.algorithm() == alg && !w.is_hidden(repo, d))
+            .filter(|(d, _)| d.algorithm() == alg && w.listed(repo, d))
             .map(|(d, desc)| (d.clone(), desc.size))
             .collect())
     }
@@ -509,9 +253,23 @@ impl super::Fs {
             Node::Blobs(r) | Node::AlgDir(r, _) | Node::Index(r) | Node::LayoutFile(r) => {
                 Some(r.clone())
             }
-            Node::Scratch(id) => self.write.lock().scratch.get(id).map(|s| s.repo.clone()),
+            Node::Scratch(id) => self.scratch_repo(*id),
             Node::Blob(..) => None,
         }
+    }
+
+    /// The repository scratch entry `id` is in, through its parent chain (so always its
+    /// current name, whatever was renamed since it was made).
+    pub(super) fn scratch_repo(&self, id: u64) -> Option<Arc<str>> {
+        let mut id = id;
+        for _ in 0..MAX_SCRATCH_DEPTH {
+            let parent = self.write.lock().scratch.get(&id)?.parent;
+            match self.inodes.node(parent)? {
+                Node::Scratch(up) => id = up,
+                node => return self.repo_of(&node),
+            }
+        }
+        None
     }
 
     /// Makes a directory, as process `UNKNOWN_PID` (see `mkdir_as`).
@@ -534,17 +292,19 @@ impl super::Fs {
             }
             Node::Dir(path) => {
                 let new = super::child_path(path, name);
-                if let (Some(repo), Err(_)) = (self.repo_of(&node), check_repository(name)) {
-                    let id = self.write.lock().add(parent, name, repo, ScratchKind::Dir);
-                    Node::Scratch(id)
+                if let (Some(_), Err(_)) = (self.repo_of(&node), check_repository(name)) {
+                    Node::Scratch(self.write.lock().add(parent, name, ScratchKind::Dir))
                 } else {
                     check_repository(&new).map_err(|why| {
                         FsError::Invalid(format!("{new:?} is not a repository name: {why}"))
                     })?;
+                    {
+                        let mut w = self.write.lock();
+                        let state = w.repo_mut(&new);
+                        state.created = true;
+                        state.maker = Some(pid);
+                    }
                     self.views.add_created(&new);
-                    let mut w = self.write.lock();
-                    w.fresh.insert(new.to_string());
-                    w.makers.insert(new.to_string(), pid);
                     Node::Dir(new)
                 }
             }
@@ -554,12 +314,12 @@ impl super::Fs {
                         "{repo}/blobs/{name}: not a digest algorithm (sha256, sha512)"
                     ))
                 })?;
-                self.write.lock().alg_dirs.insert((repo.to_string(), alg));
+                self.write.lock().repo_mut(repo).alg_dirs.insert(alg);
                 Node::AlgDir(repo.clone(), alg)
             }
             Node::Scratch(_) => {
-                let repo = self.repo_of(&node).ok_or(FsError::NotFound)?;
-                Node::Scratch(self.write.lock().add(parent, name, repo, ScratchKind::Dir))
+                self.repo_of(&node).ok_or(FsError::NotFound)?;
+                Node::Scratch(self.write.lock().add(parent, name, ScratchKind::Dir))
             }
             Node::AlgDir(repo, alg) => {
                 return Err(FsError::Invalid(format!(
@@ -605,18 +365,18 @@ impl super::Fs {
             Node::AlgDir(_, alg) => {
                 check_blob_name(&repo, *alg, name)?;
                 if let Ok(d) = Digest::from_parts(alg.name(), name) {
-                    self.write.lock().unhide(&repo, &d);
+                    self.write.lock().repo_mut(&repo).hidden.remove(&d);
                 }
                 *alg
             }
             Node::Dir(_) | Node::Blobs(_) | Node::Scratch(_) => Algorithm::Sha256,
             _ => return Err(FsError::NotDir),
         };
-        let shared = Writing::shared(Upload::new(self.store(), alg)?);
+        let shared = SharedUpload::new(Upload::new(self.store(), alg)?);
         let id = self
             .write
             .lock()
-            .add(parent, name, repo, ScratchKind::File(shared.clone()));
+            .add(parent, name, ScratchKind::File(shared.clone()));
         let child = Node::Scratch(id);
         let ino = self.inodes.ino(&child);
         let attr = self.attr(ino, &child)?;
@@ -637,17 +397,23 @@ impl super::Fs {
         self.writable()?;
         let truncate = flags & libc::O_TRUNC != 0;
         let shared = match node {
-            Node::Scratch(id) => match &self.write.lock().scratch.get(id).map(|s| &s.kind) {
-                Some(ScratchKind::File(shared)) => shared.clone(),
-                // Written again (skopeo rewrites a manifest it finds): a new upload, verified
-                // against the same name when it is closed.
-                Some(ScratchKind::Committed(digest, _)) => {
-                    let w = Writing::shared(Upload::new(self.store(), digest.algorithm())?);
-                    w.lock().dirty = false;
-                    w
+            Node::Scratch(id) => {
+                let kind = match self.write.lock().scratch.get(id).map(|s| &s.kind) {
+                    Some(ScratchKind::File(shared)) => Ok(shared.clone()),
+                    Some(ScratchKind::Committed(digest, _)) => Err(digest.algorithm()),
+                    _ => return Err(FsError::IsDir),
+                };
+                match kind {
+                    Ok(shared) => shared,
+                    // Written again (skopeo rewrites a manifest it finds): a new upload,
+                    // verified against the same name when it is closed.
+                    Err(alg) => {
+                        let w = SharedUpload::new(Upload::new(self.store(), alg)?);
+                        w.lock().dirty = false;
+                        w
+                    }
                 }
-                _ => return Err(FsError::IsDir),
-            },
+            }
             Node::Index(repo) | Node::LayoutFile(repo) => {
                 let mut upload = Upload::new(self.store(), Algorithm::Sha256)?;
                 if !truncate {
@@ -657,12 +423,12 @@ impl super::Fs {
                     };
                     upload.write_at(0, &current)?;
                 }
-                let w = Writing::shared(upload);
+                let w = SharedUpload::new(upload);
                 w.lock().dirty = truncate;
                 w
             }
             Node::Blob(digest, _) => {
-                let w = Writing::shared(Upload::new(self.store(), digest.algorithm())?);
+                let w = SharedUpload::new(Upload::new(self.store(), digest.algorithm())?);
                 w.lock().dirty = false;
                 w
             }
@@ -672,6 +438,7 @@ impl super::Fs {
             let mut w = shared.lock();
             if let Some(u) = w.upload.as_mut() {
                 u.truncate(0)?;
+                shared.touch(0);
             }
             w.dirty = true;
         }
@@ -705,7 +472,9 @@ impl super::Fs {
             .upload
             .as_mut()
             .ok_or(FsError::NotPermitted("a committed blob never changes"))?;
-        if let Err(e) = upload.write_at(offset, data) {
+        let written = upload.write_at(offset, data);
+        shared.touch(upload.len());
+        if let Err(e) = written {
             let e = FsError::from(e);
             w.upload = None;
             w.failed = Some((e.errno(), format!("an earlier write failed: {e}")));
@@ -774,7 +543,7 @@ impl super::Fs {
     /// (its last release, or a rename into place).
     fn finish(&self, ino: u64, shared: &Shared, pid: u32, last_close: bool) -> FsResult<()> {
         match self.node(ino)? {
-            Node::Index(repo) => {
+            Node::Index(_) => {
                 let bytes = {
                     let mut w = shared.lock();
                     let u = w.upload.as_mut().ok_or(FsError::BadHandle(ino))?;
@@ -787,9 +556,7 @@ impl super::Fs {
                     w.dirty = false;
                     b
                 };
-                self.apply_index(&repo, &bytes, pid)?;
-                self.show_layout_name(&repo, "index.json", true);
-                Ok(())
+                self.apply_index(ino, &bytes, pid)
             }
             Node::LayoutFile(repo) => {
                 let mut w = shared.lock();
@@ -802,12 +569,12 @@ impl super::Fs {
                 w.dirty = false;
                 drop(w);
                 // Written: it shows to every process from now on, its maker too.
-                self.show_layout_name(&repo, "oci-layout", true);
+                self.show_layout_name_at(ino, "oci-layout", true);
                 Ok(())
             }
             Node::Blob(digest, size) => {
                 if let Some(u) = take_verified(shared, &digest, Some(size))? {
-                    self.hold(&writer_holder("*", pid), &digest)?;
+                    self.hold(&writer_holder(None, pid), &digest)?;
                     u.commit(self.store(), &digest, Some(size))?;
                 }
                 Ok(())
@@ -830,12 +597,15 @@ impl super::Fs {
         shared: &Shared,
         pid: u32,
     ) -> FsResult<()> {
-        let wanted = self.write.lock().wanted.get(digest).copied();
+        let (wanted, repo_id) = {
+            let mut w = self.write.lock();
+            (w.wanted.get(digest).copied(), w.repo_id(repo))
+        };
         let Some(upload) = take_verified(shared, digest, wanted)? else {
             return Ok(());
         };
         let size = upload.len();
-        self.hold(&writer_holder(repo, pid), digest)?;
+        self.hold(&writer_holder(Some(repo_id), pid), digest)?;
         if let Err(e) = upload.commit(self.store(), digest, wanted) {
             // Nothing entered the store (a full disk), and the name holds nothing: it is gone.
             self.write.lock().remove(id);
@@ -848,34 +618,80 @@ impl super::Fs {
         self.register_pending()
     }
 
-    /// Sets `repo`'s images from `index.json` bytes written by process `pid`.
-    fn apply_index(&self, repo: &str, bytes: &[u8], pid: u32) -> FsResult<()> {
+    /// Sets the images of the repository whose `index.json` is `ino` from bytes written by
+    /// process `pid`. The repository's name is read under the serialising lock, so a rename
+    /// meanwhile applies them under its new name.
+    fn apply_index(&self, ino: u64, bytes: &[u8], pid: u32) -> FsResult<()> {
         let _serial = self.write_lock.lock();
-        let desired = parse_index(repo, bytes)?;
+        let Node::Index(repo) = self.node(ino)? else {
+            return Err(FsError::NotFound);
+        };
+        let desired = parse_index(&repo, bytes)?;
         let records = self.store().records();
         let registered: BTreeSet<Reference> = records
-            .of_repository(repo)?
+            .of_repository(&repo)?
             .into_iter()
             .map(|i| i.name)
             .collect();
-        let pending_now: Vec<Entry> = self
-            .views
-            .extra()
-            .pending
-            .get(repo)
-            .cloned()
-            .unwrap_or_default();
-        let base = self.write.lock().seen_by(pid, repo).unwrap_or_else(|| {
-            registered
-                .iter()
-                .cloned()
-                .chain(pending_now.iter().map(|e| e.name.clone()))
-                .collect()
+        let (pending_now, seen, id) = {
+            let mut w = self.write.lock();
+            let seen = w.seen_by(pid, &repo);
+            (w.pending_of(&repo), seen, w.repo_id(&repo))
+        };
+        let base = seen.unwrap_or_else(|| {
+            let pending = pending_now.iter().map(|e| e.name.clone());
+            registered.iter().cloned().chain(pending).collect()
         });
+        let (put, wait) = self.complete_or_waiting(id, &desired)?;
+        let remove: Vec<Reference> = registered
+            .iter()
+            .filter(|n| base.contains(n) && !desired.contains_key(n))
+            .cloned()
+            .collect();
+        tracing::debug!(
+            pid,
+            %repo,
+            base = ?base.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            desired = ?desired.keys().map(|n| n.to_string()).collect::<Vec<_>>(),
+            removed = ?remove.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "index.json applied"
+        );
+        records.update(&put, &remove)?;
+        {
+            let mut w = self.write.lock();
+            let state = w.repo_mut(&repo);
+            state
+                .pending
+                .retain(|e| !base.contains(&e.name) && !desired.contains_key(&e.name));
+            state.pending.extend(wait);
+            // The directory stays, with or without images.
+            state.created = true;
+            state.set_layout_name("index.json", true);
+        }
+        self.views.invalidate();
+        self.views.forget_repo(&repo);
+        self.refresh_wanted()?;
+        // Registered images are held by their records now, pending ones by their own holders;
+        // what this writer wrote and no image here names is garbage.
+        let still = self.pending();
+        let done = desired.keys().chain(base.iter());
+        let done = done.filter(|n| !still.contains(n));
+        self.unhold(done.map(|n| pending_holder(id, n)))?;
+        self.unhold([writer_holder(Some(id), pid), writer_holder(None, pid)])?;
+        Ok(())
+    }
+
+    /// The images of `desired` whose blobs are all in the store (to register), and the others
+    /// (to wait), each pending image's blobs held under its own holder.
+    fn complete_or_waiting(
+        &self,
+        repo_id: u64,
+        desired: &BTreeMap<Reference, Descriptor>,
+    ) -> FsResult<(Images, Vec<Entry>)> {
         let mut put = Vec::new();
         let mut wait = Vec::new();
-        for (name, target) in &desired {
-            let holder = pending_holder(name);
+        for (name, target) in desired {
+            let holder = pending_holder(repo_id, name);
             let missing = missing_blobs(&self.held(&holder), target)?;
             if missing.is_empty() {
                 put.push((name.clone(), target.clone()));
@@ -891,54 +707,27 @@ impl super::Fs {
                 });
             }
         }
-        let remove: Vec<Reference> = registered
-            .iter()
-            .filter(|n| base.contains(n) && !desired.contains_key(n))
-            .cloned()
-            .collect();
-        tracing::debug!(
-            pid,
-            repo,
-            base = ?base.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            desired = ?desired.keys().map(|n| n.to_string()).collect::<Vec<_>>(),
-            removed = ?remove.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "index.json applied"
-        );
-        records.update(&put, &remove)?;
-        self.views.update_extra(|x| {
-            let mut kept: Vec<Entry> = pending_now
-                .into_iter()
-                .filter(|e| !base.contains(&e.name) && !desired.contains_key(&e.name))
-                .collect();
-            kept.extend(wait);
-            if kept.is_empty() {
-                x.pending.remove(repo);
-            } else {
-                x.pending.insert(repo.to_owned(), kept);
-            }
-            // The directory stays, with or without images.
-            x.created.insert(repo.to_owned());
-        });
-        self.views.forget_repo(repo);
-        self.refresh_wanted()?;
-        // Registered images are held by their records now, pending ones by their own holders;
-        // what this writer wrote and no image here names is garbage.
-        let still = self.pending();
-        let done = desired.keys().chain(base.iter());
-        self.unhold(done.filter(|n| !still.contains(n)).map(pending_holder))?;
-        self.unhold([writer_holder(repo, pid), writer_holder("*", pid)])?;
-        Ok(())
+        Ok((put, wait))
     }
 
     /// Registers every pending image whose blobs are all in the store now.
     fn register_pending(&self) -> FsResult<()> {
         let _serial = self.write_lock.lock();
-        let pending = self.views.extra().pending;
+        let pending: Vec<(u64, Entry)> = {
+            let mut w = self.write.lock();
+            let entries: Vec<Entry> = w.pending().cloned().collect();
+            entries
+                .into_iter()
+                .map(|e| (w.repo_id(e.name.repository()), e))
+                .collect()
+        };
         let mut put = Vec::new();
-        for e in pending.values().flatten() {
-            let holder = pending_holder(&e.name);
+        let mut holders = Vec::new();
+        for (id, e) in pending {
+            let holder = pending_holder(id, &e.name);
             if missing_blobs(&self.held(&holder), &e.target)?.is_empty() {
-                put.push((e.name.clone(), e.target.clone()));
+                put.push((e.name, e.target));
+                holders.push(holder);
             }
         }
         if put.is_empty() {
@@ -949,19 +738,17 @@ impl super::Fs {
         for (name, _) in &put {
             tracing::info!("{name} registered: its last blob arrived");
         }
-        self.unhold(put.iter().map(|(n, _)| pending_holder(n)))?;
-        self.views.update_extra(|x| {
-            for entries in x.pending.values_mut() {
-                entries.retain(|e| !put.iter().any(|(n, _)| *n == e.name));
-            }
-            x.pending.retain(|_, v| !v.is_empty());
-        });
+        self.unhold(holders)?;
+        let done: Vec<Reference> = put.into_iter().map(|(n, _)| n).collect();
+        self.write.lock().drop_pending(&done);
+        self.views.invalidate();
         self.refresh_wanted()
     }
 
     fn refresh_wanted(&self) -> FsResult<()> {
+        let pending: Vec<Entry> = self.write.lock().pending().cloned().collect();
         let mut wanted = HashMap::new();
-        for e in self.views.extra().pending.values().flatten() {
+        for e in &pending {
             for d in missing_blobs(self.store(), &e.target)? {
                 wanted.insert(d.digest, d.size);
             }
@@ -972,13 +759,8 @@ impl super::Fs {
 
     /// Images written into the mount that still wait for blobs.
     pub fn pending(&self) -> Vec<Reference> {
-        self.views
-            .extra()
-            .pending
-            .values()
-            .flatten()
-            .map(|e| e.name.clone())
-            .collect()
+        let w = self.write.lock();
+        w.pending().map(|e| e.name.clone()).collect()
     }
 
     /// Removes every image of `repo` (what unlinking its `index.json` does).
@@ -992,20 +774,17 @@ impl super::Fs {
             .map(|i| i.name)
             .collect();
         self.store().records().update(&[], &names)?;
-        let dropped: Vec<Reference> = self
-            .views
-            .extra()
-            .pending
-            .get(repo)
-            .map(|v| v.iter().map(|e| e.name.clone()).collect())
-            .unwrap_or_default();
-        self.views.update_extra(|x| {
-            x.pending.remove(repo);
-            x.created.insert(repo.to_owned());
-        });
-        self.unhold(dropped.iter().map(pending_holder))?;
+        let (dropped, id) = {
+            let mut w = self.write.lock();
+            let state = w.repo_mut(repo);
+            state.created = true;
+            let dropped = std::mem::take(&mut state.pending);
+            (dropped, state.id)
+        };
+        self.views.invalidate();
+        self.unhold(dropped.iter().map(|e| pending_holder(id, &e.name)))?;
         if let Some(lease) = &self.lease {
-            lease.release_prefix(&format!("w {repo} "))?;
+            lease.release_prefix(&format!("w {id} "))?;
         }
         if !dropped.is_empty() {
             // The sizes the dropped images gave their blobs no longer bind writes.
@@ -1038,7 +817,7 @@ impl super::Fs {
                     w.remove(id);
                     // The same blob may be listed through the repository's images too.
                     if let Some((repo, digest)) = blob {
-                        w.hide(&repo, digest);
+                        w.repo_mut(&repo).hidden.insert(digest);
                     }
                     Ok(())
                 }
@@ -1061,12 +840,11 @@ impl super::Fs {
                 let algs = self.algorithms(&repo)?;
                 {
                     let mut w = self.write.lock();
+                    let state = w.repo_mut(&repo);
                     for n in shown {
-                        w.layout_names
-                            .insert((repo.to_string(), n.to_owned()), true);
+                        state.set_layout_name(n, true);
                     }
-                    w.alg_dirs
-                        .extend(algs.into_iter().map(|a| (repo.to_string(), a)));
+                    state.alg_dirs.extend(algs);
                 }
                 self.clear_repo(&repo)?;
                 self.show_layout_name(&repo, name, false);
@@ -1078,7 +856,7 @@ impl super::Fs {
             }
             // The blob leaves this listing; it leaves the store only by gc.
             (Node::Blob(digest, _), Node::AlgDir(repo, _)) => {
-                self.write.lock().hide(&repo, digest);
+                self.write.lock().repo_mut(&repo).hidden.insert(digest);
                 Ok(())
             }
             _ => Err(FsError::IsDir),
@@ -1111,10 +889,16 @@ impl super::Fs {
     }
 
     fn show_layout_name(&self, repo: &str, name: &str, shown: bool) {
-        self.write
-            .lock()
-            .layout_names
-            .insert((repo.to_owned(), name.to_owned()), shown);
+        self.write.lock().set_layout_name(repo, name, shown);
+    }
+
+    /// Shows or hides layout name `name` in the repository of node `ino` (its layout file or
+    /// directory), named under the serialising lock so that a rename meanwhile is followed.
+    fn show_layout_name_at(&self, ino: u64, name: &str, shown: bool) {
+        let _serial = self.write_lock.lock();
+        if let Ok(Node::Index(repo) | Node::LayoutFile(repo) | Node::Dir(repo)) = self.node(ino) {
+            self.show_layout_name(&repo, name, shown);
+        }
     }
 
     pub fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -1150,18 +934,17 @@ impl super::Fs {
                         return Err(FsError::NotEmpty);
                     }
                 }
-                self.show_layout_name(&repo, name, false);
                 let mut w = self.write.lock();
-                for alg in Algorithm::ALL {
-                    w.alg_dirs.remove(&(repo.to_string(), alg));
-                }
+                let state = w.repo_mut(&repo);
+                state.set_layout_name(name, false);
+                state.alg_dirs.clear();
                 Ok(())
             }
             Node::AlgDir(repo, alg) => {
                 if !self.visible_blobs(&repo, alg)?.is_empty() {
                     return Err(FsError::NotEmpty);
                 }
-                self.write.lock().alg_dirs.remove(&(repo.to_string(), alg));
+                self.write.lock().repo_mut(&repo).alg_dirs.remove(&alg);
                 Ok(())
             }
             Node::Dir(path) => {
@@ -1173,8 +956,8 @@ impl super::Fs {
                 }
                 // Patched in place only while no one else holds this snapshot.
                 drop(snapshot);
-                self.views.remove_created(&path);
                 self.write.lock().forget_repo(&path);
+                self.views.remove_created(&path);
                 Ok(())
             }
             _ => Err(FsError::NotDir),
@@ -1232,7 +1015,10 @@ impl super::Fs {
                 if let Ok(digest) = Digest::from_parts(alg.name(), newname) {
                     let (repo, digest) = (repo.clone(), digest);
                     // Verify first: on a mismatch the file keeps its old name and bytes.
-                    let wanted = self.write.lock().wanted.get(&digest).copied();
+                    let (wanted, repo_id) = {
+                        let mut w = self.write.lock();
+                        (w.wanted.get(&digest).copied(), w.repo_id(&repo))
+                    };
                     let upload = {
                         let mut w = shared.lock();
                         if let Some(u) = w.upload.as_mut() {
@@ -1242,7 +1028,7 @@ impl super::Fs {
                     };
                     if let Some(upload) = upload {
                         let size = upload.len();
-                        self.hold(&writer_holder(&repo, pid), &digest)?;
+                        self.hold(&writer_holder(Some(repo_id), pid), &digest)?;
                         upload.commit(self.store(), &digest, wanted)?;
                         let mut w = self.write.lock();
                         if let Some(s) = w.scratch.get_mut(&id) {
@@ -1262,7 +1048,7 @@ impl super::Fs {
                 });
                 shared.lock().dirty = true;
                 self.finish(ino, &shared, pid, true)?;
-                self.show_layout_name(repo, newname, true);
+                self.show_layout_name_at(ino, newname, true);
                 self.write.lock().remove(id);
                 return Ok(());
             }
@@ -1305,33 +1091,8 @@ impl super::Fs {
         }
         self.store().records().update(&put, &remove)?;
         self.inodes.rename_tree(from, to);
-        self.write.lock().rename_repos(&moved);
-        self.views.update_extra(|x| -> Result<()> {
-            let created: Vec<String> = x.created.iter().cloned().collect();
-            for c in created {
-                if let Some(n) = moved(&c) {
-                    x.created.remove(&c);
-                    x.created.insert(n);
-                }
-            }
-            let repos: Vec<String> = x.pending.keys().cloned().collect();
-            for r in repos {
-                if let Some(n) = moved(&r) {
-                    let entries = x.pending.remove(&r).unwrap_or_default();
-                    let renamed = entries
-                        .into_iter()
-                        .map(|e| {
-                            Ok(Entry {
-                                name: e.name.with_repository(&n)?,
-                                target: e.target,
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    x.pending.insert(n, renamed);
-                }
-            }
-            Ok(())
-        })?;
+        self.write.lock().rename_repo(from, to)?;
+        self.views.invalidate();
         Ok(())
     }
 
@@ -1360,6 +1121,7 @@ impl super::Fs {
                     let mut w = s.lock();
                     if let Some(u) = w.upload.as_mut() {
                         u.truncate(size)?;
+                        s.touch(u.len());
                         w.dirty = true;
                     }
                 }
@@ -1417,16 +1179,12 @@ impl super::Fs {
     /// then is left as a dead process's ingests, which the next mount (or gc) removes.
     /// Returns how many were left.
     pub fn drop_uploads(&self, budget: Option<std::time::Duration>) -> usize {
-        let mut uploads: Vec<Upload> = {
-            let w = self.write.lock();
-            w.scratch
-                .values()
-                .filter_map(|s| match &s.kind {
-                    ScratchKind::File(shared) => shared.lock().upload.take(),
-                    _ => None,
-                })
-                .collect()
-        };
+        // Each upload is locked with the write state let go (see the lock order).
+        let shared = self.write.lock().uploads();
+        let mut uploads: Vec<Upload> = shared
+            .iter()
+            .filter_map(|s| s.lock().upload.take())
+            .collect();
         let deadline = budget.map(|b| std::time::Instant::now() + b);
         let left = std::sync::atomic::AtomicUsize::new(0);
         let drop_all = |chunk: Vec<Upload>| {
