@@ -1200,3 +1200,51 @@ fn what_was_read_and_written_in_a_repository_follows_it_when_renamed() {
     let all: BTreeSet<String> = source_blobs(&src).into_iter().map(|b| b.0).collect();
     assert_eq!(removed, all);
 }
+
+/// How long a stat or lookup may take while a write holds its file's upload: far more than
+/// any of them needs, far less than forever.
+const STAT_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[test]
+fn stats_lookups_and_listings_never_wait_for_a_write_in_progress() {
+    use std::sync::mpsc::channel;
+    let h = std::sync::Arc::new(Harness::new());
+    h.mkdir_p("r/blobs/sha256").unwrap();
+    h.put("r/other", b"another temporary file", 1).unwrap();
+    let r = h.walk("r").unwrap().ino;
+    let (attr, opened) = h.fs.create(r, "being-copied").unwrap();
+    h.fs.write(opened.fh, 0, &[7u8; 5000]).unwrap();
+    // A write in progress holds the upload's lock: here until the test lets it go.
+    let (locked, is_locked) = channel();
+    let (release, released) = channel::<()>();
+    let writer = {
+        let h = h.clone();
+        std::thread::spawn(move || {
+            h.fs.while_upload_locked(opened.fh, || {
+                locked.send(()).unwrap();
+                released.recv().ok();
+            })
+        })
+    };
+    is_locked.recv().unwrap();
+    let (done, finished) = channel();
+    {
+        let h = h.clone();
+        // Detached: if it waits for the lock it must not keep the test from failing.
+        std::thread::spawn(move || {
+            let a = h.fs.getattr(attr.ino).unwrap();
+            let found = h.fs.lookup(r, OsStr::new("being-copied")).unwrap();
+            h.fs.lookup(r, OsStr::new("other")).unwrap();
+            let listed = h.list("r").unwrap();
+            h.walk("r/blobs/sha256").unwrap();
+            done.send((a.size, found.size, listed)).unwrap();
+        });
+    }
+    let got = finished.recv_timeout(STAT_BOUND);
+    release.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+    let (size, found, listed) = got.expect("a stat or lookup waited for a write in progress");
+    assert_eq!((size, found), (5000, 5000));
+    assert_eq!(listed, ["blobs", "being-copied", "other"]);
+    h.fs.release(opened.fh);
+}

@@ -508,6 +508,15 @@ impl super::Fs {
         }
     }
 
+    /// Runs `f` while the upload of handle `fh` is locked, as a write in progress holds it: for
+    /// tests that a stat or lookup does not wait for a write.
+    #[doc(hidden)]
+    pub fn while_upload_locked<R>(&self, fh: u64, f: impl FnOnce() -> R) -> FsResult<R> {
+        let (_, shared) = self.upload_handle(fh)?;
+        let _locked = shared.lock();
+        Ok(f())
+    }
+
     /// Whether `fh` was opened for writing (only then has a close anything to act on).
     pub fn is_upload(&self, fh: u64) -> bool {
         matches!(
