@@ -27,9 +27,16 @@ const OTHER: u32 = 20;
 /// Reads `index.json` in the checks; never writes (so no writer ever read an index).
 const READER: u32 = 30;
 /// Repositories written into; `n` is made by `mkdir -p n/b` and is a repository itself.
-const REPOS: [&str; 3] = ["a", "n/b", "n/c"];
-/// Directories removed (rmdir, rm -r): the repositories and `n`.
-const REMOVABLE: [&str; 4] = ["a", "n/b", "n/c", "n"];
+const REPOS: [&str; 4] = ["a", "d", "n/b", "n/c"];
+/// Directories removed (rmdir, rm -r): the repositories, `n`, and `m` (where `mv n m` puts
+/// `n/b` and `n/c`).
+const REMOVABLE: [&str; 6] = ["a", "d", "n/b", "n/c", "n", "m"];
+/// Where repositories are moved to (`mv`): any existing repository is moved to one of these
+/// that does not exist, its parent missing or not.
+const DESTS: [&str; 7] = ["a", "d", "n/b", "n/c", "n/d", "m", "m/b"];
+/// The name of the file kept open across steps: in the repository's directory, or as `.open`
+/// at a blob's own name in `blobs/sha256` (cp writes there).
+const OPEN_TMP: &str = ".tmp-open";
 const LAYOUT_NAMES: [&str; 3] = ["index.json", "oci-layout", "blobs"];
 const TMP_ROOT: [&str; 2] = [".tmp-0", ".tmp-1"];
 const TMP_SUFFIX: [&str; 2] = ["1234", ".part"];
@@ -134,6 +141,8 @@ enum Content {
     Index(Vec<usize>),
     /// The bytes of blob `hex`, right or wrong.
     Blob { hex: String, good: bool },
+    /// A file open and half written (`Open` in the run): not renamed or rewritten meanwhile.
+    Open,
 }
 
 #[derive(Default, Clone, Debug)]
@@ -393,6 +402,29 @@ struct Run<'a> {
     m: Model<'a>,
     rng: SplitMix,
     log: Vec<String>,
+    /// A file open across steps, written half before and half after whatever comes between
+    /// (renames of its repository among them).
+    open: Option<Open>,
+    /// Files finished after their repository was renamed, and of those, blobs committed.
+    finished_moved: usize,
+    committed_moved: usize,
+}
+
+/// A file created and half written, to be finished by a later step.
+struct Open {
+    /// Its repository now (following renames), and whether it is in `blobs/sha256`.
+    repo: String,
+    in_alg: bool,
+    name: String,
+    fh: u64,
+    pid: u32,
+    bytes: Vec<u8>,
+    hex: String,
+    good: bool,
+    /// Unlinked, or replaced by a rename onto its name: its close then does nothing.
+    detached: bool,
+    /// Its repository was renamed since it was opened.
+    moved: bool,
 }
 
 impl Run<'_> {
@@ -482,7 +514,7 @@ impl Run<'_> {
     fn step(&mut self) {
         let repo = self.pick(&REPOS).to_owned();
         let pid = self.writer();
-        match self.below(100) {
+        match self.below(122) {
             0..=5 => self.mkdir(&repo),
             6..=11 => self.mkdir_blobs(&repo, pid),
             12..=15 => {
@@ -551,6 +583,7 @@ impl Run<'_> {
                 let parent = walk_v(self.h, &repo, Viewer::Reader).unwrap();
                 self.expect(code(self.h.fs.unlink(parent, &name)), 0);
                 self.m.repos.get_mut(&repo).unwrap().tmps.remove(&name);
+                self.detach(&repo, false, &name);
             }
             81..=84 => self.rmdir_alg(&repo),
             85..=88 => self.rmdir_blobs(&repo),
@@ -558,7 +591,7 @@ impl Run<'_> {
                 let dir = self.pick(&REMOVABLE).to_owned();
                 self.rmdir_repo(&dir)
             }
-            _ => {
+            95..=99 => {
                 let dir = self.pick(&REMOVABLE).to_owned();
                 // rm runs as a process other than the repository's maker. Run by the maker, it
                 // does not see a blobs/ shown only to others, and its last rmdir is ENOTEMPTY
@@ -573,7 +606,13 @@ impl Run<'_> {
                 let exists = self.m.repos.contains_key(&dir);
                 self.expect(got, if exists { 0 } else { libc::ENOENT });
                 self.m.remove_tree(&dir);
+                if let Some(o) = self.open.as_mut() {
+                    o.detached |= o.repo == dir || o.repo.starts_with(&format!("{dir}/"));
+                }
             }
+            100..=109 => self.mv_repo(pid),
+            110..=117 => self.open_begin(pid),
+            _ => self.open_end(),
         }
     }
 
@@ -676,6 +715,9 @@ impl Run<'_> {
 
     fn put_blob(&mut self, repo: &str, pid: u32) {
         let hex = self.some_blob(repo);
+        if self.is_open(repo, true, &hex) {
+            return self.step();
+        }
         let good = self.chance(80);
         let (bytes, how) = self.blob_bytes(&hex, good);
         let path = format!("{repo}/blobs/sha256/{hex}");
@@ -773,6 +815,7 @@ impl Run<'_> {
                 .iter()
                 .filter_map(|(n, c)| c.clone().map(|c| (false, n.clone(), c))),
         );
+        temps.retain(|(_, _, c)| !matches!(c, Content::Open));
         if temps.is_empty() {
             return self.step();
         }
@@ -786,6 +829,7 @@ impl Run<'_> {
         let (to_dir, to_name) = match &content {
             Content::Index(_) => (repo.to_owned(), "index.json".to_owned()),
             Content::Blob { hex, .. } => (format!("{repo}/blobs/sha256"), hex.clone()),
+            Content::Open => unreachable!("open files are not picked"),
         };
         self.log.push(format!(
             "rename {from_dir}/{name} ({content:?}) -> {to_dir}/{to_name} as {pid}"
@@ -818,8 +862,11 @@ impl Run<'_> {
                     r.alg_files.remove(&name);
                 }
                 r.alg_files.insert(hex.clone(), None);
+                // A file open at that name is replaced.
+                self.detach(repo, true, &hex);
                 self.m.store.insert(hex);
             }
+            Content::Open => {}
         }
     }
 
@@ -885,6 +932,9 @@ impl Run<'_> {
             libc::ENOENT
         };
         self.expect(got, want);
+        if want == 0 {
+            self.detach(repo, true, &name);
+        }
     }
 
     fn rmdir_alg(&mut self, repo: &str) {
@@ -1021,8 +1071,9 @@ impl Run<'_> {
                 ));
             }
         }
-        if h.fs.open_handles() != 0 {
-            self.fail(format!("{} handles left open", h.fs.open_handles()));
+        let open = usize::from(self.open.is_some());
+        if h.fs.open_handles() != open {
+            self.fail(format!("{} handles open, not {open}", h.fs.open_handles()));
         }
     }
 
@@ -1095,6 +1146,196 @@ impl Run<'_> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Renames of repositories, and a file open across steps
+
+impl Run<'_> {
+    /// Whether the open file is `name` in `repo` (in `blobs/sha256` or not).
+    fn is_open(&self, repo: &str, in_alg: bool, name: &str) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| !o.detached && o.repo == repo && o.in_alg == in_alg && o.name == name)
+    }
+
+    /// The open file, if it is `name` in `repo`, is gone from its directory.
+    fn detach(&mut self, repo: &str, in_alg: bool, name: &str) {
+        if self.is_open(repo, in_alg, name) {
+            if let Some(o) = self.open.as_mut() {
+                o.detached = true;
+            }
+        }
+    }
+
+    /// `mv` of an existing repository (or `n`, `m`) to a name of `DESTS` that does not exist.
+    fn mv_repo(&mut self, pid: u32) {
+        let sources: Vec<String> = self.m.repos.keys().cloned().collect();
+        if sources.is_empty() {
+            return self.step();
+        }
+        // Mostly the repository of the open file, or one above it, when a file is open.
+        let open_in: Vec<String> = match &self.open {
+            Some(o) if !o.detached => sources
+                .iter()
+                .filter(|r| o.repo == **r || o.repo.starts_with(&format!("{r}/")))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let from = if !open_in.is_empty() && self.chance(70) {
+            self.pick(&open_in)
+        } else {
+            self.pick(&sources)
+        };
+        let below = format!("{from}/");
+        let dests: Vec<&str> = DESTS
+            .into_iter()
+            .filter(|d| !self.m.repos.contains_key(*d) && !d.starts_with(&below))
+            .collect();
+        if dests.is_empty() {
+            return self.step();
+        }
+        let to = self.pick(&dests).to_owned();
+        self.log.push(format!("mv {from} {to} as {pid}"));
+        let ((fp, fname), (tp, tname)) = (split(&from), split(&to));
+        let got = match (
+            walk_v(self.h, fp, Viewer::Reader),
+            walk_v(self.h, tp, Viewer::Reader),
+        ) {
+            (Ok(f), Ok(t)) => code(self.h.fs.rename(f, fname, t, tname, false, pid)),
+            (Err(e), _) | (_, Err(e)) => e.errno(),
+        };
+        if !tp.is_empty() && !self.m.repos.contains_key(tp) {
+            return self.expect(got, libc::ENOENT);
+        }
+        self.expect(got, 0);
+        let moved: Vec<String> = sources
+            .into_iter()
+            .filter(|r| *r == from || r.starts_with(&below))
+            .collect();
+        for old in moved {
+            let new = format!("{to}{}", &old[from.len()..]);
+            let state = self.m.repos.remove(&old).unwrap();
+            self.m.repos.insert(new, state);
+        }
+        if let Some(o) = self.open.as_mut() {
+            if o.repo == from || o.repo.starts_with(&below) {
+                o.repo = format!("{to}{}", &o.repo[from.len()..]);
+                o.moved = true;
+            }
+        }
+    }
+
+    /// Creates a file and writes half of it, to be finished by `open_end`: a blob at its name
+    /// in `blobs/sha256` (cp), or a temporary file in the repository's directory (skopeo).
+    fn open_begin(&mut self, pid: u32) {
+        let repos: Vec<String> = self.m.repos.keys().cloned().collect();
+        if self.open.is_some() || repos.is_empty() {
+            return self.step();
+        }
+        let repo = &self.pick(&repos);
+        let hex = self.some_blob(repo);
+        let alg = format!("{repo}/blobs/sha256");
+        let in_alg = self.m.dir_exists(&alg, Viewer::Pid(pid)) && self.chance(70);
+        let (dir, name) = if in_alg {
+            (format!("{repo}/blobs/sha256"), hex.clone())
+        } else {
+            (repo.to_owned(), OPEN_TMP.to_owned())
+        };
+        let r = &self.m.repos[repo];
+        let taken = if in_alg {
+            r.alg_files.contains_key(&name)
+        } else {
+            r.tmps.contains_key(&name)
+        };
+        if taken || !self.m.dir_exists(&dir, Viewer::Pid(pid)) {
+            return self.step();
+        }
+        let good = self.chance(80);
+        let mut bytes = self.fx.bytes[&hex].clone();
+        if !good {
+            let i = self.below(bytes.len());
+            bytes[i] ^= 1;
+        }
+        self.log.push(format!(
+            "open {dir}/{name} ({hex}, good: {good}) as {pid}, write half"
+        ));
+        let parent = walk_v(self.h, &dir, Viewer::Pid(pid)).unwrap();
+        let fh = match self.h.fs.create(parent, &name) {
+            Ok((_, opened)) => opened.fh,
+            Err(e) => return self.expect(e.errno(), 0),
+        };
+        let half = bytes.len() / 2;
+        self.expect(code(self.h.fs.write(fh, 0, &bytes[..half])), 0);
+        let r = self.m.repos.get_mut(repo).unwrap();
+        if in_alg {
+            r.alg_files.insert(name.clone(), Some(Content::Open));
+        } else {
+            r.tmps.insert(name.clone(), Content::Open);
+        }
+        let (repo, detached, moved) = (repo.to_owned(), false, false);
+        self.open = Some(Open {
+            repo,
+            in_alg,
+            name,
+            fh,
+            pid,
+            bytes,
+            hex,
+            good,
+            detached,
+            moved,
+        });
+    }
+
+    /// Writes the rest of the open file and closes it, wherever its repository is now: a blob
+    /// at its name is verified and committed (registering what waited for it); a temporary
+    /// file stays, to be renamed into place by a later step.
+    fn open_end(&mut self) {
+        let Some(o) = self.open.take() else {
+            return self.step();
+        };
+        self.log.push(format!(
+            "finish {}/{}{} ({}, good: {}, detached: {}) as {}",
+            o.repo,
+            if o.in_alg { "blobs/sha256/" } else { "" },
+            o.name,
+            o.hex,
+            o.good,
+            o.detached,
+            o.pid
+        ));
+        let half = o.bytes.len() / 2;
+        let mut got = code(self.h.fs.write(o.fh, half as u64, &o.bytes[half..]));
+        if got == 0 {
+            got = code(self.h.fs.flush(o.fh, o.pid));
+        }
+        self.h.fs.release(o.fh);
+        if o.detached {
+            return self.expect(got, 0);
+        }
+        self.finished_moved += usize::from(o.moved);
+        self.committed_moved += usize::from(o.moved && o.in_alg && o.good);
+        let r = self.m.repos.get_mut(&o.repo).unwrap();
+        if !o.in_alg {
+            let content = Content::Blob {
+                hex: o.hex,
+                good: o.good,
+            };
+            r.tmps.insert(o.name, content);
+            return self.expect(got, 0);
+        }
+        if o.good {
+            r.alg_files.insert(o.name, None);
+            self.m.store.insert(o.hex);
+            self.expect(got, 0);
+        } else {
+            // A file at a blob's name that never became the blob goes at its last close.
+            r.alg_files.remove(&o.name);
+            self.expect(got, libc::EIO);
+        }
+    }
+}
+
 fn run(seed: u64) {
     let h = Harness::new();
     let fx = Fixture::new(&h);
@@ -1108,12 +1349,21 @@ fn run(seed: u64) {
         },
         rng: SplitMix(seed),
         log: Vec::new(),
+        open: None,
+        finished_moved: 0,
+        committed_moved: 0,
     };
     r.check();
     for _ in 0..STEPS {
         r.step();
         r.check();
     }
+    let moves = r.log.iter().filter(|l| l.starts_with("mv ")).count();
+    eprintln!(
+        "seed {seed}: {moves} mv, {} files finished after a mv of their repository, {} of \
+         them blobs committed",
+        r.finished_moved, r.committed_moved
+    );
 }
 
 #[test]
