@@ -42,9 +42,16 @@ const TMP_ROOT: [&str; 2] = [".tmp-0", ".tmp-1"];
 const TMP_SUFFIX: [&str; 2] = ["1234", ".part"];
 /// Operations per run, and runs (each on a fresh store, seeds seed, seed+1, ...).
 const STEPS: usize = 500;
-const RUNS: u64 = 4;
+const RUNS: u64 = 3;
 /// Bytes per write call.
 const CHUNK: usize = 1024;
+/// Concurrent runs (each in repositories of its own), their rounds, and the steps each takes
+/// per round before all stop for a check.
+const THREADS: usize = 3;
+const ROUNDS: usize = 10;
+const ROUND_STEPS: usize = 40;
+/// How long a concurrent run may take before it is taken for a deadlock.
+const CONCURRENT_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Viewer {
@@ -396,9 +403,47 @@ fn errname(c: i32) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // The random run
 
+/// The names a run works with, and what it may do: alone, or beside other runs in other
+/// repositories (concurrent), where nothing it expects may depend on what they do.
+struct Names {
+    repos: Vec<String>,
+    removable: Vec<String>,
+    dests: Vec<String>,
+    /// No unlink of a blob (EBUSY depends on whether another run committed a manifest) and no
+    /// over-long blob (EFBIG depends on what another run's pending images want).
+    concurrent: bool,
+}
+
+impl Names {
+    fn single() -> Names {
+        let own = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        Names {
+            repos: own(&REPOS),
+            removable: own(&REMOVABLE),
+            dests: own(&DESTS),
+            concurrent: false,
+        }
+    }
+
+    /// The names of concurrent run `i`: `pI` and `pI/b`, moved to `qI` and back.
+    fn of_thread(i: usize) -> Names {
+        let (p, q) = (format!("p{i}"), format!("q{i}"));
+        let sub = |r: &str| format!("{r}/b");
+        Names {
+            repos: vec![p.clone(), sub(&p)],
+            removable: vec![p.clone(), sub(&p), q.clone(), sub(&q)],
+            dests: vec![p.clone(), sub(&p), q.clone(), sub(&q)],
+            concurrent: true,
+        }
+    }
+}
+
 struct Run<'a> {
     h: &'a Harness,
     fx: &'a Fixture,
+    names: &'a Names,
+    /// Files other runs hold open (when this run checks for all of them).
+    others_open: usize,
     m: Model<'a>,
     rng: SplitMix,
     log: Vec<String>,
@@ -477,7 +522,8 @@ impl Run<'_> {
         if good {
             return (b, "good");
         }
-        match self.below(3) {
+        let ways = if self.names.concurrent { 2 } else { 3 };
+        match self.below(ways) {
             0 => {
                 let i = self.below(b.len());
                 b[i] ^= 1;
@@ -512,7 +558,7 @@ impl Run<'_> {
     }
 
     fn step(&mut self) {
-        let repo = self.pick(&REPOS).to_owned();
+        let repo = self.pick(&self.names.repos);
         let pid = self.writer();
         match self.below(122) {
             0..=5 => self.mkdir(&repo),
@@ -569,6 +615,7 @@ impl Run<'_> {
             }
             57..=66 => self.rename_tmp(&repo, pid),
             67..=70 => self.unlink_layout(&repo),
+            71..=78 if self.names.concurrent => self.put_blob(&repo, pid),
             71..=78 => self.unlink_alg(&repo),
             79..=80 => {
                 let Some(name) = self
@@ -588,11 +635,11 @@ impl Run<'_> {
             81..=84 => self.rmdir_alg(&repo),
             85..=88 => self.rmdir_blobs(&repo),
             89..=94 => {
-                let dir = self.pick(&REMOVABLE).to_owned();
+                let dir = self.pick(&self.names.removable);
                 self.rmdir_repo(&dir)
             }
             95..=99 => {
-                let dir = self.pick(&REMOVABLE).to_owned();
+                let dir = self.pick(&self.names.removable);
                 // rm runs as a process other than the repository's maker. Run by the maker, it
                 // does not see a blobs/ shown only to others, and its last rmdir is ENOTEMPTY
                 // (rmdir_of_a_repository_that_lists_files_is_enotempty). Not driven here.
@@ -1071,7 +1118,7 @@ impl Run<'_> {
                 ));
             }
         }
-        let open = usize::from(self.open.is_some());
+        let open = usize::from(self.open.is_some()) + self.others_open;
         if h.fs.open_handles() != open {
             self.fail(format!("{} handles open, not {open}", h.fs.open_handles()));
         }
@@ -1091,7 +1138,12 @@ impl Run<'_> {
         if path.ends_with("/blobs") {
             return vec!["sha256".into(), "sha512".into()];
         }
-        let mut out: Vec<String> = ["a", "n", "b", "c", "x"].map(String::from).to_vec();
+        let mut out: Vec<String> = ["a", "n", "b", "c", "x", "d", "m"]
+            .map(String::from)
+            .to_vec();
+        for i in 0..THREADS {
+            out.extend([format!("p{i}"), format!("q{i}")]);
+        }
         out.extend(LAYOUT_NAMES.map(String::from));
         out.extend(TMP_ROOT.map(String::from));
         out
@@ -1166,7 +1218,7 @@ impl Run<'_> {
         }
     }
 
-    /// `mv` of an existing repository (or `n`, `m`) to a name of `DESTS` that does not exist.
+    /// `mv` of an existing repository to one of the run's destinations that does not exist.
     fn mv_repo(&mut self, pid: u32) {
         let sources: Vec<String> = self.m.repos.keys().cloned().collect();
         if sources.is_empty() {
@@ -1187,14 +1239,17 @@ impl Run<'_> {
             self.pick(&sources)
         };
         let below = format!("{from}/");
-        let dests: Vec<&str> = DESTS
-            .into_iter()
+        let dests: Vec<String> = self
+            .names
+            .dests
+            .iter()
             .filter(|d| !self.m.repos.contains_key(*d) && !d.starts_with(&below))
+            .cloned()
             .collect();
         if dests.is_empty() {
             return self.step();
         }
-        let to = self.pick(&dests).to_owned();
+        let to = self.pick(&dests);
         self.log.push(format!("mv {from} {to} as {pid}"));
         let ((fp, fname), (tp, tname)) = (split(&from), split(&to));
         let got = match (
@@ -1339,9 +1394,12 @@ impl Run<'_> {
 fn run(seed: u64) {
     let h = Harness::new();
     let fx = Fixture::new(&h);
+    let names = Names::single();
     let mut r = Run {
         h: &h,
         fx: &fx,
+        names: &names,
+        others_open: 0,
         m: Model {
             fx: &fx,
             repos: BTreeMap::new(),
@@ -1375,6 +1433,142 @@ fn random_writes_keep_the_mount_consistent_with_the_model() {
         run(seed.wrapping_add(i));
     }
     eprintln!("{RUNS} runs of {STEPS} steps in {:?}", start.elapsed());
+}
+
+/// What a concurrent run hands over at a quiescent point: its repositories, the blobs it
+/// committed, and whether it holds a file open.
+type Handover = (BTreeMap<String, RepoM>, BTreeSet<String>, bool);
+
+/// Walks the whole tree as a reader, stat by stat, until `stop`: errors are allowed (the tree
+/// changes under it), waiting is not. Returns the operations made and the slowest getattr.
+fn stat_walk(h: &Harness, stop: &std::sync::atomic::AtomicBool) -> (usize, std::time::Duration) {
+    let (mut ops, mut slowest) = (0, std::time::Duration::ZERO);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut dirs = vec![layoutfs::fs::root_ino()];
+        while let Some(ino) = dirs.pop() {
+            let Ok(entries) = list_v(h, ino, Viewer::Reader) else {
+                continue;
+            };
+            for e in entries {
+                let t = std::time::Instant::now();
+                let attr = h.fs.getattr(e.ino);
+                slowest = slowest.max(t.elapsed());
+                let found = h.fs.lookup(ino, OsStr::new(&e.name));
+                ops += 2;
+                if e.kind == Kind::Dir && attr.is_ok() && found.is_ok() {
+                    dirs.push(e.ino);
+                }
+            }
+        }
+    }
+    (ops, slowest)
+}
+
+/// One concurrent run: `ROUNDS` rounds of `ROUND_STEPS` steps in its own repositories, handing
+/// its model over and waiting at the barrier after each.
+fn concurrent_run(
+    h: &Harness,
+    fx: &Fixture,
+    i: usize,
+    seed: u64,
+    barrier: &std::sync::Barrier,
+    out: &std::sync::Mutex<Handover>,
+) {
+    let names = Names::of_thread(i);
+    let mut r = Run {
+        h,
+        fx,
+        names: &names,
+        others_open: 0,
+        m: Model {
+            fx,
+            repos: BTreeMap::new(),
+            store: BTreeSet::new(),
+        },
+        rng: SplitMix(seed.wrapping_add(1000 * i as u64)),
+        log: Vec::new(),
+        open: None,
+        finished_moved: 0,
+        committed_moved: 0,
+    };
+    for _ in 0..ROUNDS {
+        for _ in 0..ROUND_STEPS {
+            r.step();
+        }
+        *out.lock().unwrap() = (r.m.repos.clone(), r.m.store.clone(), r.open.is_some());
+        barrier.wait();
+        barrier.wait();
+    }
+    if let Some(o) = r.open.take() {
+        h.fs.release(o.fh);
+    }
+}
+
+/// At a quiescent point: the runs' models merged into one, checked as a single run's is.
+fn check_merged(h: &Harness, fx: &Fixture, handed: &[std::sync::Mutex<Handover>], round: usize) {
+    let names = Names::single();
+    let mut merged = Run {
+        h,
+        fx,
+        names: &names,
+        others_open: 0,
+        m: Model {
+            fx,
+            repos: BTreeMap::new(),
+            store: BTreeSet::new(),
+        },
+        rng: SplitMix(0),
+        log: vec![format!("the check after round {round}")],
+        open: None,
+        finished_moved: 0,
+        committed_moved: 0,
+    };
+    for slot in handed {
+        let (repos, store, open) = slot.lock().unwrap().clone();
+        merged.m.repos.extend(repos);
+        merged.m.store.extend(store);
+        merged.others_open += usize::from(open);
+    }
+    merged.check();
+}
+
+#[test]
+fn concurrent_writers_and_a_stat_walk_keep_the_mount_consistent() {
+    // Each run writes, renames and removes in repositories of its own while a reader walks
+    // the whole tree; at the end of every round all stop, and the merged models are checked.
+    let seed = common::seed();
+    eprintln!("seed {seed} (replay with LAYOUTFS_TEST_SEED={seed})");
+    let (done, finished) = std::sync::mpsc::channel();
+    // Detached: a deadlock must fail the test, not hang it.
+    std::thread::spawn(move || {
+        let h = Harness::new();
+        let fx = Fixture::new(&h);
+        let barrier = std::sync::Barrier::new(THREADS + 1);
+        let handed: Vec<std::sync::Mutex<Handover>> =
+            (0..THREADS).map(|_| Default::default()).collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (ops, slowest) = std::thread::scope(|s| {
+            let walker = s.spawn(|| stat_walk(&h, &stop));
+            for (i, out) in handed.iter().enumerate() {
+                let (h, fx, barrier) = (&h, &fx, &barrier);
+                s.spawn(move || concurrent_run(h, fx, i, seed, barrier, out));
+            }
+            for round in 0..ROUNDS {
+                barrier.wait();
+                check_merged(&h, &fx, &handed, round);
+                barrier.wait();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            walker.join().unwrap()
+        });
+        done.send((ops, slowest)).unwrap();
+    });
+    match finished.recv_timeout(CONCURRENT_BOUND) {
+        Ok((ops, slowest)) => {
+            eprintln!("the stat walk made {ops} lookups and stats; the slowest stat {slowest:?}")
+        }
+        Err(e) => panic!("the concurrent run failed or hung: {e}"),
+    }
 }
 
 /// Repository `a` made by the maker with `blobs/sha256/` holding one blob written there;
