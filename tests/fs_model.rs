@@ -563,25 +563,7 @@ impl Run<'_> {
         match self.below(122) {
             0..=5 => self.mkdir(&repo),
             6..=11 => self.mkdir_blobs(&repo, pid),
-            12..=15 => {
-                self.log.push(format!("put {repo}/oci-layout as {pid}"));
-                let got = code(put(
-                    self.h,
-                    &format!("{repo}/oci-layout"),
-                    &oci::layout_file_bytes(),
-                    pid,
-                ));
-                let exists = self.m.repos.contains_key(&repo);
-                self.expect(got, if exists { 0 } else { libc::ENOENT });
-                if exists {
-                    self.m
-                        .repos
-                        .get_mut(&repo)
-                        .unwrap()
-                        .written
-                        .insert("oci-layout", true);
-                }
-            }
+            12..=15 => self.put_layout_file(&repo, pid),
             16..=23 => {
                 let images = self.some_images();
                 self.log
@@ -617,21 +599,7 @@ impl Run<'_> {
             67..=70 => self.unlink_layout(&repo),
             71..=78 if self.names.concurrent => self.put_blob(&repo, pid),
             71..=78 => self.unlink_alg(&repo),
-            79..=80 => {
-                let Some(name) = self
-                    .m
-                    .repos
-                    .get(&repo)
-                    .and_then(|r| r.tmps.keys().next().cloned())
-                else {
-                    return self.step();
-                };
-                self.log.push(format!("unlink {repo}/{name}"));
-                let parent = walk_v(self.h, &repo, Viewer::Reader).unwrap();
-                self.expect(code(self.h.fs.unlink(parent, &name)), 0);
-                self.m.repos.get_mut(&repo).unwrap().tmps.remove(&name);
-                self.detach(&repo, false, &name);
-            }
+            79..=80 => self.unlink_tmp(&repo),
             81..=84 => self.rmdir_alg(&repo),
             85..=88 => self.rmdir_blobs(&repo),
             89..=94 => {
@@ -640,26 +608,58 @@ impl Run<'_> {
             }
             95..=99 => {
                 let dir = self.pick(&self.names.removable);
-                // rm runs as a process other than the repository's maker. Run by the maker, it
-                // does not see a blobs/ shown only to others, and its last rmdir is ENOTEMPTY
-                // (rmdir_of_a_repository_that_lists_files_is_enotempty). Not driven here.
-                let v = Viewer::Pid(OTHER);
-                self.log.push(format!("rm -r {dir} as {v:?}"));
-                let (parent, name) = split(&dir);
-                let got = match walk_v(self.h, parent, v) {
-                    Ok(p) => code(rm_r(self.h, p, name, v)),
-                    Err(e) => e.errno(),
-                };
-                let exists = self.m.repos.contains_key(&dir);
-                self.expect(got, if exists { 0 } else { libc::ENOENT });
-                self.m.remove_tree(&dir);
-                if let Some(o) = self.open.as_mut() {
-                    o.detached |= o.repo == dir || o.repo.starts_with(&format!("{dir}/"));
-                }
+                self.rm_r(&dir)
             }
             100..=109 => self.mv_repo(pid),
             110..=117 => self.open_begin(pid),
             _ => self.open_end(),
+        }
+    }
+
+    fn put_layout_file(&mut self, repo: &str, pid: u32) {
+        self.log.push(format!("put {repo}/oci-layout as {pid}"));
+        let path = format!("{repo}/oci-layout");
+        let got = code(put(self.h, &path, &oci::layout_file_bytes(), pid));
+        let exists = self.m.repos.contains_key(repo);
+        self.expect(got, if exists { 0 } else { libc::ENOENT });
+        if let Some(r) = self.m.repos.get_mut(repo) {
+            r.written.insert("oci-layout", true);
+        }
+    }
+
+    /// Unlinks the first temporary file in `repo`'s directory.
+    fn unlink_tmp(&mut self, repo: &str) {
+        let Some(name) = self
+            .m
+            .repos
+            .get(repo)
+            .and_then(|r| r.tmps.keys().next().cloned())
+        else {
+            return self.step();
+        };
+        self.log.push(format!("unlink {repo}/{name}"));
+        let parent = walk_v(self.h, repo, Viewer::Reader).unwrap();
+        self.expect(code(self.h.fs.unlink(parent, &name)), 0);
+        self.m.repos.get_mut(repo).unwrap().tmps.remove(&name);
+        self.detach(repo, false, &name);
+    }
+
+    /// `rm -r dir`, run as a process other than the repository's maker. Run by the maker, it
+    /// does not see a blobs/ shown only to others, and its last rmdir is ENOTEMPTY
+    /// (rmdir_of_a_repository_that_lists_files_is_enotempty). Not driven here.
+    fn rm_r(&mut self, dir: &str) {
+        let v = Viewer::Pid(OTHER);
+        self.log.push(format!("rm -r {dir} as {v:?}"));
+        let (parent, name) = split(dir);
+        let got = match walk_v(self.h, parent, v) {
+            Ok(p) => code(rm_r(self.h, p, name, v)),
+            Err(e) => e.errno(),
+        };
+        let exists = self.m.repos.contains_key(dir);
+        self.expect(got, if exists { 0 } else { libc::ENOENT });
+        self.m.remove_tree(dir);
+        if let Some(o) = self.open.as_mut() {
+            o.detached |= o.repo == dir || o.repo.starts_with(&format!("{dir}/"));
         }
     }
 

@@ -1248,3 +1248,27 @@ fn stats_lookups_and_listings_never_wait_for_a_write_in_progress() {
     assert_eq!(listed, ["blobs", "being-copied", "other"]);
     h.fs.release(opened.fh);
 }
+
+#[test]
+fn truncating_a_committed_blob_to_nothing_without_a_handle_returns() {
+    // `truncate -s 0` (setattr with a size and no open file) of a blob written into the mount,
+    // before a rewrite: accepted, and the blob stays as it is.
+    let h = std::sync::Arc::new(Harness::new());
+    let src = h.layout("src", 1, 95);
+    let (name, bytes) = source_blobs(&src).remove(0);
+    h.mkdir_p("r/blobs/sha256").unwrap();
+    let path = format!("r/blobs/sha256/{name}");
+    h.put(&path, &bytes, 1).unwrap();
+    let ino = h.walk(&path).unwrap().ino;
+    let (done, finished) = std::sync::mpsc::channel();
+    {
+        let h = h.clone();
+        // Detached: a deadlock must fail the test, not hang it.
+        std::thread::spawn(move || done.send(h.fs.setattr(ino, None, Some(0)).map(|a| a.size)));
+    }
+    let size = finished
+        .recv_timeout(STAT_BOUND)
+        .expect("setattr deadlocked");
+    assert_eq!(size.unwrap(), bytes.len() as u64);
+    assert_eq!(h.read_as(&path, 1).unwrap(), bytes);
+}

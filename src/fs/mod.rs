@@ -351,21 +351,7 @@ impl Fs {
                     )
                 }
             }
-            Node::Index(repo) => {
-                let view = self.repo(repo)?;
-                // A writable index.json is rewritten from what it lists, so the size the kernel
-                // saw written is not its size: no attribute caching there.
-                let (mode, ttl) = if self.options.read_only {
-                    (INDEX_MODE_RO, DYNAMIC_TTL)
-                } else {
-                    (INDEX_MODE, Duration::ZERO)
-                };
-                let mtime = self.repo_updated(repo)?;
-                Attr {
-                    entry_ttl: self.entry_ttl(repo, "index.json"),
-                    ..file_attr(base, view.index.len() as u64, mode, mtime, ttl)
-                }
-            }
+            Node::Index(repo) => self.index_attr(repo, base)?,
             Node::Blobs(repo) => Attr {
                 entry_ttl: self.entry_ttl(repo, "blobs"),
                 nlink: 2 + self.algorithms(repo)?.len() as u32,
@@ -398,6 +384,23 @@ impl Fs {
             Node::Scratch(id) => self.scratch_attr(*id, base)?,
         };
         Ok(attr)
+    }
+
+    /// A repository's `index.json`.
+    fn index_attr(&self, repo: &str, base: Attr) -> FsResult<Attr> {
+        let view = self.repo(repo)?;
+        // A writable index.json is rewritten from what it lists, so the size the kernel saw
+        // written is not its size: no attribute caching there.
+        let (mode, ttl) = if self.options.read_only {
+            (INDEX_MODE_RO, DYNAMIC_TTL)
+        } else {
+            (INDEX_MODE, Duration::ZERO)
+        };
+        let mtime = self.repo_updated(repo)?;
+        Ok(Attr {
+            entry_ttl: self.entry_ttl(repo, "index.json"),
+            ..file_attr(base, view.index.len() as u64, mode, mtime, ttl)
+        })
     }
 
     /// A directory of the tree: its link count without walking its children (the root may

@@ -1115,13 +1115,19 @@ impl super::Fs {
             let shared = match fh.map(|fh| self.upload_handle(fh)) {
                 Some(Ok((_, s))) => Some(s),
                 _ => match &node {
-                    Node::Scratch(id) => match self.write.lock().scratch.get(id).map(|s| &s.kind) {
-                        Some(ScratchKind::File(s)) => Some(s.clone()),
-                        Some(ScratchKind::Committed(..)) if size == 0 => {
-                            return self.attr(ino, &node)
+                    Node::Scratch(id) => {
+                        // Asked with the write state let go: `attr` takes it again.
+                        let committed = match self.write.lock().scratch.get(id).map(|s| &s.kind) {
+                            Some(ScratchKind::File(s)) => Err(s.clone()),
+                            Some(ScratchKind::Committed(..)) => Ok(true),
+                            _ => Ok(false),
+                        };
+                        match committed {
+                            Err(s) => Some(s),
+                            Ok(true) if size == 0 => return self.attr(ino, &node),
+                            Ok(_) => None,
                         }
-                        _ => None,
-                    },
+                    }
                     _ => None,
                 },
             };
