@@ -1440,10 +1440,17 @@ fn random_writes_keep_the_mount_consistent_with_the_model() {
 type Handover = (BTreeMap<String, RepoM>, BTreeSet<String>, bool);
 
 /// Walks the whole tree as a reader, stat by stat, until `stop`: errors are allowed (the tree
-/// changes under it), waiting is not. Returns the operations made and the slowest getattr.
-fn stat_walk(h: &Harness, stop: &std::sync::atomic::AtomicBool) -> (usize, std::time::Duration) {
+/// changes under it), waiting is not. Each pass holds `gate` shared, so that a check (which
+/// counts open handles) waits for the pass to end. Returns the operations made and the
+/// slowest getattr.
+fn stat_walk(
+    h: &Harness,
+    stop: &std::sync::atomic::AtomicBool,
+    gate: &std::sync::RwLock<()>,
+) -> (usize, std::time::Duration) {
     let (mut ops, mut slowest) = (0, std::time::Duration::ZERO);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let _pass = gate.read().unwrap();
         let mut dirs = vec![layoutfs::fs::root_ino()];
         while let Some(ino) = dirs.pop() {
             let Ok(entries) = list_v(h, ino, Viewer::Reader) else {
@@ -1547,15 +1554,18 @@ fn concurrent_writers_and_a_stat_walk_keep_the_mount_consistent() {
         let handed: Vec<std::sync::Mutex<Handover>> =
             (0..THREADS).map(|_| Default::default()).collect();
         let stop = std::sync::atomic::AtomicBool::new(false);
+        let gate = std::sync::RwLock::new(());
         let (ops, slowest) = std::thread::scope(|s| {
-            let walker = s.spawn(|| stat_walk(&h, &stop));
+            let walker = s.spawn(|| stat_walk(&h, &stop, &gate));
             for (i, out) in handed.iter().enumerate() {
                 let (h, fx, barrier) = (&h, &fx, &barrier);
                 s.spawn(move || concurrent_run(h, fx, i, seed, barrier, out));
             }
             for round in 0..ROUNDS {
                 barrier.wait();
+                let quiet = gate.write().unwrap();
                 check_merged(&h, &fx, &handed, round);
+                drop(quiet);
                 barrier.wait();
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);

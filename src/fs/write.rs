@@ -19,7 +19,9 @@
 //!   it first); unlinking a blob, `oci-layout` or `rmdir` of `blobs/` changes no image, as
 //!   blobs leave the store only by gc. A blob an image of the repository (registered or
 //!   pending) needs is EBUSY to unlink while the image is there; others (umoci gc) go.
-//!   `mv` of a repository directory renames its images.
+//!   `mv` of a repository directory renames its images; what is being written into it goes on
+//!   under the new name (files open there, pending images, what processes read of its
+//!   `index.json`, the lease on what was written), as `fs::state` keeps no copied names.
 //!
 //! What the writes keep in memory, and the lock order of the whole core: `fs::state`.
 
@@ -36,7 +38,7 @@ use crate::store::{Held, Store};
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
-use super::state::{ScratchKind, Shared, SharedUpload};
+use super::state::{ScratchKind, Shared, SharedUpload, WriteState};
 use super::upload::Upload;
 use super::view::LAYOUT_NAMES;
 
@@ -255,6 +257,16 @@ impl super::Fs {
             }
             Node::Scratch(id) => self.scratch_repo(*id),
             Node::Blob(..) => None,
+        }
+    }
+
+    /// The id of the repository of directory `dir` (`blobs/<alg>/`, `blobs/` or the repository's
+    /// own), read with the write state `w` held: a rename moves the inodes and the state under
+    /// it, so the name read here is the one the state is kept under.
+    fn repo_id_at(&self, w: &mut WriteState, dir: u64) -> Option<u64> {
+        match self.inodes.node(dir)? {
+            Node::AlgDir(repo, _) | Node::Blobs(repo) | Node::Dir(repo) => Some(w.repo_id(&repo)),
+            _ => None,
         }
     }
 
@@ -608,13 +620,15 @@ impl super::Fs {
     ) -> FsResult<()> {
         let (wanted, repo_id) = {
             let mut w = self.write.lock();
-            (w.wanted.get(digest).copied(), w.repo_id(repo))
+            let parent = w.scratch.get(&id).map(|s| s.parent);
+            let repo_id = parent.and_then(|p| self.repo_id_at(&mut w, p));
+            (w.wanted.get(digest).copied(), repo_id)
         };
         let Some(upload) = take_verified(shared, digest, wanted)? else {
             return Ok(());
         };
         let size = upload.len();
-        self.hold(&writer_holder(Some(repo_id), pid), digest)?;
+        self.hold(&writer_holder(repo_id, pid), digest)?;
         if let Err(e) = upload.commit(self.store(), digest, wanted) {
             // Nothing entered the store (a full disk), and the name holds nothing: it is gone.
             self.write.lock().remove(id);
@@ -1026,7 +1040,8 @@ impl super::Fs {
                     // Verify first: on a mismatch the file keeps its old name and bytes.
                     let (wanted, repo_id) = {
                         let mut w = self.write.lock();
-                        (w.wanted.get(&digest).copied(), w.repo_id(&repo))
+                        let repo_id = self.repo_id_at(&mut w, newparent);
+                        (w.wanted.get(&digest).copied(), repo_id)
                     };
                     let upload = {
                         let mut w = shared.lock();
@@ -1037,7 +1052,7 @@ impl super::Fs {
                     };
                     if let Some(upload) = upload {
                         let size = upload.len();
-                        self.hold(&writer_holder(Some(repo_id), pid), &digest)?;
+                        self.hold(&writer_holder(repo_id, pid), &digest)?;
                         upload.commit(self.store(), &digest, wanted)?;
                         let mut w = self.write.lock();
                         if let Some(s) = w.scratch.get_mut(&id) {
@@ -1099,8 +1114,13 @@ impl super::Fs {
             }
         }
         self.store().records().update(&put, &remove)?;
-        self.inodes.rename_tree(from, to);
-        self.write.lock().rename_repo(from, to)?;
+        {
+            // The inodes and the state move together: who reads a name through an inode with
+            // the write state held (`repo_id_at`) finds that name's state.
+            let mut w = self.write.lock();
+            self.inodes.rename_tree(from, to);
+            w.rename_repo(from, to)?;
+        }
         self.views.invalidate();
         Ok(())
     }
