@@ -1450,7 +1450,7 @@ fn stat_walk(
 ) -> (usize, std::time::Duration) {
     let (mut ops, mut slowest) = (0, std::time::Duration::ZERO);
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        let _pass = gate.read().unwrap();
+        let _pass = gate.read().unwrap_or_else(|e| e.into_inner());
         let mut dirs = vec![layoutfs::fs::root_ino()];
         while let Some(ino) = dirs.pop() {
             let Ok(entries) = list_v(h, ino, Viewer::Reader) else {
@@ -1480,6 +1480,7 @@ fn concurrent_run(
     seed: u64,
     barrier: &std::sync::Barrier,
     out: &std::sync::Mutex<Handover>,
+    failed: &std::sync::atomic::AtomicBool,
 ) {
     let names = Names::of_thread(i);
     let mut r = Run {
@@ -1499,8 +1500,16 @@ fn concurrent_run(
         committed_moved: 0,
     };
     for _ in 0..ROUNDS {
-        for _ in 0..ROUND_STEPS {
-            r.step();
+        // A failure is noted, not thrown: the others must not wait at the barrier for ever.
+        if !failed.load(std::sync::atomic::Ordering::Relaxed) {
+            let steps = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for _ in 0..ROUND_STEPS {
+                    r.step();
+                }
+            }));
+            if steps.is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         *out.lock().unwrap() = (r.m.repos.clone(), r.m.store.clone(), r.open.is_some());
         barrier.wait();
@@ -1554,23 +1563,33 @@ fn concurrent_writers_and_a_stat_walk_keep_the_mount_consistent() {
         let handed: Vec<std::sync::Mutex<Handover>> =
             (0..THREADS).map(|_| Default::default()).collect();
         let stop = std::sync::atomic::AtomicBool::new(false);
+        let failed = std::sync::atomic::AtomicBool::new(false);
         let gate = std::sync::RwLock::new(());
         let (ops, slowest) = std::thread::scope(|s| {
             let walker = s.spawn(|| stat_walk(&h, &stop, &gate));
             for (i, out) in handed.iter().enumerate() {
-                let (h, fx, barrier) = (&h, &fx, &barrier);
-                s.spawn(move || concurrent_run(h, fx, i, seed, barrier, out));
+                let (h, fx, barrier, failed) = (&h, &fx, &barrier, &failed);
+                s.spawn(move || concurrent_run(h, fx, i, seed, barrier, out, failed));
             }
             for round in 0..ROUNDS {
                 barrier.wait();
-                let quiet = gate.write().unwrap();
-                check_merged(&h, &fx, &handed, round);
-                drop(quiet);
+                if !failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    let quiet = gate.write().unwrap_or_else(|e| e.into_inner());
+                    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        check_merged(&h, &fx, &handed, round)
+                    }));
+                    drop(quiet);
+                    if checked.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
                 barrier.wait();
             }
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             walker.join().unwrap()
         });
+        // The failure itself was printed where it happened.
+        assert!(!failed.into_inner(), "a concurrent run or a check failed");
         done.send((ops, slowest)).unwrap();
     });
     match finished.recv_timeout(CONCURRENT_BOUND) {
