@@ -19,6 +19,7 @@
 //! The lock order of the whole core is written once, in `state`.
 
 pub mod error;
+pub mod images;
 pub mod inode;
 pub mod state;
 pub mod upload;
