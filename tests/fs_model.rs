@@ -27,17 +27,31 @@ const OTHER: u32 = 20;
 /// Reads `index.json` in the checks; never writes (so no writer ever read an index).
 const READER: u32 = 30;
 /// Repositories written into; `n` is made by `mkdir -p n/b` and is a repository itself.
-const REPOS: [&str; 3] = ["a", "n/b", "n/c"];
-/// Directories removed (rmdir, rm -r): the repositories and `n`.
-const REMOVABLE: [&str; 4] = ["a", "n/b", "n/c", "n"];
+const REPOS: [&str; 4] = ["a", "d", "n/b", "n/c"];
+/// Directories removed (rmdir, rm -r): the repositories, `n`, and `m` (where `mv n m` puts
+/// `n/b` and `n/c`).
+const REMOVABLE: [&str; 6] = ["a", "d", "n/b", "n/c", "n", "m"];
+/// Where repositories are moved to (`mv`): any existing repository is moved to one of these
+/// that does not exist, its parent missing or not.
+const DESTS: [&str; 7] = ["a", "d", "n/b", "n/c", "n/d", "m", "m/b"];
+/// The name of the file kept open across steps: in the repository's directory, or as `.open`
+/// at a blob's own name in `blobs/sha256` (cp writes there).
+const OPEN_TMP: &str = ".tmp-open";
 const LAYOUT_NAMES: [&str; 3] = ["index.json", "oci-layout", "blobs"];
 const TMP_ROOT: [&str; 2] = [".tmp-0", ".tmp-1"];
 const TMP_SUFFIX: [&str; 2] = ["1234", ".part"];
 /// Operations per run, and runs (each on a fresh store, seeds seed, seed+1, ...).
 const STEPS: usize = 500;
-const RUNS: u64 = 4;
+const RUNS: u64 = 3;
 /// Bytes per write call.
 const CHUNK: usize = 1024;
+/// Concurrent runs (each in repositories of its own), their rounds, and the steps each takes
+/// per round before all stop for a check.
+const THREADS: usize = 3;
+const ROUNDS: usize = 10;
+const ROUND_STEPS: usize = 40;
+/// How long a concurrent run may take before it is taken for a deadlock.
+const CONCURRENT_BOUND: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Viewer {
@@ -134,6 +148,8 @@ enum Content {
     Index(Vec<usize>),
     /// The bytes of blob `hex`, right or wrong.
     Blob { hex: String, good: bool },
+    /// A file open and half written (`Open` in the run): not renamed or rewritten meanwhile.
+    Open,
 }
 
 #[derive(Default, Clone, Debug)]
@@ -387,12 +403,73 @@ fn errname(c: i32) -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // The random run
 
+/// The names a run works with, and what it may do: alone, or beside other runs in other
+/// repositories (concurrent), where nothing it expects may depend on what they do.
+struct Names {
+    repos: Vec<String>,
+    removable: Vec<String>,
+    dests: Vec<String>,
+    /// No unlink of a blob (EBUSY depends on whether another run committed a manifest) and no
+    /// over-long blob (EFBIG depends on what another run's pending images want).
+    concurrent: bool,
+}
+
+impl Names {
+    fn single() -> Names {
+        let own = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        Names {
+            repos: own(&REPOS),
+            removable: own(&REMOVABLE),
+            dests: own(&DESTS),
+            concurrent: false,
+        }
+    }
+
+    /// The names of concurrent run `i`: `pI` and `pI/b`, moved to `qI` and back.
+    fn of_thread(i: usize) -> Names {
+        let (p, q) = (format!("p{i}"), format!("q{i}"));
+        let sub = |r: &str| format!("{r}/b");
+        Names {
+            repos: vec![p.clone(), sub(&p)],
+            removable: vec![p.clone(), sub(&p), q.clone(), sub(&q)],
+            dests: vec![p.clone(), sub(&p), q.clone(), sub(&q)],
+            concurrent: true,
+        }
+    }
+}
+
 struct Run<'a> {
     h: &'a Harness,
     fx: &'a Fixture,
+    names: &'a Names,
+    /// Files other runs hold open (when this run checks for all of them).
+    others_open: usize,
     m: Model<'a>,
     rng: SplitMix,
     log: Vec<String>,
+    /// A file open across steps, written half before and half after whatever comes between
+    /// (renames of its repository among them).
+    open: Option<Open>,
+    /// Files finished after their repository was renamed, and of those, blobs committed.
+    finished_moved: usize,
+    committed_moved: usize,
+}
+
+/// A file created and half written, to be finished by a later step.
+struct Open {
+    /// Its repository now (following renames), and whether it is in `blobs/sha256`.
+    repo: String,
+    in_alg: bool,
+    name: String,
+    fh: u64,
+    pid: u32,
+    bytes: Vec<u8>,
+    hex: String,
+    good: bool,
+    /// Unlinked, or replaced by a rename onto its name: its close then does nothing.
+    detached: bool,
+    /// Its repository was renamed since it was opened.
+    moved: bool,
 }
 
 impl Run<'_> {
@@ -445,7 +522,8 @@ impl Run<'_> {
         if good {
             return (b, "good");
         }
-        match self.below(3) {
+        let ways = if self.names.concurrent { 2 } else { 3 };
+        match self.below(ways) {
             0 => {
                 let i = self.below(b.len());
                 b[i] ^= 1;
@@ -480,30 +558,12 @@ impl Run<'_> {
     }
 
     fn step(&mut self) {
-        let repo = self.pick(&REPOS).to_owned();
+        let repo = self.pick(&self.names.repos);
         let pid = self.writer();
-        match self.below(100) {
+        match self.below(122) {
             0..=5 => self.mkdir(&repo),
             6..=11 => self.mkdir_blobs(&repo, pid),
-            12..=15 => {
-                self.log.push(format!("put {repo}/oci-layout as {pid}"));
-                let got = code(put(
-                    self.h,
-                    &format!("{repo}/oci-layout"),
-                    &oci::layout_file_bytes(),
-                    pid,
-                ));
-                let exists = self.m.repos.contains_key(&repo);
-                self.expect(got, if exists { 0 } else { libc::ENOENT });
-                if exists {
-                    self.m
-                        .repos
-                        .get_mut(&repo)
-                        .unwrap()
-                        .written
-                        .insert("oci-layout", true);
-                }
-            }
+            12..=15 => self.put_layout_file(&repo, pid),
             16..=23 => {
                 let images = self.some_images();
                 self.log
@@ -537,43 +597,69 @@ impl Run<'_> {
             }
             57..=66 => self.rename_tmp(&repo, pid),
             67..=70 => self.unlink_layout(&repo),
+            71..=78 if self.names.concurrent => self.put_blob(&repo, pid),
             71..=78 => self.unlink_alg(&repo),
-            79..=80 => {
-                let Some(name) = self
-                    .m
-                    .repos
-                    .get(&repo)
-                    .and_then(|r| r.tmps.keys().next().cloned())
-                else {
-                    return self.step();
-                };
-                self.log.push(format!("unlink {repo}/{name}"));
-                let parent = walk_v(self.h, &repo, Viewer::Reader).unwrap();
-                self.expect(code(self.h.fs.unlink(parent, &name)), 0);
-                self.m.repos.get_mut(&repo).unwrap().tmps.remove(&name);
-            }
+            79..=80 => self.unlink_tmp(&repo),
             81..=84 => self.rmdir_alg(&repo),
             85..=88 => self.rmdir_blobs(&repo),
             89..=94 => {
-                let dir = self.pick(&REMOVABLE).to_owned();
+                let dir = self.pick(&self.names.removable);
                 self.rmdir_repo(&dir)
             }
-            _ => {
-                let dir = self.pick(&REMOVABLE).to_owned();
-                // rm runs as a process other than the repository's maker. Run by the maker, it
-                // does not see a blobs/ shown only to others, and its last rmdir is ENOTEMPTY
-                // (rmdir_of_a_repository_that_lists_files_is_enotempty). Not driven here.
-                let v = Viewer::Pid(OTHER);
-                self.log.push(format!("rm -r {dir} as {v:?}"));
-                let (parent, name) = split(&dir);
-                let got = match walk_v(self.h, parent, v) {
-                    Ok(p) => code(rm_r(self.h, p, name, v)),
-                    Err(e) => e.errno(),
-                };
-                let exists = self.m.repos.contains_key(&dir);
-                self.expect(got, if exists { 0 } else { libc::ENOENT });
-                self.m.remove_tree(&dir);
+            95..=99 => {
+                let dir = self.pick(&self.names.removable);
+                self.rm_r(&dir)
             }
+            100..=109 => self.mv_repo(pid),
+            110..=117 => self.open_begin(pid),
+            _ => self.open_end(),
+        }
+    }
+
+    fn put_layout_file(&mut self, repo: &str, pid: u32) {
+        self.log.push(format!("put {repo}/oci-layout as {pid}"));
+        let path = format!("{repo}/oci-layout");
+        let got = code(put(self.h, &path, &oci::layout_file_bytes(), pid));
+        let exists = self.m.repos.contains_key(repo);
+        self.expect(got, if exists { 0 } else { libc::ENOENT });
+        if let Some(r) = self.m.repos.get_mut(repo) {
+            r.written.insert("oci-layout", true);
+        }
+    }
+
+    /// Unlinks the first temporary file in `repo`'s directory.
+    fn unlink_tmp(&mut self, repo: &str) {
+        let Some(name) = self
+            .m
+            .repos
+            .get(repo)
+            .and_then(|r| r.tmps.keys().next().cloned())
+        else {
+            return self.step();
+        };
+        self.log.push(format!("unlink {repo}/{name}"));
+        let parent = walk_v(self.h, repo, Viewer::Reader).unwrap();
+        self.expect(code(self.h.fs.unlink(parent, &name)), 0);
+        self.m.repos.get_mut(repo).unwrap().tmps.remove(&name);
+        self.detach(repo, false, &name);
+    }
+
+    /// `rm -r dir`, run as a process other than the repository's maker. Run by the maker, it
+    /// does not see a blobs/ shown only to others, and its last rmdir is ENOTEMPTY
+    /// (rmdir_of_a_repository_that_lists_files_is_enotempty). Not driven here.
+    fn rm_r(&mut self, dir: &str) {
+        let v = Viewer::Pid(OTHER);
+        self.log.push(format!("rm -r {dir} as {v:?}"));
+        let (parent, name) = split(dir);
+        let got = match walk_v(self.h, parent, v) {
+            Ok(p) => code(rm_r(self.h, p, name, v)),
+            Err(e) => e.errno(),
+        };
+        let exists = self.m.repos.contains_key(dir);
+        self.expect(got, if exists { 0 } else { libc::ENOENT });
+        self.m.remove_tree(dir);
+        if let Some(o) = self.open.as_mut() {
+            o.detached |= o.repo == dir || o.repo.starts_with(&format!("{dir}/"));
         }
     }
 
@@ -676,6 +762,9 @@ impl Run<'_> {
 
     fn put_blob(&mut self, repo: &str, pid: u32) {
         let hex = self.some_blob(repo);
+        if self.is_open(repo, true, &hex) {
+            return self.step();
+        }
         let good = self.chance(80);
         let (bytes, how) = self.blob_bytes(&hex, good);
         let path = format!("{repo}/blobs/sha256/{hex}");
@@ -773,6 +862,7 @@ impl Run<'_> {
                 .iter()
                 .filter_map(|(n, c)| c.clone().map(|c| (false, n.clone(), c))),
         );
+        temps.retain(|(_, _, c)| !matches!(c, Content::Open));
         if temps.is_empty() {
             return self.step();
         }
@@ -786,6 +876,7 @@ impl Run<'_> {
         let (to_dir, to_name) = match &content {
             Content::Index(_) => (repo.to_owned(), "index.json".to_owned()),
             Content::Blob { hex, .. } => (format!("{repo}/blobs/sha256"), hex.clone()),
+            Content::Open => unreachable!("open files are not picked"),
         };
         self.log.push(format!(
             "rename {from_dir}/{name} ({content:?}) -> {to_dir}/{to_name} as {pid}"
@@ -818,8 +909,11 @@ impl Run<'_> {
                     r.alg_files.remove(&name);
                 }
                 r.alg_files.insert(hex.clone(), None);
+                // A file open at that name is replaced.
+                self.detach(repo, true, &hex);
                 self.m.store.insert(hex);
             }
+            Content::Open => {}
         }
     }
 
@@ -885,6 +979,9 @@ impl Run<'_> {
             libc::ENOENT
         };
         self.expect(got, want);
+        if want == 0 {
+            self.detach(repo, true, &name);
+        }
     }
 
     fn rmdir_alg(&mut self, repo: &str) {
@@ -1021,8 +1118,9 @@ impl Run<'_> {
                 ));
             }
         }
-        if h.fs.open_handles() != 0 {
-            self.fail(format!("{} handles left open", h.fs.open_handles()));
+        let open = usize::from(self.open.is_some()) + self.others_open;
+        if h.fs.open_handles() != open {
+            self.fail(format!("{} handles open, not {open}", h.fs.open_handles()));
         }
     }
 
@@ -1040,7 +1138,12 @@ impl Run<'_> {
         if path.ends_with("/blobs") {
             return vec!["sha256".into(), "sha512".into()];
         }
-        let mut out: Vec<String> = ["a", "n", "b", "c", "x"].map(String::from).to_vec();
+        let mut out: Vec<String> = ["a", "n", "b", "c", "x", "d", "m"]
+            .map(String::from)
+            .to_vec();
+        for i in 0..THREADS {
+            out.extend([format!("p{i}"), format!("q{i}")]);
+        }
         out.extend(LAYOUT_NAMES.map(String::from));
         out.extend(TMP_ROOT.map(String::from));
         out
@@ -1095,12 +1198,208 @@ impl Run<'_> {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Renames of repositories, and a file open across steps
+
+impl Run<'_> {
+    /// Whether the open file is `name` in `repo` (in `blobs/sha256` or not).
+    fn is_open(&self, repo: &str, in_alg: bool, name: &str) -> bool {
+        self.open
+            .as_ref()
+            .is_some_and(|o| !o.detached && o.repo == repo && o.in_alg == in_alg && o.name == name)
+    }
+
+    /// The open file, if it is `name` in `repo`, is gone from its directory.
+    fn detach(&mut self, repo: &str, in_alg: bool, name: &str) {
+        if self.is_open(repo, in_alg, name) {
+            if let Some(o) = self.open.as_mut() {
+                o.detached = true;
+            }
+        }
+    }
+
+    /// `mv` of an existing repository to one of the run's destinations that does not exist.
+    fn mv_repo(&mut self, pid: u32) {
+        let sources: Vec<String> = self.m.repos.keys().cloned().collect();
+        if sources.is_empty() {
+            return self.step();
+        }
+        // Mostly the repository of the open file, or one above it, when a file is open.
+        let open_in: Vec<String> = match &self.open {
+            Some(o) if !o.detached => sources
+                .iter()
+                .filter(|r| o.repo == **r || o.repo.starts_with(&format!("{r}/")))
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        let from = if !open_in.is_empty() && self.chance(70) {
+            self.pick(&open_in)
+        } else {
+            self.pick(&sources)
+        };
+        let below = format!("{from}/");
+        let dests: Vec<String> = self
+            .names
+            .dests
+            .iter()
+            .filter(|d| !self.m.repos.contains_key(*d) && !d.starts_with(&below))
+            .cloned()
+            .collect();
+        if dests.is_empty() {
+            return self.step();
+        }
+        let to = self.pick(&dests);
+        self.log.push(format!("mv {from} {to} as {pid}"));
+        let ((fp, fname), (tp, tname)) = (split(&from), split(&to));
+        let got = match (
+            walk_v(self.h, fp, Viewer::Reader),
+            walk_v(self.h, tp, Viewer::Reader),
+        ) {
+            (Ok(f), Ok(t)) => code(self.h.fs.rename(f, fname, t, tname, false, pid)),
+            (Err(e), _) | (_, Err(e)) => e.errno(),
+        };
+        if !tp.is_empty() && !self.m.repos.contains_key(tp) {
+            return self.expect(got, libc::ENOENT);
+        }
+        self.expect(got, 0);
+        let moved: Vec<String> = sources
+            .into_iter()
+            .filter(|r| *r == from || r.starts_with(&below))
+            .collect();
+        for old in moved {
+            let new = format!("{to}{}", &old[from.len()..]);
+            let state = self.m.repos.remove(&old).unwrap();
+            self.m.repos.insert(new, state);
+        }
+        if let Some(o) = self.open.as_mut() {
+            if o.repo == from || o.repo.starts_with(&below) {
+                o.repo = format!("{to}{}", &o.repo[from.len()..]);
+                o.moved = true;
+            }
+        }
+    }
+
+    /// Creates a file and writes half of it, to be finished by `open_end`: a blob at its name
+    /// in `blobs/sha256` (cp), or a temporary file in the repository's directory (skopeo).
+    fn open_begin(&mut self, pid: u32) {
+        let repos: Vec<String> = self.m.repos.keys().cloned().collect();
+        if self.open.is_some() || repos.is_empty() {
+            return self.step();
+        }
+        let repo = &self.pick(&repos);
+        let hex = self.some_blob(repo);
+        let alg = format!("{repo}/blobs/sha256");
+        let in_alg = self.m.dir_exists(&alg, Viewer::Pid(pid)) && self.chance(70);
+        let (dir, name) = if in_alg {
+            (format!("{repo}/blobs/sha256"), hex.clone())
+        } else {
+            (repo.to_owned(), OPEN_TMP.to_owned())
+        };
+        let r = &self.m.repos[repo];
+        let taken = if in_alg {
+            r.alg_files.contains_key(&name)
+        } else {
+            r.tmps.contains_key(&name)
+        };
+        if taken || !self.m.dir_exists(&dir, Viewer::Pid(pid)) {
+            return self.step();
+        }
+        let good = self.chance(80);
+        let mut bytes = self.fx.bytes[&hex].clone();
+        if !good {
+            let i = self.below(bytes.len());
+            bytes[i] ^= 1;
+        }
+        self.log.push(format!(
+            "open {dir}/{name} ({hex}, good: {good}) as {pid}, write half"
+        ));
+        let parent = walk_v(self.h, &dir, Viewer::Pid(pid)).unwrap();
+        let fh = match self.h.fs.create(parent, &name) {
+            Ok((_, opened)) => opened.fh,
+            Err(e) => return self.expect(e.errno(), 0),
+        };
+        let half = bytes.len() / 2;
+        self.expect(code(self.h.fs.write(fh, 0, &bytes[..half])), 0);
+        let r = self.m.repos.get_mut(repo).unwrap();
+        if in_alg {
+            r.alg_files.insert(name.clone(), Some(Content::Open));
+        } else {
+            r.tmps.insert(name.clone(), Content::Open);
+        }
+        let (repo, detached, moved) = (repo.to_owned(), false, false);
+        self.open = Some(Open {
+            repo,
+            in_alg,
+            name,
+            fh,
+            pid,
+            bytes,
+            hex,
+            good,
+            detached,
+            moved,
+        });
+    }
+
+    /// Writes the rest of the open file and closes it, wherever its repository is now: a blob
+    /// at its name is verified and committed (registering what waited for it); a temporary
+    /// file stays, to be renamed into place by a later step.
+    fn open_end(&mut self) {
+        let Some(o) = self.open.take() else {
+            return self.step();
+        };
+        self.log.push(format!(
+            "finish {}/{}{} ({}, good: {}, detached: {}) as {}",
+            o.repo,
+            if o.in_alg { "blobs/sha256/" } else { "" },
+            o.name,
+            o.hex,
+            o.good,
+            o.detached,
+            o.pid
+        ));
+        let half = o.bytes.len() / 2;
+        let mut got = code(self.h.fs.write(o.fh, half as u64, &o.bytes[half..]));
+        if got == 0 {
+            got = code(self.h.fs.flush(o.fh, o.pid));
+        }
+        self.h.fs.release(o.fh);
+        if o.detached {
+            return self.expect(got, 0);
+        }
+        self.finished_moved += usize::from(o.moved);
+        self.committed_moved += usize::from(o.moved && o.in_alg && o.good);
+        let r = self.m.repos.get_mut(&o.repo).unwrap();
+        if !o.in_alg {
+            let content = Content::Blob {
+                hex: o.hex,
+                good: o.good,
+            };
+            r.tmps.insert(o.name, content);
+            return self.expect(got, 0);
+        }
+        if o.good {
+            r.alg_files.insert(o.name, None);
+            self.m.store.insert(o.hex);
+            self.expect(got, 0);
+        } else {
+            // A file at a blob's name that never became the blob goes at its last close.
+            r.alg_files.remove(&o.name);
+            self.expect(got, libc::EIO);
+        }
+    }
+}
+
 fn run(seed: u64) {
     let h = Harness::new();
     let fx = Fixture::new(&h);
+    let names = Names::single();
     let mut r = Run {
         h: &h,
         fx: &fx,
+        names: &names,
+        others_open: 0,
         m: Model {
             fx: &fx,
             repos: BTreeMap::new(),
@@ -1108,12 +1407,21 @@ fn run(seed: u64) {
         },
         rng: SplitMix(seed),
         log: Vec::new(),
+        open: None,
+        finished_moved: 0,
+        committed_moved: 0,
     };
     r.check();
     for _ in 0..STEPS {
         r.step();
         r.check();
     }
+    let moves = r.log.iter().filter(|l| l.starts_with("mv ")).count();
+    eprintln!(
+        "seed {seed}: {moves} mv, {} files finished after a mv of their repository, {} of \
+         them blobs committed",
+        r.finished_moved, r.committed_moved
+    );
 }
 
 #[test]
@@ -1125,6 +1433,171 @@ fn random_writes_keep_the_mount_consistent_with_the_model() {
         run(seed.wrapping_add(i));
     }
     eprintln!("{RUNS} runs of {STEPS} steps in {:?}", start.elapsed());
+}
+
+/// What a concurrent run hands over at a quiescent point: its repositories, the blobs it
+/// committed, and whether it holds a file open.
+type Handover = (BTreeMap<String, RepoM>, BTreeSet<String>, bool);
+
+/// Walks the whole tree as a reader, stat by stat, until `stop`: errors are allowed (the tree
+/// changes under it), waiting is not. Each pass holds `gate` shared, so that a check (which
+/// counts open handles) waits for the pass to end. Returns the operations made and the
+/// slowest getattr.
+fn stat_walk(
+    h: &Harness,
+    stop: &std::sync::atomic::AtomicBool,
+    gate: &std::sync::RwLock<()>,
+) -> (usize, std::time::Duration) {
+    let (mut ops, mut slowest) = (0, std::time::Duration::ZERO);
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let _pass = gate.read().unwrap_or_else(|e| e.into_inner());
+        let mut dirs = vec![layoutfs::fs::root_ino()];
+        while let Some(ino) = dirs.pop() {
+            let Ok(entries) = list_v(h, ino, Viewer::Reader) else {
+                continue;
+            };
+            for e in entries {
+                let t = std::time::Instant::now();
+                let attr = h.fs.getattr(e.ino);
+                slowest = slowest.max(t.elapsed());
+                let found = h.fs.lookup(ino, OsStr::new(&e.name));
+                ops += 2;
+                if e.kind == Kind::Dir && attr.is_ok() && found.is_ok() {
+                    dirs.push(e.ino);
+                }
+            }
+        }
+    }
+    (ops, slowest)
+}
+
+/// One concurrent run: `ROUNDS` rounds of `ROUND_STEPS` steps in its own repositories, handing
+/// its model over and waiting at the barrier after each.
+fn concurrent_run(
+    h: &Harness,
+    fx: &Fixture,
+    i: usize,
+    seed: u64,
+    barrier: &std::sync::Barrier,
+    out: &std::sync::Mutex<Handover>,
+    failed: &std::sync::atomic::AtomicBool,
+) {
+    let names = Names::of_thread(i);
+    let mut r = Run {
+        h,
+        fx,
+        names: &names,
+        others_open: 0,
+        m: Model {
+            fx,
+            repos: BTreeMap::new(),
+            store: BTreeSet::new(),
+        },
+        rng: SplitMix(seed.wrapping_add(1000 * i as u64)),
+        log: Vec::new(),
+        open: None,
+        finished_moved: 0,
+        committed_moved: 0,
+    };
+    for _ in 0..ROUNDS {
+        // A failure is noted, not thrown: the others must not wait at the barrier for ever.
+        if !failed.load(std::sync::atomic::Ordering::Relaxed) {
+            let steps = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                for _ in 0..ROUND_STEPS {
+                    r.step();
+                }
+            }));
+            if steps.is_err() {
+                failed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        *out.lock().unwrap() = (r.m.repos.clone(), r.m.store.clone(), r.open.is_some());
+        barrier.wait();
+        barrier.wait();
+    }
+    if let Some(o) = r.open.take() {
+        h.fs.release(o.fh);
+    }
+}
+
+/// At a quiescent point: the runs' models merged into one, checked as a single run's is.
+fn check_merged(h: &Harness, fx: &Fixture, handed: &[std::sync::Mutex<Handover>], round: usize) {
+    let names = Names::single();
+    let mut merged = Run {
+        h,
+        fx,
+        names: &names,
+        others_open: 0,
+        m: Model {
+            fx,
+            repos: BTreeMap::new(),
+            store: BTreeSet::new(),
+        },
+        rng: SplitMix(0),
+        log: vec![format!("the check after round {round}")],
+        open: None,
+        finished_moved: 0,
+        committed_moved: 0,
+    };
+    for slot in handed {
+        let (repos, store, open) = slot.lock().unwrap().clone();
+        merged.m.repos.extend(repos);
+        merged.m.store.extend(store);
+        merged.others_open += usize::from(open);
+    }
+    merged.check();
+}
+
+#[test]
+fn concurrent_writers_and_a_stat_walk_keep_the_mount_consistent() {
+    // Each run writes, renames and removes in repositories of its own while a reader walks
+    // the whole tree; at the end of every round all stop, and the merged models are checked.
+    let seed = common::seed();
+    eprintln!("seed {seed} (replay with LAYOUTFS_TEST_SEED={seed})");
+    let (done, finished) = std::sync::mpsc::channel();
+    // Detached: a deadlock must fail the test, not hang it.
+    std::thread::spawn(move || {
+        let h = Harness::new();
+        let fx = Fixture::new(&h);
+        let barrier = std::sync::Barrier::new(THREADS + 1);
+        let handed: Vec<std::sync::Mutex<Handover>> =
+            (0..THREADS).map(|_| Default::default()).collect();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let gate = std::sync::RwLock::new(());
+        let (ops, slowest) = std::thread::scope(|s| {
+            let walker = s.spawn(|| stat_walk(&h, &stop, &gate));
+            for (i, out) in handed.iter().enumerate() {
+                let (h, fx, barrier, failed) = (&h, &fx, &barrier, &failed);
+                s.spawn(move || concurrent_run(h, fx, i, seed, barrier, out, failed));
+            }
+            for round in 0..ROUNDS {
+                barrier.wait();
+                if !failed.load(std::sync::atomic::Ordering::Relaxed) {
+                    let quiet = gate.write().unwrap_or_else(|e| e.into_inner());
+                    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        check_merged(&h, &fx, &handed, round)
+                    }));
+                    drop(quiet);
+                    if checked.is_err() {
+                        failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                barrier.wait();
+            }
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            walker.join().unwrap()
+        });
+        // The failure itself was printed where it happened.
+        assert!(!failed.into_inner(), "a concurrent run or a check failed");
+        done.send((ops, slowest)).unwrap();
+    });
+    match finished.recv_timeout(CONCURRENT_BOUND) {
+        Ok((ops, slowest)) => {
+            eprintln!("the stat walk made {ops} lookups and stats; the slowest stat {slowest:?}")
+        }
+        Err(e) => panic!("the concurrent run failed or hung: {e}"),
+    }
 }
 
 /// Repository `a` made by the maker with `blobs/sha256/` holding one blob written there;

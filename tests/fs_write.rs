@@ -1092,3 +1092,183 @@ fn a_tag_is_added_through_the_mount_to_a_repository_of_20000() {
     assert_eq!(h.images().len(), TAGS + 1);
     assert!(h.images().contains(&"many:added".to_owned()));
 }
+
+#[test]
+fn a_repository_renamed_while_files_are_written_into_it_imports_under_its_new_name() {
+    // skopeo's way (temporary names in the layout's root, renamed onto blobs/sha256/<hex>) and
+    // cp's (each file at its final name), every file open before `mv a c` and finished after.
+    let h = Harness::new();
+    let src = h.layout("src", 1, 81);
+    let blobs = source_blobs(&src);
+    let index = std::fs::read(src.join("index.json")).unwrap();
+    h.mkdir_p("n/a/blobs/sha256").unwrap();
+    let (alg, repo) = (
+        h.walk("n/a/blobs/sha256").unwrap().ino,
+        h.walk("n/a").unwrap().ino,
+    );
+    // The first blob at its name; the others under temporary names in the root; index.json.
+    let (first, rest) = blobs.split_first().unwrap();
+    let at_name = h.fs.create(alg, &first.0).unwrap().1.fh;
+    let temps: Vec<(u64, String)> = (0..rest.len())
+        .map(|i| {
+            let name = format!("oci-put-blob{i}");
+            (h.fs.create(repo, &name).unwrap().1.fh, name)
+        })
+        .collect();
+    let idx = h.fs.create(repo, "index.json").unwrap().1.fh;
+    // Half of each written before the rename, the rest after.
+    let half = |b: &[u8]| b.len() / 2;
+    h.fs.write(at_name, 0, &first.1[..half(&first.1)]).unwrap();
+    for ((fh, _), (_, bytes)) in temps.iter().zip(rest) {
+        h.fs.write(*fh, 0, &bytes[..half(bytes)]).unwrap();
+    }
+    h.fs.write(idx, 0, &index[..half(&index)]).unwrap();
+
+    let n = h.walk("n").unwrap().ino;
+    let root = layoutfs::fs::root_ino();
+    h.fs.rename(n, "a", root, "c", false, 1).unwrap();
+    assert!(h.walk("n/a").is_err());
+
+    h.fs.write(idx, half(&index) as u64, &index[half(&index)..])
+        .unwrap();
+    h.fs.flush(idx, 1).unwrap();
+    h.fs.release(idx);
+    assert_eq!(
+        h.fs.pending()
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>(),
+        ["c:t0"]
+    );
+    let b = &first.1;
+    h.fs.write(at_name, half(b) as u64, &b[half(b)..]).unwrap();
+    h.fs.flush(at_name, 1).unwrap();
+    h.fs.release(at_name);
+    let (c, c_alg) = (
+        h.walk("c").unwrap().ino,
+        h.walk("c/blobs/sha256").unwrap().ino,
+    );
+    for ((fh, name), (hex, bytes)) in temps.iter().zip(rest) {
+        h.fs.write(*fh, half(bytes) as u64, &bytes[half(bytes)..])
+            .unwrap();
+        h.fs.flush(*fh, 1).unwrap();
+        h.fs.release(*fh);
+        h.fs.rename(c, name, c_alg, hex, false, 1).unwrap();
+    }
+    assert_eq!(h.images(), ["c:t0"]);
+    assert!(h.fs.pending().is_empty());
+    let mut listed = h.list("c/blobs/sha256").unwrap();
+    listed.sort();
+    let want: Vec<String> = blobs.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(listed, want);
+    assert_eq!(h.list("c").unwrap(), ["index.json", "oci-layout", "blobs"]);
+    assert!(h.list("n").unwrap().is_empty());
+    assert_eq!(h.fs.open_handles(), 0);
+}
+
+#[test]
+fn what_was_read_and_written_in_a_repository_follows_it_when_renamed() {
+    let h = Harness::new();
+    let src = h.layout("src", 3, 91);
+    let full: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(src.join("index.json")).unwrap()).unwrap();
+    let with = |tags: &[usize]| {
+        let mut v = full.clone();
+        v["manifests"] = tags.iter().map(|i| full["manifests"][*i].clone()).collect();
+        serde_json::to_vec(&v).unwrap()
+    };
+    // Blobs written by process 1 into a, held for it until it writes a's index.json.
+    h.mkdir_p("a/blobs/sha256").unwrap();
+    for (name, bytes) in source_blobs(&src) {
+        h.put(&format!("a/blobs/sha256/{name}"), &bytes, 1).unwrap();
+    }
+    h.put("a/index.json", &with(&[0]), 3).unwrap();
+    // Process 2 reads index.json (t0), then process 3 adds t1 to it.
+    h.read_as("a/index.json", 2).unwrap();
+    h.read_as("a/index.json", 3).unwrap();
+    h.put("a/index.json", &with(&[0, 1]), 3).unwrap();
+    let root = layoutfs::fs::root_ino();
+    h.fs.rename(root, "a", root, "c", false, 9).unwrap();
+    // Process 2 adds t2 to what it read, under the new name: t1, which it never saw, stays.
+    h.put("c/index.json", &with(&[0, 2]), 2).unwrap();
+    assert_eq!(h.images(), ["c:t0", "c:t1", "c:t2"]);
+    // Process 1 writes c's index.json: what it wrote into a is no longer held for it, so once
+    // every image is gone gc takes every blob.
+    h.put("c/index.json", &with(&[]), 1).unwrap();
+    assert!(h.images().is_empty());
+    let removed: BTreeSet<String> = gc_now(&h).into_iter().collect();
+    let all: BTreeSet<String> = source_blobs(&src).into_iter().map(|b| b.0).collect();
+    assert_eq!(removed, all);
+}
+
+/// How long a stat or lookup may take while a write holds its file's upload: far more than
+/// any of them needs, far less than forever.
+const STAT_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[test]
+fn stats_lookups_and_listings_never_wait_for_a_write_in_progress() {
+    use std::sync::mpsc::channel;
+    let h = std::sync::Arc::new(Harness::new());
+    h.mkdir_p("r/blobs/sha256").unwrap();
+    h.put("r/other", b"another temporary file", 1).unwrap();
+    let r = h.walk("r").unwrap().ino;
+    let (attr, opened) = h.fs.create(r, "being-copied").unwrap();
+    h.fs.write(opened.fh, 0, &[7u8; 5000]).unwrap();
+    // A write in progress holds the upload's lock: here until the test lets it go.
+    let (locked, is_locked) = channel();
+    let (release, released) = channel::<()>();
+    let writer = {
+        let h = h.clone();
+        std::thread::spawn(move || {
+            h.fs.while_upload_locked(opened.fh, || {
+                locked.send(()).unwrap();
+                released.recv().ok();
+            })
+        })
+    };
+    is_locked.recv().unwrap();
+    let (done, finished) = channel();
+    {
+        let h = h.clone();
+        // Detached: if it waits for the lock it must not keep the test from failing.
+        std::thread::spawn(move || {
+            let a = h.fs.getattr(attr.ino).unwrap();
+            let found = h.fs.lookup(r, OsStr::new("being-copied")).unwrap();
+            h.fs.lookup(r, OsStr::new("other")).unwrap();
+            let listed = h.list("r").unwrap();
+            h.walk("r/blobs/sha256").unwrap();
+            done.send((a.size, found.size, listed)).unwrap();
+        });
+    }
+    let got = finished.recv_timeout(STAT_BOUND);
+    release.send(()).unwrap();
+    writer.join().unwrap().unwrap();
+    let (size, found, listed) = got.expect("a stat or lookup waited for a write in progress");
+    assert_eq!((size, found), (5000, 5000));
+    assert_eq!(listed, ["blobs", "being-copied", "other"]);
+    h.fs.release(opened.fh);
+}
+
+#[test]
+fn truncating_a_committed_blob_to_nothing_without_a_handle_returns() {
+    // `truncate -s 0` (setattr with a size and no open file) of a blob written into the mount,
+    // before a rewrite: accepted, and the blob stays as it is.
+    let h = std::sync::Arc::new(Harness::new());
+    let src = h.layout("src", 1, 95);
+    let (name, bytes) = source_blobs(&src).remove(0);
+    h.mkdir_p("r/blobs/sha256").unwrap();
+    let path = format!("r/blobs/sha256/{name}");
+    h.put(&path, &bytes, 1).unwrap();
+    let ino = h.walk(&path).unwrap().ino;
+    let (done, finished) = std::sync::mpsc::channel();
+    {
+        let h = h.clone();
+        // Detached: a deadlock must fail the test, not hang it.
+        std::thread::spawn(move || done.send(h.fs.setattr(ino, None, Some(0)).map(|a| a.size)));
+    }
+    let size = finished
+        .recv_timeout(STAT_BOUND)
+        .expect("setattr deadlocked");
+    assert_eq!(size.unwrap(), bytes.len() as u64);
+    assert_eq!(h.read_as(&path, 1).unwrap(), bytes);
+}

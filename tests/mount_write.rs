@@ -259,6 +259,46 @@ fn rm_r_removes_a_repository_and_mv_renames_it() {
     assert_eq!(names(&env), ["other:2"]);
 }
 
+#[test]
+fn mv_of_a_repository_while_its_files_are_written_imports_under_the_new_name() {
+    // Every file open (its index.json first, then each blob at its name, as cp writes them)
+    // and half written before `mv r s`, finished and closed after it.
+    use std::io::Write;
+    let env = Env::new();
+    let src = env.path("src");
+    let mut b = LayoutBuilder::new(&src);
+    b.small_image("1", 2, 90_000, 7);
+    let m = Mounted::start(&env, "mnt", &[]);
+    fs::create_dir_all(m.path("r/blobs/sha256")).unwrap();
+    let mut files: Vec<(fs::File, Vec<u8>)> = Vec::new();
+    let mut open = |path: PathBuf, bytes: Vec<u8>| {
+        let mut f = fs::File::create(path).unwrap();
+        f.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        files.push((f, bytes));
+    };
+    open(
+        m.path("r/index.json"),
+        fs::read(src.join("index.json")).unwrap(),
+    );
+    for (name, bytes) in tree(&src.join("blobs/sha256")) {
+        open(m.path(&format!("r/blobs/sha256/{name}")), bytes);
+    }
+    sh(Command::new("mv").arg(m.path("r")).arg(m.path("s")));
+    assert!(!m.path("r").exists());
+    for (mut f, bytes) in files {
+        f.write_all(&bytes[bytes.len() / 2..]).unwrap();
+        drop(f);
+    }
+    fs::write(
+        m.path("s/oci-layout"),
+        fs::read(src.join("oci-layout")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(names(&env), ["s:1"]);
+    same_blobs(&exported_blobs(&env, "s:1"), &blobs_of(&src));
+    store_is_clean(&env);
+}
+
 /// A layout with one image of `mib` MiB of layers: `big:1`.
 fn big_layout(env: &Env, name: &str, mib: u64) -> PathBuf {
     let dir = env.path(name);

@@ -98,6 +98,12 @@ impl Inodes {
         };
         let mut t = self.table.write();
         for i in 0..t.nodes.len() {
+            // A number whose node another number took over (the path of a directory removed,
+            // then made again or renamed onto) stays with its old path: it is not moved along.
+            let current = t.by_node.get(&t.nodes[i]) == Some(&(i as u64 + ROOT_INO));
+            if !current {
+                continue;
+            }
             let new = match &t.nodes[i] {
                 Node::Dir(p) => moved(p).map(Node::Dir),
                 Node::LayoutFile(p) => moved(p).map(Node::LayoutFile),
@@ -150,5 +156,15 @@ mod tests {
         assert_eq!(inodes.node(other), Some(Node::Dir(Arc::from("busyboxes"))));
         assert_eq!(inodes.ino(&Node::Dir(Arc::from("bb"))), a);
         assert_ne!(inodes.ino(&Node::Dir(Arc::from("busybox"))), a);
+
+        // `x` removed, `y` moved onto its name, then moved on: the number `x` had before stays
+        // behind, and the path follows the directory that was moved.
+        let x = inodes.ino(&Node::Dir(Arc::from("x")));
+        let y = inodes.ino(&Node::Dir(Arc::from("y")));
+        inodes.rename_tree("y", "x");
+        assert_eq!(inodes.ino(&Node::Dir(Arc::from("x"))), y);
+        inodes.rename_tree("x", "z");
+        assert_eq!(inodes.ino(&Node::Dir(Arc::from("z"))), y);
+        assert_ne!(inodes.node(x), Some(Node::Dir(Arc::from("z"))));
     }
 }

@@ -16,10 +16,12 @@
 //! An open blob holds its store file once per inode, however many opens (`blob_files`): the
 //! descriptor is shared by reads and by passthrough, and closed at the last release.
 //!
-//! Lock order: handles, then nothing; the view and inode locks are leaves taken one at a time.
+//! The lock order of the whole core is written once, in `state`.
 
 pub mod error;
+pub mod images;
 pub mod inode;
+pub mod state;
 pub mod upload;
 pub mod verify;
 pub mod view;
@@ -42,6 +44,7 @@ use crate::store::Store;
 
 pub use error::{FsError, FsResult};
 use inode::{Inodes, Node, ROOT_INO};
+use state::{ScratchKind, Shared, WriteState};
 use verify::Verifier;
 use view::{RepoView, Views, LAYOUT_NAMES};
 
@@ -152,7 +155,7 @@ enum Handle {
     /// A file open for writing: its upload, shared with its scratch entry if it has one.
     Upload {
         ino: u64,
-        shared: write::Shared,
+        shared: Shared,
     },
 }
 
@@ -178,7 +181,8 @@ pub struct Fs {
     layout_file: Arc<[u8]>,
     /// The time of directories with no image below them (an empty store's root).
     started: SystemTime,
-    write: Mutex<write::WriteState>,
+    /// The write side's state (see `state`); the views read what it adds to the records.
+    write: Arc<Mutex<WriteState>>,
     /// Serialises every change of image records and pending images made through the mount.
     write_lock: Mutex<()>,
     /// What keeps blobs written through a writable mount, and those of pending images, from
@@ -198,9 +202,10 @@ impl Fs {
                 .map_err(|e| tracing::warn!("no lease: a gc may remove blobs being copied in: {e}"))
                 .ok()
         };
+        let write = Arc::new(Mutex::new(WriteState::default()));
         Fs {
             lease,
-            views: Views::new(store),
+            views: Views::new(store, write.clone()),
             inodes: Inodes::new(),
             verifier: Verifier::default(),
             handles: Mutex::new(HashMap::new()),
@@ -211,7 +216,7 @@ impl Fs {
             gid,
             layout_file: Arc::from(oci::layout_file_bytes()),
             started: SystemTime::now(),
-            write: Mutex::new(write::WriteState::default()),
+            write,
             write_lock: Mutex::new(()),
         }
     }
@@ -287,7 +292,7 @@ impl Fs {
             }
             Node::Scratch(id) => {
                 return match self.write.lock().scratch.get(&id).map(|s| &s.kind) {
-                    Some(write::ScratchKind::Dir) => Err(FsError::NotFound),
+                    Some(ScratchKind::Dir) => Err(FsError::NotFound),
                     Some(_) => Err(FsError::NotDir),
                     None => Err(FsError::NotFound),
                 }
@@ -298,18 +303,14 @@ impl Fs {
         self.attr(ino, &child)
     }
 
-    /// The algorithm directories of `repo`: those of its blobs and sha256 when it has images
-    /// (unless it was made with mkdir in this mount), and those made with mkdir.
+    /// The algorithm directories of `repo`, by the rule (`WriteState::algorithms`).
     pub(super) fn algorithms(&self, repo: &str) -> FsResult<std::collections::BTreeSet<Algorithm>> {
         let view = self.repo(repo)?;
-        let w = self.write.lock();
-        let mut algs = if view.entries.is_empty() || w.fresh.contains(repo) {
-            Default::default()
-        } else {
-            view.algorithms()
-        };
-        algs.extend(w.alg_dirs_of(repo));
-        Ok(algs)
+        let images = !view.entries.is_empty();
+        Ok(self
+            .write
+            .lock()
+            .algorithms(repo, images, || view.algorithms()))
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
@@ -351,21 +352,7 @@ impl Fs {
                     )
                 }
             }
-            Node::Index(repo) => {
-                let view = self.repo(repo)?;
-                // A writable index.json is rewritten from what it lists, so the size the kernel
-                // saw written is not its size: no attribute caching there.
-                let (mode, ttl) = if self.options.read_only {
-                    (INDEX_MODE_RO, DYNAMIC_TTL)
-                } else {
-                    (INDEX_MODE, Duration::ZERO)
-                };
-                let mtime = self.repo_updated(repo)?;
-                Attr {
-                    entry_ttl: self.entry_ttl(repo, "index.json"),
-                    ..file_attr(base, view.index.len() as u64, mode, mtime, ttl)
-                }
-            }
+            Node::Index(repo) => self.index_attr(repo, base)?,
             Node::Blobs(repo) => Attr {
                 entry_ttl: self.entry_ttl(repo, "blobs"),
                 nlink: 2 + self.algorithms(repo)?.len() as u32,
@@ -400,6 +387,23 @@ impl Fs {
         Ok(attr)
     }
 
+    /// A repository's `index.json`.
+    fn index_attr(&self, repo: &str, base: Attr) -> FsResult<Attr> {
+        let view = self.repo(repo)?;
+        // A writable index.json is rewritten from what it lists, so the size the kernel saw
+        // written is not its size: no attribute caching there.
+        let (mode, ttl) = if self.options.read_only {
+            (INDEX_MODE_RO, DYNAMIC_TTL)
+        } else {
+            (INDEX_MODE, Duration::ZERO)
+        };
+        let mtime = self.repo_updated(repo)?;
+        Ok(Attr {
+            entry_ttl: self.entry_ttl(repo, "index.json"),
+            ..file_attr(base, view.index.len() as u64, mode, mtime, ttl)
+        })
+    }
+
     /// A directory of the tree: its link count without walking its children (the root may
     /// have thousands).
     fn dir_attr(&self, path: &str, base: Attr) -> FsResult<Attr> {
@@ -426,29 +430,24 @@ impl Fs {
         })
     }
 
-    /// A temporary file or directory. The write lock is let go before an upload's own lock
-    /// is taken (lock order: never the write lock while waiting on an upload).
+    /// A temporary file or directory. A file being written gives its size and time from
+    /// outside its upload's lock: a stat never waits for a write in progress.
     fn scratch_attr(&self, id: u64, base: Attr) -> FsResult<Attr> {
-        let kind = {
-            let w = self.write.lock();
-            let s = w.scratch.get(&id).ok_or(FsError::NotFound)?;
-            match &s.kind {
-                write::ScratchKind::Dir => None,
-                write::ScratchKind::File(shared) => Some(Ok(shared.clone())),
-                write::ScratchKind::Committed(_, size) => Some(Err(*size)),
-            }
-        };
-        Ok(match kind {
-            None => Attr {
+        let w = self.write.lock();
+        let s = w.scratch.get(&id).ok_or(FsError::NotFound)?;
+        Ok(match &s.kind {
+            ScratchKind::Dir => Attr {
                 mtime: self.started,
                 size: BLOCK_SIZE.into(),
                 ..base
             },
-            Some(Ok(shared)) => {
-                let len = shared.lock().upload.as_ref().map_or(0, |u| u.len());
-                file_attr(base, len, INDEX_MODE, SystemTime::now(), Duration::ZERO)
+            ScratchKind::File(shared) => {
+                let (len, mtime) = (shared.len(), shared.mtime());
+                file_attr(base, len, INDEX_MODE, mtime, Duration::ZERO)
             }
-            Some(Err(size)) => file_attr(base, size, BLOB_MODE, self.started, IMMUTABLE_TTL),
+            ScratchKind::Committed(_, size) => {
+                file_attr(base, *size, BLOB_MODE, self.started, IMMUTABLE_TTL)
+            }
         })
     }
 
@@ -542,7 +541,7 @@ impl Fs {
             Node::Scratch(id) => {
                 let w = self.write.lock();
                 let s = w.scratch.get(&id).ok_or(FsError::NotFound)?;
-                if !matches!(s.kind, write::ScratchKind::Dir) {
+                if !matches!(s.kind, ScratchKind::Dir) {
                     return Err(FsError::NotDir);
                 }
                 let parent = s.parent;
@@ -566,7 +565,7 @@ impl Fs {
         let w = self.write.lock();
         for (name, id) in w.children(ino) {
             let kind = match w.scratch.get(&id).map(|s| &s.kind) {
-                Some(write::ScratchKind::Dir) => Kind::Dir,
+                Some(ScratchKind::Dir) => Kind::Dir,
                 _ => Kind::File,
             };
             let entry = DirEntry {
@@ -615,9 +614,9 @@ impl Fs {
             }
             Node::Scratch(id) => {
                 let kind = match self.write.lock().scratch.get(&id).map(|s| &s.kind) {
-                    Some(write::ScratchKind::File(shared)) => Ok(shared.clone()),
-                    Some(write::ScratchKind::Committed(d, size)) => Err((d.clone(), *size)),
-                    Some(write::ScratchKind::Dir) => return Err(FsError::IsDir),
+                    Some(ScratchKind::File(shared)) => Ok(shared.clone()),
+                    Some(ScratchKind::Committed(d, size)) => Err((d.clone(), *size)),
+                    Some(ScratchKind::Dir) => return Err(FsError::IsDir),
                     None => return Err(FsError::NotFound),
                 };
                 match kind {
@@ -647,7 +646,7 @@ impl Fs {
         enum Src {
             Blob(Digest, u64, Arc<File>),
             Bytes(Arc<[u8]>),
-            Upload(write::Shared),
+            Upload(Shared),
         }
         let src = match self.handles.lock().get(&fh) {
             Some(Handle::Blob {

@@ -7,11 +7,13 @@
 //! Changes made by other processes are noticed through SQLite's `data_version`, checked at most
 //! every `REFRESH_INTERVAL`, so an image imported, tagged or removed elsewhere shows within it.
 //!
-//! A repository made or removed with mkdir/rmdir in the mount patches the tree in place
-//! (`add_created`, `remove_created`), so that each costs the same however many there are.
+//! What the mount's writes add to the records (repositories made with mkdir, pending images)
+//! is read from the write side's state (`Additions`) whenever the tree is rebuilt. A repository
+//! made or removed with mkdir/rmdir in the mount patches the tree in place (`add_created`,
+//! `remove_created`), so that each costs the same however many there are.
 //!
-//! Lock order: `State` is locked alone, or before `extra`; repository views are computed
-//! outside it.
+//! Lock order: `State` is locked alone, or before the additions' lock (see `fs::state`);
+//! repository views are computed outside it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,6 +72,11 @@ pub struct Snapshot {
 pub struct Extra {
     pub created: BTreeSet<String>,
     pub pending: BTreeMap<String, Vec<Entry>>,
+}
+
+/// Where the views read what the mount adds to the records (the write side's state).
+pub trait Additions: Send + Sync {
+    fn additions(&self) -> Extra;
 }
 
 impl Snapshot {
@@ -233,13 +240,13 @@ struct State {
 pub struct Views {
     store: Arc<Store>,
     state: Mutex<State>,
-    extra: Mutex<Extra>,
+    additions: Arc<dyn Additions>,
     /// Repository views computed so far (each reads that repository's manifests).
     built: AtomicUsize,
 }
 
 impl Views {
-    pub fn new(store: Arc<Store>) -> Views {
+    pub fn new(store: Arc<Store>, additions: Arc<dyn Additions>) -> Views {
         Views {
             store,
             state: Mutex::new(State {
@@ -249,7 +256,7 @@ impl Views {
                 repos: HashMap::new(),
             }),
             built: AtomicUsize::new(0),
-            extra: Mutex::new(Extra::default()),
+            additions,
         }
     }
 
@@ -267,7 +274,7 @@ impl Views {
         let version = records.version()?;
         st.checked = Some(Instant::now());
         if st.version != Some(version) {
-            let extra = self.extra.lock().clone();
+            let extra = self.additions.additions();
             let snapshot = Snapshot::build_with(records.list()?, &extra);
             // Keep the views of repositories whose images did not change.
             st.repos
@@ -279,17 +286,10 @@ impl Views {
         Ok(st.snapshot.clone())
     }
 
-    /// Changes what the mount adds to the records, and rebuilds the tree at the next look.
-    pub fn update_extra<T>(&self, f: impl FnOnce(&mut Extra) -> T) -> T {
-        let out = f(&mut self.extra.lock());
-        self.invalidate();
-        out
-    }
-
-    /// Adds `repo`, made with mkdir, to what the mount shows. The tree is patched in place, not
-    /// rebuilt (a rebuild reads every record, which made each mkdir cost as much as all before).
+    /// Adds `repo`, made with mkdir (and entered in the additions first), to what the mount
+    /// shows. The tree is patched in place, not rebuilt (a rebuild reads every record, which
+    /// made each mkdir cost as much as all before).
     pub fn add_created(&self, repo: &str) {
-        self.extra.lock().created.insert(repo.to_owned());
         let mut st = self.state.lock();
         // With no version, the next look rebuilds the tree from the records and `extra`.
         if st.version.is_some() {
@@ -297,9 +297,9 @@ impl Views {
         }
     }
 
-    /// Removes `repo`, an empty repository (rmdir), from what the mount shows, in place.
+    /// Removes `repo`, an empty repository (rmdir, gone from the additions first), from what
+    /// the mount shows, in place.
     pub fn remove_created(&self, repo: &str) {
-        self.extra.lock().created.remove(repo);
         let mut st = self.state.lock();
         st.repos.remove(repo);
         if st.version.is_some() {
@@ -310,11 +310,6 @@ impl Views {
     /// Drops the cached view of `repo`, whose blobs changed without its images changing.
     pub fn forget_repo(&self, repo: &str) {
         self.state.lock().repos.remove(repo);
-    }
-
-    /// A copy of what the mount adds to the records.
-    pub fn extra(&self) -> Extra {
-        self.extra.lock().clone()
     }
 
     /// Forgets what was read, so that the next call reads the records again (after this

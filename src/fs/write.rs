@@ -19,94 +19,31 @@
 //!   it first); unlinking a blob, `oci-layout` or `rmdir` of `blobs/` changes no image, as
 //!   blobs leave the store only by gc. A blob an image of the repository (registered or
 //!   pending) needs is EBUSY to unlink while the image is there; others (umoci gc) go.
-//!   `mv` of a repository directory renames its images.
+//!   `mv` of a repository directory renames its images; what is being written into it goes on
+//!   under the new name (files open there, pending images, what processes read of its
+//!   `index.json`, the lease on what was written), as `fs::state` keeps no copied names.
 //!
-//! Lock order: `write_lock` (serialises every change of records and pending images), then the
-//! scratch table, then an upload's own lock (`Writing`); the views and the records are leaves.
+//! What the writes keep in memory, and the lock order of the whole core: `fs::state`; what
+//! `index.json` does to the image records, and the lease: `fs::images`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::digest::{Algorithm, Digest};
-use crate::error::{Error, Result};
-use crate::layout::{self, Entry};
-use crate::oci::{self, BlobSource, Descriptor, ImageIndex};
-use crate::reference::{check_repository, check_tag, Reference};
-use crate::store::{Held, Store};
+use crate::error::Error;
+use crate::layout::Entry;
+use crate::oci;
+use crate::reference::check_repository;
+
+use super::images::writer_holder;
+pub use super::images::{missing_blobs, name_in_repo, parse_index};
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
+use super::state::{ScratchKind, Shared, SharedUpload, WriteState};
 use super::upload::Upload;
 use super::view::LAYOUT_NAMES;
-
-/// An upload and whether it changed since it was last acted on.
-pub struct Writing {
-    pub upload: Option<Upload>,
-    pub dirty: bool,
-    /// Why a write failed: the upload is dropped then (giving its space back on a full disk),
-    /// and close fails with the same error.
-    pub failed: Option<(i32, String)>,
-}
-
-pub type Shared = Arc<Mutex<Writing>>;
-
-impl Writing {
-    pub fn shared(upload: Upload) -> Shared {
-        Arc::new(Mutex::new(Writing {
-            upload: Some(upload),
-            dirty: true,
-            failed: None,
-        }))
-    }
-}
-
-pub enum ScratchKind {
-    Dir,
-    File(Shared),
-    /// A file that became the blob `digest`: it stays listed under its name for the mount's
-    /// life, so that what the writer does next (chmod, utime, stat) finds it.
-    Committed(Digest, u64),
-}
-
-pub struct Scratch {
-    pub parent: u64,
-    pub name: String,
-    pub repo: Arc<str>,
-    pub kind: ScratchKind,
-}
-
-/// What the writes of this mount hold in memory.
-#[derive(Default)]
-pub struct WriteState {
-    pub scratch: HashMap<u64, Scratch>,
-    /// The scratch entries of each directory (by inode), by name: a directory's own entries
-    /// are found without looking at any other's.
-    names: HashMap<u64, BTreeMap<String, u64>>,
-    next: u64,
-    /// Algorithm directories made with mkdir, per repository.
-    pub alg_dirs: BTreeSet<(String, Algorithm)>,
-    /// The names a process last read in a repository's `index.json`: what it may remove.
-    pub seen: HashMap<(u32, String), BTreeSet<Reference>>,
-    /// Sizes of the blobs pending images wait for, to refuse a write past them.
-    pub wanted: HashMap<Digest, u64>,
-    /// Layout names (`oci-layout`, `index.json`, `blobs`) shown (true) or unlinked (false)
-    /// in a repository regardless of its images: a repository made with mkdir starts empty so
-    /// that cp and tar can create its files, and a name tar unlinks before rewriting it is gone
-    /// until it is written again.
-    pub layout_names: BTreeMap<(String, String), bool>,
-    /// Repositories made with mkdir in this mount: their layout names show to their maker only
-    /// once written, as on a disk, so that cp's exclusive creates of them succeed whatever
-    /// order it copies in (see `Viewer`).
-    pub fresh: BTreeSet<String>,
-    /// The process that made each of `fresh`.
-    pub makers: HashMap<String, u32>,
-    /// Blobs unlinked from a repository's listing (tar unlinks before it rewrites a file; rm -r
-    /// unlinks everything). They stay in the store, and show again when written again.
-    pub hidden: BTreeMap<String, BTreeSet<Digest>>,
-}
 
 /// The process a release acts for: the kernel does not say which closed the file last, and
 /// a process no writer has (none is 0) read nothing, so it removes what a cp would.
@@ -118,312 +55,13 @@ const UNKNOWN_PID: u32 = 0;
 /// Threads removing temporary files' ingests at unmount.
 const DROP_THREADS: usize = 32;
 
-/// Bound on remembered `index.json` reads; past it the oldest knowledge is dropped.
-const MAX_SEEN: usize = 4096;
-
-impl WriteState {
-    /// Moves what is kept per repository to the new names `moved` gives (None: unchanged).
-    fn rename_repos(&mut self, moved: &dyn Fn(&str) -> Option<String>) {
-        for s in self.scratch.values_mut() {
-            if let Some(r) = moved(&s.repo) {
-                s.repo = Arc::from(r);
-            }
-        }
-        self.layout_names = std::mem::take(&mut self.layout_names)
-            .into_iter()
-            .map(|((r, n), v)| ((moved(&r).unwrap_or(r), n), v))
-            .collect();
-        self.fresh = std::mem::take(&mut self.fresh)
-            .into_iter()
-            .map(|r| moved(&r).unwrap_or(r))
-            .collect();
-        self.makers = std::mem::take(&mut self.makers)
-            .into_iter()
-            .map(|(r, pid)| (moved(&r).unwrap_or(r), pid))
-            .collect();
-        self.hidden = std::mem::take(&mut self.hidden)
-            .into_iter()
-            .map(|(r, d)| (moved(&r).unwrap_or(r), d))
-            .collect();
-        self.alg_dirs = std::mem::take(&mut self.alg_dirs)
-            .into_iter()
-            .map(|(r, a)| (moved(&r).unwrap_or(r), a))
-            .collect();
-    }
-
-    pub fn add(&mut self, parent: u64, name: &str, repo: Arc<str>, kind: ScratchKind) -> u64 {
-        self.next += 1;
-        let id = self.next;
-        if let Some(old) = self.link(parent, name, id) {
-            self.scratch.remove(&old);
-        }
-        self.scratch.insert(
-            id,
-            Scratch {
-                parent,
-                name: name.to_owned(),
-                repo,
-                kind,
-            },
-        );
-        id
-    }
-
-    /// Enters `id` as `name` in `parent`, returning what was there.
-    fn link(&mut self, parent: u64, name: &str, id: u64) -> Option<u64> {
-        self.names
-            .entry(parent)
-            .or_default()
-            .insert(name.to_owned(), id)
-    }
-
-    /// Removes `name` from `parent`, returning what was there.
-    fn unlink_name(&mut self, parent: u64, name: &str) -> Option<u64> {
-        let dir = self.names.get_mut(&parent)?;
-        let id = dir.remove(name);
-        if dir.is_empty() {
-            self.names.remove(&parent);
-        }
-        id
-    }
-
-    pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
-        self.names.get(&parent)?.get(name).copied()
-    }
-
-    pub fn remove(&mut self, id: u64) -> Option<Scratch> {
-        let s = self.scratch.remove(&id)?;
-        self.unlink_name(s.parent, &s.name);
-        Some(s)
-    }
-
-    /// The scratch entries of directory `parent`, by name.
-    pub fn children(&self, parent: u64) -> Vec<(String, u64)> {
-        self.names.get(&parent).map_or_else(Vec::new, |d| {
-            d.iter().map(|(n, id)| (n.clone(), *id)).collect()
-        })
-    }
-
-    /// Whether directory `parent` has scratch entries.
-    pub fn has_children(&self, parent: u64) -> bool {
-        self.names.contains_key(&parent)
-    }
-
-    pub fn move_to(&mut self, id: u64, parent: u64, name: &str) {
-        if let Some(old) = self.unlink_name(parent, name) {
-            if old != id {
-                self.scratch.remove(&old);
-            }
-        }
-        let Some((old_parent, old_name)) = self.scratch.get_mut(&id).map(|s| {
-            (
-                std::mem::replace(&mut s.parent, parent),
-                std::mem::replace(&mut s.name, name.to_owned()),
-            )
-        }) else {
-            return;
-        };
-        self.unlink_name(old_parent, &old_name);
-        self.link(parent, name, id);
-    }
-
-    /// Whether blob `digest` was unlinked from `repo`'s listing.
-    pub fn is_hidden(&self, repo: &str, digest: &Digest) -> bool {
-        self.hidden.get(repo).is_some_and(|h| h.contains(digest))
-    }
-
-    pub fn hide(&mut self, repo: &str, digest: Digest) {
-        self.hidden
-            .entry(repo.to_owned())
-            .or_default()
-            .insert(digest);
-    }
-
-    pub fn unhide(&mut self, repo: &str, digest: &Digest) {
-        if let Some(h) = self.hidden.get_mut(repo) {
-            h.remove(digest);
-            if h.is_empty() {
-                self.hidden.remove(repo);
-            }
-        }
-    }
-
-    /// The algorithm directories made with mkdir in `repo`.
-    pub fn alg_dirs_of(&self, repo: &str) -> impl Iterator<Item = Algorithm> + '_ {
-        let repo = repo.to_owned();
-        Algorithm::ALL
-            .into_iter()
-            .filter(move |a| self.alg_dirs.contains(&(repo.clone(), *a)))
-    }
-
-    /// Forgets what was written or unlinked in `repo` (removed with rmdir): a few keys, whatever
-    /// the number of repositories.
-    pub fn forget_repo(&mut self, repo: &str) {
-        for name in LAYOUT_NAMES {
-            self.layout_names
-                .remove(&(repo.to_owned(), name.to_owned()));
-        }
-        for alg in Algorithm::ALL {
-            self.alg_dirs.remove(&(repo.to_owned(), alg));
-        }
-        self.fresh.remove(repo);
-        self.makers.remove(repo);
-        self.hidden.remove(repo);
-    }
-
-    /// What process `pid` saw of `repo`, forgetting it: the names it read, or none when it
-    /// found the repository (or a directory above it) missing.
-    pub fn seen_by(&mut self, pid: u32, repo: &str) -> Option<BTreeSet<Reference>> {
-        if let Some(names) = self.seen.remove(&(pid, repo.to_owned())) {
-            return Some(names);
-        }
-        let mut prefix = repo;
-        while let Some((up, _)) = prefix.rsplit_once('/') {
-            if self.seen.contains_key(&(pid, up.to_owned())) {
-                return Some(BTreeSet::new());
-            }
-            prefix = up;
-        }
-        None
-    }
-
-    pub fn remember_read(&mut self, pid: u32, repo: &str, names: BTreeSet<Reference>) {
-        if self.seen.len() >= MAX_SEEN {
-            self.seen.clear();
-        }
-        self.seen.insert((pid, repo.to_owned()), names);
-    }
-}
-
-/// The name an image listed in a repository's `index.json` gets in that repository: the tag in
-/// `org.opencontainers.image.ref.name` (or the tag of a full name there), else its digest.
-pub fn name_in_repo(repo: &str, d: &Descriptor) -> Result<Reference> {
-    match d.annotations.get(oci::ANNOTATION_REF_NAME) {
-        Some(r) if check_tag(r).is_ok() => Ok(Reference::tagged(repo, r)?),
-        Some(r) => {
-            let full: Reference = r.parse().map_err(|_| {
-                Error::layout(
-                    format!("{repo}/index.json"),
-                    format!(
-                        "{} {r:?} is neither a tag nor a full image name",
-                        oci::ANNOTATION_REF_NAME
-                    ),
-                )
-            })?;
-            match full.tag() {
-                Some(t) => Ok(Reference::tagged(repo, t)?),
-                None => {
-                    // As import: a name with a digest names exactly that content.
-                    full.check_target(&d.digest)
-                        .map_err(|e| Error::layout(format!("{repo}/index.json"), e.to_string()))?;
-                    Ok(Reference::digested(repo, d.digest.clone())?)
-                }
-            }
-        }
-        None => Ok(Reference::digested(repo, d.digest.clone())?),
-    }
-}
-
-/// Parses `index.json` bytes written into `repo` into the images it names.
-pub fn parse_index(repo: &str, bytes: &[u8]) -> Result<BTreeMap<Reference, Descriptor>> {
-    let index = ImageIndex::parse(&format!("{repo}/index.json"), bytes)?;
-    let mut out = BTreeMap::new();
-    for d in &index.manifests {
-        let name = name_in_repo(repo, d)?;
-        let target = layout::unnamed_descriptor(d);
-        if let Some(prev) = out.insert(name.clone(), target.clone()) {
-            if prev.digest != target.digest || prev.media_type != target.media_type {
-                return Err(Error::layout(
-                    format!("{repo}/index.json"),
-                    format!(
-                        "{name} names both {} ({}) and {} ({})",
-                        prev.digest, prev.media_type, target.digest, target.media_type
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A walk's view of the store: through the mount's lease, or plain on a mount without one.
-enum HeldOrStore<'a> {
-    Held(Held<'a>),
-    Store(&'a Store),
-}
-
-impl BlobSource for HeldOrStore<'_> {
-    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        match self {
-            HeldOrStore::Held(h) => h.blob_size(digest),
-            HeldOrStore::Store(s) => s.blob_size(digest),
-        }
-    }
-
-    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
-        match self {
-            HeldOrStore::Held(h) => h.read_small(desc),
-            HeldOrStore::Store(s) => s.read_small(desc),
-        }
-    }
-}
-
-/// The blobs below `root` (itself included) that the store does not have yet. Blobs that are
-/// there are checked for size, and manifests and indexes among them are read (and re-hashed);
-/// anything damaged fails. The one closure walk (`oci::walk`), as import and `images` use it.
-pub fn missing_blobs(store: &dyn BlobSource, root: &Descriptor) -> Result<Vec<Descriptor>> {
-    let c = oci::walk(store, root, oci::Policy::REPORT)?;
-    match c.damaged.into_iter().next() {
-        Some((_, e)) => Err(e),
-        None => Ok(c.missing),
-    }
-}
-
-/// The lease holder of the blobs process `pid` wrote into `repo` (`*` when the repository is
-/// not known): released when that process writes the repository's `index.json`, or the
-/// repository goes.
-fn writer_holder(repo: &str, pid: u32) -> String {
-    format!("w {repo} {pid}")
-}
-
-/// The lease holder of a pending image's blobs: released when it is registered or dropped.
-fn pending_holder(name: &Reference) -> String {
-    format!("p {name}")
-}
+/// Scratch directories nested deeper than this are taken for a cycle (a directory moved into
+/// itself, which the kernel refuses) and belong to no repository.
+const MAX_SCRATCH_DEPTH: usize = 4096;
 
 impl super::Fs {
-    /// Holds `digest` in the mount's lease before it is committed (or found in the store).
-    fn hold(&self, holder: &str, digest: &Digest) -> Result<()> {
-        match &self.lease {
-            Some(lease) => lease.hold(holder, [digest]),
-            None => Ok(()),
-        }
-    }
-
-    fn unhold(&self, holders: impl IntoIterator<Item = String>) -> Result<()> {
-        if let Some(lease) = &self.lease {
-            for h in holders {
-                lease.release(&h)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The store, with every blob a walk looks up held under `holder` first.
-    fn held<'a>(&'a self, holder: &'a str) -> HeldOrStore<'a> {
-        match &self.lease {
-            Some(lease) => HeldOrStore::Held(Held {
-                store: self.store(),
-                lease,
-                holder,
-            }),
-            None => HeldOrStore::Store(self.store()),
-        }
-    }
-
-    /// Whether the layout name `name` shows in repository directory `path` to `viewer`: as
-    /// written or unlinked in this mount, else when the repository has images (pending ones
-    /// included), except to the maker of a repository made with mkdir here (see `Viewer`).
+    /// Whether the layout name `name` shows in repository directory `path` to `viewer`, by
+    /// the one rule (`state::LayoutRule`).
     pub(super) fn layout_visible(
         &self,
         snapshot: &super::view::Snapshot,
@@ -433,24 +71,9 @@ impl super::Fs {
     ) -> bool {
         match snapshot.dir(path) {
             Some(d) if d.repository => {
-                let key = (path.to_owned(), name.to_owned());
-                let (written, fresh, maker) = {
-                    let w = self.write.lock();
-                    (
-                        w.layout_names.get(&key).copied(),
-                        w.fresh.contains(path),
-                        w.makers.get(path).copied(),
-                    )
-                };
+                let rule = self.write.lock().layout_rule(path, name);
                 let images = snapshot.entries(path).is_some_and(|e| !e.is_empty());
-                match (written, fresh, viewer) {
-                    (Some(shown), _, _) => shown,
-                    _ if !images => false,
-                    (None, false, _) => true,
-                    (None, true, super::Viewer::Reader) => true,
-                    (None, true, super::Viewer::Maker) => false,
-                    (None, true, super::Viewer::Process(pid)) => Some(pid()) != maker,
-                }
+                rule.shows(images, viewer)
             }
             _ => false,
         }
@@ -459,20 +82,15 @@ impl super::Fs {
     /// How long the kernel may keep the entry of layout name `name` of `repo`: nothing while
     /// whether it shows depends on who looks (see `Viewer`), so that each process is asked.
     pub(super) fn entry_ttl(&self, repo: &str, name: &str) -> std::time::Duration {
-        let w = self.write.lock();
-        let by_viewer = w.fresh.contains(repo)
-            && !w
-                .layout_names
-                .contains_key(&(repo.to_owned(), name.to_owned()));
-        if by_viewer {
+        if self.write.lock().layout_rule(repo, name).by_viewer() {
             std::time::Duration::ZERO
         } else {
             super::DYNAMIC_TTL
         }
     }
 
-    /// The blobs listed in `repo`'s `blobs/<alg>/`: those of its images, less the unlinked;
-    /// none in a repository made with mkdir in this mount, which lists what was written.
+    /// The blobs listed in `repo`'s `blobs/<alg>/`: those of its images that the rule lists
+    /// (`WriteState::listed`).
     pub(super) fn visible_blobs(
         &self,
         repo: &str,
@@ -480,13 +98,10 @@ impl super::Fs {
     ) -> FsResult<BTreeMap<Digest, u64>> {
         let view = self.repo(repo)?;
         let w = self.write.lock();
-        if w.fresh.contains(repo) {
-            return Ok(BTreeMap::new());
-        }
         Ok(view
             .blobs
             .iter()
-            .filter(|(d, _)| d.algorithm() == alg && !w.is_hidden(repo, d))
+            .filter(|(d, _)| d.algorithm() == alg && w.listed(repo, d))
             .map(|(d, desc)| (d.clone(), desc.size))
             .collect())
     }
@@ -509,9 +124,33 @@ impl super::Fs {
             Node::Blobs(r) | Node::AlgDir(r, _) | Node::Index(r) | Node::LayoutFile(r) => {
                 Some(r.clone())
             }
-            Node::Scratch(id) => self.write.lock().scratch.get(id).map(|s| s.repo.clone()),
+            Node::Scratch(id) => self.scratch_repo(*id),
             Node::Blob(..) => None,
         }
+    }
+
+    /// The id of the repository of directory `dir` (`blobs/<alg>/`, `blobs/` or the repository's
+    /// own), read with the write state `w` held: a rename moves the inodes and the state under
+    /// it, so the name read here is the one the state is kept under.
+    fn repo_id_at(&self, w: &mut WriteState, dir: u64) -> Option<u64> {
+        match self.inodes.node(dir)? {
+            Node::AlgDir(repo, _) | Node::Blobs(repo) | Node::Dir(repo) => Some(w.repo_id(&repo)),
+            _ => None,
+        }
+    }
+
+    /// The repository scratch entry `id` is in, through its parent chain (so always its
+    /// current name, whatever was renamed since it was made).
+    pub(super) fn scratch_repo(&self, id: u64) -> Option<Arc<str>> {
+        let mut id = id;
+        for _ in 0..MAX_SCRATCH_DEPTH {
+            let parent = self.write.lock().scratch.get(&id)?.parent;
+            match self.inodes.node(parent)? {
+                Node::Scratch(up) => id = up,
+                node => return self.repo_of(&node),
+            }
+        }
+        None
     }
 
     /// Makes a directory, as process `UNKNOWN_PID` (see `mkdir_as`).
@@ -534,17 +173,19 @@ impl super::Fs {
             }
             Node::Dir(path) => {
                 let new = super::child_path(path, name);
-                if let (Some(repo), Err(_)) = (self.repo_of(&node), check_repository(name)) {
-                    let id = self.write.lock().add(parent, name, repo, ScratchKind::Dir);
-                    Node::Scratch(id)
+                if let (Some(_), Err(_)) = (self.repo_of(&node), check_repository(name)) {
+                    Node::Scratch(self.write.lock().add(parent, name, ScratchKind::Dir))
                 } else {
                     check_repository(&new).map_err(|why| {
                         FsError::Invalid(format!("{new:?} is not a repository name: {why}"))
                     })?;
+                    {
+                        let mut w = self.write.lock();
+                        let state = w.repo_mut(&new);
+                        state.created = true;
+                        state.maker = Some(pid);
+                    }
                     self.views.add_created(&new);
-                    let mut w = self.write.lock();
-                    w.fresh.insert(new.to_string());
-                    w.makers.insert(new.to_string(), pid);
                     Node::Dir(new)
                 }
             }
@@ -554,12 +195,12 @@ impl super::Fs {
                         "{repo}/blobs/{name}: not a digest algorithm (sha256, sha512)"
                     ))
                 })?;
-                self.write.lock().alg_dirs.insert((repo.to_string(), alg));
+                self.write.lock().repo_mut(repo).alg_dirs.insert(alg);
                 Node::AlgDir(repo.clone(), alg)
             }
             Node::Scratch(_) => {
-                let repo = self.repo_of(&node).ok_or(FsError::NotFound)?;
-                Node::Scratch(self.write.lock().add(parent, name, repo, ScratchKind::Dir))
+                self.repo_of(&node).ok_or(FsError::NotFound)?;
+                Node::Scratch(self.write.lock().add(parent, name, ScratchKind::Dir))
             }
             Node::AlgDir(repo, alg) => {
                 return Err(FsError::Invalid(format!(
@@ -605,18 +246,18 @@ impl super::Fs {
             Node::AlgDir(_, alg) => {
                 check_blob_name(&repo, *alg, name)?;
                 if let Ok(d) = Digest::from_parts(alg.name(), name) {
-                    self.write.lock().unhide(&repo, &d);
+                    self.write.lock().repo_mut(&repo).hidden.remove(&d);
                 }
                 *alg
             }
             Node::Dir(_) | Node::Blobs(_) | Node::Scratch(_) => Algorithm::Sha256,
             _ => return Err(FsError::NotDir),
         };
-        let shared = Writing::shared(Upload::new(self.store(), alg)?);
+        let shared = SharedUpload::new(Upload::new(self.store(), alg)?);
         let id = self
             .write
             .lock()
-            .add(parent, name, repo, ScratchKind::File(shared.clone()));
+            .add(parent, name, ScratchKind::File(shared.clone()));
         let child = Node::Scratch(id);
         let ino = self.inodes.ino(&child);
         let attr = self.attr(ino, &child)?;
@@ -637,17 +278,23 @@ impl super::Fs {
         self.writable()?;
         let truncate = flags & libc::O_TRUNC != 0;
         let shared = match node {
-            Node::Scratch(id) => match &self.write.lock().scratch.get(id).map(|s| &s.kind) {
-                Some(ScratchKind::File(shared)) => shared.clone(),
-                // Written again (skopeo rewrites a manifest it finds): a new upload, verified
-                // against the same name when it is closed.
-                Some(ScratchKind::Committed(digest, _)) => {
-                    let w = Writing::shared(Upload::new(self.store(), digest.algorithm())?);
-                    w.lock().dirty = false;
-                    w
+            Node::Scratch(id) => {
+                let kind = match self.write.lock().scratch.get(id).map(|s| &s.kind) {
+                    Some(ScratchKind::File(shared)) => Ok(shared.clone()),
+                    Some(ScratchKind::Committed(digest, _)) => Err(digest.algorithm()),
+                    _ => return Err(FsError::IsDir),
+                };
+                match kind {
+                    Ok(shared) => shared,
+                    // Written again (skopeo rewrites a manifest it finds): a new upload,
+                    // verified against the same name when it is closed.
+                    Err(alg) => {
+                        let w = SharedUpload::new(Upload::new(self.store(), alg)?);
+                        w.lock().dirty = false;
+                        w
+                    }
                 }
-                _ => return Err(FsError::IsDir),
-            },
+            }
             Node::Index(repo) | Node::LayoutFile(repo) => {
                 let mut upload = Upload::new(self.store(), Algorithm::Sha256)?;
                 if !truncate {
@@ -657,12 +304,12 @@ impl super::Fs {
                     };
                     upload.write_at(0, &current)?;
                 }
-                let w = Writing::shared(upload);
+                let w = SharedUpload::new(upload);
                 w.lock().dirty = truncate;
                 w
             }
             Node::Blob(digest, _) => {
-                let w = Writing::shared(Upload::new(self.store(), digest.algorithm())?);
+                let w = SharedUpload::new(Upload::new(self.store(), digest.algorithm())?);
                 w.lock().dirty = false;
                 w
             }
@@ -672,6 +319,7 @@ impl super::Fs {
             let mut w = shared.lock();
             if let Some(u) = w.upload.as_mut() {
                 u.truncate(0)?;
+                shared.touch(0);
             }
             w.dirty = true;
         }
@@ -705,7 +353,9 @@ impl super::Fs {
             .upload
             .as_mut()
             .ok_or(FsError::NotPermitted("a committed blob never changes"))?;
-        if let Err(e) = upload.write_at(offset, data) {
+        let written = upload.write_at(offset, data);
+        shared.touch(upload.len());
+        if let Err(e) = written {
             let e = FsError::from(e);
             w.upload = None;
             w.failed = Some((e.errno(), format!("an earlier write failed: {e}")));
@@ -737,6 +387,15 @@ impl super::Fs {
                 .map(|d| (repo, d)),
             _ => None,
         }
+    }
+
+    /// Runs `f` while the upload of handle `fh` is locked, as a write in progress holds it: for
+    /// tests that a stat or lookup does not wait for a write.
+    #[doc(hidden)]
+    pub fn while_upload_locked<R>(&self, fh: u64, f: impl FnOnce() -> R) -> FsResult<R> {
+        let (_, shared) = self.upload_handle(fh)?;
+        let _locked = shared.lock();
+        Ok(f())
     }
 
     /// Whether `fh` was opened for writing (only then has a close anything to act on).
@@ -774,7 +433,7 @@ impl super::Fs {
     /// (its last release, or a rename into place).
     fn finish(&self, ino: u64, shared: &Shared, pid: u32, last_close: bool) -> FsResult<()> {
         match self.node(ino)? {
-            Node::Index(repo) => {
+            Node::Index(_) => {
                 let bytes = {
                     let mut w = shared.lock();
                     let u = w.upload.as_mut().ok_or(FsError::BadHandle(ino))?;
@@ -787,9 +446,7 @@ impl super::Fs {
                     w.dirty = false;
                     b
                 };
-                self.apply_index(&repo, &bytes, pid)?;
-                self.show_layout_name(&repo, "index.json", true);
-                Ok(())
+                self.apply_index(ino, &bytes, pid)
             }
             Node::LayoutFile(repo) => {
                 let mut w = shared.lock();
@@ -802,12 +459,12 @@ impl super::Fs {
                 w.dirty = false;
                 drop(w);
                 // Written: it shows to every process from now on, its maker too.
-                self.show_layout_name(&repo, "oci-layout", true);
+                self.show_layout_name_at(ino, "oci-layout", true);
                 Ok(())
             }
             Node::Blob(digest, size) => {
                 if let Some(u) = take_verified(shared, &digest, Some(size))? {
-                    self.hold(&writer_holder("*", pid), &digest)?;
+                    self.hold(&writer_holder(None, pid), &digest)?;
                     u.commit(self.store(), &digest, Some(size))?;
                 }
                 Ok(())
@@ -830,12 +487,17 @@ impl super::Fs {
         shared: &Shared,
         pid: u32,
     ) -> FsResult<()> {
-        let wanted = self.write.lock().wanted.get(digest).copied();
+        let (wanted, repo_id) = {
+            let mut w = self.write.lock();
+            let parent = w.scratch.get(&id).map(|s| s.parent);
+            let repo_id = parent.and_then(|p| self.repo_id_at(&mut w, p));
+            (w.wanted.get(digest).copied(), repo_id)
+        };
         let Some(upload) = take_verified(shared, digest, wanted)? else {
             return Ok(());
         };
         let size = upload.len();
-        self.hold(&writer_holder(repo, pid), digest)?;
+        self.hold(&writer_holder(repo_id, pid), digest)?;
         if let Err(e) = upload.commit(self.store(), digest, wanted) {
             // Nothing entered the store (a full disk), and the name holds nothing: it is gone.
             self.write.lock().remove(id);
@@ -846,172 +508,6 @@ impl super::Fs {
         }
         self.views.forget_repo(repo);
         self.register_pending()
-    }
-
-    /// Sets `repo`'s images from `index.json` bytes written by process `pid`.
-    fn apply_index(&self, repo: &str, bytes: &[u8], pid: u32) -> FsResult<()> {
-        let _serial = self.write_lock.lock();
-        let desired = parse_index(repo, bytes)?;
-        let records = self.store().records();
-        let registered: BTreeSet<Reference> = records
-            .of_repository(repo)?
-            .into_iter()
-            .map(|i| i.name)
-            .collect();
-        let pending_now: Vec<Entry> = self
-            .views
-            .extra()
-            .pending
-            .get(repo)
-            .cloned()
-            .unwrap_or_default();
-        let base = self.write.lock().seen_by(pid, repo).unwrap_or_else(|| {
-            registered
-                .iter()
-                .cloned()
-                .chain(pending_now.iter().map(|e| e.name.clone()))
-                .collect()
-        });
-        let mut put = Vec::new();
-        let mut wait = Vec::new();
-        for (name, target) in &desired {
-            let holder = pending_holder(name);
-            let missing = missing_blobs(&self.held(&holder), target)?;
-            if missing.is_empty() {
-                put.push((name.clone(), target.clone()));
-            } else {
-                tracing::warn!(
-                    "{name} waits for {} blob(s), first {}",
-                    missing.len(),
-                    missing[0].digest
-                );
-                wait.push(Entry {
-                    name: name.clone(),
-                    target: target.clone(),
-                });
-            }
-        }
-        let remove: Vec<Reference> = registered
-            .iter()
-            .filter(|n| base.contains(n) && !desired.contains_key(n))
-            .cloned()
-            .collect();
-        tracing::debug!(
-            pid,
-            repo,
-            base = ?base.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            desired = ?desired.keys().map(|n| n.to_string()).collect::<Vec<_>>(),
-            removed = ?remove.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-            "index.json applied"
-        );
-        records.update(&put, &remove)?;
-        self.views.update_extra(|x| {
-            let mut kept: Vec<Entry> = pending_now
-                .into_iter()
-                .filter(|e| !base.contains(&e.name) && !desired.contains_key(&e.name))
-                .collect();
-            kept.extend(wait);
-            if kept.is_empty() {
-                x.pending.remove(repo);
-            } else {
-                x.pending.insert(repo.to_owned(), kept);
-            }
-            // The directory stays, with or without images.
-            x.created.insert(repo.to_owned());
-        });
-        self.views.forget_repo(repo);
-        self.refresh_wanted()?;
-        // Registered images are held by their records now, pending ones by their own holders;
-        // what this writer wrote and no image here names is garbage.
-        let still = self.pending();
-        let done = desired.keys().chain(base.iter());
-        self.unhold(done.filter(|n| !still.contains(n)).map(pending_holder))?;
-        self.unhold([writer_holder(repo, pid), writer_holder("*", pid)])?;
-        Ok(())
-    }
-
-    /// Registers every pending image whose blobs are all in the store now.
-    fn register_pending(&self) -> FsResult<()> {
-        let _serial = self.write_lock.lock();
-        let pending = self.views.extra().pending;
-        let mut put = Vec::new();
-        for e in pending.values().flatten() {
-            let holder = pending_holder(&e.name);
-            if missing_blobs(&self.held(&holder), &e.target)?.is_empty() {
-                put.push((e.name.clone(), e.target.clone()));
-            }
-        }
-        if put.is_empty() {
-            // A manifest that arrived makes its layers known: their sizes are wanted now.
-            return self.refresh_wanted();
-        }
-        self.store().records().put(&put)?;
-        for (name, _) in &put {
-            tracing::info!("{name} registered: its last blob arrived");
-        }
-        self.unhold(put.iter().map(|(n, _)| pending_holder(n)))?;
-        self.views.update_extra(|x| {
-            for entries in x.pending.values_mut() {
-                entries.retain(|e| !put.iter().any(|(n, _)| *n == e.name));
-            }
-            x.pending.retain(|_, v| !v.is_empty());
-        });
-        self.refresh_wanted()
-    }
-
-    fn refresh_wanted(&self) -> FsResult<()> {
-        let mut wanted = HashMap::new();
-        for e in self.views.extra().pending.values().flatten() {
-            for d in missing_blobs(self.store(), &e.target)? {
-                wanted.insert(d.digest, d.size);
-            }
-        }
-        self.write.lock().wanted = wanted;
-        Ok(())
-    }
-
-    /// Images written into the mount that still wait for blobs.
-    pub fn pending(&self) -> Vec<Reference> {
-        self.views
-            .extra()
-            .pending
-            .values()
-            .flatten()
-            .map(|e| e.name.clone())
-            .collect()
-    }
-
-    /// Removes every image of `repo` (what unlinking its `index.json` does).
-    fn clear_repo(&self, repo: &str) -> FsResult<()> {
-        let _serial = self.write_lock.lock();
-        let names: Vec<Reference> = self
-            .store()
-            .records()
-            .of_repository(repo)?
-            .into_iter()
-            .map(|i| i.name)
-            .collect();
-        self.store().records().update(&[], &names)?;
-        let dropped: Vec<Reference> = self
-            .views
-            .extra()
-            .pending
-            .get(repo)
-            .map(|v| v.iter().map(|e| e.name.clone()).collect())
-            .unwrap_or_default();
-        self.views.update_extra(|x| {
-            x.pending.remove(repo);
-            x.created.insert(repo.to_owned());
-        });
-        self.unhold(dropped.iter().map(pending_holder))?;
-        if let Some(lease) = &self.lease {
-            lease.release_prefix(&format!("w {repo} "))?;
-        }
-        if !dropped.is_empty() {
-            // The sizes the dropped images gave their blobs no longer bind writes.
-            self.refresh_wanted()?;
-        }
-        Ok(())
     }
 
     pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -1038,7 +534,7 @@ impl super::Fs {
                     w.remove(id);
                     // The same blob may be listed through the repository's images too.
                     if let Some((repo, digest)) = blob {
-                        w.hide(&repo, digest);
+                        w.repo_mut(&repo).hidden.insert(digest);
                     }
                     Ok(())
                 }
@@ -1061,12 +557,11 @@ impl super::Fs {
                 let algs = self.algorithms(&repo)?;
                 {
                     let mut w = self.write.lock();
+                    let state = w.repo_mut(&repo);
                     for n in shown {
-                        w.layout_names
-                            .insert((repo.to_string(), n.to_owned()), true);
+                        state.set_layout_name(n, true);
                     }
-                    w.alg_dirs
-                        .extend(algs.into_iter().map(|a| (repo.to_string(), a)));
+                    state.alg_dirs.extend(algs);
                 }
                 self.clear_repo(&repo)?;
                 self.show_layout_name(&repo, name, false);
@@ -1078,43 +573,24 @@ impl super::Fs {
             }
             // The blob leaves this listing; it leaves the store only by gc.
             (Node::Blob(digest, _), Node::AlgDir(repo, _)) => {
-                self.write.lock().hide(&repo, digest);
+                self.write.lock().repo_mut(&repo).hidden.insert(digest);
                 Ok(())
             }
             _ => Err(FsError::IsDir),
         }
     }
 
-    /// The image of `repo` (registered or pending) whose closure holds `digest`, if any: its
-    /// blob may not be unlinked from the layout while the image is there, or the layout would
-    /// no longer hold what its `index.json` names.
-    fn needed_by(&self, repo: &str, digest: &Digest) -> FsResult<Option<Reference>> {
-        let Some(view) = self.views.repo(repo)? else {
-            return Ok(None);
-        };
-        // Walked here, not read from the view's blobs: a blob committed through another
-        // repository (a pending image's manifest) changes what the images need without
-        // changing the images, so the view may be older than the store.
-        for e in &view.entries {
-            let closure =
-                oci::closure(self.store(), &e.target, oci::OnMissing::Skip).map_err(|source| {
-                    FsError::Repository {
-                        repository: repo.to_owned(),
-                        source,
-                    }
-                })?;
-            if closure.contains_key(digest) {
-                return Ok(Some(e.name.clone()));
-            }
-        }
-        Ok(None)
+    fn show_layout_name(&self, repo: &str, name: &str, shown: bool) {
+        self.write.lock().set_layout_name(repo, name, shown);
     }
 
-    fn show_layout_name(&self, repo: &str, name: &str, shown: bool) {
-        self.write
-            .lock()
-            .layout_names
-            .insert((repo.to_owned(), name.to_owned()), shown);
+    /// Shows or hides layout name `name` in the repository of node `ino` (its layout file or
+    /// directory), named under the serialising lock so that a rename meanwhile is followed.
+    fn show_layout_name_at(&self, ino: u64, name: &str, shown: bool) {
+        let _serial = self.write_lock.lock();
+        if let Ok(Node::Index(repo) | Node::LayoutFile(repo) | Node::Dir(repo)) = self.node(ino) {
+            self.show_layout_name(&repo, name, shown);
+        }
     }
 
     pub fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -1150,18 +626,17 @@ impl super::Fs {
                         return Err(FsError::NotEmpty);
                     }
                 }
-                self.show_layout_name(&repo, name, false);
                 let mut w = self.write.lock();
-                for alg in Algorithm::ALL {
-                    w.alg_dirs.remove(&(repo.to_string(), alg));
-                }
+                let state = w.repo_mut(&repo);
+                state.set_layout_name(name, false);
+                state.alg_dirs.clear();
                 Ok(())
             }
             Node::AlgDir(repo, alg) => {
                 if !self.visible_blobs(&repo, alg)?.is_empty() {
                     return Err(FsError::NotEmpty);
                 }
-                self.write.lock().alg_dirs.remove(&(repo.to_string(), alg));
+                self.write.lock().repo_mut(&repo).alg_dirs.remove(&alg);
                 Ok(())
             }
             Node::Dir(path) => {
@@ -1173,8 +648,8 @@ impl super::Fs {
                 }
                 // Patched in place only while no one else holds this snapshot.
                 drop(snapshot);
-                self.views.remove_created(&path);
                 self.write.lock().forget_repo(&path);
+                self.views.remove_created(&path);
                 Ok(())
             }
             _ => Err(FsError::NotDir),
@@ -1232,7 +707,11 @@ impl super::Fs {
                 if let Ok(digest) = Digest::from_parts(alg.name(), newname) {
                     let (repo, digest) = (repo.clone(), digest);
                     // Verify first: on a mismatch the file keeps its old name and bytes.
-                    let wanted = self.write.lock().wanted.get(&digest).copied();
+                    let (wanted, repo_id) = {
+                        let mut w = self.write.lock();
+                        let repo_id = self.repo_id_at(&mut w, newparent);
+                        (w.wanted.get(&digest).copied(), repo_id)
+                    };
                     let upload = {
                         let mut w = shared.lock();
                         if let Some(u) = w.upload.as_mut() {
@@ -1242,7 +721,7 @@ impl super::Fs {
                     };
                     if let Some(upload) = upload {
                         let size = upload.len();
-                        self.hold(&writer_holder(&repo, pid), &digest)?;
+                        self.hold(&writer_holder(repo_id, pid), &digest)?;
                         upload.commit(self.store(), &digest, wanted)?;
                         let mut w = self.write.lock();
                         if let Some(s) = w.scratch.get_mut(&id) {
@@ -1262,7 +741,7 @@ impl super::Fs {
                 });
                 shared.lock().dirty = true;
                 self.finish(ino, &shared, pid, true)?;
-                self.show_layout_name(repo, newname, true);
+                self.show_layout_name_at(ino, newname, true);
                 self.write.lock().remove(id);
                 return Ok(());
             }
@@ -1304,34 +783,14 @@ impl super::Fs {
             }
         }
         self.store().records().update(&put, &remove)?;
-        self.inodes.rename_tree(from, to);
-        self.write.lock().rename_repos(&moved);
-        self.views.update_extra(|x| -> Result<()> {
-            let created: Vec<String> = x.created.iter().cloned().collect();
-            for c in created {
-                if let Some(n) = moved(&c) {
-                    x.created.remove(&c);
-                    x.created.insert(n);
-                }
-            }
-            let repos: Vec<String> = x.pending.keys().cloned().collect();
-            for r in repos {
-                if let Some(n) = moved(&r) {
-                    let entries = x.pending.remove(&r).unwrap_or_default();
-                    let renamed = entries
-                        .into_iter()
-                        .map(|e| {
-                            Ok(Entry {
-                                name: e.name.with_repository(&n)?,
-                                target: e.target,
-                            })
-                        })
-                        .collect::<Result<Vec<_>>>()?;
-                    x.pending.insert(n, renamed);
-                }
-            }
-            Ok(())
-        })?;
+        {
+            // The inodes and the state move together: who reads a name through an inode with
+            // the write state held (`repo_id_at`) finds that name's state.
+            let mut w = self.write.lock();
+            self.inodes.rename_tree(from, to);
+            w.rename_repo(from, to)?;
+        }
+        self.views.invalidate();
         Ok(())
     }
 
@@ -1345,13 +804,19 @@ impl super::Fs {
             let shared = match fh.map(|fh| self.upload_handle(fh)) {
                 Some(Ok((_, s))) => Some(s),
                 _ => match &node {
-                    Node::Scratch(id) => match self.write.lock().scratch.get(id).map(|s| &s.kind) {
-                        Some(ScratchKind::File(s)) => Some(s.clone()),
-                        Some(ScratchKind::Committed(..)) if size == 0 => {
-                            return self.attr(ino, &node)
+                    Node::Scratch(id) => {
+                        // Asked with the write state let go: `attr` takes it again.
+                        let committed = match self.write.lock().scratch.get(id).map(|s| &s.kind) {
+                            Some(ScratchKind::File(s)) => Err(s.clone()),
+                            Some(ScratchKind::Committed(..)) => Ok(true),
+                            _ => Ok(false),
+                        };
+                        match committed {
+                            Err(s) => Some(s),
+                            Ok(true) if size == 0 => return self.attr(ino, &node),
+                            Ok(_) => None,
                         }
-                        _ => None,
-                    },
+                    }
                     _ => None,
                 },
             };
@@ -1360,6 +825,7 @@ impl super::Fs {
                     let mut w = s.lock();
                     if let Some(u) = w.upload.as_mut() {
                         u.truncate(size)?;
+                        s.touch(u.len());
                         w.dirty = true;
                     }
                 }
@@ -1417,16 +883,12 @@ impl super::Fs {
     /// then is left as a dead process's ingests, which the next mount (or gc) removes.
     /// Returns how many were left.
     pub fn drop_uploads(&self, budget: Option<std::time::Duration>) -> usize {
-        let mut uploads: Vec<Upload> = {
-            let w = self.write.lock();
-            w.scratch
-                .values()
-                .filter_map(|s| match &s.kind {
-                    ScratchKind::File(shared) => shared.lock().upload.take(),
-                    _ => None,
-                })
-                .collect()
-        };
+        // Each upload is locked with the write state let go (see the lock order).
+        let shared = self.write.lock().uploads();
+        let mut uploads: Vec<Upload> = shared
+            .iter()
+            .filter_map(|s| s.lock().upload.take())
+            .collect();
         let deadline = budget.map(|b| std::time::Instant::now() + b);
         let left = std::sync::atomic::AtomicUsize::new(0);
         let drop_all = |chunk: Vec<Upload>| {
@@ -1524,7 +986,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn blob_names_and_image_names() {
+    fn blob_names() {
         let hex = "a".repeat(64);
         for (name, ok) in [
             (hex.clone(), true),
@@ -1540,31 +1002,5 @@ mod tests {
                 "{name}"
             );
         }
-        let d = crate::oci::tests::desc(
-            oci::MEDIA_OCI_MANIFEST,
-            Digest::of(Algorithm::Sha256, b"m"),
-            1,
-        );
-        let with = |r: &str| {
-            let mut d = d.clone();
-            d.annotations
-                .insert(oci::ANNOTATION_REF_NAME.into(), r.into());
-            d
-        };
-        assert_eq!(
-            name_in_repo("x", &with("1.0")).unwrap().to_string(),
-            "x:1.0"
-        );
-        assert_eq!(
-            name_in_repo("x", &with("docker.io/library/busybox:1.36"))
-                .unwrap()
-                .to_string(),
-            "x:1.36"
-        );
-        assert_eq!(
-            name_in_repo("x", &d).unwrap().to_string(),
-            format!("x@{}", d.digest)
-        );
-        assert!(name_in_repo("x", &with("Not A Tag!")).is_err());
     }
 }

@@ -1,0 +1,552 @@
+//! The write side's state, in memory: one `RepoState` per repository name (what was written,
+//! unlinked and made there, its pending images, what each process read of its `index.json`),
+//! the table of scratch entries (temporary files and directories, numbered like inodes), and
+//! the sizes pending images want. What a repository directory shows, and to whom, is decided
+//! from it by one rule (`LayoutRule`, `WriteState::algorithms`, `WriteState::listed`), which
+//! lookup, readdir, getattr, rmdir and unlink all ask. A rename of a repository moves its entry
+//! and those of the repositories below it; `rmdir` drops one.
+//!
+//! A scratch entry keeps no repository name: its repository is found through its parent chain
+//! (`Fs::scratch_repo`), so a file open in a repository that is renamed meanwhile lands in the
+//! new name.
+//!
+//! # Locks
+//! Every lock of the filesystem core, in the order they are taken: a lock is only ever taken
+//! while holding none, or only locks above it in this list.
+//! 1. `Fs::write_lock`: serialises every change of image records and pending images, and the
+//!    renames of repositories; held across store I/O. Lookup, getattr and readdir never take it.
+//! 2. `Views::state`: the snapshot of the tree and the cache of repository views; held while
+//!    the records are read to rebuild the snapshot, never while a view is built.
+//! 3. `Fs::write` (this `WriteState`): memory only; never held across I/O, a call into the
+//!    views, or while waiting for an upload.
+//! 4. Leaves, under which nothing is taken: `Inodes::table`, `Fs::handles`, `Fs::blob_files`,
+//!    the verifier's table.
+//!
+//! An upload's own lock (`SharedUpload::lock`) is apart: it is taken with no other lock held,
+//! and nothing is taken under it. A write holds it across its disk write and hash, so what a
+//! lookup or getattr needs of an upload (its size and time) is kept beside it in atomics.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use crate::digest::{Algorithm, Digest};
+use crate::error::{Error, Result};
+use crate::layout::Entry;
+use crate::reference::Reference;
+
+use super::upload::Upload;
+use super::view::Extra;
+use super::Viewer;
+
+/// Bound on remembered `index.json` reads; past it the oldest knowledge is dropped.
+const MAX_SEEN: usize = 4096;
+
+/// An upload and whether it changed since it was last acted on.
+pub struct Writing {
+    pub upload: Option<Upload>,
+    pub dirty: bool,
+    /// Why a write failed: the upload is dropped then (giving its space back on a full disk),
+    /// and close fails with the same error.
+    pub failed: Option<(i32, String)>,
+}
+
+/// An upload shared by its handles and its scratch entry: the upload behind its own lock, and
+/// its size and modification time outside it, so that a stat never waits for a write.
+pub struct SharedUpload {
+    writing: Mutex<Writing>,
+    len: AtomicU64,
+    /// Nanoseconds since the epoch.
+    mtime: AtomicU64,
+}
+
+pub type Shared = Arc<SharedUpload>;
+
+impl SharedUpload {
+    pub fn new(upload: Upload) -> Shared {
+        let len = upload.len();
+        let shared = Arc::new(SharedUpload {
+            writing: Mutex::new(Writing {
+                upload: Some(upload),
+                dirty: true,
+                failed: None,
+            }),
+            len: AtomicU64::new(0),
+            mtime: AtomicU64::new(0),
+        });
+        shared.touch(len);
+        shared
+    }
+
+    /// The upload, locked: with no other lock held (see the lock order above).
+    pub fn lock(&self) -> MutexGuard<'_, Writing> {
+        self.writing.lock()
+    }
+
+    /// Records the upload's size after a change, and the time of the change.
+    pub fn touch(&self, len: u64) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        self.len.store(len, Ordering::Release);
+        self.mtime.store(now, Ordering::Release);
+    }
+
+    /// The size after the last change, without waiting for a write in progress.
+    pub fn len(&self) -> u64 {
+        self.len.load(Ordering::Acquire)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The time of the last change.
+    pub fn mtime(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.mtime.load(Ordering::Acquire))
+    }
+}
+
+pub enum ScratchKind {
+    Dir,
+    File(Shared),
+    /// A file that became the blob `digest`: it stays listed under its name for the mount's
+    /// life, so that what the writer does next (chmod, utime, stat) finds it.
+    Committed(Digest, u64),
+}
+
+/// A temporary file or directory, by its place: the inode of its directory and its name.
+pub struct Scratch {
+    pub parent: u64,
+    pub name: String,
+    pub kind: ScratchKind,
+}
+
+/// What the writes of this mount keep for one repository name.
+#[derive(Default)]
+pub struct RepoState {
+    /// Stable over renames: names the lease holders of what was written into the repository.
+    pub id: u64,
+    /// The process that made the repository with mkdir in this mount: its layout names show
+    /// to it only once written, as on a disk (see `Viewer`). None: not made here.
+    pub maker: Option<u32>,
+    /// Kept as a directory whether it has images or not (made with mkdir, or index.json written).
+    pub created: bool,
+    /// Layout names (`oci-layout`, `index.json`, `blobs`) shown (true) or unlinked (false)
+    /// whatever the images: a repository made with mkdir starts empty so that cp and tar can
+    /// create its files, and a name tar unlinks before rewriting it is gone until written again.
+    layout: BTreeMap<String, bool>,
+    /// Algorithm directories made with mkdir.
+    pub alg_dirs: BTreeSet<Algorithm>,
+    /// Blobs unlinked from the listing (tar unlinks before it rewrites a file; rm -r unlinks
+    /// everything). They stay in the store, and show again when written again.
+    pub hidden: BTreeSet<Digest>,
+    /// Images written into the mount that wait for blobs.
+    pub pending: Vec<Entry>,
+    /// The names each process last read in `index.json`: what it may remove.
+    seen: HashMap<u32, BTreeSet<Reference>>,
+}
+
+impl RepoState {
+    /// Shows (true) or hides (false) layout name `name` for everyone.
+    pub fn set_layout_name(&mut self, name: &str, shown: bool) {
+        self.layout.insert(name.to_owned(), shown);
+    }
+
+    /// Whether the entry keeps nothing (it may be dropped).
+    fn is_idle(&self) -> bool {
+        self.maker.is_none()
+            && !self.created
+            && self.layout.is_empty()
+            && self.alg_dirs.is_empty()
+            && self.hidden.is_empty()
+            && self.pending.is_empty()
+            && self.seen.is_empty()
+    }
+}
+
+/// Whether a layout name shows in a repository directory, before asking who looks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayoutRule {
+    /// Written (true) or unlinked (false) in this mount: so for everyone.
+    Written(bool),
+    /// Shown while the repository has images (pending ones too).
+    Images,
+    /// Shown while it has images, except to the process that made it here (cp -r creates
+    /// each name exclusively and must not find it there first).
+    ImagesExceptMaker(u32),
+}
+
+impl LayoutRule {
+    /// The rule: whether the name shows to `viewer` when the repository has `images`.
+    pub(crate) fn shows(self, images: bool, viewer: Viewer) -> bool {
+        match (self, viewer) {
+            (LayoutRule::Written(shown), _) => shown,
+            _ if !images => false,
+            (LayoutRule::Images, _) | (LayoutRule::ImagesExceptMaker(_), Viewer::Reader) => true,
+            (LayoutRule::ImagesExceptMaker(_), Viewer::Maker) => false,
+            (LayoutRule::ImagesExceptMaker(maker), Viewer::Process(pid)) => pid() != maker,
+        }
+    }
+
+    /// Whether the answer depends on who looks (the kernel must then not cache the entry).
+    pub fn by_viewer(self) -> bool {
+        matches!(self, LayoutRule::ImagesExceptMaker(_))
+    }
+}
+
+/// What the writes of this mount hold in memory.
+#[derive(Default)]
+pub struct WriteState {
+    repos: BTreeMap<String, RepoState>,
+    next_repo: u64,
+    pub scratch: HashMap<u64, Scratch>,
+    /// The scratch entries of each directory (by inode), by name: a directory's own entries
+    /// are found without looking at any other's.
+    names: HashMap<u64, BTreeMap<String, u64>>,
+    next: u64,
+    /// Sizes of the blobs pending images wait for, to refuse a write past them.
+    pub wanted: HashMap<Digest, u64>,
+    /// How many `index.json` reads are remembered, over every repository.
+    seen: usize,
+}
+
+impl WriteState {
+    pub fn repo(&self, repo: &str) -> Option<&RepoState> {
+        self.repos.get(repo)
+    }
+
+    /// The state of `repo`, made empty (with a new id) if nothing was kept for it.
+    pub fn repo_mut(&mut self, repo: &str) -> &mut RepoState {
+        if !self.repos.contains_key(repo) {
+            self.next_repo += 1;
+            let state = RepoState {
+                id: self.next_repo,
+                ..RepoState::default()
+            };
+            self.repos.insert(repo.to_owned(), state);
+        }
+        self.repos.entry(repo.to_owned()).or_default()
+    }
+
+    /// The id of `repo` (see `RepoState::id`).
+    pub fn repo_id(&mut self, repo: &str) -> u64 {
+        self.repo_mut(repo).id
+    }
+
+    /// Moves the state of `from` and of every repository below it to the same place under
+    /// `to`; the names of their pending images follow.
+    pub fn rename_repo(&mut self, from: &str, to: &str) -> Result<()> {
+        let below = format!("{from}/");
+        let itself = self.repos.contains_key(from).then(|| from.to_owned());
+        let moved: Vec<String> = itself
+            .into_iter()
+            .chain(
+                self.repos
+                    .range(below.clone()..)
+                    .map(|(k, _)| k)
+                    .take_while(|k| k.starts_with(&below))
+                    .cloned(),
+            )
+            .collect();
+        for old in moved {
+            let Some(mut state) = self.repos.remove(&old) else {
+                continue;
+            };
+            let new = format!("{to}{}", &old[from.len()..]);
+            for e in &mut state.pending {
+                e.name = e.name.with_repository(&new).map_err(Error::from)?;
+            }
+            if let Some(replaced) = self.repos.insert(new, state) {
+                self.seen -= replaced.seen.len();
+            }
+        }
+        Ok(())
+    }
+
+    /// Forgets what was kept for `repo` (removed with rmdir).
+    pub fn forget_repo(&mut self, repo: &str) {
+        if let Some(state) = self.repos.remove(repo) {
+            self.seen -= state.seen.len();
+        }
+    }
+
+    /// What the mount adds to the records, for the views: repositories kept as directories,
+    /// and pending images.
+    pub fn extra(&self) -> Extra {
+        let mut x = Extra::default();
+        for (name, r) in &self.repos {
+            if r.created {
+                x.created.insert(name.clone());
+            }
+            if !r.pending.is_empty() {
+                x.pending.insert(name.clone(), r.pending.clone());
+            }
+        }
+        x
+    }
+
+    /// Every pending image.
+    pub fn pending(&self) -> impl Iterator<Item = &Entry> {
+        self.repos.values().flat_map(|r| r.pending.iter())
+    }
+
+    /// The pending images of `repo`.
+    pub fn pending_of(&self, repo: &str) -> Vec<Entry> {
+        self.repos
+            .get(repo)
+            .map_or_else(Vec::new, |r| r.pending.clone())
+    }
+
+    /// Drops the pending images `done` names (registered or dropped).
+    pub fn drop_pending(&mut self, done: &[Reference]) {
+        for r in self.repos.values_mut() {
+            r.pending.retain(|e| !done.contains(&e.name));
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The visibility rule: what a repository directory shows, and to whom.
+
+    /// The rule for layout name `name` in `repo`.
+    pub fn layout_rule(&self, repo: &str, name: &str) -> LayoutRule {
+        let state = self.repos.get(repo);
+        match state.and_then(|r| r.layout.get(name)) {
+            Some(shown) => LayoutRule::Written(*shown),
+            None => match state.and_then(|r| r.maker) {
+                Some(maker) => LayoutRule::ImagesExceptMaker(maker),
+                None => LayoutRule::Images,
+            },
+        }
+    }
+
+    /// Shows (true) or hides (false) layout name `name` in `repo` for everyone.
+    pub fn set_layout_name(&mut self, repo: &str, name: &str, shown: bool) {
+        self.repo_mut(repo).set_layout_name(name, shown);
+    }
+
+    /// The algorithm directories of `repo` under `blobs/`: those of its images (`of_images`,
+    /// asked only when they count), unless it was made with mkdir in this mount (then it lists
+    /// what was written, as a disk would), and those made with mkdir.
+    pub fn algorithms(
+        &self,
+        repo: &str,
+        images: bool,
+        of_images: impl FnOnce() -> BTreeSet<Algorithm>,
+    ) -> BTreeSet<Algorithm> {
+        let state = self.repos.get(repo);
+        let mut algs = if images && state.is_none_or(|r| r.maker.is_none()) {
+            of_images()
+        } else {
+            BTreeSet::new()
+        };
+        if let Some(r) = state {
+            algs.extend(r.alg_dirs.iter().copied());
+        }
+        algs
+    }
+
+    /// Whether blob `digest` of `repo`'s images is listed in its `blobs/<alg>/`: not in a
+    /// repository made with mkdir here (it lists what was written), nor once unlinked.
+    pub fn listed(&self, repo: &str, digest: &Digest) -> bool {
+        self.repos
+            .get(repo)
+            .is_none_or(|r| r.maker.is_none() && !r.hidden.contains(digest))
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // What processes read
+
+    /// What process `pid` saw of `repo`, forgetting it: the names it read, or none when it
+    /// found the repository (or a directory above it) missing.
+    pub fn seen_by(&mut self, pid: u32, repo: &str) -> Option<BTreeSet<Reference>> {
+        if let Some(names) = self.repos.get_mut(repo).and_then(|r| r.seen.remove(&pid)) {
+            self.seen -= 1;
+            return Some(names);
+        }
+        let mut prefix = repo;
+        while let Some((up, _)) = prefix.rsplit_once('/') {
+            if self
+                .repos
+                .get(up)
+                .is_some_and(|r| r.seen.contains_key(&pid))
+            {
+                return Some(BTreeSet::new());
+            }
+            prefix = up;
+        }
+        None
+    }
+
+    pub fn remember_read(&mut self, pid: u32, repo: &str, names: BTreeSet<Reference>) {
+        if self.seen >= MAX_SEEN {
+            for r in self.repos.values_mut() {
+                r.seen.clear();
+            }
+            self.repos.retain(|_, r| !r.is_idle());
+            self.seen = 0;
+        }
+        if self.repo_mut(repo).seen.insert(pid, names).is_none() {
+            self.seen += 1;
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Scratch entries
+
+    pub fn add(&mut self, parent: u64, name: &str, kind: ScratchKind) -> u64 {
+        self.next += 1;
+        let id = self.next;
+        if let Some(old) = self.link(parent, name, id) {
+            self.scratch.remove(&old);
+        }
+        self.scratch.insert(
+            id,
+            Scratch {
+                parent,
+                name: name.to_owned(),
+                kind,
+            },
+        );
+        id
+    }
+
+    /// Enters `id` as `name` in `parent`, returning what was there.
+    fn link(&mut self, parent: u64, name: &str, id: u64) -> Option<u64> {
+        self.names
+            .entry(parent)
+            .or_default()
+            .insert(name.to_owned(), id)
+    }
+
+    /// Removes `name` from `parent`, returning what was there.
+    fn unlink_name(&mut self, parent: u64, name: &str) -> Option<u64> {
+        let dir = self.names.get_mut(&parent)?;
+        let id = dir.remove(name);
+        if dir.is_empty() {
+            self.names.remove(&parent);
+        }
+        id
+    }
+
+    pub fn lookup(&self, parent: u64, name: &str) -> Option<u64> {
+        self.names.get(&parent)?.get(name).copied()
+    }
+
+    pub fn remove(&mut self, id: u64) -> Option<Scratch> {
+        let s = self.scratch.remove(&id)?;
+        self.unlink_name(s.parent, &s.name);
+        Some(s)
+    }
+
+    /// The scratch entries of directory `parent`, by name.
+    pub fn children(&self, parent: u64) -> Vec<(String, u64)> {
+        self.names.get(&parent).map_or_else(Vec::new, |d| {
+            d.iter().map(|(n, id)| (n.clone(), *id)).collect()
+        })
+    }
+
+    /// Whether directory `parent` has scratch entries.
+    pub fn has_children(&self, parent: u64) -> bool {
+        self.names.contains_key(&parent)
+    }
+
+    pub fn move_to(&mut self, id: u64, parent: u64, name: &str) {
+        if let Some(old) = self.unlink_name(parent, name) {
+            if old != id {
+                self.scratch.remove(&old);
+            }
+        }
+        let Some((old_parent, old_name)) = self.scratch.get_mut(&id).map(|s| {
+            (
+                std::mem::replace(&mut s.parent, parent),
+                std::mem::replace(&mut s.name, name.to_owned()),
+            )
+        }) else {
+            return;
+        };
+        self.unlink_name(old_parent, &old_name);
+        self.link(parent, name, id);
+    }
+
+    /// The upload of scratch file `id`, if it is one being written.
+    pub fn upload_of(&self, id: u64) -> Option<Shared> {
+        match self.scratch.get(&id).map(|s| &s.kind) {
+            Some(ScratchKind::File(shared)) => Some(shared.clone()),
+            _ => None,
+        }
+    }
+
+    /// Every upload of a scratch file (to drop them at unmount).
+    pub fn uploads(&self) -> Vec<Shared> {
+        self.scratch
+            .keys()
+            .filter_map(|id| self.upload_of(*id))
+            .collect()
+    }
+}
+
+impl super::view::Additions for Mutex<WriteState> {
+    fn additions(&self) -> Extra {
+        self.lock().extra()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rename_moves_a_repository_and_those_below_it_only() {
+        let mut w = WriteState::default();
+        for r in ["a", "a/b", "a/b/c", "a-x", "a.y", "ab", "b"] {
+            w.repo_mut(r).created = true;
+        }
+        let ids: Vec<u64> = ["a", "a/b", "a/b/c"]
+            .iter()
+            .map(|r| w.repo(r).unwrap().id)
+            .collect();
+        w.rename_repo("a", "z/q").unwrap();
+        let names: Vec<&String> = w.repos.keys().collect();
+        assert_eq!(names, ["a-x", "a.y", "ab", "b", "z/q", "z/q/b", "z/q/b/c"]);
+        let moved: Vec<u64> = ["z/q", "z/q/b", "z/q/b/c"]
+            .iter()
+            .map(|r| w.repo(r).unwrap().id)
+            .collect();
+        assert_eq!(moved, ids);
+    }
+
+    #[test]
+    fn the_layout_rule_by_viewer() {
+        let maker = || 7;
+        let other = || 8;
+        let rules = [
+            (LayoutRule::Written(true), false, [true, true, true, true]),
+            (
+                LayoutRule::Written(false),
+                true,
+                [false, false, false, false],
+            ),
+            (LayoutRule::Images, false, [false, false, false, false]),
+            (LayoutRule::Images, true, [true, true, true, true]),
+            (LayoutRule::ImagesExceptMaker(7), false, [false; 4]),
+            (
+                LayoutRule::ImagesExceptMaker(7),
+                true,
+                [true, false, false, true],
+            ),
+        ];
+        for (rule, images, want) in rules {
+            let got = [
+                rule.shows(images, Viewer::Reader),
+                rule.shows(images, Viewer::Maker),
+                rule.shows(images, Viewer::Process(&maker)),
+                rule.shows(images, Viewer::Process(&other)),
+            ];
+            assert_eq!(got, want, "{rule:?} with images: {images}");
+        }
+    }
+}
