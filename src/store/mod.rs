@@ -17,6 +17,7 @@ pub mod gc;
 mod ingest;
 mod leases;
 mod records;
+mod writer;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -29,11 +30,11 @@ use crate::error::{Error, IoContext, Result, StoreProblem};
 use crate::oci::{self, BlobSource, Descriptor};
 
 pub use ingest::{
-    check_digest, check_size, new_ingest, place, process_alive, remove_abandoned, sync_dir, Ingest,
-    BLOB_MODE, COPY_CHUNK, DATA_FILE,
+    process_alive, remove_abandoned, sync_dir, Ingest, BLOB_MODE, COPY_CHUNK, DATA_FILE,
 };
 pub use leases::{Held, Lease, Leases, WHOLE};
 pub use records::{now_ms, Image, Records};
+pub use writer::BlobWriter;
 
 /// Directory of verified blobs.
 pub const BLOBS_DIR: &str = "blobs";
