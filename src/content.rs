@@ -15,7 +15,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::oci::{BlobSource, Descriptor};
 use crate::reference::Reference;
-use crate::store::{Image, Ingest, Records, Store, COPY_CHUNK};
+use crate::store::{BlobWriter, Image, Records, Store, COPY_CHUNK};
 
 /// Where blobs come from. `BlobSource` gives `blob_size` and `read_small` (whole, verified).
 pub trait Provider: BlobSource + Send + Sync {
@@ -106,17 +106,17 @@ impl Provider for Store {
     }
 }
 
-impl Writer for Ingest<'_> {
+impl Writer for BlobWriter {
     fn write_all(&mut self, buf: &[u8]) -> Result<()> {
-        Ingest::write_all(self, buf)
+        BlobWriter::write_all(self, buf)
     }
 
     fn written(&self) -> u64 {
-        Ingest::written(self)
+        BlobWriter::written(self)
     }
 
     fn commit_named(self: Box<Self>) -> Result<(Digest, bool)> {
-        Ingest::commit_named(*self)
+        BlobWriter::commit_named(*self)
     }
 
     fn copy_from(
@@ -125,7 +125,7 @@ impl Writer for Ingest<'_> {
         what: &str,
         progress: &mut dyn FnMut(u64),
     ) -> Result<()> {
-        Ingest::copy_from(self, r, what, progress)
+        BlobWriter::copy_from(self, r, what, progress)
     }
 }
 

@@ -187,7 +187,7 @@ impl Hasher {
 /// Hashes `file` from its start with `alg`: up to `len` bytes when given (the file must hold
 /// them), else to its end. Positional reads through `buf` leave a shared descriptor's offset
 /// alone; `seen` is told each count read. The one hash-a-file loop: the mount's verifier, fsck
-/// and the mount's uploads call it.
+/// and the store's ingest writer (after writes out of order) call it.
 pub fn hash_file(
     alg: Algorithm,
     file: &std::fs::File,

@@ -1,24 +1,23 @@
-//! Ingest: writing one blob into the store. Bytes go to `ingest/<id>/data` and are hashed as
-//! they are written; `commit` checks size and digest, fsyncs, makes the file read-only and
-//! renames it to `blobs/<alg>/<hex>`, then fsyncs that directory. An ingest either expects a
-//! digest (and maybe a size) up front, or hashes the content and names it at commit
-//! (`Store::ingest_unnamed`: a legacy docker archive's layer, a chunked upload). A blob already present is a
-//! success. An ingest dropped without a commit removes its directory, so a failure leaves
-//! nothing under `blobs/`.
+//! The ingest area, `ingest/`: each blob being written has a directory `ingest/<id>/` (0700)
+//! holding its bytes in `data` (created exclusively, 0600). The writer (`BlobWriter`, in
+//! `writer.rs`, what `Store::ingest` returns) hashes them and calls `place` at commit:
+//! fsync, mode 0444, rename into `blobs/<alg>/<hex>` without replacing, a check that the file
+//! placed is the file written, fsync of the directory. A blob already present is a success.
+//! Nothing is under `blobs/` before its size and digest are checked.
 //!
 //! An ingest is a directory named `<pid>-<n>-<nanoseconds>` (decimal numbers). Sweeping
 //! abandoned ones (`remove_abandoned`, and gc's) removes only directories named so, never
 //! through a link: anything else under `ingest/` is left alone and reported.
 
 use std::fs::{self, File, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::digest::{Algorithm, Digest, Hasher};
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 
 use super::Store;
@@ -29,7 +28,7 @@ pub const BLOB_MODE: u32 = 0o444;
 pub const COPY_CHUNK: usize = 1 << 20;
 /// Dirty bytes after which the kernel is asked to start writing back, so that the final fsync
 /// finds little left to do and disk writes overlap hashing.
-const WRITEBACK_STEP: u64 = 16 << 20;
+pub(super) const WRITEBACK_STEP: u64 = 16 << 20;
 
 /// Mode of one ingest's directory.
 const INGEST_ENTRY_MODE: u32 = 0o700;
@@ -39,141 +38,8 @@ pub const DATA_FILE: &str = "data";
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
-/// One blob being written.
-pub struct Ingest<'s> {
-    store: &'s Store,
-    dir: PathBuf,
-    file: File,
-    hasher: Hasher,
-    /// The digest the content must have; None names it by its hash at commit.
-    expected: Option<Digest>,
-    expected_size: Option<u64>,
-    written: u64,
-    flushed_to: u64,
-    done: bool,
-}
-
-impl<'s> Ingest<'s> {
-    pub(super) fn start(
-        store: &'s Store,
-        alg: Algorithm,
-        expected: Option<&Digest>,
-        expected_size: Option<u64>,
-    ) -> Result<Ingest<'s>> {
-        let (dir, file) = new_ingest(store)?;
-        Ok(Ingest {
-            store,
-            dir,
-            file,
-            hasher: alg.hasher(),
-            expected: expected.cloned(),
-            expected_size,
-            written: 0,
-            flushed_to: 0,
-            done: false,
-        })
-    }
-
-    /// What errors call this blob.
-    fn label(&self) -> String {
-        match &self.expected {
-            Some(d) => format!("blob {d}"),
-            None => format!("a {} blob being hashed", self.hasher.algorithm()),
-        }
-    }
-
-    pub fn written(&self) -> u64 {
-        self.written
-    }
-
-    /// Appends bytes. Writing past the expected size fails at once.
-    pub fn write_all(&mut self, buf: &[u8]) -> Result<()> {
-        let after = self.written + buf.len() as u64;
-        if let (Some(size), Some(digest)) = (self.expected_size, &self.expected) {
-            if after > size {
-                return Err(Error::SizeMismatch {
-                    digest: digest.clone(),
-                    expected: size,
-                    found: after,
-                });
-            }
-        }
-        self.hasher.update(buf);
-        self.file
-            .write_all(buf)
-            .map_err(|e| writing(self.label(), &self.dir.join(DATA_FILE), e))?;
-        self.written = after;
-        if self.written - self.flushed_to >= WRITEBACK_STEP {
-            start_writeback(&self.file, self.flushed_to, self.written - self.flushed_to);
-            self.flushed_to = self.written;
-        }
-        Ok(())
-    }
-
-    /// Copies everything `r` yields into the ingest; `what` names the source in errors.
-    /// `progress` is told of each chunk.
-    pub fn copy_from(
-        &mut self,
-        r: &mut dyn Read,
-        what: &str,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<()> {
-        let mut buf = vec![0u8; COPY_CHUNK];
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::Stream {
-                        what: what.to_owned(),
-                        source: e,
-                    })
-                }
-            };
-            self.write_all(&buf[..n])?;
-            progress(n as u64);
-        }
-    }
-
-    /// Verifies and moves the blob into place. Returns false when it was already there.
-    pub fn commit(self) -> Result<bool> {
-        self.commit_named().map(|(_, placed)| placed)
-    }
-
-    /// Verifies (when a digest was expected) and moves the blob into place under the digest
-    /// its content hashes to, which it returns, with whether it was placed now (false: it was
-    /// already there).
-    pub fn commit_named(mut self) -> Result<(Digest, bool)> {
-        self.done = true;
-        let result = self.finish();
-        let _ = fs::remove_dir_all(&self.dir);
-        result
-    }
-
-    fn finish(&mut self) -> Result<(Digest, bool)> {
-        let data = self.dir.join(DATA_FILE);
-        let alg = self.hasher.algorithm();
-        let found = std::mem::replace(&mut self.hasher, alg.hasher()).finish();
-        if let Some(expected) = &self.expected {
-            check_size(expected, self.expected_size, self.written)?;
-            check_digest(expected, found.clone())?;
-        }
-        let placed = place(self.store, &self.file, &data, &found)?;
-        Ok((found, placed))
-    }
-}
-
-impl Drop for Ingest<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
 /// Checks that `len` bytes are the size a descriptor gives for `expected`, when it gives one.
-pub fn check_size(expected: &Digest, expected_size: Option<u64>, len: u64) -> Result<()> {
+pub(super) fn check_size(expected: &Digest, expected_size: Option<u64>, len: u64) -> Result<()> {
     match expected_size {
         Some(size) if size != len => Err(Error::SizeMismatch {
             digest: expected.clone(),
@@ -185,7 +51,7 @@ pub fn check_size(expected: &Digest, expected_size: Option<u64>, len: u64) -> Re
 }
 
 /// Checks that bytes hashing to `found` are the blob `expected`.
-pub fn check_digest(expected: &Digest, found: Digest) -> Result<()> {
+pub(super) fn check_digest(expected: &Digest, found: Digest) -> Result<()> {
     if found == *expected {
         Ok(())
     } else {
@@ -238,11 +104,12 @@ pub(super) fn sweepable(entry: &fs::DirEntry) -> std::result::Result<i32, &'stat
     }
 }
 
-/// Creates `ingest/<id>/` with an empty `data` file in it (mode 0600), for one blob's bytes. The
-/// id starts with this process's pid, so that a later process can tell abandoned ingests.
-pub fn new_ingest(store: &Store) -> Result<(PathBuf, File)> {
+/// Creates `ingest/<id>/` in the store at `root`, with an empty `data` file in it (mode 0600),
+/// for one blob's bytes. The id starts with this process's pid, so that a later process can
+/// tell abandoned ingests.
+pub(super) fn new_ingest(root: &Path) -> Result<(PathBuf, File)> {
     let id = process_unique_id(&NEXT_ID);
-    let dir = store.root().join(super::INGEST_DIR).join(id);
+    let dir = root.join(super::INGEST_DIR).join(id);
     // Private whatever the umask (it can only take bits away): no one else may replace the
     // data file between its check and its rename into place.
     fs::DirBuilder::new()
@@ -275,11 +142,11 @@ fn writing(blob: String, data: &Path, source: io::Error) -> Error {
     }
 }
 
-/// Moves `file`, the verified content of `expected` at `data`, into the store: fsync, mode
-/// 0444, rename unless the blob is there already, fsync of the directory. Returns false when
-/// the blob was already there (the data is left for the caller to remove).
-pub fn place(store: &Store, file: &File, data: &Path, expected: &Digest) -> Result<bool> {
-    let target = store.blob_path(expected);
+/// Moves `file`, the verified content of `expected` at `data`, into the store at `root`: fsync,
+/// mode 0444, rename unless the blob is there already, fsync of the directory. Returns false
+/// when the blob was already there (the data is left for the caller to remove).
+pub(super) fn place(root: &Path, file: &File, data: &Path, expected: &Digest) -> Result<bool> {
+    let target = root.join(expected.blob_path());
     if fs::symlink_metadata(&target).is_ok() {
         return Ok(false);
     }
@@ -379,7 +246,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Asks the kernel to begin writing a range back without waiting for it (a hint: failure is
 /// harmless, the fsync at commit is what makes the data durable).
-fn start_writeback(file: &File, offset: u64, len: u64) {
+pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
     let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
         return;
     };

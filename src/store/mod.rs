@@ -17,6 +17,7 @@ pub mod gc;
 mod ingest;
 mod leases;
 mod records;
+mod writer;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
@@ -28,12 +29,10 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, IoContext, Result, StoreProblem};
 use crate::oci::{self, BlobSource, Descriptor};
 
-pub use ingest::{
-    check_digest, check_size, new_ingest, place, process_alive, remove_abandoned, sync_dir, Ingest,
-    BLOB_MODE, COPY_CHUNK, DATA_FILE,
-};
+pub use ingest::{process_alive, remove_abandoned, sync_dir, BLOB_MODE, COPY_CHUNK, DATA_FILE};
 pub use leases::{Held, Lease, Leases, WHOLE};
 pub use records::{check_record, now_ms, Image, Records};
+pub use writer::BlobWriter;
 
 /// Directory of verified blobs.
 pub const BLOBS_DIR: &str = "blobs";
@@ -236,14 +235,14 @@ impl Store {
     }
 
     /// Starts writing a blob that must hash to `expected` (and be `size` bytes, if known).
-    pub fn ingest(&self, expected: &Digest, size: Option<u64>) -> Result<Ingest<'_>> {
-        Ingest::start(self, expected.algorithm(), Some(expected), size)
+    pub fn ingest(&self, expected: &Digest, size: Option<u64>) -> Result<BlobWriter> {
+        BlobWriter::start(self, expected.algorithm(), Some(expected), size)
     }
 
     /// Starts writing a blob whose digest is known only at the end: it is hashed with `alg`
-    /// and named by that hash at commit (`Ingest::commit_named`).
-    pub fn ingest_unnamed(&self, alg: Algorithm) -> Result<Ingest<'_>> {
-        Ingest::start(self, alg, None, None)
+    /// and named by that hash at commit (`BlobWriter::commit_named`).
+    pub fn ingest_unnamed(&self, alg: Algorithm) -> Result<BlobWriter> {
+        BlobWriter::start(self, alg, None, None)
     }
 
     /// Opens a blob file for reading, never through a symbolic link (a link in its place is

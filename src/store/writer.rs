@@ -1,0 +1,788 @@
+//! The store's one ingest writer, `BlobWriter`: the bytes of one blob written at any offset into
+//! `ingest/<id>/data`, committed as `blobs/<alg>/<hex>` once checked. Import writes through it
+//! in order (`write_all`, `copy_from`: positional writes at the end, as `Store::ingest` gives
+//! it); the mount's uploads write at the offsets the kernel gives.
+//!
+//! - Hashing: bytes are hashed as they arrive while every write continues where the last
+//!   ended (the contiguous prefix is then the whole content). After a write out of order, a
+//!   rewrite or a truncate, the digest is computed from the file when asked (`hash_file`), once
+//!   until the content changes again.
+//! - Commit: against the digest (and size) given when the writer started (`commit`), or given
+//!   at commit (`commit_as`: the mount learns a file's name last), or naming the content by its
+//!   hash (`commit_named`). Size and digest are checked first; then `place` fsyncs, makes the
+//!   file read-only, renames it into `blobs/` without replacing and checks that what went
+//!   there is the file written. Nothing is under `blobs/` before that. A write past the
+//!   expected size fails at once.
+//! - Direct writes (`direct`, for the mount): a large write in order is hashed on a second
+//!   thread while it is written, and a large page-aligned one goes through a second descriptor
+//!   opened with O_DIRECT, from a page-aligned buffer of this thread's, instead of into newly
+//!   allocated page cache. Where the filesystem refuses O_DIRECT (tmpfs) the writer writes
+//!   buffered from then on. Buffered writes ask the kernel to start writeback every
+//!   `WRITEBACK_STEP`, so that the fsync at commit finds little left.
+//! - Parking: `park` closes the descriptors of a writer nothing uses (a temporary file after
+//!   close); the next access opens the data file again, never through a link, and refuses a
+//!   file that is not the one it created.
+//! - A writer dropped without a commit, or after one, removes its ingest directory; `abandon`
+//!   leaves it, as a killed process would, for the sweep of dead processes' ingests.
+//!
+//! A writer carries what it needs of the store (its root) and borrows nothing, so the mount
+//! keeps thousands of them in its tables.
+
+use std::cell::RefCell;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::digest::{hash_file, Algorithm, Digest, Hasher};
+use crate::error::{Error, IoContext, Result};
+
+use super::ingest::{
+    check_digest, check_size, new_ingest, place, start_writeback, COPY_CHUNK, DATA_FILE,
+    WRITEBACK_STEP,
+};
+use super::Store;
+
+/// Alignment of offsets, lengths and memory for O_DIRECT writes (a page: enough for every
+/// logical block size in use).
+const DIRECT_ALIGN: usize = 4096;
+
+/// Writes at least this large are hashed on a second thread while they are written by a
+/// `direct` writer (below it, starting the thread costs more than it saves), and go through
+/// O_DIRECT when aligned.
+const PARALLEL_HASH_MIN: usize = 256 << 10;
+
+/// One page of a page-aligned buffer for O_DIRECT writes.
+#[repr(C, align(4096))]
+struct Page([u8; DIRECT_ALIGN]);
+
+thread_local! {
+    /// The aligned buffer of this thread's O_DIRECT writes, grown to the largest write.
+    static DIRECT_BUF: RefCell<Vec<Page>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One blob being written (see the module doc).
+pub struct BlobWriter {
+    /// The store's root: the blob goes to `<root>/blobs/<alg>/<hex>`.
+    root: PathBuf,
+    /// `ingest/<id>/`, and the data file in it.
+    dir: PathBuf,
+    data: PathBuf,
+    /// (device, inode) of the data file as created: a file opened again must be this one.
+    identity: (u64, u64),
+    /// The data file, read and write; None while parked.
+    file: Option<File>,
+    direct: Direct,
+    alg: Algorithm,
+    /// Running hash of bytes 0..len, while every write has continued where the last ended.
+    hasher: Option<Hasher>,
+    /// The digest of the content read from the file, until the content changes.
+    hashed: Option<Digest>,
+    len: u64,
+    /// The digest the content must have, and its size when known; None names it by its hash.
+    expected: Option<(Digest, Option<u64>)>,
+    /// The end of what the kernel was asked to write back.
+    flushed_to: u64,
+    /// Whether dropping the writer removes its ingest directory (not after `abandon`).
+    remove_on_drop: bool,
+}
+
+/// The O_DIRECT side of a writer.
+#[derive(Default)]
+struct Direct {
+    /// Large writes are hashed on a second thread and, when aligned, written through `file`.
+    enabled: bool,
+    /// The data file opened with O_DIRECT: None where the filesystem refuses it, after it
+    /// failed once, and while parked.
+    file: Option<File>,
+    /// Whether O_DIRECT is worth opening again after a park (it worked when last tried).
+    works: bool,
+}
+
+/// How a write reached the file.
+#[derive(PartialEq, Eq)]
+enum Wrote {
+    Direct,
+    Buffered,
+    /// Buffered after the filesystem refused O_DIRECT for it.
+    Refused,
+}
+
+impl BlobWriter {
+    /// A new, empty writer in `store`'s ingest area, hashing with `alg`, that must become the
+    /// blob `expected` (of `size` bytes, when known), or is named by its hash when None.
+    pub(super) fn start(
+        store: &Store,
+        alg: Algorithm,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+    ) -> Result<BlobWriter> {
+        let (dir, file) = new_ingest(store.root())?;
+        let data = dir.join(DATA_FILE);
+        let mut w = BlobWriter {
+            root: store.root().to_owned(),
+            dir,
+            data,
+            identity: (0, 0),
+            file: None,
+            direct: Direct::default(),
+            alg,
+            hasher: Some(alg.hasher()),
+            hashed: None,
+            len: 0,
+            expected: expected.map(|d| (d.clone(), size)),
+            flushed_to: 0,
+            remove_on_drop: true,
+        };
+        // Dropped on an error, `w` removes the directory.
+        let meta = file.metadata().at(&w.data)?;
+        w.identity = (meta.dev(), meta.ino());
+        w.file = Some(file);
+        Ok(w)
+    }
+
+    /// Makes the writer fast for large writes from the mount: those in order are hashed on a
+    /// second thread while written, and page-aligned ones go through O_DIRECT where the
+    /// filesystem has it.
+    pub fn direct(mut self) -> BlobWriter {
+        self.direct.enabled = true;
+        self.direct.file = open_direct(&self.data, self.identity);
+        self.direct.works = self.direct.file.is_some();
+        self
+    }
+
+    /// What errors call this blob.
+    fn label(&self) -> String {
+        match &self.expected {
+            Some((d, _)) => format!("blob {d}"),
+            None => format!("a {} blob being hashed", self.alg),
+        }
+    }
+
+    /// A failed write or truncate (ENOSPC, EIO), naming the blob and its data file.
+    fn write_error(&self, source: io::Error) -> Error {
+        Error::Write {
+            blob: self.label(),
+            path: self.data.clone(),
+            source,
+        }
+    }
+
+    /// The size of the content: the end of the furthest write, or the last truncate.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes written so far by sequential writes (`len`).
+    pub fn written(&self) -> u64 {
+        self.len
+    }
+
+    /// The algorithm of the running hash.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The root of the store the writer commits into.
+    pub fn store_root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Closes the writer's descriptors; the next access opens the data file again.
+    pub fn park(&mut self) {
+        self.file = None;
+        self.direct.file = None;
+    }
+
+    /// Whether the writer holds no descriptor now.
+    pub fn is_parked(&self) -> bool {
+        self.file.is_none()
+    }
+
+    /// Opens the data file again if the writer was parked, never through a link, and only the
+    /// file it created.
+    fn open(&mut self) -> Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.data)
+            .at(&self.data)?;
+        if identity(&file).at(&self.data)? != self.identity {
+            return Err(Error::io(
+                &self.data,
+                io::Error::other(format!(
+                    "not the data file written for {} (replaced while parked)",
+                    self.label()
+                )),
+            ));
+        }
+        if self.direct.works {
+            self.direct.file = open_direct(&self.data, self.identity);
+            self.direct.works = self.direct.file.is_some();
+        }
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// The open data file (after `open`).
+    fn opened(&self) -> Result<&File> {
+        self.file
+            .as_ref()
+            .ok_or_else(|| Error::io(&self.data, io::Error::other("the ingest is parked")))
+    }
+
+    /// The end of `len` bytes at `offset`; refused when past the size the writer expects.
+    fn end_of(&self, offset: u64, len: usize) -> Result<u64> {
+        let Some(end) = offset.checked_add(len as u64) else {
+            return Err(self.write_error(io::Error::from_raw_os_error(libc::EFBIG)));
+        };
+        match &self.expected {
+            Some((digest, Some(size))) if end > *size => Err(Error::SizeMismatch {
+                digest: digest.clone(),
+                expected: *size,
+                found: end,
+            }),
+            _ => Ok(end),
+        }
+    }
+
+    /// Writes `buf` at `offset`. A write that continues where the last ended extends the
+    /// running hash; any other makes the digest come from the file. After an error the content
+    /// is unknown: the writer is to be dropped (a commit would hash the file).
+    pub fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+        let end = self.end_of(offset, buf.len())?;
+        self.open()?;
+        let hasher = self.hasher.take().filter(|_| offset == self.len);
+        let large = self.direct.enabled && buf.len() >= PARALLEL_HASH_MIN;
+        let file = self.opened()?;
+        let direct = self.direct.file.as_ref().filter(|_| {
+            large && offset % DIRECT_ALIGN as u64 == 0 && buf.len() % DIRECT_ALIGN == 0
+        });
+        let write = || write_to(file, direct, buf, offset);
+        let (hasher, wrote) = match hasher {
+            Some(h) if large => hash_beside(h, buf, write),
+            Some(mut h) => {
+                h.update(buf);
+                (Some(h), write())
+            }
+            None => (None, write()),
+        };
+        self.hashed = None;
+        let wrote = wrote.map_err(|e| self.write_error(e))?;
+        self.hasher = hasher;
+        if wrote == Wrote::Refused {
+            // The filesystem refused O_DIRECT: buffered from now on.
+            self.direct.file = None;
+            self.direct.works = false;
+        }
+        self.len = self.len.max(end);
+        if wrote != Wrote::Direct && end >= self.flushed_to.saturating_add(WRITEBACK_STEP) {
+            start_writeback(self.opened()?, self.flushed_to, end - self.flushed_to);
+            self.flushed_to = end;
+        }
+        Ok(())
+    }
+
+    /// Appends bytes at the end (`len`).
+    pub fn write_all(&mut self, buf: &[u8]) -> Result<()> {
+        self.write_at(self.len, buf)
+    }
+
+    /// Copies everything `r` yields to the end of the content; `what` names the source in
+    /// errors. `progress` is told of each chunk.
+    pub fn copy_from(
+        &mut self,
+        r: &mut dyn Read,
+        what: &str,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<()> {
+        let mut buf = vec![0u8; COPY_CHUNK];
+        loop {
+            let n = match r.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::Stream {
+                        what: what.to_owned(),
+                        source: e,
+                    })
+                }
+            };
+            self.write_all(&buf[..n])?;
+            progress(n as u64);
+        }
+    }
+
+    /// Reads up to `size` bytes at `offset` into `buf` (fewer at the end of the content).
+    pub fn read_at(&mut self, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<()> {
+        let want = self.len.saturating_sub(offset).min(u64::from(size)) as usize;
+        buf.clear();
+        buf.resize(want, 0);
+        self.open()?;
+        self.opened()?.read_exact_at(buf, offset).at(&self.data)
+    }
+
+    /// Sets the size of the content to `size` (refused past the size the writer expects).
+    pub fn truncate(&mut self, size: u64) -> Result<()> {
+        self.end_of(size, 0)?;
+        self.open()?;
+        self.opened()?
+            .set_len(size)
+            .map_err(|e| self.write_error(e))?;
+        if size == 0 {
+            self.hasher = Some(self.alg.hasher());
+        } else if size != self.len {
+            self.hasher = None;
+        }
+        self.hashed = None;
+        self.flushed_to = self.flushed_to.min(size);
+        self.len = size;
+        Ok(())
+    }
+
+    /// The digest of the content with `alg`: the running hash when it covers the content,
+    /// else read from the file.
+    pub fn digest(&mut self, alg: Algorithm) -> Result<Digest> {
+        if let Some(h) = self.hasher.as_ref().filter(|h| h.algorithm() == alg) {
+            return Ok(h.clone().finish());
+        }
+        if let Some(d) = self.hashed.as_ref().filter(|d| d.algorithm() == alg) {
+            return Ok(d.clone());
+        }
+        self.open()?;
+        let mut buf = vec![0u8; COPY_CHUNK];
+        let found =
+            hash_file(alg, self.opened()?, Some(self.len), &mut buf, |_| {}).at(&self.data)?;
+        self.hashed = Some(found.clone());
+        Ok(found)
+    }
+
+    /// Checks the content against the blob `expected` (and `size` bytes, when given), leaving
+    /// the writer as it is.
+    pub fn verify(&mut self, expected: &Digest, size: Option<u64>) -> Result<()> {
+        check_size(expected, size, self.len)?;
+        let found = self.digest(expected.algorithm())?;
+        check_digest(expected, found)
+    }
+
+    /// Verifies the content against what the writer expects and moves it into place. Returns
+    /// false when the store had the blob already.
+    pub fn commit(self) -> Result<bool> {
+        self.commit_named().map(|(_, placed)| placed)
+    }
+
+    /// Verifies the content as the blob `expected` (of `size` bytes, when given), whatever the
+    /// writer expected before, and moves it into place. Returns false when the store had it.
+    pub fn commit_as(mut self, expected: &Digest, size: Option<u64>) -> Result<bool> {
+        self.expected = Some((expected.clone(), size));
+        self.commit()
+    }
+
+    /// Verifies (when a digest is expected) and moves the blob into place under the digest
+    /// its content hashes to, which it returns, with whether it was placed now (false: it was
+    /// already there). The writer is spent either way: its ingest directory goes.
+    pub fn commit_named(mut self) -> Result<(Digest, bool)> {
+        let found = match self.expected.clone() {
+            Some((expected, size)) => {
+                self.verify(&expected, size)?;
+                expected
+            }
+            None => self.digest(self.alg)?,
+        };
+        self.open()?;
+        let file = self.opened()?;
+        // What is checked is `len` bytes: the file placed must hold no more (a failed write
+        // past the end may have left some).
+        let on_disk = file.metadata().at(&self.data)?.len();
+        if on_disk != self.len {
+            return Err(Error::io(
+                &self.data,
+                io::Error::other(format!(
+                    "{on_disk} bytes in the data file of blob {found}, {} written",
+                    self.len
+                )),
+            ));
+        }
+        let placed = place(&self.root, file, &self.data, &found)?;
+        Ok((found, placed))
+    }
+
+    /// Drops the writer but leaves its ingest directory, as a process that died would: the
+    /// next mount, or gc, removes it (the mount's exit does not wait for the disk).
+    pub fn abandon(mut self) {
+        self.remove_on_drop = false;
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// (device, inode) of an open file.
+fn identity(file: &File) -> io::Result<(u64, u64)> {
+    file.metadata().map(|m| (m.dev(), m.ino()))
+}
+
+/// The data file at `data` opened again with O_DIRECT, where the filesystem allows it and it
+/// is still the file `expected` names.
+fn open_direct(data: &Path, expected: (u64, u64)) -> Option<File> {
+    OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
+        .open(data)
+        .ok()
+        .filter(|f| identity(f).ok() == Some(expected))
+}
+
+/// Writes `buf` at `offset`: through `direct` when given (O_DIRECT; the caller checked the
+/// alignment), else buffered; buffered too when the filesystem refuses O_DIRECT for it.
+fn write_to(file: &File, direct: Option<&File>, buf: &[u8], offset: u64) -> io::Result<Wrote> {
+    if let Some(d) = direct {
+        if write_direct(d, buf, offset)? {
+            return Ok(Wrote::Direct);
+        }
+        file.write_all_at(buf, offset)?;
+        return Ok(Wrote::Refused);
+    }
+    file.write_all_at(buf, offset).map(|()| Wrote::Buffered)
+}
+
+/// Runs `write` while `buf` is hashed into `h` on a second thread, so that a large write pays
+/// for the slower of the two, not both. Gives the hasher back, or None when the hash could not
+/// be finished (no thread, or it panicked): the digest then comes from the file.
+fn hash_beside(
+    mut h: Hasher,
+    buf: &[u8],
+    write: impl FnOnce() -> io::Result<Wrote>,
+) -> (Option<Hasher>, io::Result<Wrote>) {
+    std::thread::scope(|s| {
+        let hashing = std::thread::Builder::new()
+            .name("hash".into())
+            .spawn_scoped(s, move || {
+                h.update(buf);
+                h
+            });
+        let wrote = write();
+        match hashing {
+            Ok(t) => (t.join().ok(), wrote),
+            Err(e) => {
+                tracing::debug!("hashing from the file at commit: no thread ({e})");
+                (None, wrote)
+            }
+        }
+    })
+}
+
+/// Writes `buf` (a whole number of pages, at a page offset) through the O_DIRECT descriptor
+/// `file`, copied into this thread's aligned buffer. Ok(false) when the filesystem refuses
+/// O_DIRECT here (EINVAL), or the write is not aligned: nothing was written, and the caller
+/// writes it buffered.
+fn write_direct(file: &File, buf: &[u8], offset: u64) -> io::Result<bool> {
+    if buf.len() % DIRECT_ALIGN != 0 || offset % DIRECT_ALIGN as u64 != 0 {
+        return Ok(false);
+    }
+    DIRECT_BUF.with(|cell| {
+        let mut pages = cell.borrow_mut();
+        let n = buf.len() / DIRECT_ALIGN;
+        if pages.len() < n {
+            pages.resize_with(n, || Page([0; DIRECT_ALIGN]));
+        }
+        // SAFETY: `Page` is a C-layout array of bytes with no padding, and the vector's pages
+        // are contiguous, so its first `n` pages are `n * DIRECT_ALIGN` initialised bytes,
+        // borrowed mutably and only here.
+        let bytes = unsafe {
+            std::slice::from_raw_parts_mut(pages.as_mut_ptr().cast::<u8>(), n * DIRECT_ALIGN)
+        };
+        bytes.copy_from_slice(buf);
+        match file.write_all_at(bytes, offset) {
+            Ok(()) => Ok(true),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+            Err(e) => Err(e),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BLOBS_DIR, INGEST_DIR};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::open(&t.path().join("store")).unwrap();
+        (t, s)
+    }
+
+    /// `n` bytes that differ from chunk to chunk, so that a wrong order hashes differently.
+    fn content(n: usize) -> Vec<u8> {
+        (0..n as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    fn blobs_in(s: &Store) -> usize {
+        Algorithm::ALL
+            .iter()
+            .map(|a| {
+                std::fs::read_dir(s.root().join(BLOBS_DIR).join(a.name()))
+                    .unwrap()
+                    .count()
+            })
+            .sum()
+    }
+
+    fn ingests_in(s: &Store) -> usize {
+        std::fs::read_dir(s.root().join(INGEST_DIR))
+            .unwrap()
+            .count()
+    }
+
+    /// Writes `data` in chunks of `chunk` bytes, in the order of `order` (chunk indexes).
+    fn write_chunks(w: &mut BlobWriter, data: &[u8], chunk: usize, order: &[usize]) {
+        for &i in order {
+            let at = i * chunk;
+            w.write_at(at as u64, &data[at..(at + chunk).min(data.len())])
+                .unwrap();
+        }
+    }
+
+    const KIB: usize = 1 << 10;
+    const MIB: usize = 1 << 20;
+
+    /// (chunk size, order of the chunks, direct): in order, reversed, shuffled, with a chunk
+    /// written twice; small buffered writes and large direct ones (parallel hash, O_DIRECT).
+    const ORDERS: [(usize, &[usize], bool); 7] = [
+        (64 * KIB, &[0, 1, 2, 3], false),
+        (64 * KIB, &[3, 2, 1, 0], false),
+        (64 * KIB, &[1, 0, 3, 2], false),
+        (64 * KIB, &[0, 2, 1, 2, 3], false),
+        (MIB, &[0, 1, 2, 3], true),
+        (MIB, &[2, 0, 3, 1], true),
+        (MIB, &[0, 1, 1, 2, 3], true),
+    ];
+
+    #[test]
+    fn writes_in_any_order_commit_with_the_content_digest() {
+        for (chunk, order, direct) in ORDERS {
+            let data = content(3 * chunk + 100);
+            let case = format!("chunks of {chunk} in order {order:?}, direct {direct}");
+            // Expected up front, given at commit, named by its hash (sha512: not the running
+            // hash's algorithm for the upload-like writer).
+            for how in 0..3 {
+                let (_t, s) = store();
+                let d = Digest::of(Algorithm::Sha256, &data);
+                let mut w = match how {
+                    0 => s.ingest(&d, Some(data.len() as u64)).unwrap(),
+                    _ => s.ingest_unnamed(Algorithm::Sha256).unwrap(),
+                };
+                if direct {
+                    w = w.direct();
+                }
+                write_chunks(&mut w, &data, chunk, order);
+                assert_eq!(w.len(), data.len() as u64, "{case}");
+                let found = match how {
+                    0 => w.commit().map(|p| (d.clone(), p)),
+                    1 => w
+                        .commit_as(&d, Some(data.len() as u64))
+                        .map(|p| (d.clone(), p)),
+                    _ => w.commit_named(),
+                };
+                assert_eq!(found.unwrap(), (d.clone(), true), "{case}, way {how}");
+                assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), data, "{case}");
+                assert_eq!(ingests_in(&s), 0, "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn an_unnamed_positional_ingest_is_named_by_its_hash() {
+        for alg in Algorithm::ALL {
+            let (_t, s) = store();
+            let data = content(200 * KIB + 7);
+            let mut w = s.ingest_unnamed(alg).unwrap().direct();
+            write_chunks(&mut w, &data, 50 * KIB, &[4, 0, 3, 1, 2]);
+            let (d, placed) = w.commit_named().unwrap();
+            assert_eq!(d, Digest::of(alg, &data));
+            assert!(placed);
+            assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), data);
+            assert_eq!(blobs_in(&s), 1);
+            // The same content again: named alike, already there.
+            let mut w = s.ingest_unnamed(alg).unwrap();
+            w.write_at(0, &data).unwrap();
+            assert_eq!(w.commit_named().unwrap(), (d, false));
+        }
+    }
+
+    #[test]
+    fn a_wrong_digest_is_refused_and_nothing_enters_blobs() {
+        let (_t, s) = store();
+        let data = content(300 * KIB);
+        let right = Digest::of(Algorithm::Sha256, &data);
+        let wrong = Digest::of(Algorithm::Sha256, b"other");
+        let wrong512 = Digest::of(Algorithm::Sha512, b"other");
+        // In order and out of order; expected up front, at commit, with another algorithm.
+        for (order, how) in [
+            (&[0, 1, 2][..], 0),
+            (&[2, 1, 0], 0),
+            (&[0, 1, 2], 1),
+            (&[1, 2, 0], 2),
+        ] {
+            let expected = if how == 2 { &wrong512 } else { &wrong };
+            let mut w = match how {
+                0 => s.ingest(expected, None).unwrap(),
+                _ => s.ingest_unnamed(Algorithm::Sha256).unwrap().direct(),
+            };
+            write_chunks(&mut w, &data, 100 * KIB, order);
+            let err = match how {
+                0 => w.commit().unwrap_err(),
+                _ => w.commit_as(expected, None).unwrap_err(),
+            };
+            let want = Digest::of(expected.algorithm(), &data);
+            assert!(
+                matches!(&err, Error::DigestMismatch { expected: e, found } if e == expected && *found == want),
+                "{order:?} {how}: {err}"
+            );
+            assert_eq!((blobs_in(&s), ingests_in(&s)), (0, 0), "{order:?} {how}");
+        }
+        // verify says so without spending the writer, which then commits as what it is.
+        let mut w = s.ingest_unnamed(Algorithm::Sha256).unwrap();
+        write_chunks(&mut w, &data, 100 * KIB, &[1, 0, 2]);
+        assert!(matches!(
+            w.verify(&wrong, None),
+            Err(Error::DigestMismatch { .. })
+        ));
+        assert_eq!(blobs_in(&s), 0);
+        assert!(w.commit_as(&right, None).unwrap());
+    }
+
+    #[test]
+    fn a_size_mismatch_is_refused() {
+        let data = content(100 * KIB);
+        let d = Digest::of(Algorithm::Sha256, &data);
+        let len = data.len() as u64;
+        type Check = fn(Result<bool>) -> bool;
+        // (size expected up front, size given at commit, bytes written, what must happen)
+        let cases: [(Option<u64>, Option<u64>, usize, Check); 4] = [
+            (
+                Some(len + 1),
+                None,
+                data.len(),
+                |r| matches!(r, Err(Error::SizeMismatch { expected, found, .. }) if expected == found + 1),
+            ),
+            (
+                None,
+                Some(len - 1),
+                data.len(),
+                |r| matches!(r, Err(Error::SizeMismatch { expected, found, .. }) if expected + 1 == found),
+            ),
+            (None, Some(len), data.len() - 1, |r| {
+                matches!(r, Err(Error::SizeMismatch { .. }))
+            }),
+            (Some(len), Some(len), data.len(), |r| matches!(r, Ok(true))),
+        ];
+        for (i, (up_front, at_commit, n, check)) in cases.into_iter().enumerate() {
+            let (_t, s) = store();
+            let mut w = match up_front {
+                Some(size) => s.ingest(&d, Some(size)).unwrap(),
+                None => s.ingest_unnamed(Algorithm::Sha256).unwrap(),
+            };
+            // The tail first: out of order, so the digest comes from the file.
+            w.write_at(4096, &data[4096..n]).unwrap();
+            w.write_at(0, &data[..4096]).unwrap();
+            let r = match at_commit {
+                Some(size) => w.commit_as(&d, Some(size)),
+                None => w.commit(),
+            };
+            let placed = matches!(r, Ok(true));
+            assert!(check(r), "case {i}");
+            assert_eq!(blobs_in(&s), usize::from(placed), "case {i}");
+            assert_eq!(ingests_in(&s), 0, "case {i}");
+        }
+        // Writing or truncating past the size expected up front fails at once.
+        let (_t, s) = store();
+        let mut w = s.ingest(&d, Some(len)).unwrap();
+        let past = w.write_at(len - 10, &[0; 11]);
+        assert!(matches!(past, Err(Error::SizeMismatch { found, .. }) if found == len + 1));
+        assert!(matches!(
+            w.truncate(len + 1),
+            Err(Error::SizeMismatch { .. })
+        ));
+        assert_eq!(w.len(), 0);
+        drop(w);
+        // A data file longer than what was written and checked is not placed.
+        let mut w = s.ingest(&d, Some(len)).unwrap();
+        w.write_all(&data).unwrap();
+        let mut behind = OpenOptions::new().append(true).open(&w.data).unwrap();
+        io::Write::write_all(&mut behind, b"!").unwrap();
+        let data_file = w.data.clone();
+        let err = w.commit().unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { path, .. } if *path == data_file),
+            "{err}"
+        );
+        assert_eq!((blobs_in(&s), ingests_in(&s)), (0, 0));
+    }
+
+    #[test]
+    fn a_parked_writer_reopens_its_own_file_only() {
+        let (_t, s) = store();
+        let data = content(3 * MIB);
+        let d = Digest::of(Algorithm::Sha256, &data);
+        let mut w = s.ingest_unnamed(Algorithm::Sha256).unwrap().direct();
+        w.write_at(0, &data[..MIB]).unwrap();
+        w.park();
+        assert!(w.is_parked());
+        // Reads and writes open it again, O_DIRECT too (the hash stays a running one).
+        let mut back = Vec::new();
+        w.read_at(MIB as u64 - 5, 10, &mut back).unwrap();
+        assert_eq!(back, &data[MIB - 5..MIB]);
+        assert!(!w.is_parked());
+        w.park();
+        w.write_at(MIB as u64, &data[MIB..]).unwrap();
+        assert!(w.hasher.is_some() && w.direct.file.is_some());
+        w.park();
+        assert!(w.commit_as(&d, Some(data.len() as u64)).unwrap());
+        assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), data);
+
+        // A data file replaced while parked is not written, read or committed.
+        let mut w = s.ingest(&d, None).unwrap();
+        w.write_all(&data).unwrap();
+        w.park();
+        let planted = w.dir.join("planted");
+        std::fs::write(&planted, &data).unwrap();
+        std::fs::rename(&planted, &w.data).unwrap();
+        let data_file = w.data.clone();
+        let refused = |e: Error| matches!(&e, Error::Io { path, .. } if *path == data_file);
+        assert!(refused(w.write_at(0, b"x").unwrap_err()));
+        assert!(refused(w.read_at(0, 1, &mut back).unwrap_err()));
+        assert!(refused(w.commit().unwrap_err()));
+        assert_eq!(blobs_in(&s), 1);
+        assert_eq!(ingests_in(&s), 0);
+    }
+
+    #[test]
+    fn a_dropped_writer_removes_its_ingest_and_an_abandoned_one_leaves_it() {
+        let (_t, s) = store();
+        let mut w = s.ingest_unnamed(Algorithm::Sha256).unwrap().direct();
+        w.write_at(0, b"data").unwrap();
+        drop(w);
+        assert_eq!(ingests_in(&s), 0);
+        let mut w = s.ingest_unnamed(Algorithm::Sha256).unwrap();
+        w.write_at(0, b"data").unwrap();
+        w.abandon();
+        assert_eq!((blobs_in(&s), ingests_in(&s)), (0, 1));
+    }
+}
