@@ -381,3 +381,37 @@ fn a_rename_whose_sub_repository_names_get_too_long_loses_pending_images() {
         a_listed.iter().map(|n| if n.len() > 20 { format!("{}…", &n[..8]) } else { n.clone() }).collect::<Vec<_>>()
     );
 }
+
+/// Finding 1b (the consequence): `a` with images is renamed (rename(2), as `mv -T` or
+/// os.replace do) onto `b`, a copy in progress; the rename succeeds, and when the copy writes
+/// `b/index.json` the images that came from `a` are removed: they are lost, where POSIX would
+/// have refused the rename and kept them.
+#[test]
+fn renaming_onto_a_copy_in_progress_loses_the_renamed_images() {
+    let h = Harness::new();
+    let src = layout(&h, "src", 1, 51);
+    let other = layout(&h, "other", 2, 52);
+    layoutfs::archive::import::import(
+        &h.store,
+        &layoutfs::archive::import::Source::Dir(other.clone()),
+        Some("a"),
+    )
+    .unwrap();
+    h.fs.invalidate();
+    mkdir_p(&h, "b").unwrap();
+    put(&h, "b/oci-layout", &std::fs::read(src.join("oci-layout")).unwrap(), 1).unwrap();
+    mkdir_p(&h, "b/blobs/sha256").unwrap();
+    for (name, bytes) in blobs_of(&src) {
+        put(&h, &format!("b/blobs/sha256/{name}"), &bytes, 1).unwrap();
+    }
+    let root = layoutfs::fs::root_ino();
+    let renamed = h.fs.rename(root, "a", root, "b", false, 9);
+    // cp goes on: index.json last.
+    put(&h, "b/index.json", &std::fs::read(src.join("index.json")).unwrap(), 1).unwrap();
+    let all = images(&h);
+    assert!(
+        all.iter().filter(|n| n.ends_with(":t1")).count() == 1,
+        "rename onto the copy gave {:?}; images now {all:?}: a's t1 is gone",
+        renamed.map_err(|e| e.to_string())
+    );
+}
