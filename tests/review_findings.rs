@@ -415,3 +415,32 @@ fn renaming_onto_a_copy_in_progress_loses_the_renamed_images() {
         renamed.map_err(|e| e.to_string())
     );
 }
+
+/// Finding 2c: the same mismatch reached through the mount alone: `mv y x/blobs` where `x` is a
+/// repository made with mkdir (no image yet, so no `blobs` shown) makes a sub-repository
+/// `x/blobs` that readdir of `x` never lists while lookup finds it; once `x` gets an image, the
+/// layout's `blobs` shadows it and y's images can no longer be reached through the mount.
+#[test]
+fn a_repository_moved_to_a_layout_name_of_an_empty_repository_is_hidden_from_readdir() {
+    let h = Harness::new();
+    let src = layout(&h, "src", 1, 61);
+    layoutfs::archive::import::import(
+        &h.store,
+        &layoutfs::archive::import::Source::Dir(src.clone()),
+        Some("y"),
+    )
+    .unwrap();
+    h.fs.invalidate();
+    mkdir_p(&h, "x").unwrap();
+    let root = layoutfs::fs::root_ino();
+    let x = h.walk("x").unwrap().ino;
+    let r = h.fs.rename(root, "y", x, "blobs", false, 1);
+    let listed = h.list("x").unwrap();
+    let found = h.walk("x/blobs").map(|a| a.kind);
+    assert!(
+        r.is_err() || listed.contains(&"blobs".to_owned()) == found.is_ok(),
+        "mv y x/blobs gave {:?}; readdir x lists {listed:?}, lookup x/blobs gives {found:?}; images {:?}",
+        r.map_err(|e| e.to_string()),
+        images(&h)
+    );
+}
