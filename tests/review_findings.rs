@@ -576,3 +576,38 @@ fn sound_no_deadlock_under_renames_closes_and_lookups() {
         h.list("")
     );
 }
+
+/// Finding 7: a blob that reaches `blobs/<alg>/<hex>` by the rename of a directory above it (a
+/// staging directory renamed onto `blobs`, or `blobs/.tmp` onto `blobs/sha256`) is never
+/// committed: a scratch directory is only renamed (`move_to`), its files stay temporary files
+/// under a scratch directory that shadows the layout's `blobs`, and the image written next waits
+/// for blobs that are listed right there.
+#[test]
+fn blobs_that_arrive_by_renaming_their_directory_are_never_committed() {
+    let h = Harness::new();
+    let src = layout(&h, "src", 1, 91);
+    mkdir_p(&h, "r").unwrap();
+    let r = h.walk("r").unwrap().ino;
+    h.fs.mkdir(r, ".stage").unwrap();
+    let stage = h.walk("r/.stage").unwrap().ino;
+    h.fs.mkdir(stage, "sha256").unwrap();
+    let alg = h.walk("r/.stage/sha256").unwrap().ino;
+    for (name, bytes) in blobs_of(&src) {
+        let fh = h.fs.create(alg, &name).unwrap().1.fh;
+        h.fs.write(fh, 0, &bytes).unwrap();
+        h.fs.flush(fh, 1).unwrap();
+        h.fs.release(fh);
+    }
+    h.fs.rename(r, ".stage", r, "blobs", false, 1).unwrap();
+    put(&h, "r/oci-layout", &std::fs::read(src.join("oci-layout")).unwrap(), 1).unwrap();
+    put(&h, "r/index.json", &std::fs::read(src.join("index.json")).unwrap(), 1).unwrap();
+    let mut listed = h.list("r/blobs/sha256").unwrap_or_default();
+    listed.sort();
+    assert!(
+        h.fs.pending().is_empty() && images(&h) == ["r:t0"],
+        "every blob is listed at r/blobs/sha256 ({} of them), yet pending: {:?}, registered: {:?}",
+        listed.len(),
+        h.fs.pending().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        images(&h)
+    );
+}
