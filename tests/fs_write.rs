@@ -1272,3 +1272,80 @@ fn truncating_a_committed_blob_to_nothing_without_a_handle_returns() {
     assert_eq!(size.unwrap(), bytes.len() as u64);
     assert_eq!(h.read_as(&path, 1).unwrap(), bytes);
 }
+
+/// Finding 1: rename(2) of a repository onto a directory that is not empty (a copy in progress:
+/// `oci-layout` written, blobs committed, no index.json yet) succeeds: the check looks only at
+/// images and sub-repositories, not at what was written there. POSIX says ENOTEMPTY; here the
+/// target's files vanish from the listing.
+#[test]
+fn renaming_a_repository_onto_a_directory_being_copied_into_is_enotempty() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 7);
+    // b: a copy in progress (cp -r, index.json last).
+    h.mkdir_p("b").unwrap();
+    h.put(
+        "b/oci-layout",
+        &std::fs::read(src.join("oci-layout")).unwrap(),
+        1,
+    )
+    .unwrap();
+    h.mkdir_p("b/blobs/sha256").unwrap();
+    for (name, bytes) in source_blobs(&src) {
+        h.put(&format!("b/blobs/sha256/{name}"), &bytes, 1).unwrap();
+    }
+    let before = h.list("b").unwrap();
+    assert_eq!(before, ["oci-layout", "blobs"]);
+    // a: an empty repository.
+    h.mkdir_p("a").unwrap();
+    let root = layoutfs::fs::root_ino();
+    let r = h.fs.rename(root, "a", root, "b", false, 9);
+    let listed = h.list("b").unwrap_or_default();
+    assert!(
+        r.is_err(),
+        "rename onto a non-empty directory succeeded; b now lists {listed:?} (was {before:?})"
+    );
+}
+
+/// Finding 1b (the consequence): `a` with images is renamed (rename(2), as `mv -T` or
+/// os.replace do) onto `b`, a copy in progress; the rename succeeds, and when the copy writes
+/// `b/index.json` the images that came from `a` are removed: they are lost, where POSIX would
+/// have refused the rename and kept them.
+#[test]
+fn renaming_onto_a_copy_in_progress_loses_the_renamed_images() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 51);
+    let other = h.layout("other", 2, 52);
+    layoutfs::archive::import::import(
+        &h.store,
+        &layoutfs::archive::import::Source::Dir(other.clone()),
+        Some("a"),
+    )
+    .unwrap();
+    h.fs.invalidate();
+    h.mkdir_p("b").unwrap();
+    h.put(
+        "b/oci-layout",
+        &std::fs::read(src.join("oci-layout")).unwrap(),
+        1,
+    )
+    .unwrap();
+    h.mkdir_p("b/blobs/sha256").unwrap();
+    for (name, bytes) in source_blobs(&src) {
+        h.put(&format!("b/blobs/sha256/{name}"), &bytes, 1).unwrap();
+    }
+    let root = layoutfs::fs::root_ino();
+    let renamed = h.fs.rename(root, "a", root, "b", false, 9);
+    // cp goes on: index.json last.
+    h.put(
+        "b/index.json",
+        &std::fs::read(src.join("index.json")).unwrap(),
+        1,
+    )
+    .unwrap();
+    let all = h.images();
+    assert!(
+        all.iter().filter(|n| n.ends_with(":t1")).count() == 1,
+        "rename onto the copy gave {:?}; images now {all:?}: a's t1 is gone",
+        renamed.map_err(|e| e.to_string())
+    );
+}

@@ -593,21 +593,36 @@ impl super::Fs {
         }
     }
 
+    /// Whether directory `ino` is empty as every process sees it: no scratch entry, nothing
+    /// the maker wrote nor what others are shown (a pending repository's layout names), by the
+    /// rule readdir lists with, and for a directory of the tree no image and no directory below
+    /// it (a sub-repository named like a layout name included).
+    fn dir_is_empty(&self, ino: u64) -> FsResult<bool> {
+        if self.write.lock().has_children(ino) {
+            return Ok(false);
+        }
+        for viewer in [super::Viewer::Maker, super::Viewer::Reader] {
+            let listed = self.dir_entries(ino, viewer)?;
+            if listed.iter().any(|e| e.name != "." && e.name != "..") {
+                return Ok(false);
+            }
+        }
+        if let Node::Dir(path) = self.node(ino)? {
+            let snapshot = self.views.snapshot()?;
+            let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
+            let images = snapshot.entries(&path).is_some_and(|e| !e.is_empty());
+            return Ok(!images && dir.children.is_empty());
+        }
+        Ok(true)
+    }
+
     pub fn rmdir(&self, parent: u64, name: &str) -> FsResult<()> {
         self.writable()?;
         let attr = self.lookup(parent, std::ffi::OsStr::new(name))?;
         let ino = attr.ino;
         let node = self.node(ino)?;
-        if self.write.lock().has_children(ino) {
+        if !self.dir_is_empty(ino)? {
             return Err(FsError::NotEmpty);
-        }
-        // Empty as every process sees it: what the maker wrote and what others are shown (a
-        // pending repository's layout names), by the rule readdir lists with.
-        for viewer in [super::Viewer::Maker, super::Viewer::Reader] {
-            let listed = self.dir_entries(ino, viewer)?;
-            if listed.iter().any(|e| e.name != "." && e.name != "..") {
-                return Err(FsError::NotEmpty);
-            }
         }
         match node {
             Node::Scratch(id) => {
@@ -640,14 +655,6 @@ impl super::Fs {
                 Ok(())
             }
             Node::Dir(path) => {
-                let snapshot = self.views.snapshot()?;
-                let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
-                let images = snapshot.entries(&path).is_some_and(|e| !e.is_empty());
-                if images || !dir.children.is_empty() {
-                    return Err(FsError::NotEmpty);
-                }
-                // Patched in place only while no one else holds this snapshot.
-                drop(snapshot);
                 self.write.lock().forget_repo(&path);
                 self.views.remove_created(&path);
                 Ok(())
@@ -755,10 +762,11 @@ impl super::Fs {
         check_repository(to)
             .map_err(|why| FsError::Invalid(format!("{to:?} is not a repository name: {why}")))?;
         let _serial = self.write_lock.lock();
-        let snapshot = self.views.snapshot()?;
-        if let Some(d) = snapshot.dir(to) {
-            let images = snapshot.entries(to).is_some_and(|e| !e.is_empty());
-            if images || !d.children.is_empty() {
+        // rename(2) replaces only an empty directory: nothing written there either (a copy in
+        // progress), as every process sees it.
+        if self.views.snapshot()?.dir(to).is_some() {
+            let target = self.inodes.ino(&Node::Dir(Arc::from(to)));
+            if !self.dir_is_empty(target)? {
                 return Err(FsError::NotEmpty);
             }
         }
