@@ -1349,3 +1349,44 @@ fn renaming_onto_a_copy_in_progress_loses_the_renamed_images() {
         renamed.map_err(|e| e.to_string())
     );
 }
+
+/// Finding 5: a rename checks only the new name of the directory renamed, not the names of the
+/// repositories below it. Renaming `a` (holding `a/x`, whose image is pending) to a 254-byte
+/// name makes `<254>/x` too long: the records (none) and the inodes are moved, then
+/// `WriteState::rename_repo` fails half way, after removing `a/x`'s state from its map. The
+/// rename returns an error, yet `a` is gone, and so is the pending image (and the state of
+/// what was written there).
+#[test]
+fn a_rename_whose_sub_repository_names_get_too_long_loses_pending_images() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 41);
+    h.mkdir_p("a/x").unwrap();
+    h.put(
+        "a/x/index.json",
+        &std::fs::read(src.join("index.json")).unwrap(),
+        1,
+    )
+    .unwrap();
+    let pending: Vec<String> = h.fs.pending().iter().map(|r| r.to_string()).collect();
+    assert_eq!(pending, ["a/x:t0"]);
+    let long = "b".repeat(254);
+    let root = layoutfs::fs::root_ino();
+    let r = h.fs.rename(root, "a", root, &long, false, 1);
+    h.fs.invalidate();
+    let pending: Vec<String> = h.fs.pending().iter().map(|r| r.to_string()).collect();
+    let a_listed = h.list("").unwrap();
+    assert!(
+        (r.is_err() && pending == ["a/x:t0"] && h.walk("a/x").is_ok())
+            || (r.is_ok() && pending.len() == 1),
+        "rename gave {:?}; pending images now {pending:?}; the root lists {:?}",
+        r.map_err(|e| e.to_string()),
+        a_listed
+            .iter()
+            .map(|n| if n.len() > 20 {
+                format!("{}…", &n[..8])
+            } else {
+                n.clone()
+            })
+            .collect::<Vec<_>>()
+    );
+}

@@ -34,9 +34,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::digest::{Algorithm, Digest};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::layout::Entry;
-use crate::reference::Reference;
+use crate::reference::{check_repository, Reference, ReferenceError};
 
 use super::upload::Upload;
 use super::view::Extra;
@@ -237,12 +237,11 @@ impl WriteState {
         self.repo_mut(repo).id
     }
 
-    /// Moves the state of `from` and of every repository below it to the same place under
-    /// `to`; the names of their pending images follow.
-    pub fn rename_repo(&mut self, from: &str, to: &str) -> Result<()> {
+    /// The repositories a rename of `from` moves: itself and those below it.
+    fn moved_by(&self, from: &str) -> Vec<String> {
         let below = format!("{from}/");
         let itself = self.repos.contains_key(from).then(|| from.to_owned());
-        let moved: Vec<String> = itself
+        itself
             .into_iter()
             .chain(
                 self.repos
@@ -251,20 +250,53 @@ impl WriteState {
                     .take_while(|k| k.starts_with(&below))
                     .cloned(),
             )
-            .collect();
-        for old in moved {
+            .collect()
+    }
+
+    /// What a rename of `from` to `to` makes of the state: each moved repository's old and new
+    /// names, and its pending images renamed. An error (a name grown too long) changes nothing.
+    fn renamed(&self, from: &str, to: &str) -> Result<Vec<(String, String, Vec<Entry>)>> {
+        let mut out = Vec::new();
+        for old in self.moved_by(from) {
+            let new = format!("{to}{}", &old[from.len()..]);
+            check_repository(&new).map_err(|why| ReferenceError::Invalid(new.clone(), why))?;
+            let pending = self.repos[&old]
+                .pending
+                .iter()
+                .map(|e| {
+                    Ok(Entry {
+                        name: e.name.with_repository(&new)?,
+                        target: e.target.clone(),
+                    })
+                })
+                .collect::<Result<Vec<Entry>>>()?;
+            out.push((old, new, pending));
+        }
+        Ok(out)
+    }
+
+    /// Checks that a rename of `from` to `to` gives every repository below `from` and every
+    /// pending image there a valid name, before anything is moved.
+    pub fn check_rename(&self, from: &str, to: &str) -> Result<()> {
+        self.renamed(from, to).map(|_| ())
+    }
+
+    /// Moves the state of `from` and of every repository below it to the same place under
+    /// `to`; the names of their pending images follow. Every new name is made first: on an
+    /// error nothing moved. Returns the ids of the states replaced (an empty directory's).
+    pub fn rename_repo(&mut self, from: &str, to: &str) -> Result<Vec<u64>> {
+        let mut replaced = Vec::new();
+        for (old, new, pending) in self.renamed(from, to)? {
             let Some(mut state) = self.repos.remove(&old) else {
                 continue;
             };
-            let new = format!("{to}{}", &old[from.len()..]);
-            for e in &mut state.pending {
-                e.name = e.name.with_repository(&new).map_err(Error::from)?;
-            }
-            if let Some(replaced) = self.repos.insert(new, state) {
-                self.seen -= replaced.seen.len();
+            state.pending = pending;
+            if let Some(gone) = self.repos.insert(new, state) {
+                self.seen -= gone.seen.len();
+                replaced.push(gone.id);
             }
         }
-        Ok(())
+        Ok(replaced)
     }
 
     /// Forgets what was kept for `repo` (removed with rmdir).

@@ -779,6 +779,8 @@ impl super::Fs {
                     .map(|rest| format!("{to}{rest}"))
             }
         };
+        // Every name the rename makes is checked before anything moves.
+        self.write.lock().check_rename(from, to)?;
         let mut put = Vec::new();
         let mut remove = Vec::new();
         for image in self.store().records().list()? {
