@@ -1390,3 +1390,54 @@ fn a_rename_whose_sub_repository_names_get_too_long_loses_pending_images() {
             .collect::<Vec<_>>()
     );
 }
+
+/// Finding 4: the write state (lock 3, "memory only; never held across I/O") is held while an
+/// upload's ingest is removed from disk: `unlink` of a closed temporary file drops the scratch
+/// entry (the last owner of its `Upload`, whose Drop is `remove_dir_all`) inside
+/// `WriteState::remove`, with the lock held. Every lookup, getattr and readdir of the mount
+/// waits meanwhile (here made long by giving the ingest many entries; in use, the unlink of a
+/// multi-GiB temporary file).
+#[test]
+fn unlinking_a_closed_temporary_file_removes_its_ingest_under_the_write_state_lock() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let h = Arc::new(Harness::new());
+    h.mkdir_p("r").unwrap();
+    let r = h.walk("r").unwrap().ino;
+    let fh = h.fs.create(r, "tmpfile").unwrap().1.fh;
+    h.fs.write(fh, 0, b"some bytes").unwrap();
+    h.fs.flush(fh, 1).unwrap();
+    h.fs.release(fh);
+    // Its ingest, made slow to remove.
+    let ingests: Vec<_> = std::fs::read_dir(h.store.root().join("ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(ingests.len(), 1, "{ingests:?}");
+    for i in 0..60000 {
+        std::fs::File::create(ingests[0].join(format!("f{i}"))).unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let (h2, stop2) = (h.clone(), stop.clone());
+    let prober = std::thread::spawn(move || {
+        let root = layoutfs::fs::root_ino();
+        let mut worst = std::time::Duration::ZERO;
+        while !stop2.load(Ordering::Relaxed) {
+            let t = std::time::Instant::now();
+            let _ = h2.fs.lookup(root, OsStr::new("r"));
+            worst = worst.max(t.elapsed());
+        }
+        worst
+    });
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let t = std::time::Instant::now();
+    h.fs.unlink(r, "tmpfile").unwrap();
+    let took = t.elapsed();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    stop.store(true, Ordering::Relaxed);
+    let worst = prober.join().unwrap();
+    assert!(
+        worst < std::time::Duration::from_millis(100),
+        "a lookup waited {worst:?} for an unlink (which took {took:?}) removing an ingest"
+    );
+}

@@ -429,12 +429,15 @@ impl WriteState {
     // -----------------------------------------------------------------------------------------
     // Scratch entries
 
-    pub fn add(&mut self, parent: u64, name: &str, kind: ScratchKind) -> u64 {
+    /// Enters a scratch entry as `name` in `parent`: its id, and the entry it replaced, for the
+    /// caller to drop with this state let go (an upload's drop removes its ingest from disk).
+    #[must_use]
+    pub fn add(&mut self, parent: u64, name: &str, kind: ScratchKind) -> (u64, Option<Scratch>) {
         self.next += 1;
         let id = self.next;
-        if let Some(old) = self.link(parent, name, id) {
-            self.scratch.remove(&old);
-        }
+        let replaced = self
+            .link(parent, name, id)
+            .and_then(|old| self.scratch.remove(&old));
         self.scratch.insert(
             id,
             Scratch {
@@ -443,7 +446,7 @@ impl WriteState {
                 kind,
             },
         );
-        id
+        (id, replaced)
     }
 
     /// Enters `id` as `name` in `parent`, returning what was there.
@@ -468,6 +471,8 @@ impl WriteState {
         self.names.get(&parent)?.get(name).copied()
     }
 
+    /// Removes scratch entry `id`, returning it for the caller to drop with this state let go.
+    #[must_use]
     pub fn remove(&mut self, id: u64) -> Option<Scratch> {
         let s = self.scratch.remove(&id)?;
         self.unlink_name(s.parent, &s.name);
@@ -486,22 +491,25 @@ impl WriteState {
         self.names.contains_key(&parent)
     }
 
-    pub fn move_to(&mut self, id: u64, parent: u64, name: &str) {
-        if let Some(old) = self.unlink_name(parent, name) {
-            if old != id {
-                self.scratch.remove(&old);
-            }
-        }
+    /// Moves scratch entry `id` to `name` in `parent`, returning the entry it replaced for the
+    /// caller to drop with this state let go.
+    #[must_use]
+    pub fn move_to(&mut self, id: u64, parent: u64, name: &str) -> Option<Scratch> {
+        let replaced = self
+            .unlink_name(parent, name)
+            .filter(|old| *old != id)
+            .and_then(|old| self.scratch.remove(&old));
         let Some((old_parent, old_name)) = self.scratch.get_mut(&id).map(|s| {
             (
                 std::mem::replace(&mut s.parent, parent),
                 std::mem::replace(&mut s.name, name.to_owned()),
             )
         }) else {
-            return;
+            return replaced;
         };
         self.unlink_name(old_parent, &old_name);
         self.link(parent, name, id);
+        replaced
     }
 
     /// The upload of scratch file `id`, if it is one being written.

@@ -174,7 +174,7 @@ impl super::Fs {
             Node::Dir(path) => {
                 let new = super::child_path(path, name);
                 if let (Some(_), Err(_)) = (self.repo_of(&node), check_repository(name)) {
-                    Node::Scratch(self.write.lock().add(parent, name, ScratchKind::Dir))
+                    Node::Scratch(self.add_scratch(parent, name, ScratchKind::Dir))
                 } else {
                     check_repository(&new).map_err(|why| {
                         FsError::Invalid(format!("{new:?} is not a repository name: {why}"))
@@ -200,7 +200,7 @@ impl super::Fs {
             }
             Node::Scratch(_) => {
                 self.repo_of(&node).ok_or(FsError::NotFound)?;
-                Node::Scratch(self.write.lock().add(parent, name, ScratchKind::Dir))
+                Node::Scratch(self.add_scratch(parent, name, ScratchKind::Dir))
             }
             Node::AlgDir(repo, alg) => {
                 return Err(FsError::Invalid(format!(
@@ -254,10 +254,7 @@ impl super::Fs {
             _ => return Err(FsError::NotDir),
         };
         let shared = SharedUpload::new(Upload::new(self.store(), alg)?);
-        let id = self
-            .write
-            .lock()
-            .add(parent, name, ScratchKind::File(shared.clone()));
+        let id = self.add_scratch(parent, name, ScratchKind::File(shared.clone()));
         let child = Node::Scratch(id);
         let ino = self.inodes.ino(&child);
         let attr = self.attr(ino, &child)?;
@@ -500,7 +497,7 @@ impl super::Fs {
         self.hold(&writer_holder(repo_id, pid), digest)?;
         if let Err(e) = upload.commit(self.store(), digest, wanted) {
             // Nothing entered the store (a full disk), and the name holds nothing: it is gone.
-            self.write.lock().remove(id);
+            self.remove_scratch(id);
             return Err(e.into());
         }
         if let Some(s) = self.write.lock().scratch.get_mut(&id) {
@@ -531,11 +528,14 @@ impl super::Fs {
             return match w.scratch.get(&id).map(|s| &s.kind) {
                 Some(ScratchKind::Dir) => Err(FsError::IsDir),
                 _ => {
-                    w.remove(id);
+                    let gone = w.remove(id);
                     // The same blob may be listed through the repository's images too.
                     if let Some((repo, digest)) = blob {
                         w.repo_mut(&repo).hidden.insert(digest);
                     }
+                    // An upload's ingest is removed with the write state let go.
+                    drop(w);
+                    drop(gone);
                     Ok(())
                 }
             };
@@ -626,14 +626,15 @@ impl super::Fs {
         }
         match node {
             Node::Scratch(id) => {
-                let mut w = self.write.lock();
-                match w.scratch.get(&id).map(|s| &s.kind) {
-                    Some(ScratchKind::Dir) => {
-                        w.remove(id);
-                        Ok(())
-                    }
-                    _ => Err(FsError::NotDir),
+                let is_dir = matches!(
+                    self.write.lock().scratch.get(&id).map(|s| &s.kind),
+                    Some(ScratchKind::Dir)
+                );
+                if !is_dir {
+                    return Err(FsError::NotDir);
                 }
+                self.remove_scratch(id);
+                Ok(())
             }
             Node::Blobs(repo) => {
                 for alg in Algorithm::ALL {
@@ -705,7 +706,7 @@ impl super::Fs {
         let target = self.node(newparent)?;
         let Some(shared) = shared else {
             // A directory or a committed blob: only its name changes.
-            self.write.lock().move_to(id, newparent, newname);
+            self.move_scratch(id, newparent, newname);
             return Ok(());
         };
         match &target {
@@ -734,7 +735,9 @@ impl super::Fs {
                         if let Some(s) = w.scratch.get_mut(&id) {
                             s.kind = ScratchKind::Committed(digest.clone(), size);
                         }
-                        w.move_to(id, newparent, newname);
+                        let replaced = w.move_to(id, newparent, newname);
+                        drop(w);
+                        drop(replaced);
                     }
                     self.views.forget_repo(&repo);
                     return self.register_pending();
@@ -749,13 +752,33 @@ impl super::Fs {
                 shared.lock().dirty = true;
                 self.finish(ino, &shared, pid, true)?;
                 self.show_layout_name_at(ino, newname, true);
-                self.write.lock().remove(id);
+                self.remove_scratch(id);
                 return Ok(());
             }
             _ => {}
         }
-        self.write.lock().move_to(id, newparent, newname);
+        self.move_scratch(id, newparent, newname);
         Ok(())
+    }
+
+    /// Enters a scratch entry; what it replaces (an upload, whose ingest is a directory to
+    /// remove) is dropped with the write state let go.
+    fn add_scratch(&self, parent: u64, name: &str, kind: ScratchKind) -> u64 {
+        let (id, replaced) = self.write.lock().add(parent, name, kind);
+        drop(replaced);
+        id
+    }
+
+    /// Removes scratch entry `id`, dropping it (and its upload) with the write state let go.
+    fn remove_scratch(&self, id: u64) {
+        let gone = self.write.lock().remove(id);
+        drop(gone);
+    }
+
+    /// Moves scratch entry `id`, dropping what it replaces with the write state let go.
+    fn move_scratch(&self, id: u64, parent: u64, name: &str) {
+        let replaced = self.write.lock().move_to(id, parent, name);
+        drop(replaced);
     }
 
     fn rename_repo(&self, from: &str, to: &str) -> FsResult<()> {
@@ -878,7 +901,7 @@ impl super::Fs {
                 let mut w = shared.lock();
                 if w.upload.is_some() && at_blob_name {
                     drop(w);
-                    self.write.lock().remove(id);
+                    self.remove_scratch(id);
                 } else if let Some(u) = w.upload.as_mut() {
                     u.park();
                 }
