@@ -1441,3 +1441,33 @@ fn unlinking_a_closed_temporary_file_removes_its_ingest_under_the_write_state_lo
         "a lookup waited {worst:?} for an unlink (which took {took:?}) removing an ingest"
     );
 }
+
+/// Finding 6: blobs written into a repository are held in the mount's lease under the
+/// repository's id ("released when that process writes the repository's index.json, or the
+/// repository goes"), but `rmdir` (`forget_repo`) releases nothing: after `rm -r` of a copy
+/// abandoned before its index.json, gc cannot take its blobs until the mount ends.
+#[test]
+fn blobs_of_a_removed_repository_stay_held_until_unmount() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 71);
+    h.mkdir_p("a/blobs/sha256").unwrap();
+    for (name, bytes) in source_blobs(&src) {
+        h.put(&format!("a/blobs/sha256/{name}"), &bytes, 1).unwrap();
+    }
+    // rm -r a: the blobs, their directories, the repository.
+    let alg = h.walk("a/blobs/sha256").unwrap().ino;
+    for name in h.list("a/blobs/sha256").unwrap() {
+        h.fs.unlink(alg, &name).unwrap();
+    }
+    h.fs.rmdir(h.walk("a/blobs").unwrap().ino, "sha256")
+        .unwrap();
+    h.fs.rmdir(h.walk("a").unwrap().ino, "blobs").unwrap();
+    h.fs.rmdir(layoutfs::fs::root_ino(), "a").unwrap();
+    assert!(h.walk("a").is_err());
+    let removed = gc_now(&h);
+    assert_eq!(
+        removed.len(),
+        source_blobs(&src).len(),
+        "gc after rm -r of the repository removed {removed:?}: the rest stays held by the mount"
+    );
+}

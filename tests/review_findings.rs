@@ -330,50 +330,6 @@ fn a_repository_moved_to_a_layout_name_of_an_empty_repository_is_hidden_from_rea
     );
 }
 
-fn gc_now(h: &Harness) -> Vec<String> {
-    let options = layoutfs::store::gc::GcOptions {
-        dry_run: false,
-        grace: std::time::Duration::ZERO,
-    };
-    let other = layoutfs::store::Store::open(h.store.root()).unwrap();
-    let report = layoutfs::store::gc::gc(&other, &options).unwrap();
-    report
-        .blobs
-        .iter()
-        .map(|(d, _)| d.hex().to_owned())
-        .collect()
-}
-
-/// Finding 6: blobs written into a repository are held in the mount's lease under the
-/// repository's id ("released when that process writes the repository's index.json, or the
-/// repository goes"), but `rmdir` (`forget_repo`) releases nothing: after `rm -r` of a copy
-/// abandoned before its index.json, gc cannot take its blobs until the mount ends.
-#[test]
-fn blobs_of_a_removed_repository_stay_held_until_unmount() {
-    let h = Harness::new();
-    let src = layout(&h, "src", 1, 71);
-    mkdir_p(&h, "a/blobs/sha256").unwrap();
-    for (name, bytes) in blobs_of(&src) {
-        put(&h, &format!("a/blobs/sha256/{name}"), &bytes, 1).unwrap();
-    }
-    // rm -r a: the blobs, their directories, the repository.
-    let alg = h.walk("a/blobs/sha256").unwrap().ino;
-    for name in h.list("a/blobs/sha256").unwrap() {
-        h.fs.unlink(alg, &name).unwrap();
-    }
-    h.fs.rmdir(h.walk("a/blobs").unwrap().ino, "sha256")
-        .unwrap();
-    h.fs.rmdir(h.walk("a").unwrap().ino, "blobs").unwrap();
-    h.fs.rmdir(layoutfs::fs::root_ino(), "a").unwrap();
-    assert!(h.walk("a").is_err());
-    let removed = gc_now(&h);
-    assert_eq!(
-        removed.len(),
-        blobs_of(&src).len(),
-        "gc after rm -r of the repository removed {removed:?}: the rest stays held by the mount"
-    );
-}
-
 /// Not a finding (it passes): a stress of renames, uploads closing, index.json writes,
 /// lookups, stats and listings at once, with a watchdog, finds no deadlock.
 #[test]

@@ -312,6 +312,8 @@ impl super::Fs {
             let state = w.repo_mut(repo);
             state.created = true;
             let dropped = std::mem::take(&mut state.pending);
+            // Its writers' holders are released below.
+            state.held = false;
             (dropped, state.id)
         };
         self.views.invalidate();
@@ -322,6 +324,16 @@ impl super::Fs {
         if !dropped.is_empty() {
             // The sizes the dropped images gave their blobs no longer bind writes.
             self.refresh_wanted()?;
+        }
+        Ok(())
+    }
+
+    /// Releases every lease holder named for the repository of id `id` (its state forgotten):
+    /// what was written there, and what its pending images needed.
+    pub(super) fn release_repo(&self, id: Option<u64>) -> FsResult<()> {
+        if let (Some(lease), Some(id)) = (&self.lease, id) {
+            lease.release_prefix(&format!("w {id} "))?;
+            lease.release_prefix(&format!("p {id} "))?;
         }
         Ok(())
     }

@@ -146,6 +146,10 @@ pub struct RepoState {
     pub hidden: BTreeSet<Digest>,
     /// Images written into the mount that wait for blobs.
     pub pending: Vec<Entry>,
+    /// Whether a lease holder was named for what was written here (`writer_holder` by `id`):
+    /// such a state is never forgotten as idle, so no holder outlives the id that names it; it
+    /// goes with rmdir, which releases the holders.
+    pub held: bool,
     /// The names each process last read in `index.json`: what it may remove.
     seen: HashMap<u32, BTreeSet<Reference>>,
 }
@@ -165,6 +169,7 @@ impl RepoState {
             && self.hidden.is_empty()
             && self.pending.is_empty()
             && self.seen.is_empty()
+            && !self.held
     }
 }
 
@@ -299,11 +304,12 @@ impl WriteState {
         Ok(replaced)
     }
 
-    /// Forgets what was kept for `repo` (removed with rmdir).
-    pub fn forget_repo(&mut self, repo: &str) {
-        if let Some(state) = self.repos.remove(repo) {
-            self.seen -= state.seen.len();
-        }
+    /// Forgets what was kept for `repo` (removed with rmdir); returns its id when lease holders
+    /// were named by it, for the caller to release them (with this state let go).
+    pub fn forget_repo(&mut self, repo: &str) -> Option<u64> {
+        let state = self.repos.remove(repo)?;
+        self.seen -= state.seen.len();
+        (state.held || !state.pending.is_empty()).then_some(state.id)
     }
 
     /// What the mount adds to the records, for the views: repositories kept as directories,

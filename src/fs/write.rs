@@ -134,7 +134,12 @@ impl super::Fs {
     /// it, so the name read here is the one the state is kept under.
     fn repo_id_at(&self, w: &mut WriteState, dir: u64) -> Option<u64> {
         match self.inodes.node(dir)? {
-            Node::AlgDir(repo, _) | Node::Blobs(repo) | Node::Dir(repo) => Some(w.repo_id(&repo)),
+            Node::AlgDir(repo, _) | Node::Blobs(repo) | Node::Dir(repo) => {
+                // Asked to name a lease holder: the state is kept until the holder is released.
+                let state = w.repo_mut(&repo);
+                state.held = true;
+                Some(state.id)
+            }
             _ => None,
         }
     }
@@ -655,9 +660,19 @@ impl super::Fs {
                 self.write.lock().repo_mut(&repo).alg_dirs.remove(&alg);
                 Ok(())
             }
-            Node::Dir(path) => {
-                self.write.lock().forget_repo(&path);
+            Node::Dir(_) => {
+                let _serial = self.write_lock.lock();
+                // Named and checked again under the lock: a rename or an index.json meanwhile.
+                let Node::Dir(path) = self.node(ino)? else {
+                    return Err(FsError::NotFound);
+                };
+                if !self.dir_is_empty(ino)? {
+                    return Err(FsError::NotEmpty);
+                }
+                let forgotten = self.write.lock().forget_repo(&path);
                 self.views.remove_created(&path);
+                // What was written there is held by nothing now: gc may take it.
+                self.release_repo(forgotten)?;
                 Ok(())
             }
             _ => Err(FsError::NotDir),
@@ -816,14 +831,18 @@ impl super::Fs {
             }
         }
         self.store().records().update(&put, &remove)?;
-        {
+        let replaced = {
             // The inodes and the state move together: who reads a name through an inode with
             // the write state held (`repo_id_at`) finds that name's state.
             let mut w = self.write.lock();
             self.inodes.rename_tree(from, to);
-            w.rename_repo(from, to)?;
-        }
+            w.rename_repo(from, to)?
+        };
         self.views.invalidate();
+        // The empty directory replaced held nothing of its own any more.
+        for id in replaced {
+            self.release_repo(Some(id))?;
+        }
         Ok(())
     }
 
