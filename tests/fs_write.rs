@@ -1471,3 +1471,134 @@ fn blobs_of_a_removed_repository_stay_held_until_unmount() {
         "gc after rm -r of the repository removed {removed:?}: the rest stays held by the mount"
     );
 }
+
+/// Finding 3: `unlink a/index.json` (rm -r) racing `mv a b`. unlink reads the repository's name
+/// from the inode, then takes the serialising lock in `clear_repo`; a rename holding that lock
+/// (its records I/O, which lists every record of the store) completes meanwhile, and unlink then
+/// clears the *old* name: it returns Ok, yet `b` (the same directory) keeps its images, and
+/// `a` comes back as an empty repository (`created` set on a fresh state). Every serialisable
+/// order leaves b with no image and no `a`.
+#[test]
+fn unlinking_index_json_while_the_repository_is_renamed_clears_the_old_name() {
+    use std::sync::{Arc, Barrier};
+    let h = Arc::new(Harness::new());
+    let src = h.layout("src", 1, 21);
+    // Many records elsewhere make the rename's records I/O (list + update) take a while.
+    let imported = layoutfs::archive::import::import(
+        &h.store,
+        &layoutfs::archive::import::Source::Dir(src.clone()),
+        Some("filler"),
+    )
+    .unwrap();
+    let target = h
+        .store
+        .records()
+        .get(&imported.names[0])
+        .unwrap()
+        .unwrap()
+        .target;
+    let filler: Vec<_> = (0..20000)
+        .map(|i| (format!("filler{i}:t").parse().unwrap(), target.clone()))
+        .collect();
+    h.store.records().put(&filler).unwrap();
+    let root = layoutfs::fs::root_ino();
+    let mut bad = Vec::new();
+    for round in 0..5 {
+        let (a, b) = (format!("a{round}"), format!("b{round}"));
+        layoutfs::archive::import::import(
+            &h.store,
+            &layoutfs::archive::import::Source::Dir(src.clone()),
+            Some(&a),
+        )
+        .unwrap();
+        h.fs.invalidate();
+        let dir = h.walk(&a).unwrap().ino;
+        h.list(&a).unwrap();
+        let go = Arc::new(Barrier::new(2));
+        let (h2, go2, a2, b2) = (h.clone(), go.clone(), a.clone(), b.clone());
+        let mover = std::thread::spawn(move || {
+            go2.wait();
+            h2.fs.rename(root, &a2, root, &b2, false, 2)
+        });
+        go.wait();
+        // Start the unlink a little after the rename took the lock.
+        std::thread::sleep(std::time::Duration::from_millis(2 + round as u64 % 5));
+        let unlinked = h.fs.unlink(dir, "index.json");
+        let moved = mover.join().unwrap();
+        h.fs.invalidate();
+        let left: Vec<String> = h
+            .images()
+            .into_iter()
+            .filter(|n| n.starts_with(&format!("{b}:")) || n.starts_with(&format!("{a}:")))
+            .collect();
+        let ghost = h.walk(&a).is_ok();
+        if unlinked.is_ok() && moved.is_ok() && (!left.is_empty() || ghost) {
+            bad.push(format!(
+                "round {round}: unlink Ok and rename Ok, yet images left {left:?}, {a} exists again: {ghost}"
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}
+
+/// Finding 3b (same cause): `mv n/a n/b` racing `mv n m` (different parents, which the kernel
+/// does not serialise). The inner rename reads "n/a" before the outer one takes the lock, and
+/// then renames "n/a", which no longer exists: it returns Ok and moves nothing (m/a stays).
+#[test]
+fn a_rename_inside_a_directory_renamed_meanwhile_succeeds_and_moves_nothing() {
+    use std::sync::{Arc, Barrier};
+    let h = Arc::new(Harness::new());
+    let src = h.layout("src", 1, 31);
+    let imported = layoutfs::archive::import::import(
+        &h.store,
+        &layoutfs::archive::import::Source::Dir(src.clone()),
+        Some("filler"),
+    )
+    .unwrap();
+    let target = h
+        .store
+        .records()
+        .get(&imported.names[0])
+        .unwrap()
+        .unwrap()
+        .target;
+    let filler: Vec<_> = (0..20000)
+        .map(|i| (format!("filler{i}:t").parse().unwrap(), target.clone()))
+        .collect();
+    h.store.records().put(&filler).unwrap();
+    let root = layoutfs::fs::root_ino();
+    let mut bad = Vec::new();
+    for round in 0..4 {
+        let (n, m) = (format!("n{round}"), format!("m{round}"));
+        layoutfs::archive::import::import(
+            &h.store,
+            &layoutfs::archive::import::Source::Dir(src.clone()),
+            Some(&format!("{n}/a")),
+        )
+        .unwrap();
+        h.fs.invalidate();
+        let ndir = h.walk(&n).unwrap().ino;
+        let go = Arc::new(Barrier::new(2));
+        let (h2, go2, n2, m2) = (h.clone(), go.clone(), n.clone(), m.clone());
+        let outer = std::thread::spawn(move || {
+            go2.wait();
+            h2.fs.rename(root, &n2, root, &m2, false, 2)
+        });
+        go.wait();
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        let inner = h.fs.rename(ndir, "a", ndir, "b", false, 3);
+        let outer = outer.join().unwrap();
+        h.fs.invalidate();
+        let names: Vec<String> = h
+            .images()
+            .into_iter()
+            .filter(|i| i.starts_with(&format!("{n}/")) || i.starts_with(&format!("{m}/")))
+            .collect();
+        if inner.is_ok() && outer.is_ok() && names != [format!("{m}/b:t0")] {
+            bad.push(format!(
+                "round {round}: both renames Ok, images now {names:?}"
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{bad:#?}");
+}

@@ -296,9 +296,9 @@ impl super::Fs {
         w.pending().map(|e| e.name.clone()).collect()
     }
 
-    /// Removes every image of `repo` (what unlinking its `index.json` does).
+    /// Removes every image of `repo` (what unlinking its `index.json` does), with
+    /// `Fs::write_lock` held by the caller, which named `repo` under it.
     pub(super) fn clear_repo(&self, repo: &str) -> FsResult<()> {
-        let _serial = self.write_lock.lock();
         let names: Vec<Reference> = self
             .store()
             .records()

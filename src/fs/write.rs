@@ -41,7 +41,7 @@ pub use super::images::{missing_blobs, name_in_repo, parse_index};
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
-use super::state::{ScratchKind, Shared, SharedUpload, WriteState};
+use super::state::{RepoState, ScratchKind, Shared, SharedUpload, WriteState};
 use super::upload::Upload;
 use super::view::LAYOUT_NAMES;
 
@@ -173,25 +173,14 @@ impl super::Fs {
         let node = self.node(parent)?;
         let child = match &node {
             Node::Dir(path) if name == "blobs" && self.repo_of(&node).is_some() => {
-                self.show_layout_name(path, name, true);
+                self.show_layout_name_at(parent, name, true);
                 Node::Blobs(path.clone())
             }
-            Node::Dir(path) => {
-                let new = super::child_path(path, name);
+            Node::Dir(_) => {
                 if let (Some(_), Err(_)) = (self.repo_of(&node), check_repository(name)) {
                     Node::Scratch(self.add_scratch(parent, name, ScratchKind::Dir))
                 } else {
-                    check_repository(&new).map_err(|why| {
-                        FsError::Invalid(format!("{new:?} is not a repository name: {why}"))
-                    })?;
-                    {
-                        let mut w = self.write.lock();
-                        let state = w.repo_mut(&new);
-                        state.created = true;
-                        state.maker = Some(pid);
-                    }
-                    self.views.add_created(&new);
-                    Node::Dir(new)
+                    Node::Dir(self.make_repo(parent, name, pid)?)
                 }
             }
             Node::Blobs(repo) => {
@@ -200,8 +189,12 @@ impl super::Fs {
                         "{repo}/blobs/{name}: not a digest algorithm (sha256, sha512)"
                     ))
                 })?;
-                self.write.lock().repo_mut(repo).alg_dirs.insert(alg);
-                Node::AlgDir(repo.clone(), alg)
+                self.with_repo_at(parent, |r| r.alg_dirs.insert(alg));
+                // Named as the inode is now (a rename meanwhile moved it).
+                match self.node(parent)? {
+                    Node::Blobs(repo) => Node::AlgDir(repo, alg),
+                    _ => return Err(FsError::NotFound),
+                }
             }
             Node::Scratch(_) => {
                 self.repo_of(&node).ok_or(FsError::NotFound)?;
@@ -219,6 +212,41 @@ impl super::Fs {
         self.attr(ino, &child)
     }
 
+    /// Makes repository `name` in directory `parent` for process `pid`, named under the
+    /// serialising lock: a rename of a directory above meanwhile is followed.
+    fn make_repo(&self, parent: u64, name: &str, pid: u32) -> FsResult<Arc<str>> {
+        let _serial = self.write_lock.lock();
+        let Node::Dir(path) = self.node(parent)? else {
+            return Err(FsError::NotFound);
+        };
+        let new = super::child_path(&path, name);
+        check_repository(&new)
+            .map_err(|why| FsError::Invalid(format!("{new:?} is not a repository name: {why}")))?;
+        {
+            let mut w = self.write.lock();
+            let state = w.repo_mut(&new);
+            state.created = true;
+            state.maker = Some(pid);
+        }
+        self.views.add_created(&new);
+        Ok(new)
+    }
+
+    /// Runs `f` on the state of the repository of node `ino` (its directory, a layout file,
+    /// `blobs/` or `blobs/<alg>/`), named from the inode with the write state held: a rename
+    /// moves the inodes and the state at once, so the name is the current one.
+    fn with_repo_at<R>(&self, ino: u64, f: impl FnOnce(&mut RepoState) -> R) -> Option<R> {
+        let mut w = self.write.lock();
+        match self.inodes.node(ino)? {
+            Node::Dir(repo)
+            | Node::Index(repo)
+            | Node::LayoutFile(repo)
+            | Node::Blobs(repo)
+            | Node::AlgDir(repo, _) => Some(f(w.repo_mut(&repo))),
+            _ => None,
+        }
+    }
+
     /// Creates a regular file: an upload, at a blob's name or a temporary one.
     pub fn create(&self, parent: u64, name: &str) -> FsResult<(super::Attr, super::Opened)> {
         self.writable()?;
@@ -229,7 +257,7 @@ impl super::Fs {
             ))
         })?;
         if let (Node::Dir(path), "index.json" | "oci-layout") = (&node, name) {
-            self.show_layout_name(path, name, true);
+            self.show_layout_name_at(parent, name, true);
             let child = if name == "index.json" {
                 Node::Index(path.clone())
             } else {
@@ -251,7 +279,7 @@ impl super::Fs {
             Node::AlgDir(_, alg) => {
                 check_blob_name(&repo, *alg, name)?;
                 if let Ok(d) = Digest::from_parts(alg.name(), name) {
-                    self.write.lock().repo_mut(&repo).hidden.remove(&d);
+                    self.with_repo_at(parent, |r| r.hidden.remove(&d));
                 }
                 *alg
             }
@@ -514,88 +542,106 @@ impl super::Fs {
 
     pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
         self.writable()?;
-        let blob = match self.node(parent)? {
-            Node::AlgDir(repo, alg) => Digest::from_parts(alg.name(), name)
-                .ok()
-                .map(|d| (repo.to_string(), d)),
-            _ => None,
+        if let Node::AlgDir(_, alg) = self.node(parent)? {
+            if let Ok(digest) = Digest::from_parts(alg.name(), name) {
+                return self.unlink_blob(parent, name, digest);
+            }
+        }
+        let gone = {
+            let mut w = self.write.lock();
+            match w.lookup(parent, name) {
+                Some(id) => match w.scratch.get(&id).map(|s| &s.kind) {
+                    Some(ScratchKind::Dir) => return Err(FsError::IsDir),
+                    _ => Some(w.remove(id)),
+                },
+                None => None,
+            }
         };
-        if let Some((repo, digest)) = &blob {
-            if let Some(image) = self.needed_by(repo, digest)? {
-                return Err(FsError::Busy {
-                    digest: digest.clone(),
-                    image: image.to_string(),
-                });
-            }
+        if let Some(gone) = gone {
+            // An upload's ingest is removed with the write state let go.
+            drop(gone);
+            return Ok(());
         }
-        let mut w = self.write.lock();
-        if let Some(id) = w.lookup(parent, name) {
-            return match w.scratch.get(&id).map(|s| &s.kind) {
-                Some(ScratchKind::Dir) => Err(FsError::IsDir),
-                _ => {
-                    let gone = w.remove(id);
-                    // The same blob may be listed through the repository's images too.
-                    if let Some((repo, digest)) = blob {
-                        w.repo_mut(&repo).hidden.insert(digest);
-                    }
-                    // An upload's ingest is removed with the write state let go.
-                    drop(w);
-                    drop(gone);
-                    Ok(())
-                }
-            };
-        }
-        drop(w);
         let attr = self.lookup(parent, std::ffi::OsStr::new(name))?;
-        match (self.node(attr.ino)?, self.node(parent)?) {
-            (Node::Index(repo), _) => {
-                // What shows now stays until removed itself (`rm -r` unlinks it next), though
-                // the repository has no image left to show it for.
-                let snapshot = self.views.snapshot()?;
-                let shown: Vec<&str> = LAYOUT_NAMES
-                    .into_iter()
-                    .filter(|n| {
-                        *n != name
-                            && self.layout_visible(&snapshot, &repo, n, super::Viewer::Reader)
-                    })
-                    .collect();
-                let algs = self.algorithms(&repo)?;
-                {
-                    let mut w = self.write.lock();
-                    let state = w.repo_mut(&repo);
-                    for n in shown {
-                        state.set_layout_name(n, true);
-                    }
-                    state.alg_dirs.extend(algs);
-                }
-                self.clear_repo(&repo)?;
-                self.show_layout_name(&repo, name, false);
-                Ok(())
-            }
-            (Node::LayoutFile(repo), _) => {
-                self.show_layout_name(&repo, name, false);
-                Ok(())
-            }
-            // The blob leaves this listing; it leaves the store only by gc.
-            (Node::Blob(digest, _), Node::AlgDir(repo, _)) => {
-                self.write.lock().repo_mut(&repo).hidden.insert(digest);
+        match self.node(attr.ino)? {
+            Node::Index(_) => self.unlink_index(attr.ino, name),
+            Node::LayoutFile(_) => {
+                self.show_layout_name_at(attr.ino, name, false);
                 Ok(())
             }
             _ => Err(FsError::IsDir),
         }
     }
 
-    fn show_layout_name(&self, repo: &str, name: &str, shown: bool) {
-        self.write.lock().set_layout_name(repo, name, shown);
+    /// Unlinks blob `name` (`digest`) from directory `parent` (`blobs/<alg>/`): EBUSY while an
+    /// image of the repository needs it. Under the serialising lock, the repository named from
+    /// the inode there: a rename or an `index.json` meanwhile is followed.
+    fn unlink_blob(&self, parent: u64, name: &str, digest: Digest) -> FsResult<()> {
+        let _serial = self.write_lock.lock();
+        let Node::AlgDir(repo, _) = self.node(parent)? else {
+            return Err(FsError::NotFound);
+        };
+        if let Some(image) = self.needed_by(&repo, &digest)? {
+            return Err(FsError::Busy {
+                digest,
+                image: image.to_string(),
+            });
+        }
+        let mut w = self.write.lock();
+        let gone = match w.lookup(parent, name) {
+            Some(id) => w.remove(id),
+            None => {
+                // A blob of the images: listed here, or there is nothing to unlink.
+                drop(w);
+                self.lookup(parent, std::ffi::OsStr::new(name))?;
+                w = self.write.lock();
+                None
+            }
+        };
+        // The blob leaves this listing (the same blob may be listed through the images too);
+        // it leaves the store only by gc.
+        w.repo_mut(&repo).hidden.insert(digest);
+        drop(w);
+        // An upload's ingest is removed with the write state let go.
+        drop(gone);
+        Ok(())
+    }
+
+    /// Unlinks `index.json` (node `ino`): every image of its repository goes. Under the
+    /// serialising lock, the repository named from the inode: a rename meanwhile is followed.
+    fn unlink_index(&self, ino: u64, name: &str) -> FsResult<()> {
+        let _serial = self.write_lock.lock();
+        let Node::Index(repo) = self.node(ino)? else {
+            return Err(FsError::NotFound);
+        };
+        // What shows now stays until removed itself (`rm -r` unlinks it next), though the
+        // repository has no image left to show it for.
+        let snapshot = self.views.snapshot()?;
+        let shown: Vec<&str> = LAYOUT_NAMES
+            .into_iter()
+            .filter(|n| {
+                *n != name && self.layout_visible(&snapshot, &repo, n, super::Viewer::Reader)
+            })
+            .collect();
+        drop(snapshot);
+        let algs = self.algorithms(&repo)?;
+        {
+            let mut w = self.write.lock();
+            let state = w.repo_mut(&repo);
+            for n in shown {
+                state.set_layout_name(n, true);
+            }
+            state.alg_dirs.extend(algs);
+        }
+        self.clear_repo(&repo)?;
+        self.show_layout_name_at(ino, name, false);
+        Ok(())
     }
 
     /// Shows or hides layout name `name` in the repository of node `ino` (its layout file or
-    /// directory), named under the serialising lock so that a rename meanwhile is followed.
+    /// directory), named with the write state held so that a rename meanwhile is followed.
     fn show_layout_name_at(&self, ino: u64, name: &str, shown: bool) {
-        let _serial = self.write_lock.lock();
-        if let Ok(Node::Index(repo) | Node::LayoutFile(repo) | Node::Dir(repo)) = self.node(ino) {
-            self.show_layout_name(&repo, name, shown);
-        }
+        self.with_repo_at(ino, |r| r.set_layout_name(name, shown));
     }
 
     /// Whether directory `ino` is empty as every process sees it: no scratch entry, nothing
@@ -647,17 +693,17 @@ impl super::Fs {
                         return Err(FsError::NotEmpty);
                     }
                 }
-                let mut w = self.write.lock();
-                let state = w.repo_mut(&repo);
-                state.set_layout_name(name, false);
-                state.alg_dirs.clear();
+                self.with_repo_at(ino, |state| {
+                    state.set_layout_name(name, false);
+                    state.alg_dirs.clear();
+                });
                 Ok(())
             }
             Node::AlgDir(repo, alg) => {
                 if !self.visible_blobs(&repo, alg)?.is_empty() {
                     return Err(FsError::NotEmpty);
                 }
-                self.write.lock().repo_mut(&repo).alg_dirs.remove(&alg);
+                self.with_repo_at(ino, |r| r.alg_dirs.remove(&alg));
                 Ok(())
             }
             Node::Dir(_) => {
@@ -698,14 +744,7 @@ impl super::Fs {
         }
         match self.node(src.ino)? {
             Node::Scratch(id) => self.rename_scratch(id, newparent, newname, pid),
-            Node::Dir(path) => {
-                let Node::Dir(newdir) = self.node(newparent)? else {
-                    return Err(FsError::Invalid(format!(
-                        "{newname}: a repository moves only among repository directories"
-                    )));
-                };
-                self.rename_repo(&path, &super::child_path(&newdir, newname))
-            }
+            Node::Dir(_) => self.rename_repo(parent, name, newparent, newname),
             _ => Err(FsError::NotPermitted(
                 "layout files and blobs keep their names; write index.json to change images",
             )),
@@ -796,10 +835,27 @@ impl super::Fs {
         drop(replaced);
     }
 
-    fn rename_repo(&self, from: &str, to: &str) -> FsResult<()> {
+    /// Renames repository directory `name` of `parent` to `newname` in `newparent`, both named
+    /// from their inodes under the serialising lock: a rename of a directory above meanwhile
+    /// (which the kernel does not serialise with this one) is followed.
+    fn rename_repo(&self, parent: u64, name: &str, newparent: u64, newname: &str) -> FsResult<()> {
+        let _serial = self.write_lock.lock();
+        let (Node::Dir(dir), Node::Dir(newdir)) = (self.node(parent)?, self.node(newparent)?)
+        else {
+            return Err(FsError::Invalid(format!(
+                "{newname}: a repository moves only among repository directories"
+            )));
+        };
+        let (from, to) = (
+            super::child_path(&dir, name),
+            super::child_path(&newdir, newname),
+        );
+        let (from, to) = (&*from, &*to);
+        if self.views.snapshot()?.dir(from).is_none() {
+            return Err(FsError::NotFound);
+        }
         check_repository(to)
             .map_err(|why| FsError::Invalid(format!("{to:?} is not a repository name: {why}")))?;
-        let _serial = self.write_lock.lock();
         // rename(2) replaces only an empty directory: nothing written there either (a copy in
         // progress), as every process sees it.
         if self.views.snapshot()?.dir(to).is_some() {
