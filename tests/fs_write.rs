@@ -1602,3 +1602,121 @@ fn a_rename_inside_a_directory_renamed_meanwhile_succeeds_and_moves_nothing() {
     }
     assert!(bad.is_empty(), "{bad:#?}");
 }
+
+/// Finding 2: a repository directory `x` with no image (made with mkdir) and a repository
+/// `x/blobs` imported elsewhere: readdir of `x` leaves `blobs` out (it skips layout names among
+/// sub-repositories), but lookup of `x/blobs` finds the sub-repository. The maker, which is
+/// shown no layout name yet, then finds `blobs` already there when cp -r makes it (EEXIST), and
+/// cp goes on writing `blobs/sha256/...` into the repository `x/blobs`: `sha256` becomes a
+/// new repository `x/blobs/sha256` and the blobs are temporary files in it.
+#[test]
+fn a_name_lookup_finds_is_listed_by_readdir() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 11);
+    layoutfs::archive::import::import(
+        &h.store,
+        &layoutfs::archive::import::Source::Dir(src.clone()),
+        Some("x/blobs"),
+    )
+    .unwrap();
+    h.fs.invalidate();
+    // x exists as a path (not a repository): fine, both agree.
+    assert_eq!(h.list("x").unwrap(), ["blobs"]);
+    // mkdir x is EEXIST (the path exists); so take a repository made in the mount instead:
+    // y, then y/blobs imported after it was made.
+    h.mkdir_p("y").unwrap();
+    layoutfs::archive::import::import(
+        &h.store,
+        &layoutfs::archive::import::Source::Dir(src.clone()),
+        Some("y/blobs"),
+    )
+    .unwrap();
+    h.fs.invalidate();
+    let listed = h.list("y").unwrap();
+    let looked_up = h.walk("y/blobs").map(|a| a.kind);
+    assert!(
+        listed.contains(&"blobs".to_owned()) == looked_up.is_ok(),
+        "readdir of y lists {listed:?}, but lookup of y/blobs gives {looked_up:?}"
+    );
+}
+
+/// Finding 2b (the consequence): the maker's `mkdir y/blobs/sha256` (cp -r) makes a repository
+/// `y/blobs/sha256` in the imported `y/blobs`, and a blob written there is no blob.
+#[test]
+fn cp_into_a_repository_whose_blobs_name_is_a_sub_repository_writes_into_it() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 12);
+    let root = layoutfs::fs::root_ino();
+    h.fs.mkdir_as(root, "y", 42).unwrap();
+    layoutfs::archive::import::import(
+        &h.store,
+        &layoutfs::archive::import::Source::Dir(src.clone()),
+        Some("y/blobs"),
+    )
+    .unwrap();
+    h.fs.invalidate();
+    let y = h.walk("y").unwrap().ino;
+    // cp -r as the maker: mkdir blobs (EEXIST: cp goes on if it is a directory), then sha256.
+    let blobs = match h.fs.mkdir_as(y, "blobs", 42) {
+        Ok(a) => a.ino,
+        Err(e) => {
+            assert_eq!(e.errno(), libc::EEXIST);
+            h.fs.lookup_as(y, OsStr::new("blobs"), &|| 42).unwrap().ino
+        }
+    };
+    let alg = h.fs.mkdir_as(blobs, "sha256", 42).unwrap().ino;
+    // A blob the store does not have, written at its name: it should be committed on close.
+    let bytes = b"a blob written by cp -r into y/blobs/sha256".to_vec();
+    let digest = layoutfs::digest::Digest::of(layoutfs::digest::Algorithm::Sha256, &bytes);
+    let fh = h.fs.create(alg, digest.hex()).unwrap().1.fh;
+    h.fs.write(fh, 0, &bytes).unwrap();
+    let closed = h.fs.flush(fh, 42);
+    h.fs.release(fh);
+    let committed = h
+        .store
+        .root()
+        .join("blobs/sha256")
+        .join(digest.hex())
+        .exists();
+    assert!(
+        committed,
+        "close of y/blobs/sha256/<hex> gave {closed:?} and committed nothing; y/blobs/sha256 is a \
+         repository now: {:?}",
+        h.walk("y/blobs/sha256/oci-layout").is_ok()
+            || h.list("y/blobs").unwrap().contains(&"sha256".to_owned())
+    );
+}
+
+/// Finding 2c: the same mismatch reached through the mount alone: `mv y x/blobs` where `x` is a
+/// repository made with mkdir (no image yet, so no `blobs` shown) makes a sub-repository
+/// `x/blobs` that readdir of `x` never lists while lookup finds it; once `x` gets an image, the
+/// layout's `blobs` shadows it and y's images can no longer be reached through the mount.
+#[test]
+fn a_repository_moved_to_a_layout_name_of_an_empty_repository_is_hidden_from_readdir() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 61);
+    layoutfs::archive::import::import(
+        &h.store,
+        &layoutfs::archive::import::Source::Dir(src.clone()),
+        Some("y"),
+    )
+    .unwrap();
+    h.fs.invalidate();
+    h.mkdir_p("x").unwrap();
+    let root = layoutfs::fs::root_ino();
+    let x = h.walk("x").unwrap().ino;
+    let r = h.fs.rename(root, "y", x, "blobs", false, 1);
+    let listed = h.list("x").unwrap();
+    let found = h.walk("x/blobs").map(|a| a.kind);
+    assert!(
+        r.is_err() || listed.contains(&"blobs".to_owned()) == found.is_ok(),
+        "mv y x/blobs gave {:?}; readdir x lists {listed:?}, lookup x/blobs gives {found:?}; images {:?}",
+        r.map_err(|e| e.to_string()),
+        h.images()
+    );
+    // Refused, before anything moves: EINVAL, as mkdir of a layout name as a sub-repository.
+    assert_eq!(r.map_err(|e| e.errno()), Err(libc::EINVAL));
+    assert_eq!(h.images(), ["y:t0"]);
+    assert_eq!(errno(h.fs.mkdir(x, "index.json")), libc::EINVAL);
+    assert_eq!(errno(h.fs.mkdir(x, "oci-layout")), libc::EINVAL);
+}

@@ -271,6 +271,11 @@ impl Fs {
                     "blobs" if self.layout_visible(&snapshot, &path, name, viewer) => {
                         Node::Blobs(path)
                     }
+                    // Inside a repository a layout name is never a sub-repository (readdir
+                    // leaves those out too): one made by import elsewhere is not reachable here.
+                    _ if dir.repository && LAYOUT_NAMES.contains(&name) => {
+                        return Err(FsError::NotFound)
+                    }
                     _ if dir.children.contains(name) => Node::Dir(child_path(&path, name)),
                     _ => return Err(FsError::NotFound),
                 }

@@ -219,6 +219,7 @@ impl super::Fs {
         let Node::Dir(path) = self.node(parent)? else {
             return Err(FsError::NotFound);
         };
+        self.check_sub_repository(&path, name)?;
         let new = super::child_path(&path, name);
         check_repository(&new)
             .map_err(|why| FsError::Invalid(format!("{new:?} is not a repository name: {why}")))?;
@@ -230,6 +231,24 @@ impl super::Fs {
         }
         self.views.add_created(&new);
         Ok(new)
+    }
+
+    /// Refuses a sub-repository `name` of directory `path` when `path` is a repository and
+    /// `name` one of its layout names: lookup and readdir never show such a sub-repository
+    /// there. EINVAL, as for any other name a repository may not have (EPERM would say the
+    /// name could be made by someone else, and no one can make it through the mount).
+    fn check_sub_repository(&self, path: &str, name: &str) -> FsResult<()> {
+        let repository = self
+            .views
+            .snapshot()?
+            .dir(path)
+            .is_some_and(|d| d.repository);
+        if repository && LAYOUT_NAMES.contains(&name) {
+            return Err(FsError::Invalid(format!(
+                "{path}/{name}: a layout name, not a sub-repository, in a repository"
+            )));
+        }
+        Ok(())
     }
 
     /// Runs `f` on the state of the repository of node `ino` (its directory, a layout file,
@@ -846,6 +865,7 @@ impl super::Fs {
                 "{newname}: a repository moves only among repository directories"
             )));
         };
+        self.check_sub_repository(&newdir, newname)?;
         let (from, to) = (
             super::child_path(&dir, name),
             super::child_path(&newdir, newname),
