@@ -1304,6 +1304,13 @@ fn renaming_a_repository_onto_a_directory_being_copied_into_is_enotempty() {
         r.is_err(),
         "rename onto a non-empty directory succeeded; b now lists {listed:?} (was {before:?})"
     );
+    assert_eq!(r.map_err(|e| e.errno()), Err(libc::ENOTEMPTY));
+    assert_eq!(h.list("b").unwrap(), before);
+    // Onto an empty directory (made with mkdir, nothing written) it still replaces it.
+    h.mkdir_p("e").unwrap();
+    h.fs.rename(root, "a", root, "e", false, 9).unwrap();
+    assert!(h.walk("a").is_err());
+    assert!(h.walk("e").is_ok());
 }
 
 /// Finding 1b (the consequence): `a` with images is renamed (rename(2), as `mv -T` or

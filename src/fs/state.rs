@@ -15,6 +15,9 @@
 //! while holding none, or only locks above it in this list.
 //! 1. `Fs::write_lock`: serialises every change of image records and pending images, and the
 //!    renames of repositories; held across store I/O. Lookup, getattr and readdir never take it.
+//!    Who named a repository before taking it names it again under it, from the inode (a
+//!    rename meanwhile moved it); a change of a `RepoState` alone names its repository from
+//!    the inode with this `WriteState` held, as a rename moves inodes and state under it.
 //! 2. `Views::state`: the snapshot of the tree and the cache of repository views; held while
 //!    the records are read to rebuild the snapshot, never while a view is built.
 //! 3. `Fs::write` (this `WriteState`): memory only; never held across I/O, a call into the
