@@ -17,8 +17,8 @@
 //!   thread while it is written, and a large page-aligned one goes through a second descriptor
 //!   opened with O_DIRECT, from a page-aligned buffer of this thread's, instead of into newly
 //!   allocated page cache. Where the filesystem refuses O_DIRECT (tmpfs) the writer writes
-//!   buffered from then on. Buffered writes ask the kernel to start writeback every
-//!   `WRITEBACK_STEP`, so that the fsync at commit finds little left.
+//!   buffered from then on. Buffered writes of a writer that is not direct (import's) ask the
+//!   kernel to start writeback every `WRITEBACK_STEP`, so that the fsync at commit finds little left.
 //! - Parking: `park` closes the descriptors of a writer nothing uses (a temporary file after
 //!   close); the next access opens the data file again, never through a link, and refuses a
 //!   file that is not the one it created.
@@ -284,7 +284,11 @@ impl BlobWriter {
             self.direct.works = false;
         }
         self.len = self.len.max(end);
-        if wrote != Wrote::Direct && end >= self.flushed_to.saturating_add(WRITEBACK_STEP) {
+        // A direct writer (the mount's) leaves writeback to the kernel: its large writes skip
+        // the page cache, and asking for writeback behind its small ones made `cp -r` into the
+        // mount slower (median of 5: 8.29 s against 7.11 s before; 7.18 s against 7.42 s
+        // without it).
+        if !self.direct.enabled && end >= self.flushed_to.saturating_add(WRITEBACK_STEP) {
             start_writeback(self.opened()?, self.flushed_to, end - self.flushed_to);
             self.flushed_to = end;
         }
