@@ -118,15 +118,6 @@ impl Writer for BlobWriter {
     fn commit_named(self: Box<Self>) -> Result<(Digest, bool)> {
         BlobWriter::commit_named(*self)
     }
-
-    fn copy_from(
-        &mut self,
-        r: &mut dyn Read,
-        what: &str,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<()> {
-        BlobWriter::copy_from(self, r, what, progress)
-    }
 }
 
 impl Ingester for Store {

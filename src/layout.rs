@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::oci::{
     self, BlobSource, Descriptor, ImageIndex, OnMissing, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME,
 };
@@ -39,6 +39,29 @@ pub fn unnamed_descriptor(d: &Descriptor) -> Descriptor {
     d.annotations.remove(ANNOTATION_REF_NAME);
     d.annotations.remove(ANNOTATION_IMAGE_NAME);
     d
+}
+
+/// Adds `name` -> `target` to the images one `index.json` (`file`, for errors) lists: a name
+/// listed twice must name the same content as the same kind of blob.
+pub fn add_listed(
+    out: &mut BTreeMap<Reference, Descriptor>,
+    name: Reference,
+    target: Descriptor,
+    file: &str,
+) -> Result<()> {
+    if let Some(prev) = out.get(&name) {
+        if prev.digest != target.digest || prev.media_type != target.media_type {
+            return Err(Error::layout(
+                file,
+                format!(
+                    "{name} names both {} ({}) and {} ({})",
+                    prev.digest, prev.media_type, target.digest, target.media_type
+                ),
+            ));
+        }
+    }
+    out.insert(name, target);
+    Ok(())
 }
 
 /// The `index.json` bytes of a layout holding `entries`, listed by name.

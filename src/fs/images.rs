@@ -52,17 +52,7 @@ pub fn parse_index(repo: &str, bytes: &[u8]) -> Result<BTreeMap<Reference, Descr
     for d in &index.manifests {
         let name = name_in_repo(repo, d)?;
         let target = layout::unnamed_descriptor(d);
-        if let Some(prev) = out.insert(name.clone(), target.clone()) {
-            if prev.digest != target.digest || prev.media_type != target.media_type {
-                return Err(Error::layout(
-                    format!("{repo}/index.json"),
-                    format!(
-                        "{name} names both {} ({}) and {} ({})",
-                        prev.digest, prev.media_type, target.digest, target.media_type
-                    ),
-                ));
-            }
-        }
+        layout::add_listed(&mut out, name, target, &format!("{repo}/index.json"))?;
     }
     Ok(out)
 }

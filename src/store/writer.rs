@@ -1,6 +1,6 @@
 //! The store's one ingest writer, `BlobWriter`: the bytes of one blob written at any offset into
 //! `ingest/<id>/data`, committed as `blobs/<alg>/<hex>` once checked. Import writes through it
-//! in order (`write_all`, `copy_from`: positional writes at the end, as `Store::ingest` gives
+//! in order (`write_all`, and `content::Writer::copy_from` over it: positional writes at the end, as `Store::ingest` gives
 //! it); the mount's uploads write at the offsets the kernel gives.
 //!
 //! - Hashing: bytes are hashed as they arrive while every write continues where the last
@@ -30,7 +30,7 @@
 
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -298,32 +298,6 @@ impl BlobWriter {
     /// Appends bytes at the end (`len`).
     pub fn write_all(&mut self, buf: &[u8]) -> Result<()> {
         self.write_at(self.len, buf)
-    }
-
-    /// Copies everything `r` yields to the end of the content; `what` names the source in
-    /// errors. `progress` is told of each chunk.
-    pub fn copy_from(
-        &mut self,
-        r: &mut dyn Read,
-        what: &str,
-        progress: &mut dyn FnMut(u64),
-    ) -> Result<()> {
-        let mut buf = vec![0u8; COPY_CHUNK];
-        loop {
-            let n = match r.read(&mut buf) {
-                Ok(0) => return Ok(()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::Stream {
-                        what: what.to_owned(),
-                        source: e,
-                    })
-                }
-            };
-            self.write_all(&buf[..n])?;
-            progress(n as u64);
-        }
     }
 
     /// Reads up to `size` bytes at `offset` into `buf` (fewer at the end of the content).

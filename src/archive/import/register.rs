@@ -86,18 +86,7 @@ fn name_images(
         name.check_target(&d.digest)
             .map_err(|e| Error::layout(format!("{label}: index.json"), e.to_string()))?;
         let target = layout::unnamed_descriptor(d);
-        if let Some(prev) = out.get(&name) {
-            if prev.digest != target.digest || prev.media_type != target.media_type {
-                return Err(Error::layout(
-                    format!("{label}: index.json"),
-                    format!(
-                        "{name} names both {} ({}) and {} ({})",
-                        prev.digest, prev.media_type, target.digest, target.media_type
-                    ),
-                ));
-            }
-        }
-        out.insert(name, target);
+        layout::add_listed(&mut out, name, target, &format!("{label}: index.json"))?;
     }
     Ok(out.into_iter().collect())
 }
