@@ -356,6 +356,17 @@ pub trait BlobSource {
     fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>>;
 }
 
+/// A borrowed source is a source (so a caller can pick one of several at run time).
+impl<T: BlobSource + ?Sized> BlobSource for &T {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        (**self).blob_size(digest)
+    }
+
+    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        (**self).read_small(desc)
+    }
+}
+
 /// What a walk does with a blob that is not there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnMissing {

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::layout::{self, Entry};
 use crate::oci::{self, BlobSource, Descriptor, ImageIndex};
 use crate::reference::{check_tag, Reference};
-use crate::store::{Held, Store};
+use crate::store::Held;
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
@@ -55,28 +55,6 @@ pub fn parse_index(repo: &str, bytes: &[u8]) -> Result<BTreeMap<Reference, Descr
         layout::add_listed(&mut out, name, target, &format!("{repo}/index.json"))?;
     }
     Ok(out)
-}
-
-/// A walk's view of the store: through the mount's lease, or plain on a mount without one.
-pub(super) enum HeldOrStore<'a> {
-    Held(Held<'a>),
-    Store(&'a Store),
-}
-
-impl BlobSource for HeldOrStore<'_> {
-    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        match self {
-            HeldOrStore::Held(h) => h.blob_size(digest),
-            HeldOrStore::Store(s) => s.blob_size(digest),
-        }
-    }
-
-    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
-        match self {
-            HeldOrStore::Held(h) => h.read_small(desc),
-            HeldOrStore::Store(s) => s.read_small(desc),
-        }
-    }
 }
 
 /// The blobs below `root` (itself included) that the store does not have yet. Blobs that are
@@ -129,15 +107,16 @@ impl super::Fs {
         Ok(())
     }
 
-    /// The store, with every blob a walk looks up held under `holder` first.
-    pub(super) fn held<'a>(&'a self, holder: &'a str) -> HeldOrStore<'a> {
+    /// The store, with every blob a walk looks up held under `holder` first (plain on a
+    /// mount without a lease).
+    pub(super) fn held<'a>(&'a self, holder: &'a str) -> Box<dyn BlobSource + 'a> {
         match &self.lease {
-            Some(lease) => HeldOrStore::Held(Held {
+            Some(lease) => Box::new(Held {
                 store: self.store(),
                 lease,
                 holder,
             }),
-            None => HeldOrStore::Store(self.store()),
+            None => Box::new(self.store()),
         }
     }
 
@@ -215,7 +194,7 @@ impl super::Fs {
         let mut wait = Vec::new();
         for (name, target) in desired {
             let holder = pending_holder(repo_id, name);
-            let missing = missing_blobs(&self.held(&holder), target)?;
+            let missing = missing_blobs(&*self.held(&holder), target)?;
             if missing.is_empty() {
                 put.push((name.clone(), target.clone()));
             } else {
@@ -248,7 +227,7 @@ impl super::Fs {
         let mut holders = Vec::new();
         for (id, e) in pending {
             let holder = pending_holder(id, &e.name);
-            if missing_blobs(&self.held(&holder), &e.target)?.is_empty() {
+            if missing_blobs(&*self.held(&holder), &e.target)?.is_empty() {
                 put.push((e.name, e.target));
                 holders.push(holder);
             }
