@@ -115,6 +115,19 @@ impl Mounted {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The error lines of the daemon's log, less one that is not a fault: fuser answers
+    /// each FUSE_INTERRUPT (Go programs such as skopeo raise them all the time: the
+    /// runtime preempts its threads with signals) with ENOSYS, and when the interrupted
+    /// request has been answered first the kernel refuses that answer with ENOENT, which
+    /// fuser logs as an error ("Failed to send FUSE reply: No such file or directory").
+    pub fn errors(&self) -> Vec<String> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("ERROR") && !is_late_interrupt_answer(l))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Waits for the daemon to exit (after something unmounted it) and returns its status.
     pub fn wait(mut self) -> ExitStatus {
         let mut child = self.child.take().unwrap();
@@ -152,4 +165,10 @@ impl Drop for Mounted {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether a log line is fuser's report of an answer the kernel no longer waited for.
+fn is_late_interrupt_answer(line: &str) -> bool {
+    line.contains("fuser::reply")
+        && line.contains("Failed to send FUSE reply: No such file or directory")
 }
