@@ -78,18 +78,44 @@ pub trait Ingester: Send + Sync {
     fn ingest_unnamed(&self, alg: Algorithm) -> Result<Box<dyn Writer + '_>>;
 }
 
-/// The image records.
+/// One change of the records, made in one transaction: images removed then registered, and
+/// repositories kept or forgotten (see `Catalog::repositories`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Change<'a> {
+    /// Images removed (names that are not there are ignored).
+    pub remove: &'a [Reference],
+    /// Images registered or re-pointed.
+    pub put: &'a [(Reference, Descriptor)],
+    /// Repositories no longer kept (names that are not kept are ignored).
+    pub forget: &'a [String],
+    /// Repositories kept from now on, with images or without (names checked).
+    pub keep: &'a [String],
+}
+
+/// The image records, and the repositories kept with no image required.
 pub trait Catalog: Send + Sync {
     /// Every image, sorted by name.
     fn list(&self) -> Result<Vec<Image>>;
     /// The images of one repository, sorted by name.
     fn of_repository(&self, repository: &str) -> Result<Vec<Image>>;
     fn get(&self, name: &Reference) -> Result<Option<Image>>;
+    /// The repositories kept whether they have images or not (a directory made in the mount,
+    /// an `index.json` written there that lists nothing), sorted. A repository with images
+    /// exists whether it is kept or not; a kept one exists with none.
+    fn repositories(&self) -> Result<Vec<String>>;
     /// A number that changes whenever the records change, through this catalog or any other
     /// handle on the same records (another process too).
     fn version(&self) -> Result<i64>;
+    /// Makes `change`, all or nothing.
+    fn apply(&self, change: &Change) -> Result<()>;
     /// In one transaction: removes `remove` and registers `put`.
-    fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()>;
+    fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()> {
+        self.apply(&Change {
+            put,
+            remove,
+            ..Change::default()
+        })
+    }
 }
 
 impl Provider for Store {
@@ -143,11 +169,15 @@ impl Catalog for Records {
         Records::get(self, name)
     }
 
+    fn repositories(&self) -> Result<Vec<String>> {
+        Records::repositories(self)
+    }
+
     fn version(&self) -> Result<i64> {
         Records::version(self)
     }
 
-    fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()> {
-        Records::update(self, put, remove)
+    fn apply(&self, change: &Change) -> Result<()> {
+        Records::apply(self, change)
     }
 }

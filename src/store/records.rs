@@ -1,6 +1,7 @@
 //! Image records in SQLite (`meta.db`, WAL mode): full image name -> target descriptor, with
-//! created and updated times. Every change is one transaction, so several processes can share
-//! the store and a failed import registers nothing.
+//! created and updated times, and the repositories kept with no image required (made empty in
+//! the mount). Every change is one transaction, so several processes can share the store and
+//! a failed import registers nothing.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -11,16 +12,18 @@ use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
 };
 
+use crate::content::Change;
 use crate::error::{Error, Result};
 use crate::oci::{Descriptor, MAX_DESCRIPTOR_SIZE};
-use crate::reference::Reference;
+use crate::reference::{check_repository, Reference, ReferenceError};
 
 /// How long a writer waits for another process's transaction before giving up.
 pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The pause before retrying what SQLite refused as BUSY without waiting.
 const BUSY_RETRY: Duration = Duration::from_millis(5);
-/// Schema version kept in `PRAGMA user_version` (3 added the `state` table).
-const SCHEMA_VERSION: i64 = 3;
+/// Schema version kept in `PRAGMA user_version` (3 added the `state` table, 4 the
+/// `repositories` table).
+const SCHEMA_VERSION: i64 = 4;
 /// The `state` row set when `meta.db` was created while `blobs/` already held blobs: the
 /// records were lost (a missing or empty database), so gc must not take every blob for
 /// garbage. Its value is how many blob files there were; `since` when it was set.
@@ -51,6 +54,10 @@ CREATE TABLE IF NOT EXISTS state (
     value INTEGER NOT NULL,
     since INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS repositories (
+    name    TEXT PRIMARY KEY,
+    created INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// How the store's connections open `meta.db`: read-write, created when missing, and never
@@ -288,16 +295,29 @@ impl Records {
     /// is refused for any other content: the last line of defence of every path that makes
     /// names (import, tag, the mount).
     pub fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()> {
-        for (name, target) in put {
+        self.apply(&Change {
+            put,
+            remove,
+            ..Change::default()
+        })
+    }
+
+    /// Makes `change` in one transaction: images removed, then registered (see `update`),
+    /// repositories forgotten, then kept (each name checked first).
+    pub fn apply(&self, change: &Change) -> Result<()> {
+        for (name, target) in change.put {
             name.check_target(&target.digest)?;
+        }
+        for repo in change.keep {
+            check_repository(repo).map_err(|why| ReferenceError::Invalid(repo.clone(), why))?;
         }
         let mut conn = self.conn.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for name in remove {
+        for name in change.remove {
             tx.execute("DELETE FROM images WHERE name = ?1", [name.to_string()])?;
         }
         let now = now_ms();
-        for (name, target) in put {
+        for (name, target) in change.put {
             // Only a name with a digest keeps its media type: only its old record matters.
             let old: Option<String> = match name.tag() {
                 Some(_) => None,
@@ -318,9 +338,34 @@ impl Records {
                 params![name.to_string(), name.repository(), json, now],
             )?;
         }
+        for repo in change.forget {
+            tx.execute("DELETE FROM repositories WHERE name = ?1", [repo])?;
+        }
+        for repo in change.keep {
+            tx.execute(
+                "INSERT INTO repositories (name, created) VALUES (?1, ?2)
+                 ON CONFLICT(name) DO NOTHING",
+                params![repo, now],
+            )?;
+        }
         tx.commit()?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// The repositories kept whether they have images or not, sorted (none in records from
+    /// before the `repositories` table, read on a read-only filesystem).
+    pub fn repositories(&self) -> Result<Vec<String>> {
+        let conn = self.conn.lock();
+        let mut stmt = match conn.prepare_cached("SELECT name FROM repositories ORDER BY name") {
+            Ok(stmt) => stmt,
+            Err(e) if e.to_string().contains("no such table") => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let names = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(names)
     }
 
     /// Removes the named images, all or none: an unknown name fails the whole call.

@@ -3,7 +3,7 @@
 //! tests/store.rs tests the contracts and not one store's accidents. Blobs are served as
 //! memfd files, so `open` gives a real `File` as the store's does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::os::fd::FromRawFd;
@@ -12,17 +12,18 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use layoutfs::content::{Catalog, Ingester, Provider, Writer};
+use layoutfs::content::{Catalog, Change, Ingester, Provider, Writer};
 use layoutfs::digest::{Algorithm, Digest, Hasher};
 use layoutfs::error::{Error, Result};
 use layoutfs::oci::{self, BlobSource, Descriptor};
-use layoutfs::reference::Reference;
+use layoutfs::reference::{check_repository, Reference, ReferenceError};
 use layoutfs::store::{check_bytes, check_record, now_ms, Image};
 
 #[derive(Default)]
 pub struct Memory {
     blobs: Mutex<HashMap<Digest, Arc<Vec<u8>>>>,
     images: Mutex<BTreeMap<String, Image>>,
+    repositories: Mutex<BTreeSet<String>>,
     version: AtomicI64,
 }
 
@@ -188,14 +189,23 @@ impl Catalog for Memory {
         Ok(self.version.load(Ordering::SeqCst))
     }
 
-    fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()> {
+    fn repositories(&self) -> Result<Vec<String>> {
+        Ok(self.repositories.lock().iter().cloned().collect())
+    }
+
+    fn apply(&self, change: &Change) -> Result<()> {
+        for repo in change.keep {
+            check_repository(repo).map_err(|why| ReferenceError::Invalid(repo.clone(), why))?;
+        }
         let mut images = self.images.lock();
+        let mut repositories = self.repositories.lock();
         let mut next = images.clone();
-        for name in remove {
+        for name in change.remove {
             next.remove(&name.to_string());
         }
         let now = now_ms();
-        for (name, target) in put {
+        for (name, target) in change.put {
+            name.check_target(&target.digest)?;
             let old = next.get(&name.to_string()).map(|i| &i.target);
             check_record(name, target, old)?;
             let created = next.get(&name.to_string()).map_or(now, |i| i.created);
@@ -208,6 +218,10 @@ impl Catalog for Memory {
             next.insert(name.to_string(), image);
         }
         *images = next;
+        for repo in change.forget {
+            repositories.remove(repo);
+        }
+        repositories.extend(change.keep.iter().cloned());
         self.version.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
