@@ -194,9 +194,20 @@ pub struct ImageIndex {
     pub schema_version: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub media_type: Option<String>,
+    /// `null` reads as none: umoci writes an empty layout's index so.
+    #[serde(deserialize_with = "null_as_empty")]
     pub manifests: Vec<Descriptor>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub annotations: BTreeMap<String, String>,
+}
+
+/// A list that may be written as `null` for none (Go's encoding of a nil slice).
+fn null_as_empty<'de, D, T>(d: D) -> std::result::Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl ImageIndex {
@@ -618,6 +629,19 @@ pub(crate) mod tests {
             "config": config, "layers": layers,
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn an_index_with_null_or_no_manifests_lists_none_and_a_missing_list_is_refused() {
+        for bytes in [
+            &br#"{"schemaVersion":2,"manifests":null}"#[..],
+            br#"{"schemaVersion":2,"manifests":[]}"#,
+        ] {
+            let index = ImageIndex::parse("x/index.json", bytes).unwrap();
+            assert!(index.manifests.is_empty());
+        }
+        let err = ImageIndex::parse("x/index.json", br#"{"schemaVersion":2}"#).unwrap_err();
+        assert!(err.to_string().contains("manifests"), "{err}");
     }
 
     #[test]
