@@ -39,7 +39,9 @@ const DESTS: [&str; 7] = ["a", "d", "n/b", "n/c", "n/d", "m", "m/b"];
 const OPEN_TMP: &str = ".tmp-open";
 const LAYOUT_NAMES: [&str; 3] = ["index.json", "oci-layout", "blobs"];
 const TMP_ROOT: [&str; 2] = [".tmp-0", ".tmp-1"];
-const TMP_SUFFIX: [&str; 2] = ["1234", ".part"];
+/// Temporary names in `blobs/sha256` for blob `<hex>`: go-containerregistry's `<hex><random>`,
+/// a `.part`, and rsync's `.<hex>.XXXXXX`.
+const TMP_ALG_FORMS: [(&str, &str); 3] = [("", "1234"), ("", ".part"), (".", ".Xa3bQz")];
 /// Operations per run, and runs (each on a fresh store, seeds seed, seed+1, ...).
 const STEPS: usize = 500;
 const RUNS: u64 = 3;
@@ -155,10 +157,15 @@ enum Content {
 #[derive(Default, Clone, Debug)]
 struct RepoM {
     /// Layout names written (true) or unlinked (false) in this mount; absent: shown to all
-    /// but the maker while the repository has images (registered or pending).
+    /// but the maker (every repository here is made by MAKER).
     written: BTreeMap<&'static str, bool>,
-    /// `blobs/sha256` made.
-    alg: bool,
+    /// `blobs/sha256` made (true) or removed (false); absent: shown to all but the maker.
+    alg: Option<bool>,
+    /// A directory that only leads to repositories (`mkdir -p n/b` made `n` and nothing was
+    /// written in `n`): no layout names, until one is written.
+    path: bool,
+    /// Made, and nothing done in it since (a `mkdir` below it then makes it a path).
+    fresh: bool,
     /// What the last `index.json` written lists: tag -> image.
     desired: BTreeMap<String, usize>,
     /// Temporary files in the repository's directory.
@@ -179,10 +186,45 @@ impl Model<'_> {
         let Some(r) = self.repos.get(repo) else {
             return false;
         };
+        if r.path {
+            return false;
+        }
         match r.written.get(name) {
             Some(shown) => *shown,
-            // Every repository here was made with mkdir by MAKER.
-            None => !r.desired.is_empty() && v != Viewer::Pid(MAKER),
+            // Every repository here was made with mkdir by MAKER: an empty repository's
+            // layout shows to every other process.
+            None => v != Viewer::Pid(MAKER),
+        }
+    }
+
+    /// Whether `repo/blobs` lists `sha256` to `v`.
+    fn alg_shown(&self, repo: &str, v: Viewer) -> bool {
+        match self.repos[repo].alg {
+            Some(made) => made,
+            None => v != Viewer::Pid(MAKER),
+        }
+    }
+
+    /// Whether `rmdir` of repository `dir` succeeds: nothing written in it and no image, no
+    /// directory below it (its implicit layout goes with it).
+    fn rmdir_ok(&self, dir: &str) -> bool {
+        let r = &self.repos[dir];
+        r.tmps.is_empty()
+            && r.alg_files.is_empty()
+            && r.desired.is_empty()
+            && self.children(dir).is_empty()
+            && !r.written.values().any(|w| *w)
+            && r.alg != Some(true)
+    }
+
+    /// Something was done in `repo` (it is no longer fresh); writing a layout name makes a
+    /// path a repository again.
+    fn touch(&mut self, repo: &str, layout_written: bool) {
+        if let Some(r) = self.repos.get_mut(repo) {
+            r.fresh = false;
+            if layout_written {
+                r.path = false;
+            }
         }
     }
 
@@ -259,7 +301,7 @@ impl Model<'_> {
             return true;
         }
         if let Some(repo) = path.strip_suffix("/blobs/sha256") {
-            return self.shown(repo, "blobs", v) && self.repos[repo].alg;
+            return self.shown(repo, "blobs", v) && self.alg_shown(repo, v);
         }
         if let Some(repo) = path.strip_suffix("/blobs") {
             return self.shown(repo, "blobs", v);
@@ -273,7 +315,7 @@ impl Model<'_> {
             return self.repos[repo].alg_files.keys().cloned().collect();
         }
         if let Some(repo) = path.strip_suffix("/blobs") {
-            return if self.repos[repo].alg {
+            return if self.alg_shown(repo, v) {
                 vec!["sha256".into()]
             } else {
                 vec![]
@@ -365,13 +407,15 @@ fn put(h: &Harness, path: &str, bytes: &[u8], pid: u32) -> Result<(), FsError> {
 }
 
 /// `rm -r` as process `v`: each entry in readdir's order, depth first, then the directory.
-fn rm_r(h: &Harness, parent: u64, name: &str, v: Viewer) -> Result<(), FsError> {
+/// `after` is called after each unlink and rmdir (to check the tree while it is removed).
+fn rm_r(h: &Harness, parent: u64, name: &str, v: Viewer, after: &dyn Fn()) -> Result<(), FsError> {
     let ino = lookup_v(h, parent, name, v)?.ino;
     for e in list_v(h, ino, v)? {
         match e.kind {
-            Kind::Dir => rm_r(h, ino, &e.name, v)?,
+            Kind::Dir => rm_r(h, ino, &e.name, v, after)?,
             Kind::File => h.fs.unlink(ino, &e.name)?,
         }
+        after();
     }
     h.fs.rmdir(parent, name)
 }
@@ -585,11 +629,11 @@ impl Run<'_> {
             51..=55 => self.put_tmp_alg(&repo, pid),
             56 => {
                 let hex = self.some_blob(&repo);
-                let path = format!("{repo}/blobs/sha256/.{hex}.XXXX");
+                let path = format!("{repo}/blobs/sha256/x{hex}");
                 self.log.push(format!("put {path} as {pid}"));
                 let got = code(put(self.h, &path, b"x", pid));
-                // Not a digest's name, and no hex digest first (README: "Names that are no
-                // lowercase hex digest of the algorithm's length ... are EINVAL").
+                // Neither a digest's name nor a temporary one (README: "a name in blobs/<alg>/
+                // that is neither a digest nor temporary is EINVAL").
                 let exists = self
                     .m
                     .dir_exists(&format!("{repo}/blobs/sha256"), Viewer::Pid(pid));
@@ -622,6 +666,7 @@ impl Run<'_> {
         let got = code(put(self.h, &path, &oci::layout_file_bytes(), pid));
         let exists = self.m.repos.contains_key(repo);
         self.expect(got, if exists { 0 } else { libc::ENOENT });
+        self.m.touch(repo, true);
         if let Some(r) = self.m.repos.get_mut(repo) {
             r.written.insert("oci-layout", true);
         }
@@ -652,7 +697,15 @@ impl Run<'_> {
         self.log.push(format!("rm -r {dir} as {v:?}"));
         let (parent, name) = split(dir);
         let got = match walk_v(self.h, parent, v) {
-            Ok(p) => code(rm_r(self.h, p, name, v)),
+            Ok(p) => code(rm_r(self.h, p, name, v, &|| {
+                // Half removed: what readdir lists, lookup finds, and the other way round
+                // (alone: beside other runs, their trees change meanwhile).
+                if !self.names.concurrent {
+                    for v in VIEWERS {
+                        self.check_dir_agrees("", v);
+                    }
+                }
+            })),
             Err(e) => e.errno(),
         };
         let exists = self.m.repos.contains_key(dir);
@@ -680,6 +733,7 @@ impl Run<'_> {
             .iter()
             .map(|i| (self.fx.images[*i].tag.clone(), *i))
             .collect();
+        self.m.touch(repo, true);
         let r = self.m.repos.get_mut(repo).unwrap();
         r.written.insert("index.json", true);
         r.desired = tags;
@@ -688,16 +742,33 @@ impl Run<'_> {
     fn mkdir(&mut self, repo: &str) {
         self.log.push(format!("mkdir -p {repo} as {MAKER}"));
         let (parent, name) = split(repo);
+        let fresh = RepoM {
+            fresh: true,
+            ..RepoM::default()
+        };
         if !parent.is_empty() && !self.m.repos.contains_key(parent) {
             let root = layoutfs::fs::root_ino();
             self.expect(code(self.h.fs.mkdir_as(root, parent, MAKER)), 0);
-            self.m.repos.insert(parent.to_owned(), RepoM::default());
+            self.m.repos.insert(parent.to_owned(), fresh.clone());
         }
         let p = walk_v(self.h, parent, Viewer::Pid(MAKER)).unwrap();
         let got = code(self.h.fs.mkdir_as(p, name, MAKER));
         let exists = self.m.repos.contains_key(repo);
         self.expect(got, if exists { libc::EEXIST } else { 0 });
-        self.m.repos.entry(repo.to_owned()).or_default();
+        if exists {
+            return;
+        }
+        // Its maker makes a directory in a repository it just made: that one only leads here.
+        let leads_only = !parent.is_empty() && {
+            let r = &self.m.repos[parent];
+            !r.path && r.fresh && r.desired.is_empty() && self.m.children(parent).is_empty()
+        };
+        if leads_only {
+            let r = self.m.repos.get_mut(parent).unwrap();
+            r.path = true;
+            r.fresh = false;
+        }
+        self.m.repos.insert(repo.to_owned(), fresh);
     }
 
     /// `mkdir -p repo/blobs/sha256` as `pid`.
@@ -738,6 +809,7 @@ impl Run<'_> {
                     Ok(a) => a,
                     Err(e) => return self.expect(e.errno(), 0),
                 };
+                self.m.touch(repo, true);
                 self.m
                     .repos
                     .get_mut(repo)
@@ -748,7 +820,7 @@ impl Run<'_> {
             }
         };
         let found = lookup_v(self.h, blobs, "sha256", v).is_ok();
-        let want = self.m.repos[repo].alg;
+        let want = self.m.alg_shown(repo, v);
         if found != want {
             self.fail(format!(
                 "{repo}/blobs/sha256 found: {found}, the model says {want}"
@@ -756,7 +828,8 @@ impl Run<'_> {
         }
         if !found {
             self.expect(code(self.h.fs.mkdir_as(blobs, "sha256", pid)), 0);
-            self.m.repos.get_mut(repo).unwrap().alg = true;
+            self.m.touch(repo, false);
+            self.m.repos.get_mut(repo).unwrap().alg = Some(true);
         }
     }
 
@@ -782,6 +855,7 @@ impl Run<'_> {
             _ => libc::EIO,
         };
         self.expect(got, want);
+        self.m.touch(repo, false);
         let r = self.m.repos.get_mut(repo).unwrap();
         if good {
             r.alg_files.insert(hex.clone(), None);
@@ -814,6 +888,7 @@ impl Run<'_> {
         let exists = self.m.repos.contains_key(repo);
         self.expect(got, if exists { 0 } else { libc::ENOENT });
         if exists {
+            self.m.touch(repo, false);
             self.m
                 .repos
                 .get_mut(repo)
@@ -828,7 +903,8 @@ impl Run<'_> {
         let Content::Blob { hex, .. } = &content else {
             unreachable!()
         };
-        let name = format!("{hex}{}", self.pick(&TMP_SUFFIX));
+        let (before, after) = self.pick(&TMP_ALG_FORMS);
+        let name = format!("{before}{hex}{after}");
         let path = format!("{repo}/blobs/sha256/{name}");
         self.log.push(format!("put {path} ({content:?}) as {pid}"));
         let got = code(put(self.h, &path, &bytes, pid));
@@ -839,6 +915,7 @@ impl Run<'_> {
             return self.expect(got, libc::ENOENT);
         }
         self.expect(got, 0);
+        self.m.touch(repo, false);
         self.m
             .repos
             .get_mut(repo)
@@ -883,12 +960,29 @@ impl Run<'_> {
         ));
         let from = walk_v(self.h, &from_dir, v);
         let to = walk_v(self.h, &to_dir, v);
+        let moved = from
+            .as_ref()
+            .ok()
+            .and_then(|f| lookup_v(self.h, *f, &name, v).ok());
         let got = match (from, to) {
             (Ok(f), Ok(t)) => code(self.h.fs.rename(f, &name, t, &to_name, false, pid)),
             (Err(e), _) | (_, Err(e)) => e.errno(),
         };
         if !self.m.dir_exists(&from_dir, v) || !self.m.dir_exists(&to_dir, v) {
             return self.expect(got, libc::ENOENT);
+        }
+        if let (0, Some(moved)) = (got, moved) {
+            // As on a disk, the file keeps its inode under the new name: the kernel asks for
+            // that inode next (a stat, an open) without a lookup.
+            let at = walk_v(self.h, &format!("{to_dir}/{to_name}"), v);
+            let attr = self.h.fs.getattr(moved.ino);
+            if at.as_ref().ok() != Some(&moved.ino) || attr.is_err() {
+                self.fail(format!(
+                    "renamed {name} (inode {}) is {at:?} at {to_name}; getattr: {:?}",
+                    moved.ino,
+                    attr.map(|a| a.ino)
+                ));
+            }
         }
         match content {
             Content::Index(images) => {
@@ -928,15 +1022,20 @@ impl Run<'_> {
             return self.expect(got, libc::ENOENT);
         }
         self.expect(got, 0);
+        self.m.touch(repo, false);
         if name == "index.json" {
             // What shows stays until removed itself; the images go.
             let keep: Vec<&'static str> = ["oci-layout", "blobs"]
                 .into_iter()
                 .filter(|n| self.m.shown(repo, n, Viewer::Reader))
                 .collect();
+            let alg = self.m.alg_shown(repo, Viewer::Reader);
             let r = self.m.repos.get_mut(repo).unwrap();
             for n in keep {
                 r.written.insert(n, true);
+            }
+            if alg {
+                r.alg = Some(true);
             }
             r.desired.clear();
         }
@@ -998,7 +1097,8 @@ impl Run<'_> {
         }
         let r = self.m.repos.get_mut(repo).unwrap();
         if r.alg_files.is_empty() {
-            r.alg = false;
+            r.alg = Some(false);
+            r.fresh = false;
             self.expect(got, 0);
         } else {
             self.expect(got, libc::ENOTEMPTY);
@@ -1014,11 +1114,13 @@ impl Run<'_> {
         if !self.m.dir_exists(&format!("{repo}/blobs"), Viewer::Reader) {
             return self.expect(got, libc::ENOENT);
         }
-        let r = self.m.repos.get_mut(repo).unwrap();
-        if r.alg {
+        if self.m.alg_shown(repo, Viewer::Reader) {
             self.expect(got, libc::ENOTEMPTY);
         } else {
+            let r = self.m.repos.get_mut(repo).unwrap();
             r.written.insert("blobs", false);
+            r.alg = Some(false);
+            r.fresh = false;
             self.expect(got, 0);
         }
     }
@@ -1033,7 +1135,7 @@ impl Run<'_> {
         if !self.m.repos.contains_key(dir) {
             return self.expect(got, libc::ENOENT);
         }
-        if self.m.listing(dir, Viewer::Reader).is_empty() {
+        if self.m.rmdir_ok(dir) {
             self.expect(got, 0);
             self.m.remove_tree(dir);
         } else {
@@ -1129,9 +1231,10 @@ impl Run<'_> {
         if path.ends_with("/blobs/sha256") {
             let mut out = self.fx.hexes();
             for hex in self.fx.hexes() {
-                for s in TMP_SUFFIX {
-                    out.push(format!("{hex}{s}"));
+                for (before, after) in TMP_ALG_FORMS {
+                    out.push(format!("{before}{hex}{after}"));
                 }
+                out.push(format!("x{hex}"));
             }
             return out;
         }
@@ -1151,6 +1254,15 @@ impl Run<'_> {
 
     /// What `path` lists to `v` is what lookup finds there, and what the model says.
     fn check_dir(&self, path: &str, v: Viewer) {
+        self.check_dir_as(path, v, true);
+    }
+
+    /// What `path` lists to `v` is what lookup finds there (at any moment, the model aside).
+    fn check_dir_agrees(&self, path: &str, v: Viewer) {
+        self.check_dir_as(path, v, false);
+    }
+
+    fn check_dir_as(&self, path: &str, v: Viewer, with_model: bool) {
         let h = self.h;
         let ino = match walk_v(h, path, v) {
             Ok(ino) => ino,
@@ -1159,8 +1271,8 @@ impl Run<'_> {
         let entries = list_v(h, ino, v)
             .unwrap_or_else(|e| self.fail(format!("{v:?}: readdir {path:?}: {e}")));
         let names: Vec<String> = entries.iter().map(|e| e.name.clone()).collect();
-        let want = self.m.listing(path, v);
-        if names != want {
+        if with_model && names != self.m.listing(path, v) {
+            let want = self.m.listing(path, v);
             self.fail(format!(
                 "{v:?}: {path:?} lists {names:?}\nthe model says {want:?}"
             ));
@@ -1192,7 +1304,7 @@ impl Run<'_> {
                 } else {
                     format!("{path}/{}", e.name)
                 };
-                self.check_dir(&child, v);
+                self.check_dir_as(&child, v, with_model);
             }
         }
     }
@@ -1319,6 +1431,7 @@ impl Run<'_> {
             Ok((_, opened)) => opened.fh,
             Err(e) => return self.expect(e.errno(), 0),
         };
+        self.m.touch(repo, false);
         let half = bytes.len() / 2;
         self.expect(code(self.h.fs.write(fh, 0, &bytes[..half])), 0);
         let r = self.m.repos.get_mut(repo).unwrap();
@@ -1628,7 +1741,8 @@ fn rmdir_of_a_repository_that_lists_files_is_enotempty() {
     let fx = Fixture::new(&h);
     let root = layoutfs::fs::root_ino();
     let (_, hex) = repo_with_one_blob(&h, &fx);
-    assert_eq!(h.list("a").unwrap(), ["blobs"]);
+    // A reader sees the empty repository's own layout names besides what was written.
+    assert_eq!(h.list("a").unwrap(), ["index.json", "oci-layout", "blobs"]);
     assert_eq!(
         h.list("a/blobs/sha256").unwrap(),
         std::slice::from_ref(&hex)

@@ -1006,7 +1006,11 @@ fn a_repository_with_pending_images_shows_its_layout_names() {
     const READER: u32 = 41;
     h.fs.mkdir_as(root, "p", MAKER).unwrap();
     let p = h.walk("p").unwrap().ino;
-    assert!(h.list("p").unwrap().is_empty());
+    // An empty repository: a layout to readers, nothing yet to its maker.
+    assert_eq!(h.list("p").unwrap(), ["index.json", "oci-layout", "blobs"]);
+    let maker_sees = h.fs.opendir_as(p, &|| MAKER).unwrap();
+    assert_eq!(h.fs.readdir(maker_sees, 2).unwrap(), []);
+    h.fs.releasedir(maker_sees);
     h.put(
         "p/index.json",
         &std::fs::read(src.join("index.json")).unwrap(),
@@ -1245,7 +1249,10 @@ fn stats_lookups_and_listings_never_wait_for_a_write_in_progress() {
     writer.join().unwrap().unwrap();
     let (size, found, listed) = got.expect("a stat or lookup waited for a write in progress");
     assert_eq!((size, found), (5000, 5000));
-    assert_eq!(listed, ["blobs", "being-copied", "other"]);
+    assert_eq!(
+        listed,
+        ["index.json", "oci-layout", "blobs", "being-copied", "other"]
+    );
     h.fs.release(opened.fh);
 }
 
@@ -1294,7 +1301,7 @@ fn renaming_a_repository_onto_a_directory_being_copied_into_is_enotempty() {
         h.put(&format!("b/blobs/sha256/{name}"), &bytes, 1).unwrap();
     }
     let before = h.list("b").unwrap();
-    assert_eq!(before, ["oci-layout", "blobs"]);
+    assert_eq!(before, ["index.json", "oci-layout", "blobs"]);
     // a: an empty repository.
     h.mkdir_p("a").unwrap();
     let root = layoutfs::fs::root_ino();

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::content::Change;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::{self, Entry};
@@ -158,7 +159,13 @@ impl super::Fs {
             removed = ?remove.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "index.json applied"
         );
-        records.update(&put, &remove)?;
+        // The repository stays, with or without images, until removed.
+        records.apply(&Change {
+            put: &put,
+            remove: &remove,
+            keep: &[repo.to_string()],
+            ..Change::default()
+        })?;
         {
             let mut w = self.write.lock();
             let state = w.repo_mut(&repo);
@@ -166,8 +173,7 @@ impl super::Fs {
                 .pending
                 .retain(|e| !base.contains(&e.name) && !desired.contains_key(&e.name));
             state.pending.extend(wait);
-            // The directory stays, with or without images.
-            state.created = true;
+            state.path = false;
             state.set_layout_name("index.json", true);
         }
         self.views.invalidate();
@@ -275,11 +281,15 @@ impl super::Fs {
             .into_iter()
             .map(|i| i.name)
             .collect();
-        self.store().records().update(&[], &names)?;
+        // The repository stays, with no image, until removed.
+        self.store().records().apply(&Change {
+            remove: &names,
+            keep: &[repo.to_owned()],
+            ..Change::default()
+        })?;
         let (dropped, id) = {
             let mut w = self.write.lock();
             let state = w.repo_mut(repo);
-            state.created = true;
             let dropped = std::mem::take(&mut state.pending);
             // Its writers' holders are released below.
             state.held = false;

@@ -78,6 +78,11 @@ impl Inodes {
         ino
     }
 
+    /// The inode number of `node`, if it was given one.
+    pub fn get(&self, node: &Node) -> Option<u64> {
+        self.table.read().by_node.get(node).copied()
+    }
+
     /// The node an inode number stands for, if it was ever handed out.
     pub fn node(&self, ino: u64) -> Option<Node> {
         let i = usize::try_from(ino.checked_sub(ROOT_INO)?).ok()?;
@@ -118,6 +123,28 @@ impl Inodes {
                 t.by_node.insert(new, i as u64 + ROOT_INO);
             }
         }
+    }
+
+    /// Makes inode `ino` stand for `node` from now on, as the number `node` is given: a file
+    /// renamed onto a layout name is that name's inode now (the kernel keeps the renamed
+    /// file's number for the name, and asks for it next). A number `node` had before keeps
+    /// standing for it, for what still holds it.
+    pub fn rebind(&self, ino: u64, node: &Node) {
+        let Some(i) = ino
+            .checked_sub(ROOT_INO)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return;
+        };
+        let mut t = self.table.write();
+        let Some(slot) = t.nodes.get_mut(i) else {
+            return;
+        };
+        let old = std::mem::replace(slot, node.clone());
+        if t.by_node.get(&old) == Some(&ino) {
+            t.by_node.remove(&old);
+        }
+        t.by_node.insert(node.clone(), ino);
     }
 
     pub fn len(&self) -> usize {
@@ -166,5 +193,25 @@ mod tests {
         inodes.rename_tree("x", "z");
         assert_eq!(inodes.ino(&Node::Dir(Arc::from("z"))), y);
         assert_ne!(inodes.node(x), Some(Node::Dir(Arc::from("z"))));
+    }
+
+    #[test]
+    fn a_number_rebound_to_a_node_is_its_number_and_the_old_one_still_names_it() {
+        let inodes = Inodes::new();
+        let index = Node::Index(Arc::from("r"));
+        let old = inodes.ino(&index);
+        let tmp = inodes.ino(&Node::Scratch(7));
+        inodes.rebind(tmp, &index);
+        assert_eq!(inodes.ino(&index), tmp);
+        assert_eq!(inodes.node(tmp), Some(index.clone()));
+        assert_eq!(inodes.node(old), Some(index.clone()));
+        // The scratch entry's node gets a new number if it is ever asked for again.
+        assert_ne!(inodes.ino(&Node::Scratch(7)), tmp);
+        // A rename moves the current number only.
+        inodes.rename_tree("r", "s");
+        assert_eq!(inodes.node(tmp), Some(Node::Index(Arc::from("s"))));
+        assert_eq!(inodes.node(old), Some(index));
+        inodes.rebind(0, &Node::Scratch(1));
+        inodes.rebind(999, &Node::Scratch(1));
     }
 }

@@ -282,7 +282,7 @@ impl Fs {
             }
             Node::Blobs(repo) => {
                 let alg = Algorithm::from_name(name).ok_or(FsError::NotFound)?;
-                if !self.algorithms(&repo)?.contains(&alg) {
+                if !self.algorithms(&repo, viewer)?.contains(&alg) {
                     return Err(FsError::NotFound);
                 }
                 Node::AlgDir(repo, alg)
@@ -309,13 +309,16 @@ impl Fs {
     }
 
     /// The algorithm directories of `repo`, by the rule (`WriteState::algorithms`).
-    pub(super) fn algorithms(&self, repo: &str) -> FsResult<std::collections::BTreeSet<Algorithm>> {
+    pub(super) fn algorithms(
+        &self,
+        repo: &str,
+        viewer: Viewer,
+    ) -> FsResult<std::collections::BTreeSet<Algorithm>> {
         let view = self.repo(repo)?;
-        let images = !view.entries.is_empty();
         Ok(self
             .write
             .lock()
-            .algorithms(repo, images, || view.algorithms()))
+            .algorithms(repo, viewer, || view.algorithms()))
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
@@ -360,16 +363,23 @@ impl Fs {
             Node::Index(repo) => self.index_attr(repo, base)?,
             Node::Blobs(repo) => Attr {
                 entry_ttl: self.entry_ttl(repo, "blobs"),
-                nlink: 2 + self.algorithms(repo)?.len() as u32,
+                nlink: 2 + self.algorithms(repo, Viewer::Reader)?.len() as u32,
                 mtime: self.repo_updated(repo)?,
                 size: BLOCK_SIZE.into(),
                 ..base
             },
             Node::AlgDir(repo, alg) => {
-                if !self.algorithms(repo)?.contains(alg) {
+                // It exists if any process sees it; who does is asked at each lookup.
+                if !self.algorithms(repo, Viewer::Reader)?.contains(alg) {
                     return Err(FsError::NotFound);
                 }
+                let by_viewer = self.write.lock().algorithms_by_viewer(repo);
                 Attr {
+                    entry_ttl: if by_viewer {
+                        Duration::ZERO
+                    } else {
+                        DYNAMIC_TTL
+                    },
                     mtime: self.repo_updated(repo)?,
                     size: BLOCK_SIZE.into(),
                     ..base
@@ -532,7 +542,7 @@ impl Fs {
             Node::Blobs(repo) => {
                 out.push(dir(".", Node::Blobs(repo.clone())));
                 out.push(dir("..", Node::Dir(repo.clone())));
-                for alg in self.algorithms(&repo)? {
+                for alg in self.algorithms(&repo, viewer)? {
                     out.push(dir(alg.name(), Node::AlgDir(repo.clone(), alg)));
                 }
             }

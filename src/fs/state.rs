@@ -136,14 +136,16 @@ pub struct RepoState {
     /// The process that made the repository with mkdir in this mount: its layout names show
     /// to it only once written, as on a disk (see `Viewer`). None: not made here.
     pub maker: Option<u32>,
-    /// Kept as a directory whether it has images or not (made with mkdir, or index.json written).
-    pub created: bool,
+    /// A directory made with mkdir in this mount that only leads to repositories made in it by
+    /// its maker (`mkdir -p`, skopeo's MkdirAll): no repository itself, and not kept.
+    pub path: bool,
     /// Layout names (`oci-layout`, `index.json`, `blobs`) shown (true) or unlinked (false)
     /// whatever the images: a repository made with mkdir starts empty so that cp and tar can
     /// create its files, and a name tar unlinks before rewriting it is gone until written again.
     layout: BTreeMap<String, bool>,
-    /// Algorithm directories made with mkdir.
-    pub alg_dirs: BTreeSet<Algorithm>,
+    /// Algorithm directories made with mkdir (true) or removed with rmdir (false), whatever the
+    /// images.
+    pub alg_dirs: BTreeMap<Algorithm, bool>,
     /// Blobs unlinked from the listing (tar unlinks before it rewrites a file; rm -r unlinks
     /// everything). They stay in the store, and show again when written again.
     pub hidden: BTreeSet<Digest>,
@@ -155,6 +157,9 @@ pub struct RepoState {
     pub held: bool,
     /// The names each process last read in `index.json`: what it may remove.
     seen: HashMap<u32, BTreeSet<Reference>>,
+    /// Just made with mkdir: nothing was done in it since (every change of the state, every
+    /// file or directory made in the repository, clears it; see `WriteState::repo_mut`).
+    pub fresh: bool,
 }
 
 impl RepoState {
@@ -163,10 +168,20 @@ impl RepoState {
         self.layout.insert(name.to_owned(), shown);
     }
 
+    /// Whether process `pid` made the repository here and nothing changed it since.
+    pub fn untouched_by(&self, pid: u32) -> bool {
+        self.fresh && self.maker == Some(pid)
+    }
+
+    /// Whether a layout name or an algorithm directory was written here (and not removed).
+    pub fn holds_written(&self) -> bool {
+        self.layout.values().any(|shown| *shown) || self.alg_dirs.values().any(|made| *made)
+    }
+
     /// Whether the entry keeps nothing (it may be dropped).
     fn is_idle(&self) -> bool {
         self.maker.is_none()
-            && !self.created
+            && !self.path
             && self.layout.is_empty()
             && self.alg_dirs.is_empty()
             && self.hidden.is_empty()
@@ -176,33 +191,33 @@ impl RepoState {
     }
 }
 
-/// Whether a layout name shows in a repository directory, before asking who looks.
+/// Whether a layout name shows in a repository directory (one with images, pending ones too,
+/// or kept), before asking who looks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayoutRule {
     /// Written (true) or unlinked (false) in this mount: so for everyone.
     Written(bool),
-    /// Shown while the repository has images (pending ones too).
-    Images,
-    /// Shown while it has images, except to the process that made it here (cp -r creates
-    /// each name exclusively and must not find it there first).
-    ImagesExceptMaker(u32),
+    /// Shown, as the repository is there.
+    Shown,
+    /// Shown to every process but the one that made the repository here (cp -r creates each
+    /// name exclusively and must not find it there first): to it once written.
+    ShownExceptMaker(u32),
 }
 
 impl LayoutRule {
-    /// The rule: whether the name shows to `viewer` when the repository has `images`.
-    pub(crate) fn shows(self, images: bool, viewer: Viewer) -> bool {
+    /// The rule: whether the name shows to `viewer`.
+    pub(crate) fn shows(self, viewer: Viewer) -> bool {
         match (self, viewer) {
             (LayoutRule::Written(shown), _) => shown,
-            _ if !images => false,
-            (LayoutRule::Images, _) | (LayoutRule::ImagesExceptMaker(_), Viewer::Reader) => true,
-            (LayoutRule::ImagesExceptMaker(_), Viewer::Maker) => false,
-            (LayoutRule::ImagesExceptMaker(maker), Viewer::Process(pid)) => pid() != maker,
+            (LayoutRule::Shown, _) | (LayoutRule::ShownExceptMaker(_), Viewer::Reader) => true,
+            (LayoutRule::ShownExceptMaker(_), Viewer::Maker) => false,
+            (LayoutRule::ShownExceptMaker(maker), Viewer::Process(pid)) => pid() != maker,
         }
     }
 
     /// Whether the answer depends on who looks (the kernel must then not cache the entry).
     pub fn by_viewer(self) -> bool {
-        matches!(self, LayoutRule::ImagesExceptMaker(_))
+        matches!(self, LayoutRule::ShownExceptMaker(_))
     }
 }
 
@@ -227,7 +242,8 @@ impl WriteState {
         self.repos.get(repo)
     }
 
-    /// The state of `repo`, made empty (with a new id) if nothing was kept for it.
+    /// The state of `repo`, to change: made empty (with a new id) if nothing was kept for it,
+    /// and no longer fresh.
     pub fn repo_mut(&mut self, repo: &str) -> &mut RepoState {
         if !self.repos.contains_key(repo) {
             self.next_repo += 1;
@@ -237,7 +253,14 @@ impl WriteState {
             };
             self.repos.insert(repo.to_owned(), state);
         }
-        self.repos.entry(repo.to_owned()).or_default()
+        let state = self.repos.entry(repo.to_owned()).or_default();
+        state.fresh = false;
+        state
+    }
+
+    /// The state of `repo`, if something is kept for it.
+    pub fn repo_mut_if(&mut self, repo: &str) -> Option<&mut RepoState> {
+        self.repos.get_mut(repo)
     }
 
     /// The id of `repo` (see `RepoState::id`).
@@ -320,8 +343,8 @@ impl WriteState {
     pub fn extra(&self) -> Extra {
         let mut x = Extra::default();
         for (name, r) in &self.repos {
-            if r.created {
-                x.created.insert(name.clone());
+            if r.path {
+                x.paths.insert(name.clone());
             }
             if !r.pending.is_empty() {
                 x.pending.insert(name.clone(), r.pending.clone());
@@ -358,8 +381,8 @@ impl WriteState {
         match state.and_then(|r| r.layout.get(name)) {
             Some(shown) => LayoutRule::Written(*shown),
             None => match state.and_then(|r| r.maker) {
-                Some(maker) => LayoutRule::ImagesExceptMaker(maker),
-                None => LayoutRule::Images,
+                Some(maker) => LayoutRule::ShownExceptMaker(maker),
+                None => LayoutRule::Shown,
             },
         }
     }
@@ -369,25 +392,39 @@ impl WriteState {
         self.repo_mut(repo).set_layout_name(name, shown);
     }
 
-    /// The algorithm directories of `repo` under `blobs/`: those of its images (`of_images`,
-    /// asked only when they count), unless it was made with mkdir in this mount (then it lists
-    /// what was written, as a disk would), and those made with mkdir.
-    pub fn algorithms(
+    /// The algorithm directories of `repo` under `blobs/` that `viewer` sees: those of its
+    /// images (`of_images`, sha256 always) by the rule of the layout names (not to the process
+    /// that made the repository here: it sees what it made, as on a disk), with those made
+    /// with mkdir and less those removed with rmdir, for everyone.
+    pub(crate) fn algorithms(
         &self,
         repo: &str,
-        images: bool,
+        viewer: Viewer,
         of_images: impl FnOnce() -> BTreeSet<Algorithm>,
     ) -> BTreeSet<Algorithm> {
         let state = self.repos.get(repo);
-        let mut algs = if images && state.is_none_or(|r| r.maker.is_none()) {
+        let rule = match state.and_then(|r| r.maker) {
+            Some(maker) => LayoutRule::ShownExceptMaker(maker),
+            None => LayoutRule::Shown,
+        };
+        let mut algs = if rule.shows(viewer) {
             of_images()
         } else {
             BTreeSet::new()
         };
-        if let Some(r) = state {
-            algs.extend(r.alg_dirs.iter().copied());
+        for (alg, made) in state.iter().flat_map(|r| r.alg_dirs.iter()) {
+            if *made {
+                algs.insert(*alg);
+            } else {
+                algs.remove(alg);
+            }
         }
         algs
+    }
+
+    /// Whether what `repo`'s `blobs/` lists depends on who looks.
+    pub fn algorithms_by_viewer(&self, repo: &str) -> bool {
+        self.repos.get(repo).is_some_and(|r| r.maker.is_some())
     }
 
     /// Whether blob `digest` of `repo`'s images is listed in its `blobs/<alg>/`: not in a
@@ -552,7 +589,7 @@ mod tests {
     fn a_rename_moves_a_repository_and_those_below_it_only() {
         let mut w = WriteState::default();
         for r in ["a", "a/b", "a/b/c", "a-x", "a.y", "ab", "b"] {
-            w.repo_mut(r).created = true;
+            w.repo_mut(r).path = true;
         }
         let ids: Vec<u64> = ["a", "a/b", "a/b/c"]
             .iter()
@@ -573,29 +610,19 @@ mod tests {
         let maker = || 7;
         let other = || 8;
         let rules = [
-            (LayoutRule::Written(true), false, [true, true, true, true]),
-            (
-                LayoutRule::Written(false),
-                true,
-                [false, false, false, false],
-            ),
-            (LayoutRule::Images, false, [false, false, false, false]),
-            (LayoutRule::Images, true, [true, true, true, true]),
-            (LayoutRule::ImagesExceptMaker(7), false, [false; 4]),
-            (
-                LayoutRule::ImagesExceptMaker(7),
-                true,
-                [true, false, false, true],
-            ),
+            (LayoutRule::Written(true), [true, true, true, true]),
+            (LayoutRule::Written(false), [false, false, false, false]),
+            (LayoutRule::Shown, [true, true, true, true]),
+            (LayoutRule::ShownExceptMaker(7), [true, false, false, true]),
         ];
-        for (rule, images, want) in rules {
+        for (rule, want) in rules {
             let got = [
-                rule.shows(images, Viewer::Reader),
-                rule.shows(images, Viewer::Maker),
-                rule.shows(images, Viewer::Process(&maker)),
-                rule.shows(images, Viewer::Process(&other)),
+                rule.shows(Viewer::Reader),
+                rule.shows(Viewer::Maker),
+                rule.shows(Viewer::Process(&maker)),
+                rule.shows(Viewer::Process(&other)),
             ];
-            assert_eq!(got, want, "{rule:?} with images: {images}");
+            assert_eq!(got, want, "{rule:?}");
         }
     }
 }

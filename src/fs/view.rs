@@ -7,10 +7,13 @@
 //! Changes made by other processes are noticed through SQLite's `data_version`, checked at most
 //! every `REFRESH_INTERVAL`, so an image imported, tagged or removed elsewhere shows within it.
 //!
-//! What the mount's writes add to the records (repositories made with mkdir, pending images)
-//! is read from the write side's state (`Additions`) whenever the tree is rebuilt. A repository
-//! made or removed with mkdir/rmdir in the mount patches the tree in place (`add_created`,
-//! `remove_created`), so that each costs the same however many there are.
+//! A repository exists while it has images or is kept (`Catalog::repositories`: made with
+//! mkdir in the mount, or by an `index.json` written there, and kept with no image until
+//! removed). What the mount's writes add to the records (pending images, directories made with
+//! mkdir that only lead to repositories made in them) is read from the write side's state
+//! (`Additions`) whenever the tree is rebuilt. A change the mount makes itself (mkdir, rmdir)
+//! patches the tree in place (`Views::patch`), so that each costs the same however many
+//! repositories there are.
 //!
 //! Lock order: `State` is locked alone, or before the additions' lock (see `fs::state`);
 //! repository views are computed outside it.
@@ -43,8 +46,14 @@ pub const LAYOUT_NAMES: [&str; 3] = ["blobs", "index.json", "oci-layout"];
 pub struct DirInfo {
     /// Sub-directory names (the next component of longer repository names).
     pub children: BTreeSet<String>,
-    /// Whether this path is itself a repository (and so holds a layout).
+    /// Whether this path is itself a repository (and so holds a layout): it has images
+    /// (pending ones too) or is kept.
     pub repository: bool,
+    /// Whether the records keep it as a repository with or without images.
+    pub kept: bool,
+    /// Made with mkdir in this mount as a directory leading to repositories (no repository
+    /// itself): it stays while empty, until rmdir.
+    pub made: bool,
     /// The latest update of any image at or below this path.
     pub updated: SystemTime,
 }
@@ -54,6 +63,8 @@ impl Default for DirInfo {
         DirInfo {
             children: BTreeSet::new(),
             repository: false,
+            kept: false,
+            made: false,
             updated: UNIX_EPOCH,
         }
     }
@@ -66,11 +77,12 @@ pub struct Snapshot {
     repos: HashMap<String, Vec<Entry>>,
 }
 
-/// What the mount itself adds to the records: repositories made with mkdir that hold no image
-/// yet, and images written into the mount that wait for blobs.
+/// What the mount itself adds to the records: directories made with mkdir that only lead to
+/// repositories made in them (no repository themselves), and images written into the mount
+/// that wait for blobs.
 #[derive(Debug, Default, Clone)]
 pub struct Extra {
-    pub created: BTreeSet<String>,
+    pub paths: BTreeSet<String>,
     pub pending: BTreeMap<String, Vec<Entry>>,
 }
 
@@ -81,68 +93,57 @@ pub trait Additions: Send + Sync {
 
 impl Snapshot {
     pub fn build(images: Vec<Image>) -> Snapshot {
-        Self::build_with(images, &Extra::default())
+        Self::build_with(images, &[], &Extra::default())
     }
 
-    pub fn build_with(images: Vec<Image>, extra: &Extra) -> Snapshot {
+    /// The tree of `images`, the repositories `kept` and what the mount adds (`extra`).
+    pub fn build_with(images: Vec<Image>, kept: &[String], extra: &Extra) -> Snapshot {
         let mut s = Snapshot::default();
         s.dirs.insert(String::new(), DirInfo::default());
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        let created = extra.created.iter().map(|repo| (repo.clone(), None));
-        let pending = extra
-            .pending
-            .values()
-            .flatten()
-            .map(|e| (e.name.repository().to_owned(), Some(e.clone())));
-        let registered = images.into_iter().map(|i| {
-            let updated = i.updated;
-            let e = Entry {
+        let now = SystemTime::now();
+        for i in images {
+            let updated = UNIX_EPOCH + Duration::from_millis(i.updated.max(0) as u64);
+            let repo = i.name.repository().to_owned();
+            s.add_dir(&repo, true, updated);
+            s.repos.entry(repo).or_default().push(Entry {
                 name: i.name,
                 target: i.target,
-            };
-            (e.name.repository().to_owned(), Some((e, updated)))
-        });
-        let all = registered.chain(
-            created
-                .chain(pending)
-                .map(|(repo, e)| (repo, e.map(|e| (e, now_ms)))),
-        );
-        for (repo, item) in all {
-            let updated = UNIX_EPOCH
-                + Duration::from_millis(item.as_ref().map_or(now_ms, |(_, u)| *u).max(0) as u64);
-            // The repository's own directory, then every ancestor up to the root.
-            let mut path = repo.clone();
-            let mut child: Option<String> = None;
-            loop {
-                let dir = s.dirs.entry(path.clone()).or_default();
-                dir.updated = dir.updated.max(updated);
-                if child.is_none() {
-                    dir.repository = true;
-                }
-                if let Some(c) = child.take() {
-                    dir.children.insert(c);
-                }
-                if path.is_empty() {
-                    break;
-                }
-                let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
-                child = Some(name.to_owned());
-                path = parent.to_owned();
-            }
-            let entries = s.repos.entry(repo).or_default();
-            if let Some((e, _)) = item {
-                entries.push(e);
-            }
+            });
+        }
+        for e in extra.pending.values().flatten() {
+            let repo = e.name.repository().to_owned();
+            s.add_dir(&repo, true, now);
+            s.repos.entry(repo).or_default().push(e.clone());
+        }
+        for repo in kept {
+            s.add_kept(repo, now);
+        }
+        for path in &extra.paths {
+            s.add_path(path, now);
         }
         s
     }
 
-    /// Adds the repository `repo` with no image (made with mkdir), as `build_with` would: the
-    /// directory, and its name in each directory above it.
-    fn add_empty_repo(&mut self, repo: &str, updated: SystemTime) {
-        let mut path = repo.to_owned();
+    /// Adds directory `path`, made with mkdir to lead to repositories (see `DirInfo::made`).
+    pub fn add_path(&mut self, path: &str, updated: SystemTime) {
+        self.add_dir(path, false, updated);
+        if let Some(d) = self.dirs.get_mut(path) {
+            d.made = true;
+        }
+    }
+
+    /// Removes directory `path` made with mkdir, if nothing is below it (rmdir).
+    pub fn remove_path(&mut self, path: &str) {
+        if let Some(d) = self.dirs.get_mut(path) {
+            d.made = false;
+        }
+        self.remove_if_empty(path);
+    }
+
+    /// Adds directory `path` (a repository when `repository`), and its name in each directory
+    /// above it, each updated at `updated` at least.
+    fn add_dir(&mut self, path: &str, repository: bool, updated: SystemTime) {
+        let mut path = path.to_owned();
         let mut child: Option<String> = None;
         loop {
             let dir = self.dirs.entry(path.clone()).or_default();
@@ -151,7 +152,11 @@ impl Snapshot {
                 Some(c) => {
                     dir.children.insert(c);
                 }
-                None => dir.repository = true,
+                None if repository => {
+                    dir.repository = true;
+                    self.repos.entry(path.clone()).or_default();
+                }
+                None => {}
             }
             if path.is_empty() {
                 break;
@@ -160,33 +165,49 @@ impl Snapshot {
             child = Some(name.to_owned());
             path = parent.to_owned();
         }
-        self.repos.entry(repo.to_owned()).or_default();
     }
 
-    /// Removes the repository `repo` if it has no image and no sub-directory, and each
-    /// directory above it left with nothing below.
-    fn remove_empty_repo(&mut self, repo: &str) {
-        let empty = |s: &Snapshot, p: &str| {
-            s.dirs.get(p).is_some_and(|d| d.children.is_empty())
-                && s.repos.get(p).is_none_or(Vec::is_empty)
+    /// Adds the kept repository `repo`, with no image of its own needed.
+    pub fn add_kept(&mut self, repo: &str, updated: SystemTime) {
+        self.add_dir(repo, true, updated);
+        if let Some(d) = self.dirs.get_mut(repo) {
+            d.kept = true;
+        }
+    }
+
+    /// Makes `repo` no longer kept: it stays while it has images or directories below it (a
+    /// path leading to them), and each directory above it left with nothing below goes.
+    pub fn remove_kept(&mut self, repo: &str) {
+        let Some(dir) = self.dirs.get_mut(repo) else {
+            return;
         };
-        if !empty(self, repo) {
+        dir.kept = false;
+        if self.repos.get(repo).is_some_and(|e| !e.is_empty()) {
             return;
         }
+        dir.repository = false;
         self.repos.remove(repo);
-        self.dirs.remove(repo);
-        let mut path = repo;
-        loop {
-            let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-            let Some(dir) = self.dirs.get_mut(parent) else {
-                return;
-            };
-            dir.children.remove(name);
-            if parent.is_empty() || dir.repository || !dir.children.is_empty() {
+        self.remove_if_empty(repo);
+    }
+
+    /// Removes directory `path` if nothing is below it and it is no repository, then each
+    /// directory above it left so.
+    fn remove_if_empty(&mut self, path: &str) {
+        let mut path = path.to_owned();
+        while !path.is_empty() {
+            let empty = self
+                .dirs
+                .get(&path)
+                .is_some_and(|d| d.children.is_empty() && !d.repository && !d.made);
+            if !empty {
                 return;
             }
-            self.dirs.remove(parent);
-            path = parent;
+            self.dirs.remove(&path);
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+            if let Some(dir) = self.dirs.get_mut(parent) {
+                dir.children.remove(name);
+            }
+            path = parent.to_owned();
         }
     }
 
@@ -275,7 +296,7 @@ impl Views {
         st.checked = Some(Instant::now());
         if st.version != Some(version) {
             let extra = self.additions.additions();
-            let snapshot = Snapshot::build_with(records.list()?, &extra);
+            let snapshot = Snapshot::build_with(records.list()?, &records.repositories()?, &extra);
             // Keep the views of repositories whose images did not change.
             st.repos
                 .retain(|name, view| snapshot.entries(name) == Some(view.entries.as_slice()));
@@ -286,24 +307,27 @@ impl Views {
         Ok(st.snapshot.clone())
     }
 
-    /// Adds `repo`, made with mkdir (and entered in the additions first), to what the mount
-    /// shows. The tree is patched in place, not rebuilt (a rebuild reads every record, which
-    /// made each mkdir cost as much as all before).
-    pub fn add_created(&self, repo: &str) {
+    /// Patches the tree in place after a change of the records this mount made itself (and
+    /// of its additions, made first), which took the records' version from `before` to `after`:
+    /// a rebuild reads every record, which made each mkdir cost as much as all before. When
+    /// another change came between (the version moved more), the next look rebuilds instead.
+    pub fn patch(&self, before: i64, after: i64, f: impl FnOnce(&mut Snapshot)) {
         let mut st = self.state.lock();
-        // With no version, the next look rebuilds the tree from the records and `extra`.
-        if st.version.is_some() {
-            Arc::make_mut(&mut st.snapshot).add_empty_repo(repo, SystemTime::now());
+        if st.version == Some(before) && after == before.wrapping_add(1) {
+            f(Arc::make_mut(&mut st.snapshot));
+            st.version = Some(after);
+        } else {
+            st.version = None;
+            st.checked = None;
         }
     }
 
-    /// Removes `repo`, an empty repository (rmdir, gone from the additions first), from what
-    /// the mount shows, in place.
-    pub fn remove_created(&self, repo: &str) {
+    /// Patches the tree in place after a change of the mount's additions alone.
+    pub fn patch_additions(&self, f: impl FnOnce(&mut Snapshot)) {
         let mut st = self.state.lock();
-        st.repos.remove(repo);
+        // With no version, the next look rebuilds the tree from the records and additions.
         if st.version.is_some() {
-            Arc::make_mut(&mut st.snapshot).remove_empty_repo(repo);
+            f(Arc::make_mut(&mut st.snapshot));
         }
     }
 

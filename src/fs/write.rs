@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::sync::Arc;
 
+use crate::content::Change;
 use crate::digest::{Algorithm, Digest};
 use crate::error::Error;
 use crate::layout::Entry;
@@ -70,11 +71,7 @@ impl super::Fs {
         viewer: super::Viewer,
     ) -> bool {
         match snapshot.dir(path) {
-            Some(d) if d.repository => {
-                let rule = self.write.lock().layout_rule(path, name);
-                let images = snapshot.entries(path).is_some_and(|e| !e.is_empty());
-                rule.shows(images, viewer)
-            }
+            Some(d) if d.repository => self.write.lock().layout_rule(path, name).shows(viewer),
             _ => false,
         }
     }
@@ -114,12 +111,15 @@ impl super::Fs {
         }
     }
 
-    /// The repository a directory-like node belongs to, if any.
+    /// The repository a directory-like node belongs to, if any. Any directory but the root is
+    /// one or may become one: a directory that only leads to repositories becomes one when a
+    /// layout name is written into it.
     fn repo_of(&self, node: &Node) -> Option<Arc<str>> {
         match node {
+            Node::Dir(p) if p.is_empty() => None,
             Node::Dir(p) => {
                 let snapshot = self.views.snapshot().ok()?;
-                snapshot.dir(p).filter(|d| d.repository).map(|_| p.clone())
+                snapshot.dir(p).map(|_| p.clone())
             }
             Node::Blobs(r) | Node::AlgDir(r, _) | Node::Index(r) | Node::LayoutFile(r) => {
                 Some(r.clone())
@@ -173,6 +173,7 @@ impl super::Fs {
         let node = self.node(parent)?;
         let child = match &node {
             Node::Dir(path) if name == "blobs" && self.repo_of(&node).is_some() => {
+                self.keep_repo(parent)?;
                 self.show_layout_name_at(parent, name, true);
                 Node::Blobs(path.clone())
             }
@@ -183,13 +184,19 @@ impl super::Fs {
                     Node::Dir(self.make_repo(parent, name, pid)?)
                 }
             }
+            Node::Blobs(_) | Node::AlgDir(..) if is_temporary(name) => {
+                self.repo_of(&node).ok_or(FsError::NotFound)?;
+                Node::Scratch(self.add_scratch(parent, name, ScratchKind::Dir))
+            }
             Node::Blobs(repo) => {
                 let alg = Algorithm::from_name(name).ok_or_else(|| {
                     FsError::Invalid(format!(
-                        "{repo}/blobs/{name}: not a digest algorithm (sha256, sha512)"
+                        "{repo}/blobs/{name}: neither a digest algorithm (sha256, sha512) nor \
+                         a temporary name (one beginning with '.')"
                     ))
                 })?;
-                self.with_repo_at(parent, |r| r.alg_dirs.insert(alg));
+                self.keep_repo(parent)?;
+                self.with_repo_at(parent, |r| r.alg_dirs.insert(alg, true));
                 // Named as the inode is now (a rename meanwhile moved it).
                 match self.node(parent)? {
                     Node::Blobs(repo) => Node::AlgDir(repo, alg),
@@ -202,7 +209,8 @@ impl super::Fs {
             }
             Node::AlgDir(repo, alg) => {
                 return Err(FsError::Invalid(format!(
-                    "{repo}/blobs/{}/{name}: no directories among blobs",
+                    "{repo}/blobs/{}/{name}: no directories among blobs but temporary ones \
+                     (a name beginning with '.')",
                     alg.name()
                 )))
             }
@@ -212,8 +220,10 @@ impl super::Fs {
         self.attr(ino, &child)
     }
 
-    /// Makes repository `name` in directory `parent` for process `pid`, named under the
-    /// serialising lock: a rename of a directory above meanwhile is followed.
+    /// Makes repository `name` in directory `parent` for process `pid`, kept in the records,
+    /// named under the serialising lock: a rename of a directory above meanwhile is followed.
+    /// A repository that its maker made, left untouched, and now makes a directory in (`mkdir
+    /// -p`, skopeo's MkdirAll) only leads to it: it is no longer kept, and stays a directory.
     fn make_repo(&self, parent: u64, name: &str, pid: u32) -> FsResult<Arc<str>> {
         let _serial = self.write_lock.lock();
         let Node::Dir(path) = self.node(parent)? else {
@@ -223,14 +233,100 @@ impl super::Fs {
         let new = super::child_path(&path, name);
         check_repository(&new)
             .map_err(|why| FsError::Invalid(format!("{new:?} is not a repository name: {why}")))?;
+        let leads_only = self.only_made_by(parent, &path, pid)?;
         {
             let mut w = self.write.lock();
             let state = w.repo_mut(&new);
-            state.created = true;
             state.maker = Some(pid);
+            state.fresh = true;
+            if leads_only {
+                w.repo_mut(&path).path = true;
+            }
         }
-        self.views.add_created(&new);
+        let forget = if leads_only {
+            vec![path.to_string()]
+        } else {
+            Vec::new()
+        };
+        let change = Change {
+            keep: &[new.to_string()],
+            forget: &forget,
+            ..Change::default()
+        };
+        let now = std::time::SystemTime::now();
+        let changed = self.change_records(&change, |s| {
+            if leads_only {
+                s.add_path(&path, now);
+                s.remove_kept(&path);
+            }
+            s.add_kept(&new, now);
+        });
+        if let Err(e) = changed {
+            let mut w = self.write.lock();
+            w.forget_repo(&new);
+            if leads_only {
+                w.repo_mut(&path).path = false;
+            }
+            return Err(e);
+        }
         Ok(new)
+    }
+
+    /// Whether repository `path` (directory `ino`) was made here by process `pid` and holds
+    /// nothing yet: no image, nothing written, nothing below it.
+    fn only_made_by(&self, ino: u64, path: &str, pid: u32) -> FsResult<bool> {
+        if path.is_empty() {
+            return Ok(false);
+        }
+        let snapshot = self.views.snapshot()?;
+        let Some(dir) = snapshot.dir(path) else {
+            return Ok(false);
+        };
+        let empty = dir.kept
+            && dir.children.is_empty()
+            && snapshot.entries(path).is_none_or(<[Entry]>::is_empty);
+        let w = self.write.lock();
+        Ok(empty && !w.has_children(ino) && w.repo(path).is_some_and(|r| r.untouched_by(pid)))
+    }
+
+    /// Keeps the repository of node `ino` (its directory, a layout file, `blobs/`) in the
+    /// records, with or without images: a layout name was written into it.
+    fn keep_repo(&self, ino: u64) -> FsResult<()> {
+        let _serial = self.write_lock.lock();
+        let repo = match self.node(ino)? {
+            Node::Dir(r) | Node::LayoutFile(r) | Node::Index(r) | Node::Blobs(r) => r,
+            Node::AlgDir(r, _) => r,
+            _ => return Err(FsError::NotFound),
+        };
+        if self.views.snapshot()?.dir(&repo).is_some_and(|d| d.kept) {
+            return Ok(());
+        }
+        let now = std::time::SystemTime::now();
+        self.change_records(
+            &Change {
+                keep: &[repo.to_string()],
+                ..Change::default()
+            },
+            |s| s.add_kept(&repo, now),
+        )?;
+        if let Some(state) = self.write.lock().repo_mut_if(&repo) {
+            state.path = false;
+        }
+        Ok(())
+    }
+
+    /// Makes `change` in the records, and the same change in the views' tree by `patch`.
+    pub(super) fn change_records(
+        &self,
+        change: &Change,
+        patch: impl FnOnce(&mut super::view::Snapshot),
+    ) -> FsResult<()> {
+        let records = self.store().records();
+        let before = records.version()?;
+        records.apply(change)?;
+        let after = records.version()?;
+        self.views.patch(before, after, patch);
+        Ok(())
     }
 
     /// Refuses a sub-repository `name` of directory `path` when `path` is a repository and
@@ -276,6 +372,7 @@ impl super::Fs {
             ))
         })?;
         if let (Node::Dir(path), "index.json" | "oci-layout") = (&node, name) {
+            self.keep_repo(parent)?;
             self.show_layout_name_at(parent, name, true);
             let child = if name == "index.json" {
                 Node::Index(path.clone())
@@ -507,6 +604,7 @@ impl super::Fs {
                 oci::check_layout_file(&what, &u.read_small(&what, oci::MAX_JSON_SIZE)?)?;
                 w.dirty = false;
                 drop(w);
+                self.keep_repo(ino)?;
                 // Written: it shows to every process from now on, its maker too.
                 self.show_layout_name_at(ino, "oci-layout", true);
                 Ok(())
@@ -643,14 +741,16 @@ impl super::Fs {
             })
             .collect();
         drop(snapshot);
-        let algs = self.algorithms(&repo)?;
+        let algs = self.algorithms(&repo, super::Viewer::Reader)?;
         {
             let mut w = self.write.lock();
             let state = w.repo_mut(&repo);
             for n in shown {
                 state.set_layout_name(n, true);
             }
-            state.alg_dirs.extend(algs);
+            state
+                .alg_dirs
+                .extend(algs.into_iter().map(|alg| (alg, true)));
         }
         self.clear_repo(&repo)?;
         self.show_layout_name_at(ino, name, false);
@@ -663,25 +763,42 @@ impl super::Fs {
         self.with_repo_at(ino, |r| r.set_layout_name(name, shown));
     }
 
-    /// Whether directory `ino` is empty as every process sees it: no scratch entry, nothing
-    /// the maker wrote nor what others are shown (a pending repository's layout names), by the
-    /// rule readdir lists with, and for a directory of the tree no image and no directory below
-    /// it (a sub-repository named like a layout name included).
+    /// Whether directory `ino` is empty: no scratch entry in it; for `blobs/` and its algorithm
+    /// directories, nothing listed to any process (by the rule readdir lists with); for a
+    /// repository's directory, no image (pending ones too), no directory below it (a
+    /// sub-repository named like a layout name included), and no layout name written: an
+    /// empty repository's `oci-layout`, `index.json` and `blobs/sha256/` are the repository's
+    /// own, not what was put in it, and go with it (as they came with mkdir).
     fn dir_is_empty(&self, ino: u64) -> FsResult<bool> {
         if self.write.lock().has_children(ino) {
             return Ok(false);
+        }
+        if let Node::Dir(path) = self.node(ino)? {
+            // What was written into blobs/ (committed blobs, temporary files) is in it too.
+            let blobs = std::iter::once(Node::Blobs(path.clone())).chain(
+                Algorithm::ALL
+                    .into_iter()
+                    .map(|alg| Node::AlgDir(path.clone(), alg)),
+            );
+            let inos: Vec<u64> = blobs.filter_map(|n| self.inodes.get(&n)).collect();
+            if inos.iter().any(|i| self.write.lock().has_children(*i)) {
+                return Ok(false);
+            }
+            let snapshot = self.views.snapshot()?;
+            let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
+            let images = snapshot.entries(&path).is_some_and(|e| !e.is_empty());
+            let written = self
+                .write
+                .lock()
+                .repo(&path)
+                .is_some_and(RepoState::holds_written);
+            return Ok(!images && dir.children.is_empty() && !written);
         }
         for viewer in [super::Viewer::Maker, super::Viewer::Reader] {
             let listed = self.dir_entries(ino, viewer)?;
             if listed.iter().any(|e| e.name != "." && e.name != "..") {
                 return Ok(false);
             }
-        }
-        if let Node::Dir(path) = self.node(ino)? {
-            let snapshot = self.views.snapshot()?;
-            let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
-            let images = snapshot.entries(&path).is_some_and(|e| !e.is_empty());
-            return Ok(!images && dir.children.is_empty());
         }
         Ok(true)
     }
@@ -714,7 +831,7 @@ impl super::Fs {
                 }
                 self.with_repo_at(ino, |state| {
                     state.set_layout_name(name, false);
-                    state.alg_dirs.clear();
+                    state.alg_dirs = Algorithm::ALL.into_iter().map(|a| (a, false)).collect();
                 });
                 Ok(())
             }
@@ -722,7 +839,7 @@ impl super::Fs {
                 if !self.visible_blobs(&repo, alg)?.is_empty() {
                     return Err(FsError::NotEmpty);
                 }
-                self.with_repo_at(ino, |r| r.alg_dirs.remove(&alg));
+                self.with_repo_at(ino, |r| r.alg_dirs.insert(alg, false));
                 Ok(())
             }
             Node::Dir(_) => {
@@ -734,14 +851,28 @@ impl super::Fs {
                 if !self.dir_is_empty(ino)? {
                     return Err(FsError::NotEmpty);
                 }
-                let forgotten = self.write.lock().forget_repo(&path);
-                self.views.remove_created(&path);
-                // What was written there is held by nothing now: gc may take it.
-                self.release_repo(forgotten)?;
-                Ok(())
+                self.remove_repo(&path)
             }
             _ => Err(FsError::NotDir),
         }
+    }
+
+    /// Removes repository (or directory) `path`, found empty under the serialising lock,
+    /// which the caller holds: forgotten in the records and in memory.
+    fn remove_repo(&self, path: &str) -> FsResult<()> {
+        if self.views.snapshot()?.dir(path).is_some_and(|d| d.kept) {
+            self.change_records(
+                &Change {
+                    forget: &[path.to_owned()],
+                    ..Change::default()
+                },
+                |s| s.remove_kept(path),
+            )?;
+        }
+        let forgotten = self.write.lock().forget_repo(path);
+        self.views.patch_additions(|s| s.remove_path(path));
+        // What was written there is held by nothing now: gc may take it.
+        self.release_repo(forgotten)
     }
 
     pub fn rename(
@@ -817,15 +948,19 @@ impl super::Fs {
                 }
             }
             Node::Dir(repo) if newname == "index.json" || newname == "oci-layout" => {
-                let ino = self.inodes.ino(&if newname == "index.json" {
+                let node = if newname == "index.json" {
                     Node::Index(repo.clone())
                 } else {
                     Node::LayoutFile(repo.clone())
-                });
+                };
+                let ino = self.inodes.ino(&node);
                 shared.lock().dirty = true;
                 self.finish(ino, &shared, pid, true)?;
                 self.show_layout_name_at(ino, newname, true);
                 self.remove_scratch(id);
+                // The kernel keeps the renamed file's inode for the name: it is the name's.
+                self.inodes
+                    .rebind(self.inodes.ino(&Node::Scratch(id)), &node);
                 return Ok(());
             }
             _ => {}
@@ -837,9 +972,19 @@ impl super::Fs {
     /// Enters a scratch entry; what it replaces (an upload, whose ingest is a directory to
     /// remove) is dropped with the write state let go.
     fn add_scratch(&self, parent: u64, name: &str, kind: ScratchKind) -> u64 {
+        self.touch(parent);
         let (id, replaced) = self.write.lock().add(parent, name, kind);
         drop(replaced);
         id
+    }
+
+    /// Notes that something was made in directory `dir`: its repository is no longer fresh
+    /// (see `RepoState::fresh`).
+    fn touch(&self, dir: u64) {
+        let repo = self.node(dir).ok().and_then(|node| self.repo_of(&node));
+        if let Some(repo) = repo {
+            self.write.lock().repo_mut(&repo);
+        }
     }
 
     /// Removes scratch entry `id`, dropping it (and its upload) with the write state let go.
@@ -850,6 +995,7 @@ impl super::Fs {
 
     /// Moves scratch entry `id`, dropping what it replaces with the write state let go.
     fn move_scratch(&self, id: u64, parent: u64, name: &str) {
+        self.touch(parent);
         let replaced = self.write.lock().move_to(id, parent, name);
         drop(replaced);
     }
@@ -906,7 +1052,22 @@ impl super::Fs {
                 remove.push(image.name);
             }
         }
-        self.store().records().update(&put, &remove)?;
+        let records = self.store().records();
+        let (mut forget, mut keep) = (Vec::new(), Vec::new());
+        for repo in records.repositories()? {
+            if let Some(new) = moved(&repo) {
+                forget.push(repo);
+                keep.push(new);
+            }
+        }
+        // The directory replaced (empty) is no longer kept: the one moved takes its place.
+        forget.push(to.to_owned());
+        records.apply(&Change {
+            put: &put,
+            remove: &remove,
+            forget: &forget,
+            keep: &keep,
+        })?;
         let replaced = {
             // The inodes and the state move together: who reads a name through an inode with
             // the write state held (`repo_id_at`) finds that name's state.
@@ -1088,8 +1249,9 @@ fn take_verified(shared: &Shared, digest: &Digest, size: Option<u64>) -> FsResul
     Ok(w.upload.take())
 }
 
-/// Checks a file name in `blobs/<alg>/`: the algorithm's hex length in lowercase hex, or a
-/// longer name starting with such hex (a temporary name, as go-containerregistry writes).
+/// Checks a file name in `blobs/<alg>/`: the algorithm's hex length in lowercase hex (a blob),
+/// or a temporary name: one beginning with `.` (rsync's `.<name>.XXXXXX`, mkstemp's), or a
+/// longer name starting with such hex (go-containerregistry's `<hex><random>tmp`).
 fn check_blob_name(repo: &str, alg: Algorithm, name: &str) -> FsResult<()> {
     let n = alg.hex_len();
     let hex = |s: &str| {
@@ -1097,16 +1259,24 @@ fn check_blob_name(repo: &str, alg: Algorithm, name: &str) -> FsResult<()> {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let ok = (name.len() == n && hex(name))
+        || is_temporary(name)
         || (name.len() > n && name.is_char_boundary(n) && hex(&name[..n]));
     if ok {
         Ok(())
     } else {
         Err(FsError::Invalid(format!(
-            "{repo}/blobs/{}/{name}: not a {} digest in lowercase hex",
+            "{repo}/blobs/{}/{name}: neither a {} digest in lowercase hex nor a temporary \
+             name (one beginning with '.')",
             alg.name(),
             alg.name()
         )))
     }
+}
+
+/// Whether `name` is a temporary name wherever it is: one beginning with `.` (not `.` and
+/// `..`, which the kernel never passes as a name to create).
+fn is_temporary(name: &str) -> bool {
+    name.len() > 1 && name.starts_with('.') && name != ".."
 }
 
 #[cfg(test)]
@@ -1119,6 +1289,10 @@ mod tests {
         for (name, ok) in [
             (hex.clone(), true),
             (format!("{hex}1234tmp"), true),
+            (format!(".{hex}.ogIyfK"), true),
+            (".tmp".into(), true),
+            ("tmp".into(), false),
+            (".".into(), false),
             (hex.to_uppercase(), false),
             (hex[..63].to_owned(), false),
             ("x".repeat(64), false),
