@@ -244,6 +244,21 @@ impl Filesystem for Adapter {
         } else {
             process_of(req)
         };
+        let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        if writing {
+            // The kernel fails (EIO) an open of an inode in passthrough that is not itself
+            // passthrough: say why instead.
+            let passthrough = self
+                .backing
+                .lock()
+                .by_ino
+                .get(&ino.0)
+                .and_then(Weak::upgrade);
+            if let (Some(_), Some(digest)) = (passthrough, self.fs.blob_digest(ino.0)) {
+                let e = FsError::ReadThroughPassthrough(digest);
+                return reply.error(errno("open", &e));
+            }
+        }
         let opened = match self.fs.open(ino.0, flags.0, pid) {
             Ok(o) => o,
             Err(e) => return reply.error(errno("open", &e)),
@@ -283,6 +298,27 @@ impl Filesystem for Adapter {
         _flags: PollFlags,
         reply: ReplyPoll,
     ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// ENOSYS: the kernel stops asking and answers EOPNOTSUPP, as a filesystem without
+    /// extended attributes does (`cp -a` copies ACLs so, then falls back to chmod); answered
+    /// here only to keep fuser's "not implemented" warning out of the log.
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply.error(Errno::ENOSYS);
+    }
+
+    /// As `setxattr`: there are none to remove.
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
         reply.error(Errno::ENOSYS);
     }
 

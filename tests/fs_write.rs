@@ -1895,3 +1895,35 @@ fn blobs_that_arrive_by_renaming_their_directory_are_never_committed() {
         h.images()
     );
 }
+
+/// A blob written at its name, then opened for writing again (skopeo rewrites a manifest it
+/// finds; `rsync --inplace` opens each file it updates) and closed with nothing or the same
+/// bytes written: it stays there, as the same inode, readable. Before, the last close took
+/// the reopened file for a failed copy and removed the name.
+#[test]
+fn a_committed_blob_opened_again_for_writing_stays_after_its_close() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 97);
+    let (name, bytes) = source_blobs(&src).remove(0);
+    h.mkdir_p("r/blobs/sha256").unwrap();
+    let path = format!("r/blobs/sha256/{name}");
+    h.put(&path, &bytes, 1).unwrap();
+    let ino = h.walk(&path).unwrap().ino;
+    for rewrite in [&[][..], &bytes[..]] {
+        let fh = h.fs.open(ino, libc::O_WRONLY, 1).unwrap().fh;
+        if !rewrite.is_empty() {
+            h.fs.write(fh, 0, rewrite).unwrap();
+        }
+        h.fs.flush(fh, 1).unwrap();
+        h.fs.release(fh);
+        assert_eq!(h.walk(&path).unwrap().ino, ino, "{path} after a close");
+        assert_eq!(h.fs.getattr(ino).unwrap().size, bytes.len() as u64);
+        assert_eq!(h.read_as(&path, 1).unwrap(), bytes);
+    }
+    // An inode whose temporary file is gone is ENOENT to open, not EISDIR.
+    let tmp = h.fs.create(h.walk("r").unwrap().ino, ".tmp").unwrap();
+    h.fs.release(tmp.1.fh);
+    h.fs.unlink(h.walk("r").unwrap().ino, ".tmp").unwrap();
+    let e = h.fs.open(tmp.0.ino, libc::O_WRONLY, 1).unwrap_err();
+    assert_eq!(e.errno(), libc::ENOENT, "{e}");
+}

@@ -33,6 +33,10 @@ pub enum FsError {
     TooLarge { digest: Digest, size: u64 },
     #[error("unknown file handle {0}")]
     BadHandle(u64),
+    /// A blob read through passthrough: the kernel has every open of it use the store's
+    /// (read-only) file, so it cannot be opened for writing until those close.
+    #[error("blob {0}: open for reading through passthrough, so not for writing until those opens close (a blob never changes: `rsync --inplace` over one already there needs `--no-passthrough`, or rsync without `--inplace`)")]
+    ReadThroughPassthrough(Digest),
     /// A write to this file failed before (its bytes were dropped); close reports it again.
     #[error("{message}")]
     WriteFailed { errno: i32, message: String },
@@ -56,6 +60,7 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle(_) => libc::EBADF,
+            FsError::ReadThroughPassthrough(_) => libc::ETXTBSY,
             FsError::WriteFailed { errno, .. } => *errno,
             FsError::Invalid(_) => libc::EINVAL,
             FsError::Exists => libc::EEXIST,
@@ -81,6 +86,7 @@ impl FsError {
                 | FsError::TooLarge { .. }
                 | FsError::NotPermitted(_)
                 | FsError::Busy { .. }
+                | FsError::ReadThroughPassthrough(_)
         )
     }
 }
@@ -113,6 +119,10 @@ mod tests {
             (FsError::IsDir, libc::EISDIR),
             (FsError::ReadOnly, libc::EROFS),
             (FsError::BadHandle(7), libc::EBADF),
+            (
+                FsError::ReadThroughPassthrough(digest.clone()),
+                libc::ETXTBSY,
+            ),
             (
                 FsError::Busy {
                     digest: digest.clone(),

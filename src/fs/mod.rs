@@ -321,6 +321,18 @@ impl Fs {
             .algorithms(repo, viewer, || view.algorithms()))
     }
 
+    /// The blob inode `ino` stands for, if it is one (listed, or written at a blob's name).
+    pub fn blob_digest(&self, ino: u64) -> Option<Digest> {
+        match self.inodes.node(ino)? {
+            Node::Blob(digest, _) => Some(digest),
+            Node::Scratch(id) => match &self.write.lock().scratch.get(&id)?.kind {
+                ScratchKind::Committed(digest, _) => Some(digest.clone()),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
         let node = self.node(ino)?;
         self.attr(ino, &node)

@@ -428,7 +428,8 @@ impl super::Fs {
                 let kind = match self.write.lock().scratch.get(id).map(|s| &s.kind) {
                     Some(ScratchKind::File(shared)) => Ok(shared.clone()),
                     Some(ScratchKind::Committed(digest, _)) => Err(digest.algorithm()),
-                    _ => return Err(FsError::IsDir),
+                    Some(ScratchKind::Dir) => return Err(FsError::IsDir),
+                    None => return Err(FsError::NotFound),
                 };
                 match kind {
                     Ok(shared) => shared,
@@ -1150,6 +1151,16 @@ impl super::Fs {
             Ok(Node::Scratch(id)) => {
                 // The scratch table and this handle: no other descriptor has it open.
                 if Arc::strong_count(shared) > 2 {
+                    return;
+                }
+                // A blob written again (its own upload, never the entry's): its close acted
+                // on it; the entry stays the blob it is.
+                if self
+                    .write
+                    .lock()
+                    .upload_of(id)
+                    .is_none_or(|s| !Arc::ptr_eq(&s, shared))
+                {
                     return;
                 }
                 // Asked before the upload is locked: the scratch table comes first.
