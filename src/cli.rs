@@ -1,7 +1,7 @@
 //! The command line: one enum of subcommands whose doc comments are the help, and what each
 //! subcommand does with the store. Errors come back as `Error` for `main` to print as one line.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::archive::{self, ExportOptions, Plan, Source};
-use crate::content::{Catalog, Provider};
+use crate::content::{Catalog, Change, Provider};
 use crate::digest::Digest;
 use crate::error::StoreProblem;
 use crate::error::{Error, Result};
@@ -74,14 +74,29 @@ pub enum Command {
         #[arg(required = true, value_name = "REF")]
         refs: Vec<String>,
     },
-    /// List images
+    /// List images (`layoutfs repositories` also lists the repositories with no image)
     #[command(alias = "ls")]
     Images {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Remove images (a repository name removes all its images); blobs stay until gc
+    /// List repositories and how many images each has, those kept with none too
+    ///
+    /// A repository is kept when it was made in the mount (a directory made there, or an
+    /// index.json written there listing nothing): it stays, with no image, when its last image
+    /// is removed, until `layoutfs rm REPOSITORY`.
+    #[command(alias = "repos")]
+    Repositories {
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove images (a repository name removes all its images, and the repository itself when
+    /// it is kept); blobs stay until gc
+    ///
+    /// Prints the names of the images removed, then of the kept repositories removed. A
+    /// repository kept with no image is removed by its name alone.
     Rm {
+        /// NAME:TAG, NAME@DIGEST, or a repository name
         #[arg(required = true, value_name = "REF")]
         refs: Vec<String>,
     },
@@ -163,6 +178,7 @@ impl Cli {
     fn access(&self) -> Access {
         match self.command {
             Command::Images { .. }
+            | Command::Repositories { .. }
             | Command::Export { .. }
             | Command::Fsck { repair: false }
             | Command::Gc { dry_run: true, .. }
@@ -205,7 +221,8 @@ impl Cli {
                 export(&store, &refs, output.as_deref(), &opts)
             }
             Command::Images { format } => list_images(store.records(), &store, format),
-            Command::Rm { refs } => remove(&store, &refs),
+            Command::Repositories { format } => list_repositories(store.records(), format),
+            Command::Rm { refs } => remove(store.records(), &refs),
             Command::Mount {
                 mountpoint,
                 allow_other,
@@ -285,14 +302,24 @@ fn export(
     Ok(())
 }
 
-/// `layoutfs rm`: removes names only, and prints them.
-fn remove(store: &Store, refs: &[String]) -> Result<()> {
-    let names: Vec<Reference> = resolve(store.records(), refs)?
-        .into_iter()
-        .map(|i| i.name)
-        .collect();
-    store.records().remove(&names)?;
-    print_names(&names)
+/// `layoutfs rm`: removes the images named and the repositories named, in one change, and
+/// prints the names of the images, then of the kept repositories, it removed. Blobs stay.
+fn remove(catalog: &dyn Catalog, refs: &[String]) -> Result<()> {
+    let kept: BTreeSet<String> = catalog.repositories()?.into_iter().collect();
+    let (images, repositories) = resolve_in(catalog, refs, &kept)?;
+    let names: Vec<Reference> = images.into_iter().map(|i| i.name).collect();
+    // Every repository named goes, even one kept since it was resolved.
+    catalog.apply(&Change {
+        remove: &names,
+        forget: &repositories,
+        ..Change::default()
+    })?;
+    print_names(&names)?;
+    let mut out = std::io::stdout().lock();
+    for repo in repositories.iter().filter(|r| kept.contains(*r)) {
+        writeln!(out, "{repo}").map_err(stdout_err)?;
+    }
+    Ok(())
 }
 
 /// `layoutfs mount`: serves until unmounted.
@@ -336,7 +363,10 @@ fn warn_if_adopted(store: &Store, command: &Command) {
     };
     if matches!(
         command,
-        Command::Images { .. } | Command::Export { .. } | Command::Mount { .. }
+        Command::Images { .. }
+            | Command::Repositories { .. }
+            | Command::Export { .. }
+            | Command::Mount { .. }
     ) {
         eprintln!(
             "layoutfs: warning: {}: no image records, but the store held {} blobs when the \
@@ -488,9 +518,21 @@ fn stdout_err(e: std::io::Error) -> Error {
     }
 }
 
-/// The images named by `refs`, each once, in the order given. Every ref must match.
+/// The images named by `refs`, each once, in the order given. Every ref must match an image.
 pub fn resolve(catalog: &dyn Catalog, refs: &[String]) -> Result<Vec<Image>> {
+    Ok(resolve_in(catalog, refs, &BTreeSet::new())?.0)
+}
+
+/// The images named by `refs`, each once, in the order given, and the repositories named,
+/// each once, in the order given. Every ref must match an image, or name a repository of
+/// `kept`.
+fn resolve_in(
+    catalog: &dyn Catalog,
+    refs: &[String],
+    kept: &BTreeSet<String>,
+) -> Result<(Vec<Image>, Vec<String>)> {
     let mut out: BTreeMap<String, (usize, Image)> = BTreeMap::new();
+    let mut repositories = Vec::new();
     for (i, r) in refs.iter().enumerate() {
         let found = match r.parse::<RefQuery>()? {
             RefQuery::Image(name) => vec![catalog
@@ -498,8 +540,11 @@ pub fn resolve(catalog: &dyn Catalog, refs: &[String]) -> Result<Vec<Image>> {
                 .ok_or_else(|| Error::NotFound(name.to_string()))?],
             RefQuery::Repository(repo) => {
                 let v = catalog.of_repository(&repo)?;
-                if v.is_empty() {
+                if v.is_empty() && !kept.contains(&repo) {
                     return Err(Error::NotFound(repo));
+                }
+                if !repositories.contains(&repo) {
+                    repositories.push(repo);
                 }
                 v
             }
@@ -510,7 +555,7 @@ pub fn resolve(catalog: &dyn Catalog, refs: &[String]) -> Result<Vec<Image>> {
     }
     let mut v: Vec<(usize, Image)> = out.into_values().collect();
     v.sort_by_key(|(i, _)| *i);
-    Ok(v.into_iter().map(|(_, img)| img).collect())
+    Ok((v.into_iter().map(|(_, img)| img).collect(), repositories))
 }
 
 #[derive(Serialize)]
@@ -583,6 +628,52 @@ fn list_images(catalog: &dyn Catalog, blobs: &dyn Provider, format: Format) -> R
                     r.created
                 )
                 .map_err(stdout_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RepositoryRow {
+    name: String,
+    images: usize,
+    /// Kept whether it has images or not: it stays when its last image is removed.
+    kept: bool,
+}
+
+/// `layoutfs repositories`: every repository with images or kept, sorted by name.
+fn list_repositories(catalog: &dyn Catalog, format: Format) -> Result<()> {
+    let mut repos: BTreeMap<String, RepositoryRow> = BTreeMap::new();
+    let row = |name: &str| RepositoryRow {
+        name: name.to_owned(),
+        images: 0,
+        kept: false,
+    };
+    for img in catalog.list()? {
+        let repo = img.name.repository();
+        repos
+            .entry(repo.to_owned())
+            .or_insert_with(|| row(repo))
+            .images += 1;
+    }
+    for repo in catalog.repositories()? {
+        repos.entry(repo.clone()).or_insert_with(|| row(&repo)).kept = true;
+    }
+    let rows: Vec<RepositoryRow> = repos.into_values().collect();
+    let mut out = std::io::stdout().lock();
+    match format {
+        Format::Json => {
+            serde_json::to_writer_pretty(&mut out, &rows)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+            writeln!(out).map_err(stdout_err)?;
+        }
+        Format::Table => {
+            let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(10);
+            writeln!(out, "{:w$}  {:>6}  KEPT", "REPOSITORY", "IMAGES").map_err(stdout_err)?;
+            for r in &rows {
+                let kept = if r.kept { "yes" } else { "no" };
+                writeln!(out, "{:w$}  {:>6}  {kept}", r.name, r.images).map_err(stdout_err)?;
             }
         }
     }

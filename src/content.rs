@@ -79,7 +79,7 @@ pub trait Ingester: Send + Sync {
 }
 
 /// One change of the records, made in one transaction: images removed then registered, and
-/// repositories kept or forgotten (see `Catalog::repositories`).
+/// repositories forgotten then kept (a name in both ends kept; see `Catalog::repositories`).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Change<'a> {
     /// Images removed (names that are not there are ignored).

@@ -1,5 +1,5 @@
 //! The binary as a user runs it: import from directories, archives and standard input, export,
-//! images, rm and tag; and every bad input of the import table, each failing with one line that
+//! images, repositories (kept ones with no image too), rm and tag; and every bad input of the import table, each failing with one line that
 //! names the file or digest while the store's images stay as they were.
 
 mod common;
@@ -9,8 +9,10 @@ use std::io::Read;
 
 use common::gen::{self, LayoutBuilder};
 use common::{stderr, tar_dir, Env};
+use layoutfs::content::Change;
 use layoutfs::digest::Algorithm;
 use layoutfs::oci::{self, ImageIndex};
+use layoutfs::store::Store;
 
 /// A store holding one image `keep:1`, and a second layout `src` with image `src:1.0`.
 fn env_with_image() -> (Env, LayoutBuilder) {
@@ -752,4 +754,112 @@ fn a_wrong_copy_of_a_blob_the_store_has_is_never_read() {
         stderr(&out)
     );
     assert!(fresh.images().is_empty());
+}
+
+/// Keeps `repos` in the store's records, as a mkdir in the mount does (nothing in the command
+/// line makes a kept repository).
+fn keep(env: &Env, repos: &[&str]) {
+    let store = Store::open(&env.store).unwrap();
+    let keep: Vec<String> = repos.iter().map(|r| (*r).to_owned()).collect();
+    store
+        .records()
+        .apply(&Change {
+            keep: &keep,
+            ..Change::default()
+        })
+        .unwrap();
+}
+
+/// `layoutfs repositories --format json` as (name, images, kept).
+fn repositories(env: &Env) -> Vec<(String, u64, bool)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["repositories", "--format", "json"])).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["images"].as_u64().unwrap(),
+                r["kept"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn repo(name: &str, images: u64, kept: bool) -> (String, u64, bool) {
+    (name.to_owned(), images, kept)
+}
+
+#[test]
+fn repositories_lists_kept_ones_with_no_image_and_images_lists_images_only() {
+    let (env, src) = env_with_image();
+    env.ok(&["import", src.dir.to_str().unwrap()]);
+    env.ok(&["tag", "src:1.0", "src:2"]);
+    let images_before = (env.images(), env.ok(&["images"]));
+    keep(&env, &["src", "localhost:5000/team/empty", "empty"]);
+    assert_eq!(
+        env.ok(&["repositories"]),
+        "REPOSITORY                 IMAGES  KEPT\n\
+         empty                           0  yes\n\
+         keep                            1  no\n\
+         localhost:5000/team/empty       0  yes\n\
+         src                             2  yes\n"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["repos", "--format", "json"])).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([
+            {"name": "empty", "images": 0, "kept": true},
+            {"name": "keep", "images": 1, "kept": false},
+            {"name": "localhost:5000/team/empty", "images": 0, "kept": true},
+            {"name": "src", "images": 2, "kept": true},
+        ])
+    );
+    // `images` lists images, as before: a repository with none is no image.
+    assert_eq!((env.images(), env.ok(&["images"])), images_before);
+    // An empty store lists the header alone.
+    let empty = Env::new();
+    assert_eq!(empty.ok(&["repositories"]), "REPOSITORY  IMAGES  KEPT\n");
+}
+
+#[test]
+fn rm_of_a_repository_removes_it_kept_or_not_and_rm_of_its_last_image_leaves_it_kept() {
+    let (env, src) = env_with_image();
+    let dir = src.dir.to_str().unwrap().to_owned();
+    env.ok(&["import", &dir]);
+    env.ok(&["tag", "src:1.0", "src:2"]);
+    keep(&env, &["src", "empty", "other"]);
+    // The last images of a kept repository go, the repository stays.
+    assert_eq!(env.ok(&["rm", "src:1.0", "src:2"]), "src:1.0\nsrc:2\n");
+    assert!(repositories(&env).contains(&repo("src", 0, true)));
+    // A name that is neither an image nor a repository fails the whole rm, in one line.
+    for refs in [
+        &["nothere"][..],
+        &["empty", "nothere"],
+        &["empty", "keep:2"],
+    ] {
+        let before = (repositories(&env), env.images());
+        let mut args = vec!["rm"];
+        args.extend_from_slice(refs);
+        let o = env.run(&args);
+        assert!(!o.status.success(), "{refs:?}");
+        let missing = refs[refs.len() - 1];
+        assert_eq!(stderr(&o), format!("layoutfs: no such image: {missing}"));
+        assert_eq!((repositories(&env), env.images()), before, "{refs:?}");
+    }
+    // A kept repository with no image goes by its name; one with images goes with them,
+    // named once however often it is given; one not kept goes with its images as before.
+    assert_eq!(env.ok(&["rm", "empty", "src", "empty"]), "empty\nsrc\n");
+    env.ok(&["import", &dir]);
+    assert_eq!(
+        env.ok(&["rm", "other", "keep", "src"]),
+        "keep:1\nsrc:1.0\nother\n"
+    );
+    assert_eq!(repositories(&env), []);
+    assert_eq!(env.images(), []);
+    // What is gone is not found again.
+    let o = env.run(&["rm", "src"]);
+    assert_eq!(stderr(&o), "layoutfs: no such image: src");
 }

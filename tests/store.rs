@@ -2,10 +2,13 @@
 //! testsuite: what every `Provider`, `Ingester` and `Catalog` (src/content.rs) must do, written
 //! once against the traits and run against every implementation: the local store (read-write,
 //! and on a read-only filesystem), its records on their own, and content held in memory
-//! (tests/common/memory.rs, written from the contracts alone). Then what the local store
-//! promises beyond them, on disk: no blob visible before its commit, read-only blob files, no
-//! ingest left behind, a write restarted after its writer died, concurrent writers with their
-//! own connections, and leases against gc.
+//! (tests/common/memory.rs, written from the contracts alone). The catalog contract covers the
+//! kept repositories too: kept and forgotten with images in one change, all or nothing. Then
+//! what the local store promises beyond them, on disk: no blob visible before its commit,
+//! read-only blob files, no ingest left behind, a write restarted after its writer died,
+//! concurrent writers with their own connections, leases against gc, and its records' schema
+//! (kept repositories survive reopening, a schema-3 database is read and upgraded, a newer
+//! one refused).
 //!
 //! The store restarts an interrupted write rather than resuming it: an ingest belongs to the
 //! process that started it, and a new write of the digest starts from byte zero.
@@ -22,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use common::layout_dir::LayoutDir;
 use common::memory::Memory;
 use common::Tmpfs;
-use layoutfs::content::{Catalog, Ingester, Provider};
+use layoutfs::content::{Catalog, Change, Ingester, Provider};
 use layoutfs::digest::{Algorithm, Digest};
 use layoutfs::error::Error;
 use layoutfs::oci::{Descriptor, MAX_JSON_SIZE};
@@ -381,6 +384,143 @@ fn catalog_refusals(what: &str, c: &dyn Catalog, m1: &Descriptor, m2: &Descripto
     );
 }
 
+/// The repositories a catalog keeps with no image required (`Catalog::repositories`), changed
+/// with images by `Catalog::apply`: all or nothing, sorted, idempotent. Uses only repositories
+/// under `kept-`, so that it runs on a catalog that already holds images.
+fn repositories_contract(what: &str, c: &dyn Catalog) {
+    let (m1, _) = json_blob(21);
+    let (m2, _) = json_blob(22);
+    let kept = |c: &dyn Catalog| -> Vec<String> {
+        let all = c.repositories().unwrap();
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(all, sorted, "{what}: repositories() is sorted");
+        all.into_iter().filter(|r| r.starts_with("kept-")).collect()
+    };
+    assert!(kept(c).is_empty(), "{what}");
+    // Kept in an order of their own; with an image put in the same change.
+    let v0 = c.version().unwrap();
+    c.apply(&Change {
+        put: &[(name("kept-b/img:1"), m1.clone())],
+        keep: &strings(&["kept-b/img", "kept-z", "kept-a.b", "kept-a/b", "kept-a-b"]),
+        ..Change::default()
+    })
+    .unwrap();
+    assert_ne!(c.version().unwrap(), v0, "{what}: version after a keep");
+    assert_eq!(
+        kept(c),
+        ["kept-a-b", "kept-a.b", "kept-a/b", "kept-b/img", "kept-z"],
+        "{what}"
+    );
+    assert_eq!(
+        c.of_repository("kept-z").unwrap(),
+        [],
+        "{what}: kept, no image"
+    );
+    assert_eq!(
+        c.get(&name("kept-b/img:1")).unwrap().map(|i| i.target),
+        Some(m1.clone()),
+        "{what}"
+    );
+    // Keeping a kept name again, forgetting one never kept: no error, no other change.
+    let before = kept(c);
+    c.apply(&Change {
+        keep: &strings(&["kept-z", "kept-z"]),
+        forget: &strings(&["kept-never"]),
+        ..Change::default()
+    })
+    .unwrap();
+    assert_eq!(
+        kept(c),
+        before,
+        "{what}: keep is idempotent, forget ignores"
+    );
+    // Images and kept repositories are apart: a kept repository stays kept without its last
+    // image, and a forgotten one keeps its images.
+    let v1 = c.version().unwrap();
+    c.apply(&Change {
+        remove: &[name("kept-b/img:1")],
+        put: &[(name("kept-a-b:2"), m2.clone())],
+        forget: &strings(&["kept-a-b", "kept-a.b"]),
+        ..Change::default()
+    })
+    .unwrap();
+    assert_ne!(c.version().unwrap(), v1, "{what}: version after a forget");
+    assert_eq!(kept(c), ["kept-a/b", "kept-b/img", "kept-z"], "{what}");
+    assert!(c.get(&name("kept-b/img:1")).unwrap().is_none(), "{what}");
+    assert_eq!(c.of_repository("kept-a-b").unwrap().len(), 1, "{what}");
+    // Forgotten, then kept: a name in both ends kept.
+    c.apply(&Change {
+        forget: &strings(&["kept-z"]),
+        keep: &strings(&["kept-z"]),
+        ..Change::default()
+    })
+    .unwrap();
+    assert!(kept(c).contains(&"kept-z".to_owned()), "{what}");
+    repositories_refusals(what, c, &m1, &m2);
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// A change with one bad part changes nothing: neither images nor kept repositories.
+fn repositories_refusals(what: &str, c: &dyn Catalog, m1: &Descriptor, m2: &Descriptor) {
+    let state = |c: &dyn Catalog| {
+        (
+            c.list().unwrap(),
+            c.repositories().unwrap(),
+            c.version().unwrap(),
+        )
+    };
+    let before = state(c);
+    assert!(!before.0.is_empty() && !before.1.is_empty(), "{what}");
+    let (remove, forget) = (
+        [before.0[0].name.clone()],
+        [before.1[0].clone(), before.1[before.1.len() - 1].clone()],
+    );
+    let pinned = name(&format!("kept-p@{}", m2.digest));
+    let mut big = m1.clone();
+    big.annotations.insert("x".into(), "y".repeat(20_000));
+    let cases = [
+        (
+            "an invalid name kept",
+            vec![],
+            strings(&["kept-ok", "Kept-Bad"]),
+        ),
+        (
+            "an empty name kept",
+            vec![(name("kept-n:1"), m1.clone())],
+            strings(&[""]),
+        ),
+        ("a name with a path kept", vec![], strings(&["kept-a/../b"])),
+        (
+            "a digest for other content",
+            vec![(pinned, m1.clone())],
+            strings(&["kept-n"]),
+        ),
+        (
+            "a record over the limit",
+            vec![(name("kept-big:1"), big)],
+            strings(&["kept-n"]),
+        ),
+    ];
+    for (case, put, keep) in cases {
+        let e = c.apply(&Change {
+            remove: &remove,
+            put: &put,
+            forget: &forget,
+            keep: &keep,
+        });
+        assert!(e.is_err(), "{what}: {case}: applied");
+        assert_eq!(
+            state(c),
+            before,
+            "{what}: {case}: a refusal changed the records"
+        );
+    }
+}
+
 /// A catalog that may only be read: updates are refused, and change nothing.
 fn read_only_catalog_contract(what: &str, c: &dyn Catalog, m: &Descriptor) {
     let before = c.list().unwrap();
@@ -390,7 +530,15 @@ fn read_only_catalog_contract(what: &str, c: &dyn Catalog, m: &Descriptor) {
     }
     let e = c.update(&[(name("new:1"), m.clone())], &[before[0].name.clone()]);
     assert!(e.is_err(), "{what}: an update of a read-only catalog");
+    let kept = c.repositories().unwrap();
+    let e = c.apply(&Change {
+        keep: &strings(&["new-kept"]),
+        forget: &kept,
+        ..Change::default()
+    });
+    assert!(e.is_err(), "{what}: a keep in a read-only catalog");
     assert_eq!(c.list().unwrap(), before, "{what}");
+    assert_eq!(c.repositories().unwrap(), kept, "{what}");
 }
 
 #[test]
@@ -400,6 +548,7 @@ fn the_local_store_keeps_the_content_contracts() {
     provider_contract("store", &s, &[]);
     ingester_contract("store", &s, &s);
     catalog_contract("store", s.records());
+    repositories_contract("store", s.records());
     // What the contracts leave on disk: read-only blob files, and no ingest.
     for alg in Algorithm::ALL {
         for e in fs::read_dir(s.root().join(BLOBS_DIR).join(alg.name())).unwrap() {
@@ -416,6 +565,7 @@ fn content_in_memory_keeps_the_content_contracts() {
     provider_contract("memory", &m, &[]);
     ingester_contract("memory", &m, &m);
     catalog_contract("memory", &m);
+    repositories_contract("memory", &m);
 }
 
 #[test]
@@ -438,6 +588,7 @@ fn records_on_their_own_keep_the_catalog_contract() {
     let t = tempfile::tempdir().unwrap();
     let records = Records::open(&t.path().join("meta.db")).unwrap();
     catalog_contract("records", &records);
+    repositories_contract("records", &records);
     // A change made through another handle on the same records changes the version too.
     let other = Records::open(&t.path().join("meta.db")).unwrap();
     let v = records.version().unwrap();
@@ -458,21 +609,17 @@ fn a_store_on_a_read_only_filesystem_keeps_the_read_contracts_and_refuses_writes
             assert!(ingest(&s, &desc.digest, Some(desc.size), data));
         }
         s.records()
-            .update(&[(name("img:1"), blobs[0].0.clone())], &[])
+            .apply(&Change {
+                put: &[(name("img:1"), blobs[0].0.clone())],
+                keep: &strings(&["ro-kept"]),
+                ..Change::default()
+            })
             .unwrap();
     }
-    let out = Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    remount(&dir, "ro");
     let s = Store::open_with(&dir.join("store"), Access::Read).unwrap();
     assert!(s.is_read_only());
+    assert_eq!(s.records().repositories().unwrap(), ["ro-kept"]);
     provider_contract("read-only store", &s, &blobs);
     read_only_catalog_contract("read-only store", s.records(), &blobs[1].0);
     let d = Digest::of(Algorithm::Sha256, b"new");
@@ -482,6 +629,175 @@ fn a_store_on_a_read_only_filesystem_keeps_the_read_contracts_and_refuses_writes
     assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
     drop(s);
     drop(tmpfs);
+}
+
+/// Remounts the filesystem at `dir` with `how` (`ro` or `rw`).
+fn remount(dir: &Path, how: &str) {
+    let out = Command::new("mount")
+        .args(["-o", &format!("remount,{how}")])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `sql` on a store's `meta.db` behind layoutfs's back, and returns its schema version.
+fn edit_db(db: &Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.execute_batch(sql).unwrap();
+    c.pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap()
+}
+
+fn has_repositories_table(db: &Path) -> bool {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE name = 'repositories'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .unwrap()
+        > 0
+}
+
+#[test]
+fn kept_repositories_survive_reopening_and_every_handle_sees_each_change() {
+    let t = tempfile::tempdir().unwrap();
+    let (m, _) = json_blob(30);
+    {
+        let s = open(t.path());
+        s.records()
+            .apply(&Change {
+                put: &[(name("full:1"), m.clone())],
+                keep: &strings(&["empty", "full"]),
+                ..Change::default()
+            })
+            .unwrap();
+    }
+    let s = open(t.path());
+    assert_eq!(s.records().repositories().unwrap(), ["empty", "full"]);
+    assert_eq!(s.records().list().unwrap().len(), 1);
+    // Another handle (as another process): each change moves its version, a refused one not.
+    let other = Records::open(&s.root().join("meta.db")).unwrap();
+    let v = other.version().unwrap();
+    let bad = s.records().apply(&Change {
+        forget: &strings(&["empty"]),
+        keep: &strings(&["Bad"]),
+        ..Change::default()
+    });
+    assert!(bad.is_err());
+    assert_eq!(
+        other.version().unwrap(),
+        v,
+        "a refused change moved the version"
+    );
+    let mine = s.records().version().unwrap();
+    s.records()
+        .apply(&Change {
+            forget: &strings(&["empty"]),
+            ..Change::default()
+        })
+        .unwrap();
+    assert_ne!(other.version().unwrap(), v);
+    assert_ne!(s.records().version().unwrap(), mine);
+    assert_eq!(other.repositories().unwrap(), ["full"]);
+    // And the other way round.
+    let (v, mine) = (other.version().unwrap(), s.records().version().unwrap());
+    Catalog::apply(
+        &other,
+        &Change {
+            keep: &strings(&["from-elsewhere"]),
+            ..Change::default()
+        },
+    )
+    .unwrap();
+    assert_ne!(other.version().unwrap(), v);
+    assert_ne!(s.records().version().unwrap(), mine);
+    assert_eq!(
+        s.records().repositories().unwrap(),
+        ["from-elsewhere", "full"]
+    );
+}
+
+#[test]
+fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("fs");
+    let _tmpfs = Tmpfs::mount(&dir, 16);
+    let (desc, data) = json_blob(31);
+    let db = dir.join("store").join("meta.db");
+    {
+        let s = open(&dir);
+        assert!(ingest(&s, &desc.digest, Some(desc.size), &data));
+        s.records()
+            .update(&[(name("old:1"), desc.clone())], &[])
+            .unwrap();
+    }
+    // What layoutfs wrote before schema 4: no repositories table.
+    let old = "DROP TABLE repositories; PRAGMA user_version = 3;";
+    assert_eq!(edit_db(&db, old), 3);
+    assert!(!has_repositories_table(&db));
+    // Read on a read-only filesystem: the images, and no kept repository.
+    remount(&dir, "ro");
+    {
+        let s = Store::open_with(&dir.join("store"), Access::Read).unwrap();
+        assert!(s.is_read_only());
+        assert_eq!(s.records().repositories().unwrap(), Vec::<String>::new());
+        assert_eq!(
+            s.records().get(&name("old:1")).unwrap().unwrap().target,
+            desc
+        );
+    }
+    remount(&dir, "rw");
+    // Opened to write: upgraded in place, its images kept, the records not taken for lost.
+    {
+        let s = open(&dir);
+        assert!(
+            s.adopted().is_none(),
+            "an upgrade set the lost-records mark"
+        );
+        assert_eq!(s.records().repositories().unwrap(), Vec::<String>::new());
+        assert_eq!(s.records().list().unwrap().len(), 1);
+        s.records()
+            .apply(&Change {
+                keep: &strings(&["new"]),
+                ..Change::default()
+            })
+            .unwrap();
+    }
+    assert_eq!(edit_db(&db, ""), 4);
+    let s = open(&dir);
+    assert_eq!(s.records().repositories().unwrap(), ["new"]);
+    assert_eq!(
+        s.records().get(&name("old:1")).unwrap().unwrap().target,
+        desc
+    );
+}
+
+#[test]
+fn a_database_of_a_newer_schema_is_refused_and_left_as_it_is() {
+    let t = tempfile::tempdir().unwrap();
+    drop(open(t.path()));
+    let db = t.path().join("store").join("meta.db");
+    assert_eq!(
+        edit_db(&db, "DROP TABLE repositories; PRAGMA user_version = 5;"),
+        5
+    );
+    let e = Records::open(&db).err().expect("a newer schema opened");
+    assert!(e.to_string().contains("newer layoutfs (schema 5)"), "{e}");
+    let e = Store::open(&t.path().join("store"))
+        .err()
+        .expect("a newer store opened");
+    assert!(e.to_string().contains("newer layoutfs (schema 5)"), "{e}");
+    assert_eq!(edit_db(&db, ""), 5);
+    assert!(
+        !has_repositories_table(&db),
+        "a refused database was changed"
+    );
 }
 
 #[test]

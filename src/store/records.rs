@@ -1,7 +1,8 @@
 //! Image records in SQLite (`meta.db`, WAL mode): full image name -> target descriptor, with
 //! created and updated times, and the repositories kept with no image required (made empty in
 //! the mount). Every change is one transaction, so several processes can share the store and
-//! a failed import registers nothing.
+//! a failed import registers nothing. An older schema is upgraded when the records are opened
+//! for writing and read as it is on a read-only filesystem; a newer one is refused.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -535,5 +536,31 @@ mod tests {
         assert_eq!(r.list().unwrap().len(), 2);
         r.remove(std::slice::from_ref(&a)).unwrap();
         assert!(r.get(&a).unwrap().is_none());
+    }
+
+    #[test]
+    fn data_version_counts_other_handles_changes_and_version_every_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        let (a, b) = (Records::open(&path).unwrap(), Records::open(&path).unwrap());
+        let keep = |r: &Records, repo: &str| {
+            r.apply(&Change {
+                keep: &[repo.to_owned()],
+                ..Change::default()
+            })
+        };
+        let seen = |r: &Records| (r.data_version().unwrap(), r.version().unwrap());
+        let (a0, b0) = (seen(&a), seen(&b));
+        keep(&a, "one").unwrap();
+        let (a1, b1) = (seen(&a), seen(&b));
+        // SQLite's data_version moves for the other connection only; version for both.
+        assert_eq!(a1.0, a0.0, "data_version moved for a change of its own");
+        assert_ne!(b1.0, b0.0);
+        assert_ne!(a1.1, a0.1);
+        assert_ne!(b1.1, b0.1);
+        // A refused change moves neither.
+        assert!(keep(&a, "not valid").is_err());
+        assert_eq!((seen(&a), seen(&b)), (a1, b1));
+        assert_eq!(b.repositories().unwrap(), ["one"]);
     }
 }
