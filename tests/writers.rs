@@ -135,6 +135,25 @@ impl Case {
         assert_eq!(tags_of(&self.read(&dir.join("index.json"))), tags);
         let wrong = modes_not_fixed(&dir);
         assert!(wrong.is_empty(), "{wrong:#?}\n{}", self.m.log());
+        // The writer's temporary names are gone.
+        assert_eq!(listing(&dir), ["blobs", "index.json", "oci-layout"]);
+        assert_eq!(listing(&dir.join("blobs")), ["sha256"]);
+    }
+
+    /// `mkdir MNT/NAME`, as a user's shell runs it (the process that makes a repository sees
+    /// only what it wrote there).
+    fn mkdir(&self, name: &str) {
+        self.run(Command::new("mkdir").arg(self.m.path(name)));
+    }
+
+    /// The digest `layoutfs images` gives `name`.
+    fn digest(&self, name: &str) -> String {
+        let images = self.env.images();
+        let found = images.iter().find(|(n, _)| n == name);
+        found
+            .unwrap_or_else(|| panic!("no {name} in {images:?}"))
+            .1
+            .clone()
     }
 
     /// No error in the daemon's log; after the unmount, a clean store.
@@ -143,6 +162,16 @@ impl Case {
         drop(self.m);
         store_is_clean(&self.env);
     }
+}
+
+/// The names in a directory, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// A directory's path with a trailing slash: its contents, to rsync.
@@ -200,7 +229,7 @@ fn tar_x_into_a_repository_made_with_mkdir() {
     // Root's tar keeps owners and modes by default: these options make it a user's plain -x.
     let c = Case::with_odd_attributes();
     let archive = tar_of(&c, None);
-    fs::create_dir(c.m.path("r")).unwrap();
+    c.mkdir("r");
     c.run(
         Command::new("tar")
             .args(["--no-same-owner", "--no-same-permissions", "-C"])
@@ -241,7 +270,7 @@ fn rsync(c: &Case, options: &[&str]) {
 #[test]
 fn rsync_a_into_a_repository_made_with_mkdir() {
     let c = Case::with_odd_attributes();
-    fs::create_dir(c.m.path("r")).unwrap();
+    c.mkdir("r");
     rsync(&c, &["-a"]);
     c.imported("r", &TAGS, &c.src);
     c.finish();
@@ -258,7 +287,7 @@ fn rsync_a_makes_the_repository() {
 #[test]
 fn rsync_a_inplace_into_a_repository_made_with_mkdir() {
     let c = Case::with_odd_attributes();
-    fs::create_dir(c.m.path("r")).unwrap();
+    c.mkdir("r");
     rsync(&c, &["-a", "--inplace"]);
     c.imported("r", &TAGS, &c.src);
     c.finish();
@@ -430,43 +459,62 @@ fn umoci_gc(c: &Case, lay: &Path) {
     eprintln!("umoci gc removed {} blobs", before.len() - after.len());
 }
 
+/// `umoci new`, `insert` of `etc` as /etc, `unpack`, a change to /etc/hello in the bundle,
+/// `repack` and `config` of image `base` of layout `lay`: each applies (a new digest).
+fn umoci_build(c: &Case, lay: &Path, etc: &Path) {
+    let base = format!("{}:base", lay.display());
+    umoci(c, &["new", "--image", &base]);
+    assert_eq!(names(&c.env), ["umo:base"]);
+    let mut seen = vec![c.digest("umo:base")];
+    let mut applied = |step: &str| {
+        let now = c.digest("umo:base");
+        assert!(
+            !seen.contains(&now),
+            "umoci {step}: umo:base is still {now}"
+        );
+        seen.push(now);
+    };
+    umoci(
+        c,
+        &["insert", "--image", &base, etc.to_str().unwrap(), "/etc"],
+    );
+    applied("insert");
+    let bundle = c.env.path("bundle");
+    umoci(c, &["unpack", "--image", &base, bundle.to_str().unwrap()]);
+    fs::write(bundle.join("rootfs/etc/hello"), REPACKED_HELLO).unwrap();
+    umoci(c, &["repack", "--image", &base, bundle.to_str().unwrap()]);
+    applied("repack");
+    umoci(c, &["config", "--image", &base, "--config.env", CONFIG_ENV]);
+    applied("config");
+}
+
 #[test]
 fn umoci_init_new_insert_repack_config_tag_rm_gc_then_unpack() {
     let c = Case::new();
     let lay = c.m.path("umo");
     let image = |tag: &str| format!("{}:{tag}", lay.display());
-    let path = |p: &Path| p.to_str().unwrap().to_owned();
     umoci_init(&c, &lay);
-    umoci(&c, &["new", "--image", &image("base")]);
-    assert_eq!(names(&c.env), ["umo:base"]);
     let etc = rootfs_etc(&c.env);
-    umoci(
-        &c,
-        &["insert", "--image", &image("base"), &path(&etc), "/etc"],
-    );
-    let bundle = c.env.path("bundle");
-    umoci(&c, &["unpack", "--image", &image("base"), &path(&bundle)]);
-    fs::write(bundle.join("rootfs/etc/hello"), REPACKED_HELLO).unwrap();
-    umoci(&c, &["repack", "--image", &image("base"), &path(&bundle)]);
-    umoci(
-        &c,
-        &[
-            "config",
-            "--image",
-            &image("base"),
-            "--config.env",
-            CONFIG_ENV,
-        ],
-    );
+    umoci_build(&c, &lay, &etc);
     umoci(&c, &["tag", "--image", &image("base"), "v2"]);
+    assert_eq!(c.digest("umo:v2"), c.digest("umo:base"));
     umoci(&c, &["tag", "--image", &image("base"), "gone"]);
     assert_eq!(names(&c.env), ["umo:base", "umo:gone", "umo:v2"]);
     umoci(&c, &["rm", "--image", &image("gone")]);
+    assert_eq!(names(&c.env), ["umo:base", "umo:v2"]);
     umoci_gc(&c, &lay);
     c.imported("umo", &["base", "v2"], &lay);
     // Unpacked from the mount: the directory inserted, with the change repacked.
     let unpacked = c.env.path("unpacked");
-    umoci(&c, &["unpack", "--image", &image("v2"), &path(&unpacked)]);
+    umoci(
+        &c,
+        &[
+            "unpack",
+            "--image",
+            &image("v2"),
+            unpacked.to_str().unwrap(),
+        ],
+    );
     let mut want = tree(&etc);
     want.insert("hello".into(), REPACKED_HELLO.to_vec());
     assert_eq!(tree(&unpacked.join("rootfs/etc")), want);
@@ -552,13 +600,13 @@ fn empty_layout(c: &Case, dir: &Path) {
 fn empty_repositories_show_a_layout_and_survive_a_remount() {
     let c = Case::new();
     let repos = ["made", "umoci", "listed", "null"];
-    c.run(Command::new("mkdir").arg(c.m.path("made")));
+    c.mkdir("made");
     umoci(
         &c,
         &["init", "--layout", c.m.path("umoci").to_str().unwrap()],
     );
     for (repo, manifests) in [("listed", "[]"), ("null", "null")] {
-        c.run(Command::new("mkdir").arg(c.m.path(repo)));
+        c.mkdir(repo);
         let index = format!("{{\"schemaVersion\":2,\"manifests\":{manifests}}}");
         c.write(&c.m.path(&format!("{repo}/index.json")), index.as_bytes());
     }
