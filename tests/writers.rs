@@ -107,15 +107,22 @@ impl Case {
         }
     }
 
-    /// `layoutfs images` lists exactly `repo:TAG` for each of `tags`, every one complete, and
-    /// each exports blobs of `source`, all shown in the mount; the mount's `index.json` lists
-    /// the tags and every name in the repository shows the fixed modes.
+    /// `layoutfs images` lists exactly `repo:TAG` for each of `tags`, every one complete; the
+    /// mount shows the repository's layout with the fixed modes, no temporary name left, and
+    /// the tags in `index.json`; each image exports blobs of `source`, all shown in the mount.
     fn imported(&self, repo: &str, tags: &[&str], source: &Path) {
         let mut want: Vec<String> = tags.iter().map(|t| format!("{repo}:{t}")).collect();
         want.sort();
         assert_eq!(names(&self.env), want, "{}", self.m.log());
         assert_eq!(incomplete(&self.env), Vec::<String>::new());
         let dir = self.m.path(repo);
+        let wrong = modes_not_fixed(&dir);
+        assert!(wrong.is_empty(), "{wrong:#?}\n{}", self.m.log());
+        assert_eq!(listing(&dir), ["blobs", "index.json", "oci-layout"]);
+        assert_eq!(listing(&dir.join("blobs")), ["sha256"]);
+        let mut tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        tags.sort();
+        assert_eq!(tags_of(&self.read(&dir.join("index.json"))), tags);
         let shown = blobs_of(&dir);
         same_blobs(&shown, &blobs_of(source));
         for name in &want {
@@ -130,14 +137,6 @@ impl Case {
                 "{name}: the mount does not list {absent:?}"
             );
         }
-        let mut tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
-        tags.sort();
-        assert_eq!(tags_of(&self.read(&dir.join("index.json"))), tags);
-        let wrong = modes_not_fixed(&dir);
-        assert!(wrong.is_empty(), "{wrong:#?}\n{}", self.m.log());
-        // The writer's temporary names are gone.
-        assert_eq!(listing(&dir), ["blobs", "index.json", "oci-layout"]);
-        assert_eq!(listing(&dir.join("blobs")), ["sha256"]);
     }
 
     /// `mkdir MNT/NAME`, as a user's shell runs it (the process that makes a repository sees
@@ -299,11 +298,11 @@ fn rsync_a_a_second_time_changes_nothing() {
     rsync(&c, &["-a"]);
     c.imported("r", &TAGS, &c.src);
     let images = c.env.images();
-    let index = fs::read(c.m.path("r/index.json")).unwrap();
+    let index = c.read(&c.m.path("r/index.json"));
     let stored = blobs_of(&c.env.store);
     rsync(&c, &["-a"]);
     assert_eq!(c.env.images(), images);
-    assert_eq!(fs::read(c.m.path("r/index.json")).unwrap(), index);
+    assert_eq!(c.read(&c.m.path("r/index.json")), index);
     assert_eq!(blobs_of(&c.env.store), stored);
     c.imported("r", &TAGS, &c.src);
     c.finish();

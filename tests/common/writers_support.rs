@@ -1,8 +1,9 @@
 //! Checks shared by the tests of writers into the mount (`tests/writers.rs`): the blobs of a
 //! layout, an export compared blob by blob with a source, the names and completeness that
 //! `layoutfs images` reports, a tool run that fails with its own error and the daemon's log,
-//! the layout's fixed modes, and a store left clean. The first five are the same checks as
-//! `tests/mount_write.rs` keeps for itself.
+//! the layout's fixed modes, and a store left clean. `blobs_of`, `same_blobs`, `names` and
+//! `store_is_clean` are the checks `tests/mount_write.rs` keeps for itself; `exported_blobs`
+//! here also clears an earlier export of the same name.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -40,12 +41,17 @@ pub fn same_blobs(exported: &BTreeMap<String, String>, source: &BTreeMap<String,
     }
 }
 
-/// Exports `what` from `env`'s store, extracts it, and returns its blobs.
+/// Exports `what` from `env`'s store, extracts it into a new directory (an earlier export
+/// of the same name is removed first, so that its blobs are not counted), and returns its
+/// blobs.
 pub fn exported_blobs(env: &Env, what: &str) -> BTreeMap<String, String> {
     let archive = env.path(&format!("{}.tar", what.replace(['/', ':'], "_")));
     env.ok(&["export", "-o", archive.to_str().unwrap(), what]);
     let dir = env.path(&format!("{}.x", what.replace(['/', ':'], "_")));
-    fs::create_dir_all(&dir).unwrap();
+    if dir.exists() {
+        fs::remove_dir_all(&dir).unwrap();
+    }
+    fs::create_dir(&dir).unwrap();
     sh(Command::new("tar")
         .arg("-C")
         .arg(&dir)
