@@ -122,7 +122,9 @@ pub fn run_writer(m: &Mounted, cmd: &mut Command) -> String {
 /// 0444, `index.json` 0644. Empty when all is well.
 pub fn modes_not_fixed(dir: &Path) -> Vec<String> {
     let mut wrong = Vec::new();
+    // `want` None: a name readdir listed, which lookup must find.
     let mut check = |p: &Path, want: Option<u32>| match fs::symlink_metadata(p) {
+        Err(e) if want.is_none() => wrong.push(format!("{}: listed, yet {e}", p.display())),
         Err(e) => wrong.push(format!("{}: {e}", p.display())),
         Ok(md) if want.is_some_and(|w| md.mode() & 0o7777 != w) => {
             wrong.push(format!("{}: mode {:o}", p.display(), md.mode() & 0o7777))
