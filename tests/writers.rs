@@ -550,6 +550,7 @@ fn podman(env: &Env) -> Command {
         .env("XDG_CONFIG_HOME", d.join("home/.config"))
         .env("XDG_DATA_HOME", d.join("home/.local/share"))
         .env("XDG_CACHE_HOME", d.join("home/.cache"))
+        .env("TMPDIR", d.join("tmp"))
         .arg("--root")
         .arg(d.join("root"))
         .arg("--runroot")
