@@ -9,6 +9,7 @@ pub mod layout_dir;
 pub mod memory;
 pub mod mount;
 pub mod user;
+pub mod writers_support;
 
 use std::fs;
 use std::io::Write;
