@@ -492,7 +492,7 @@ impl Filesystem for Adapter {
         _gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -501,7 +501,11 @@ impl Filesystem for Adapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.fs.setattr(ino.0, fh.map(|f| f.0), size) {
+        let mtime = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        });
+        match self.fs.setattr(ino.0, fh.map(|f| f.0), size, mtime) {
             Ok(a) => reply.attr(&a.attr_ttl, &file_attr(&a)),
             Err(e) => reply.error(errno("setattr", &e)),
         }

@@ -493,7 +493,7 @@ fn temporary_files_read_back_rename_and_vanish() {
     // A temporary file that is unlinked leaves nothing; truncation works.
     h.put("tmp/scratch", b"0123456789", 1).unwrap();
     let ino = h.walk("tmp/scratch").unwrap().ino;
-    assert_eq!(h.fs.setattr(ino, None, Some(4)).unwrap().size, 4);
+    assert_eq!(h.fs.setattr(ino, None, Some(4), None).unwrap().size, 4);
     assert_eq!(h.read_as("tmp/scratch", 1).unwrap(), b"0123");
     h.fs.unlink(repo, "scratch").unwrap();
     assert!(h.walk("tmp/scratch").is_err());
@@ -1271,7 +1271,9 @@ fn truncating_a_committed_blob_to_nothing_without_a_handle_returns() {
     {
         let h = h.clone();
         // Detached: a deadlock must fail the test, not hang it.
-        std::thread::spawn(move || done.send(h.fs.setattr(ino, None, Some(0)).map(|a| a.size)));
+        std::thread::spawn(move || {
+            done.send(h.fs.setattr(ino, None, Some(0), None).map(|a| a.size))
+        });
     }
     let size = finished
         .recv_timeout(STAT_BOUND)

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::gen::LayoutBuilder;
-use common::mount::{is_mounted, Mounted};
+use common::mount::{is_mounted, kernel_has_passthrough, Mounted};
 use common::{
     require, sh, skopeo_digest, stderr, tree, umoci_layout, within_a_second, Containerd, Env,
 };
@@ -49,14 +49,6 @@ fn untar(bytes: &[u8], dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
     tree(dir)
-}
-
-fn kernel_has_passthrough() -> bool {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut parts = release.trim().split(['.', '-']);
-    let major: u32 = parts.next().unwrap().parse().unwrap();
-    let minor: u32 = parts.next().unwrap().parse().unwrap();
-    (major, minor) >= (6, 9)
 }
 
 #[test]

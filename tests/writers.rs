@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use common::gen::LayoutBuilder;
-use common::mount::Mounted;
+use common::mount::{kernel_has_passthrough, Mounted};
 use common::writers_support::{
     blobs_of, exported_blobs, incomplete, modes_not_fixed, names, run_writer, same_blobs,
     store_is_clean, tags_of,
@@ -292,13 +292,21 @@ fn rsync_a_inplace_into_a_repository_made_with_mkdir() {
     c.finish();
 }
 
-/// `rsync OPTIONS` twice over one repository: the second exits 0 and changes nothing (the
-/// mount keeps no times, so rsync sends every file again: through temporary names and
-/// renames with -a, in place over the committed files with --inplace).
+/// `rsync OPTIONS` twice over one repository: the second exits 0 and changes nothing. The
+/// mount keeps the times rsync set for its life, so the second run finds the blobs unchanged
+/// and sends only `index.json` (the mount writes its own, of another size).
 fn rsync_twice(options: &[&str]) {
     let c = Case::with_odd_attributes();
     rsync(&c, options);
     c.imported("r", &TAGS, &c.src);
+    let blob = blobs_of(&c.src).into_keys().next().unwrap();
+    let at = |root: &Path| {
+        fs::metadata(root.join("blobs/sha256").join(&blob))
+            .unwrap()
+            .modified()
+            .unwrap()
+    };
+    assert_eq!(at(&c.m.path("r")), at(&c.src), "rsync -a's time is kept");
     let images = c.env.images();
     let index = c.read(&c.m.path("r/index.json"));
     let stored = blobs_of(&c.env.store);
@@ -636,6 +644,45 @@ fn empty_repositories_show_a_layout_and_survive_a_remount() {
     };
     for repo in repos {
         empty_layout(&c, &c.m.path(repo));
+    }
+    c.finish();
+}
+
+/// Where a writer cannot be served: a blob read through passthrough cannot be opened for
+/// writing meanwhile (the kernel has every open of the inode use the store's file). `rsync
+/// --inplace` over a repository whose times the mount no longer knows (after a remount) does
+/// so; the open fails with ETXTBSY ("Text file busy") and the daemon's log says why.
+#[test]
+fn a_blob_read_through_passthrough_is_text_file_busy_to_a_writer() {
+    let c = Case::new();
+    c.run(Command::new("cp").arg("-r").arg(&c.src).arg(c.m.path("r")));
+    let blob = blobs_of(&c.src).into_keys().next().unwrap();
+    let path = c.m.path("r/blobs/sha256").join(&blob);
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 3< "$1"; exec 4>> "$1""#)
+        .arg("sh")
+        .arg(&path)
+        .output()
+        .unwrap();
+    if kernel_has_passthrough() {
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("Text file busy"), "{stderr}");
+        let log = c.m.log();
+        assert!(
+            log.contains(&format!(
+                "sha256:{blob}: open for reading through passthrough"
+            )),
+            "{log}"
+        );
+    } else {
+        // Without passthrough (a kernel before 6.9) the two opens go through the daemon.
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     c.finish();
 }

@@ -174,6 +174,8 @@ pub struct Fs {
     /// The store file behind each blob inode while any open of it lasts: one descriptor per
     /// blob, for reads and passthrough alike, however many opens; dropped with the last.
     blob_files: Mutex<HashMap<u64, std::sync::Weak<File>>>,
+    /// Modification times set on files (utimensat), by inode, for the mount's life.
+    mtimes: Mutex<HashMap<u64, SystemTime>>,
     next_fh: AtomicU64,
     options: FsOptions,
     uid: u32,
@@ -210,6 +212,7 @@ impl Fs {
             verifier: Verifier::default(),
             handles: Mutex::new(HashMap::new()),
             blob_files: Mutex::new(HashMap::new()),
+            mtimes: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             options,
             uid,
@@ -411,6 +414,11 @@ impl Fs {
             }
             Node::Scratch(id) => self.scratch_attr(*id, base)?,
         };
+        if attr.kind == Kind::File {
+            if let Some(t) = self.mtimes.lock().get(&ino) {
+                return Ok(Attr { mtime: *t, ..attr });
+            }
+        }
         Ok(attr)
     }
 

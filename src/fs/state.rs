@@ -23,7 +23,7 @@
 //! 3. `Fs::write` (this `WriteState`): memory only; never held across I/O, a call into the
 //!    views, or while waiting for an upload.
 //! 4. Leaves, under which nothing is taken: `Inodes::table`, `Fs::handles`, `Fs::blob_files`,
-//!    the verifier's table.
+//!    `Fs::mtimes`, the verifier's table.
 //!
 //! An upload's own lock (`SharedUpload::lock`) is apart: it is taken with no other lock held,
 //! and nothing is taken under it. A write holds it across its disk write and hash, so what a

@@ -509,6 +509,9 @@ impl super::Fs {
             return Err(e);
         }
         w.dirty = true;
+        drop(w);
+        // Written after its time was set: the time of the write counts again.
+        self.mtimes.lock().remove(&ino);
         Ok(data.len() as u32)
     }
 
@@ -1085,11 +1088,22 @@ impl super::Fs {
     }
 
     /// Applies an attribute change. Sizes truncate an upload; a size of 0 on a layout file or
-    /// blob is the truncation before a rewrite, done by the upload the open makes; modes, owners
-    /// and times are accepted and not kept (the layout's modes are fixed).
-    pub fn setattr(&self, ino: u64, fh: Option<u64>, size: Option<u64>) -> FsResult<super::Attr> {
+    /// blob is the truncation before a rewrite, done by the upload the open makes, and a
+    /// blob's own size changes nothing; a file's modification time is kept for the mount's life
+    /// (`cp -a`, `rsync -a` and `tar -x` set them, and rsync finds a file unchanged by size and
+    /// time); modes and owners are accepted and not kept (the layout's modes are fixed).
+    pub fn setattr(
+        &self,
+        ino: u64,
+        fh: Option<u64>,
+        size: Option<u64>,
+        mtime: Option<std::time::SystemTime>,
+    ) -> FsResult<super::Attr> {
         self.writable()?;
         let node = self.node(ino)?;
+        if let (Some(t), Node::Blob(..) | Node::Scratch(_) | Node::LayoutFile(_)) = (mtime, &node) {
+            self.mtimes.lock().insert(ino, t);
+        }
         if let Some(size) = size {
             let shared = match fh.map(|fh| self.upload_handle(fh)) {
                 Some(Ok((_, s))) => Some(s),
@@ -1101,9 +1115,10 @@ impl super::Fs {
                             Some(ScratchKind::Committed(..)) => Ok(true),
                             _ => Ok(false),
                         };
+                        let now = self.attr(ino, &node)?.size;
                         match committed {
                             Err(s) => Some(s),
-                            Ok(true) if size == 0 => return self.attr(ino, &node),
+                            Ok(true) if size == 0 || size == now => return self.attr(ino, &node),
                             Ok(_) => None,
                         }
                     }
@@ -1120,6 +1135,7 @@ impl super::Fs {
                     }
                 }
                 (None, Node::Index(_) | Node::LayoutFile(_) | Node::Blob(..)) if size == 0 => {}
+                (None, Node::Blob(_, own)) if size == *own => {}
                 (None, Node::Dir(_) | Node::Blobs(_) | Node::AlgDir(..)) => {
                     return Err(FsError::IsDir)
                 }

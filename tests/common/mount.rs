@@ -172,3 +172,12 @@ fn is_late_interrupt_answer(line: &str) -> bool {
     line.contains("fuser::reply")
         && line.contains("Failed to send FUSE reply: No such file or directory")
 }
+
+/// Whether the kernel offers FUSE passthrough (6.9 and later).
+pub fn kernel_has_passthrough() -> bool {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    (major, minor) >= (6, 9)
+}
