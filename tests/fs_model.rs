@@ -860,8 +860,9 @@ impl Run<'_> {
         if good {
             r.alg_files.insert(hex.clone(), None);
             self.m.store.insert(hex);
-        } else {
-            // A file at a blob's name that never became the blob goes at its last close.
+        } else if !matches!(r.alg_files.get(&hex), Some(None)) {
+            // A file at a blob's name that never became the blob goes at its last close; a
+            // blob committed there stays what it is (the rewrite fails, and is dropped).
             r.alg_files.remove(&hex);
         }
     }

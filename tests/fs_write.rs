@@ -1855,8 +1855,7 @@ fn sound_no_deadlock_under_renames_closes_and_lookups() {
 /// under a scratch directory that shadows the layout's `blobs`, and the image written next waits
 /// for blobs that are listed right there.
 #[test]
-#[ignore = "issue 13: blobs renamed into place with their directory"]
-fn blobs_that_arrive_by_renaming_their_directory_are_never_committed() {
+fn blobs_that_arrive_by_renaming_their_directory_are_committed() {
     let h = Harness::new();
     let src = h.layout("src", 1, 91);
     h.mkdir_p("r").unwrap();
@@ -1928,4 +1927,54 @@ fn a_committed_blob_opened_again_for_writing_stays_after_its_close() {
     h.fs.unlink(h.walk("r").unwrap().ino, ".tmp").unwrap();
     let e = h.fs.open(tmp.0.ino, libc::O_WRONLY, 1).unwrap_err();
     assert_eq!(e.errno(), libc::ENOENT, "{e}");
+}
+
+/// A staged directory of blobs renamed onto `blobs/sha256`, one of them wrong: the rename is
+/// EIO and nothing moves (the staged files stay, the store gets none of them); once mended,
+/// the rename commits them all, the directory keeps its inode as `blobs/sha256`, and a
+/// directory inside a staged `blobs/` is refused with EINVAL.
+#[test]
+fn a_staged_directory_of_blobs_is_verified_whole_before_it_moves() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 93);
+    h.mkdir_p("r/blobs").unwrap();
+    let r = h.walk("r").unwrap().ino;
+    let blobs = h.walk("r/blobs").unwrap().ino;
+    h.fs.mkdir(r, ".stage").unwrap();
+    let stage = h.walk("r/.stage").unwrap().ino;
+    let all = source_blobs(&src);
+    for (i, (name, bytes)) in all.iter().enumerate() {
+        let mut bytes = bytes.clone();
+        if i == 0 {
+            bytes[0] ^= 1;
+        }
+        h.put(&format!("r/.stage/{name}"), &bytes, 1).unwrap();
+    }
+    let e =
+        h.fs.rename(r, ".stage", blobs, "sha256", false, 1)
+            .unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert_eq!(h.list("r/.stage").unwrap().len(), all.len());
+    assert!(h.store_blobs().is_empty(), "nothing committed");
+    h.put(&format!("r/.stage/{}", all[0].0), &all[0].1, 1)
+        .unwrap();
+    h.fs.rename(r, ".stage", blobs, "sha256", false, 1).unwrap();
+    assert!(h.walk("r/.stage").is_err());
+    let mut listed = h.list("r/blobs/sha256").unwrap();
+    listed.sort();
+    let mut want: Vec<String> = all.iter().map(|(n, _)| n.clone()).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    assert_eq!(
+        h.fs.getattr(stage).unwrap().ino,
+        h.walk("r/blobs/sha256").unwrap().ino
+    );
+    assert_eq!(h.store_blobs().len(), all.len());
+    // A staged blobs/ holding anything but algorithm directories is refused.
+    h.fs.mkdir(r, ".b").unwrap();
+    h.fs.mkdir(h.walk("r/.b").unwrap().ino, "junk").unwrap();
+    h.mkdir_p("q").unwrap();
+    let q = h.walk("q").unwrap().ino;
+    let e = h.fs.rename(r, ".b", q, "blobs", false, 1).unwrap_err();
+    assert_eq!(e.errno(), libc::EINVAL, "{e}");
 }

@@ -21,6 +21,7 @@
 pub mod error;
 pub mod images;
 pub mod inode;
+mod staged;
 pub mod state;
 pub mod upload;
 pub mod verify;

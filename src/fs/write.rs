@@ -132,7 +132,7 @@ impl super::Fs {
     /// The id of the repository of directory `dir` (`blobs/<alg>/`, `blobs/` or the repository's
     /// own), read with the write state `w` held: a rename moves the inodes and the state under
     /// it, so the name read here is the one the state is kept under.
-    fn repo_id_at(&self, w: &mut WriteState, dir: u64) -> Option<u64> {
+    pub(super) fn repo_id_at(&self, w: &mut WriteState, dir: u64) -> Option<u64> {
         match self.inodes.node(dir)? {
             Node::AlgDir(repo, _) | Node::Blobs(repo) | Node::Dir(repo) => {
                 // Asked to name a lease holder: the state is kept until the holder is released.
@@ -291,7 +291,7 @@ impl super::Fs {
 
     /// Keeps the repository of node `ino` (its directory, a layout file, `blobs/`) in the
     /// records, with or without images: a layout name was written into it.
-    fn keep_repo(&self, ino: u64) -> FsResult<()> {
+    pub(super) fn keep_repo(&self, ino: u64) -> FsResult<()> {
         let _serial = self.write_lock.lock();
         let repo = match self.node(ino)? {
             Node::Dir(r) | Node::LayoutFile(r) | Node::Index(r) | Node::Blobs(r) => r,
@@ -773,7 +773,7 @@ impl super::Fs {
     /// sub-repository named like a layout name included), and no layout name written: an
     /// empty repository's `oci-layout`, `index.json` and `blobs/sha256/` are the repository's
     /// own, not what was put in it, and go with it (as they came with mkdir).
-    fn dir_is_empty(&self, ino: u64) -> FsResult<bool> {
+    pub(super) fn dir_is_empty(&self, ino: u64) -> FsResult<bool> {
         if self.write.lock().has_children(ino) {
             return Ok(false);
         }
@@ -906,14 +906,19 @@ impl super::Fs {
     }
 
     fn rename_scratch(&self, id: u64, newparent: u64, newname: &str, pid: u32) -> FsResult<()> {
-        let shared = match self.write.lock().scratch.get(&id).map(|s| &s.kind) {
-            Some(ScratchKind::File(s)) => Some(s.clone()),
-            Some(_) => None,
+        let (shared, is_dir) = match self.write.lock().scratch.get(&id).map(|s| &s.kind) {
+            Some(ScratchKind::File(s)) => (Some(s.clone()), false),
+            Some(ScratchKind::Dir) => (None, true),
+            Some(ScratchKind::Committed(..)) => (None, false),
             None => return Err(FsError::NotFound),
         };
         let target = self.node(newparent)?;
         let Some(shared) = shared else {
-            // A directory or a committed blob: only its name changes.
+            // A directory of blobs renamed into place commits them (`fs::staged`); any other
+            // directory, or a committed blob: only its name changes.
+            if is_dir && self.rename_staged(id, newparent, newname, pid)? {
+                return Ok(());
+            }
             self.move_scratch(id, newparent, newname);
             return Ok(());
         };
@@ -1302,7 +1307,7 @@ fn check_blob_name(repo: &str, alg: Algorithm, name: &str) -> FsResult<()> {
 
 /// Whether `name` is a temporary name wherever it is: one beginning with `.` (not `.` and
 /// `..`, which the kernel never passes as a name to create).
-fn is_temporary(name: &str) -> bool {
+pub(super) fn is_temporary(name: &str) -> bool {
     name.len() > 1 && name.starts_with('.') && name != ".."
 }
 
