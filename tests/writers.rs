@@ -645,6 +645,23 @@ fn empty_repositories_show_a_layout_and_survive_a_remount() {
     for repo in repos {
         empty_layout(&c, &c.m.path(repo));
     }
+    let listed = c.env.ok(&["repositories"]);
+    for repo in repos {
+        assert!(
+            listed.lines().any(|l| l.split_whitespace().eq([repo, "0", "yes"])),
+            "{repo} kept with no image:\n{listed}"
+        );
+    }
+    // Removed by `rm -r` and `rmdir` in the mount, and by `layoutfs rm`.
+    c.run(Command::new("rm").arg("-r").arg(c.m.path("made")));
+    c.run(Command::new("rmdir").arg(c.m.path("null")));
+    c.env.ok(&["rm", "umoci"]);
+    common::within_a_second("umoci removed by layoutfs rm", || {
+        !c.m.path("umoci").exists()
+    });
+    assert_eq!(listing(&c.m.dir), ["listed"]);
+    let listed = c.env.ok(&["repositories"]);
+    assert_eq!(listed.lines().count(), 2, "{listed}");
     c.finish();
 }
 
