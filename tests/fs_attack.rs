@@ -366,3 +366,68 @@ fn sound_rmdir_refuses_a_repository_with_content() {
     h.fs.release(o.fh);
     let _ = SystemTime::now();
 }
+
+/// Finding: names read back from the `repositories` table are not checked (image names are,
+/// by `RawImage::parse`): a row `""` makes the mount's root a repository (it shows
+/// `index.json`, `oci-layout`, `blobs`), and rows like `a//b` or `../x` give readdir names
+/// `""` and `..`, which the kernel refuses (EIO for the whole listing). A records file written
+/// by an older or foreign writer, or by anyone who can write meta.db, so breaks the root.
+#[test]
+fn kept_names_read_from_the_records_are_not_checked() {
+    let h = Harness::new();
+    h.fs.mkdir_as(root(), "ok", 1).unwrap();
+    {
+        let db = rusqlite::Connection::open(h.store.root().join("meta.db")).unwrap();
+        for bad in ["", "a//b", "../x", "UPPER", "c/./d"] {
+            db.execute(
+                "INSERT INTO repositories (name, created) VALUES (?1, 0)",
+                [bad],
+            )
+            .unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    h.fs.invalidate();
+    let listed = h.list("").unwrap();
+    let bad: Vec<&String> = listed
+        .iter()
+        .filter(|n| {
+            n.is_empty()
+                || *n == "."
+                || *n == ".."
+                || *n == "index.json"
+                || *n == "oci-layout"
+                || *n == "blobs"
+                || n.chars().any(|c| c.is_ascii_uppercase())
+        })
+        .collect();
+    assert!(
+        bad.is_empty(),
+        "the root lists {listed:?}: names no repository may have, or the layout of a root \
+         taken for a repository"
+    );
+}
+
+/// Probe: the root is no repository, so a temporary file renamed onto `/index.json` must be
+/// refused and register nothing.
+#[test]
+fn a_temporary_file_renamed_onto_the_roots_index_json_is_refused() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 71);
+    h.import(&src, "elsewhere");
+    h.mkdir_p("r").unwrap();
+    let r = h.walk("r").unwrap().ino;
+    let index = std::fs::read(src.join("index.json")).unwrap();
+    let (_, o) = h.fs.create(r, ".idx").unwrap();
+    h.fs.write(o.fh, 0, &index).unwrap();
+    h.fs.flush(o.fh, 1).unwrap();
+    h.fs.release(o.fh);
+    let moved = h.fs.rename(r, ".idx", root(), "index.json", false, 1);
+    let listed = h.list("").unwrap();
+    assert!(
+        moved.is_err() && h.images() == ["elsewhere:t0"] && !listed.contains(&"index.json".into()),
+        "mv r/.idx /index.json gave {:?}; images {:?}; root lists {listed:?}",
+        moved.map_err(|e| e.to_string()),
+        h.images()
+    );
+}
