@@ -431,3 +431,47 @@ fn a_temporary_file_renamed_onto_the_roots_index_json_is_refused() {
         h.images()
     );
 }
+
+/// Finding: a temporary file renamed onto `index.json` keeps its inode, now bound to the name
+/// (`Inodes::rebind`); when a second temporary file is renamed onto `index.json` after it, the
+/// first is replaced (on a disk it is an orphan: writes through a descriptor still open on it
+/// change nothing anyone sees), yet its inode still stands for `index.json`: a write and close
+/// through that descriptor applies its old content again, and the tag the second added goes.
+#[test]
+fn a_write_through_a_replaced_index_json_s_descriptor_applies_it_again() {
+    let h = Harness::new();
+    let one = h.layout("one", 1, 81);
+    let two = h.layout("two", 2, 81);
+    h.import(&two, "elsewhere");
+    h.fs.mkdir_as(root(), "r", 1).unwrap();
+    let r = h.walk("r").unwrap().ino;
+    let index_one = std::fs::read(one.join("index.json")).unwrap();
+    let index_two = std::fs::read(two.join("index.json")).unwrap();
+    // The first writer: its temporary file stays open across its rename.
+    let (_, first) = h.fs.create(r, ".index.1").unwrap();
+    h.fs.write(first.fh, 0, &index_one).unwrap();
+    h.fs.flush(first.fh, 7).unwrap();
+    h.fs.rename(r, ".index.1", r, "index.json", false, 7).unwrap();
+    assert_eq!(h.images(), ["elsewhere:t0", "elsewhere:t1", "r:t0"]);
+    // The second writer replaces index.json with two tags.
+    let (_, second) = h.fs.create(r, ".index.2").unwrap();
+    h.fs.write(second.fh, 0, &index_two).unwrap();
+    h.fs.flush(second.fh, 8).unwrap();
+    h.fs.release(second.fh);
+    h.fs.rename(r, ".index.2", r, "index.json", false, 8).unwrap();
+    assert_eq!(
+        h.images(),
+        ["elsewhere:t0", "elsewhere:t1", "r:t0", "r:t1"]
+    );
+    // The first writer writes its (orphaned) file again and closes it.
+    let wrote = h.fs.write(first.fh, 0, &index_one);
+    let closed = h.fs.flush(first.fh, 7);
+    h.fs.release(first.fh);
+    assert_eq!(
+        h.images(),
+        ["elsewhere:t0", "elsewhere:t1", "r:t0", "r:t1"],
+        "a write ({:?}) and close ({:?}) through the replaced file's descriptor changed r's images",
+        wrote.map_err(|e| e.to_string()),
+        closed.map_err(|e| e.to_string())
+    );
+}
