@@ -475,3 +475,107 @@ fn a_write_through_a_replaced_index_json_s_descriptor_applies_it_again() {
         closed.map_err(|e| e.to_string())
     );
 }
+
+/// A gc in another process, with no grace for anything abandoned.
+fn gc_now(h: &Harness) -> Vec<String> {
+    let options = layoutfs::store::gc::GcOptions {
+        dry_run: false,
+        grace: Duration::ZERO,
+    };
+    let other = layoutfs::store::Store::open(h.store.root()).unwrap();
+    let report = layoutfs::store::gc::gc(&other, &options).unwrap();
+    report
+        .blobs
+        .iter()
+        .map(|(d, _)| d.hex().to_owned())
+        .collect()
+}
+
+fn source_blobs(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Finding (data loss): blobs written into a staging repository and moved (`mv`) into another
+/// repository's `blobs/sha256/` stay held by the staging repository's lease holder only; once
+/// the staging repository is removed (rmdir, now empty), gc takes them, though the other
+/// repository still lists them: its index.json, written next, waits for ever for blobs its own
+/// listing shows.
+#[test]
+fn blobs_moved_to_another_repository_are_lost_when_the_first_is_removed() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 91);
+    h.mkdir_p("stage/blobs/sha256").unwrap();
+    h.mkdir_p("q/blobs/sha256").unwrap();
+    let blobs = source_blobs(&src);
+    for (name, bytes) in &blobs {
+        h.put(&format!("stage/blobs/sha256/{name}"), bytes, 1).unwrap();
+    }
+    let from = h.walk("stage/blobs/sha256").unwrap().ino;
+    let to = h.walk("q/blobs/sha256").unwrap().ino;
+    for (name, _) in &blobs {
+        h.fs.rename(from, name, to, name, false, 1).unwrap();
+    }
+    // The staging repository is empty now: rm -r stage.
+    h.rm_r("stage").unwrap();
+    let taken = gc_now(&h);
+    h.put(
+        "q/oci-layout",
+        &std::fs::read(src.join("oci-layout")).unwrap(),
+        1,
+    )
+    .unwrap();
+    h.put(
+        "q/index.json",
+        &std::fs::read(src.join("index.json")).unwrap(),
+        1,
+    )
+    .unwrap();
+    let mut listed = h.list("q/blobs/sha256").unwrap();
+    listed.sort();
+    assert!(
+        taken.is_empty() && h.images() == ["q:t0"],
+        "gc took {} blobs q lists ({} listed); images {:?}, pending {:?}",
+        taken.len(),
+        listed.len(),
+        h.images(),
+        h.fs.pending().iter().map(|n| n.to_string()).collect::<Vec<_>>()
+    );
+}
+
+/// Finding: a temporary directory renamed to a blob's name in `blobs/sha256/` (or onto
+/// `index.json`) is moved unchecked: a directory then stands at a blob's name, or shadows the
+/// repository's `index.json` (EISDIR to read), where mkdir refuses both names.
+#[test]
+fn a_temporary_directory_renamed_to_a_blob_name_or_index_json_is_moved_unchecked() {
+    let h = Harness::new();
+    let src = h.layout("src", 1, 101);
+    h.import(&src, "r");
+    let r = h.walk("r").unwrap().ino;
+    let hex = "b".repeat(64);
+    h.fs.mkdir(r, ".d1").unwrap();
+    h.fs.mkdir(r, ".d2").unwrap();
+    let alg = h.walk("r/blobs/sha256").unwrap().ino;
+    let to_blob = h.fs.rename(r, ".d1", alg, &hex, false, 1);
+    let to_index = h.fs.rename(r, ".d2", r, "index.json", false, 1);
+    let blob_kind = h.walk(&format!("r/blobs/sha256/{hex}")).map(|a| a.kind);
+    let index_kind = h.walk("r/index.json").map(|a| a.kind);
+    assert!(
+        blob_kind.as_ref().map_or(true, |k| *k == Kind::File)
+            && index_kind.as_ref().is_ok_and(|k| *k == Kind::File),
+        "mv .d1 blobs/sha256/<hex> gave {:?} (now {blob_kind:?}); mv .d2 index.json gave {:?} \
+         (now {index_kind:?})",
+        to_blob.map_err(|e| e.to_string()),
+        to_index.map_err(|e| e.to_string()),
+    );
+}
