@@ -579,3 +579,27 @@ fn a_temporary_directory_renamed_to_a_blob_name_or_index_json_is_moved_unchecked
         to_index.map_err(|e| e.to_string()),
     );
 }
+
+/// Finding (cosmetic): a kept repository with no image is dated by the last rebuild of the
+/// tree (`Snapshot::build_with` adds kept rows at `now`), not by the records: its directory,
+/// its index.json and every directory above it (the root too) change time whenever any record
+/// of the store changes, though nothing in it did (rsync, make and find -newer see changes).
+#[test]
+fn an_empty_kept_repository_changes_time_whenever_any_record_changes() {
+    let h = Harness::new();
+    h.fs.mkdir_as(root(), "empty", 1).unwrap();
+    h.fs.invalidate();
+    let before = h.walk("empty").unwrap().mtime;
+    let index_before = h.walk("empty/index.json").unwrap().mtime;
+    std::thread::sleep(Duration::from_millis(1100));
+    // Another repository changes.
+    let src = h.layout("src", 1, 111);
+    h.import(&src, "other");
+    let after = h.walk("empty").unwrap().mtime;
+    let index_after = h.walk("empty/index.json").unwrap().mtime;
+    assert!(
+        after == before && index_after == index_before,
+        "empty/ went from {before:?} to {after:?}, its index.json from {index_before:?} to \
+         {index_after:?}, while only `other` changed"
+    );
+}
