@@ -603,3 +603,35 @@ fn an_empty_kept_repository_changes_time_whenever_any_record_changes() {
          {index_after:?}, while only `other` changed"
     );
 }
+
+/// Finding: `layoutfs rm REPO` (another process) forgets a kept repository the mount made and
+/// wrote into; the mount's state for that name stays (layout names written, blobs hidden,
+/// the maker), so a repository made again under that name by a new process is not new: its
+/// maker finds `oci-layout` already there, and `cp -r`'s exclusive create of it fails EEXIST.
+#[test]
+fn a_repository_removed_by_layoutfs_rm_and_made_again_inherits_the_old_state() {
+    let h = Harness::new();
+    h.fs.mkdir_as(root(), "r", 1).unwrap();
+    h.put("r/oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#, 1)
+        .unwrap();
+    // layoutfs rm r, in another process.
+    let other = layoutfs::store::Store::open(h.store.root()).unwrap();
+    other
+        .records()
+        .apply(&layoutfs::content::Change {
+            forget: &["r".to_owned()],
+            ..Default::default()
+        })
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    h.fs.invalidate();
+    assert!(h.walk("r").is_err(), "r is gone");
+    // A new process makes r, as cp -r does, and looks for oci-layout before creating it.
+    let r = h.fs.mkdir_as(root(), "r", 2).unwrap().ino;
+    let found = h.fs.lookup_as(r, OsStr::new("oci-layout"), &|| 2);
+    assert!(
+        found.is_err(),
+        "the maker of a new r finds oci-layout there already (ino {:?})",
+        found.map(|a| a.ino)
+    );
+}
