@@ -1115,7 +1115,10 @@ impl Run<'_> {
         if !self.m.dir_exists(&format!("{repo}/blobs"), Viewer::Reader) {
             return self.expect(got, libc::ENOENT);
         }
-        if self.m.alg_shown(repo, Viewer::Reader) {
+        // An algorithm directory made with mkdir, or a file in one, is content; the one an
+        // empty repository shows is its own.
+        let r = &self.m.repos[repo];
+        if r.alg == Some(true) || !r.alg_files.is_empty() {
             self.expect(got, libc::ENOTEMPTY);
         } else {
             let r = self.m.repos.get_mut(repo).unwrap();

@@ -1971,10 +1971,16 @@ fn a_staged_directory_of_blobs_is_verified_whole_before_it_moves() {
     );
     assert_eq!(h.store_blobs().len(), all.len());
     // A staged blobs/ holding anything but algorithm directories is refused.
-    h.fs.mkdir(r, ".b").unwrap();
-    h.fs.mkdir(h.walk("r/.b").unwrap().ino, "junk").unwrap();
     h.mkdir_p("q").unwrap();
     let q = h.walk("q").unwrap().ino;
-    let e = h.fs.rename(r, ".b", q, "blobs", false, 1).unwrap_err();
+    h.fs.mkdir(q, ".b").unwrap();
+    h.fs.mkdir(h.walk("q/.b").unwrap().ino, "junk").unwrap();
+    let e = h.fs.rename(q, ".b", q, "blobs", false, 1).unwrap_err();
     assert_eq!(e.errno(), libc::EINVAL, "{e}");
+    // And a staged directory is never renamed into another repository (EXDEV: mv copies).
+    h.mkdir_p("p").unwrap();
+    let p = h.walk("p").unwrap().ino;
+    h.fs.mkdir(q, ".c").unwrap();
+    let e = h.fs.rename(q, ".c", p, "blobs", false, 1).unwrap_err();
+    assert_eq!(e.errno(), libc::EXDEV, "{e}");
 }

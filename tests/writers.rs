@@ -648,7 +648,9 @@ fn empty_repositories_show_a_layout_and_survive_a_remount() {
     let listed = c.env.ok(&["repositories"]);
     for repo in repos {
         assert!(
-            listed.lines().any(|l| l.split_whitespace().eq([repo, "0", "yes"])),
+            listed
+                .lines()
+                .any(|l| l.split_whitespace().eq([repo, "0", "yes"])),
             "{repo} kept with no image:\n{listed}"
         );
     }

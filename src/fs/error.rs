@@ -33,6 +33,10 @@ pub enum FsError {
     TooLarge { digest: Digest, size: u64 },
     #[error("unknown file handle {0}")]
     BadHandle(u64),
+    /// A rename of something written in one repository into another: `mv` copies instead, so
+    /// that what is written is held by the repository that lists it.
+    #[error("{0}: renamed from another repository (a copy is made instead)")]
+    CrossRepository(String),
     /// A blob read through passthrough: the kernel has every open of it use the store's
     /// (read-only) file, so it cannot be opened for writing until those close.
     #[error("blob {0}: open for reading through passthrough, so not for writing until those opens close (a blob never changes: `rsync --inplace` over one already there needs `--no-passthrough`, or rsync without `--inplace`)")]
@@ -60,6 +64,7 @@ impl FsError {
             FsError::IsDir => libc::EISDIR,
             FsError::ReadOnly => libc::EROFS,
             FsError::BadHandle(_) => libc::EBADF,
+            FsError::CrossRepository(_) => libc::EXDEV,
             FsError::ReadThroughPassthrough(_) => libc::ETXTBSY,
             FsError::WriteFailed { errno, .. } => *errno,
             FsError::Invalid(_) => libc::EINVAL,
@@ -119,6 +124,7 @@ mod tests {
             (FsError::IsDir, libc::EISDIR),
             (FsError::ReadOnly, libc::EROFS),
             (FsError::BadHandle(7), libc::EBADF),
+            (FsError::CrossRepository("r/x".into()), libc::EXDEV),
             (
                 FsError::ReadThroughPassthrough(digest.clone()),
                 libc::ETXTBSY,

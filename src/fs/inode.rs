@@ -16,6 +16,11 @@ use crate::digest::{Algorithm, Digest};
 /// The root directory's inode number (FUSE fixes it at 1).
 pub const ROOT_INO: u64 = 1;
 
+/// The scratch entry of an orphaned inode: none is ever numbered 0, so it is a temporary file
+/// that is gone (ENOENT to a lookup or stat; writes through a descriptor still open on it
+/// reach nothing anyone sees).
+pub const ORPHANED: u64 = 0;
+
 /// What an inode number stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Node {
@@ -127,24 +132,30 @@ impl Inodes {
 
     /// Makes inode `ino` stand for `node` from now on, as the number `node` is given: a file
     /// renamed onto a layout name is that name's inode now (the kernel keeps the renamed
-    /// file's number for the name, and asks for it next). A number `node` had before keeps
-    /// standing for it, for what still holds it.
+    /// file's number for the name, and asks for it next). The number `node` had before is
+    /// orphaned (`ORPHANED`), as the file a rename replaces on a disk: what still holds it
+    /// (an open descriptor) reaches nothing through it.
     pub fn rebind(&self, ino: u64, node: &Node) {
-        let Some(i) = ino
-            .checked_sub(ROOT_INO)
-            .and_then(|i| usize::try_from(i).ok())
-        else {
+        let index = |ino: u64| {
+            ino.checked_sub(ROOT_INO)
+                .and_then(|i| usize::try_from(i).ok())
+        };
+        let Some(i) = index(ino) else {
             return;
         };
         let mut t = self.table.write();
-        let Some(slot) = t.nodes.get_mut(i) else {
+        if i >= t.nodes.len() {
             return;
-        };
-        let old = std::mem::replace(slot, node.clone());
+        }
+        let old = std::mem::replace(&mut t.nodes[i], node.clone());
         if t.by_node.get(&old) == Some(&ino) {
             t.by_node.remove(&old);
         }
-        t.by_node.insert(node.clone(), ino);
+        if let Some(prev) = t.by_node.insert(node.clone(), ino) {
+            if let Some(p) = index(prev).filter(|_| prev != ino) {
+                t.nodes[p] = Node::Scratch(ORPHANED);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -196,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn a_number_rebound_to_a_node_is_its_number_and_the_old_one_still_names_it() {
+    fn a_number_rebound_to_a_node_is_its_number_and_the_old_one_is_orphaned() {
         let inodes = Inodes::new();
         let index = Node::Index(Arc::from("r"));
         let old = inodes.ino(&index);
@@ -204,13 +215,13 @@ mod tests {
         inodes.rebind(tmp, &index);
         assert_eq!(inodes.ino(&index), tmp);
         assert_eq!(inodes.node(tmp), Some(index.clone()));
-        assert_eq!(inodes.node(old), Some(index.clone()));
+        assert_eq!(inodes.node(old), Some(Node::Scratch(ORPHANED)));
         // The scratch entry's node gets a new number if it is ever asked for again.
         assert_ne!(inodes.ino(&Node::Scratch(7)), tmp);
         // A rename moves the current number only.
         inodes.rename_tree("r", "s");
         assert_eq!(inodes.node(tmp), Some(Node::Index(Arc::from("s"))));
-        assert_eq!(inodes.node(old), Some(index));
+        assert_eq!(inodes.node(old), Some(Node::Scratch(ORPHANED)));
         inodes.rebind(0, &Node::Scratch(1));
         inodes.rebind(999, &Node::Scratch(1));
     }

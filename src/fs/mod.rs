@@ -21,6 +21,7 @@
 pub mod error;
 pub mod images;
 pub mod inode;
+mod moves;
 mod staged;
 pub mod state;
 pub mod upload;

@@ -184,11 +184,11 @@ impl super::Fs {
         let repo: std::sync::Arc<str> = std::sync::Arc::from(repo);
         for (dir, alg) in &staged.dirs {
             let ino = self.inodes.ino(&Node::Scratch(*dir));
-            self.inodes.rebind(ino, &Node::AlgDir(repo.clone(), *alg));
+            self.rebind(ino, &Node::AlgDir(repo.clone(), *alg));
         }
         if root_alg.is_none() {
             let ino = self.inodes.ino(&Node::Scratch(id));
-            self.inodes.rebind(ino, &Node::Blobs(repo.clone()));
+            self.rebind(ino, &Node::Blobs(repo.clone()));
         }
         let mut gone = Vec::new();
         {

@@ -330,6 +330,26 @@ impl WriteState {
         Ok(replaced)
     }
 
+    /// Starts `repo` afresh (made with mkdir where no repository is): what was kept for a
+    /// repository of that name removed from outside the mount (`layoutfs rm`) goes, except
+    /// what processes read there (a process that found no repository adds to the new one and
+    /// removes nothing). Returns the old id when lease holders were named by it, for the caller
+    /// to release them (with this state let go).
+    pub fn remake_repo(&mut self, repo: &str) -> (&mut RepoState, Option<u64>) {
+        let old = self.repos.remove(repo);
+        self.next_repo += 1;
+        let mut state = RepoState {
+            id: self.next_repo,
+            ..RepoState::default()
+        };
+        let released = old.and_then(|o| {
+            state.seen = o.seen;
+            (o.held || !o.pending.is_empty()).then_some(o.id)
+        });
+        let state = self.repos.entry(repo.to_owned()).or_insert(state);
+        (state, released)
+    }
+
     /// Forgets what was kept for `repo` (removed with rmdir); returns its id when lease holders
     /// were named by it, for the caller to release them (with this state let go).
     pub fn forget_repo(&mut self, repo: &str) -> Option<u64> {

@@ -39,6 +39,7 @@ use crate::reference::check_repository;
 
 use super::images::writer_holder;
 pub use super::images::{missing_blobs, name_in_repo, parse_index};
+use super::moves::Moved;
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
@@ -114,7 +115,7 @@ impl super::Fs {
     /// The repository a directory-like node belongs to, if any. Any directory but the root is
     /// one or may become one: a directory that only leads to repositories becomes one when a
     /// layout name is written into it.
-    fn repo_of(&self, node: &Node) -> Option<Arc<str>> {
+    pub(super) fn repo_of(&self, node: &Node) -> Option<Arc<str>> {
         match node {
             Node::Dir(p) if p.is_empty() => None,
             Node::Dir(p) => {
@@ -234,15 +235,18 @@ impl super::Fs {
         check_repository(&new)
             .map_err(|why| FsError::Invalid(format!("{new:?} is not a repository name: {why}")))?;
         let leads_only = self.only_made_by(parent, &path, pid)?;
-        {
+        let stale = {
             let mut w = self.write.lock();
-            let state = w.repo_mut(&new);
+            let (state, stale) = w.remake_repo(&new);
             state.maker = Some(pid);
             state.fresh = true;
             if leads_only {
                 w.repo_mut(&path).path = true;
             }
-        }
+            stale
+        };
+        // Holders named by a repository of that name removed from outside the mount.
+        self.release_repo(stale)?;
         let forget = if leads_only {
             vec![path.to_string()]
         } else {
@@ -329,17 +333,13 @@ impl super::Fs {
         Ok(())
     }
 
-    /// Refuses a sub-repository `name` of directory `path` when `path` is a repository and
-    /// `name` one of its layout names: lookup and readdir never show such a sub-repository
+    /// Refuses a sub-repository `name` of directory `path` when `name` is a layout name and
+    /// `path` is not the root: any directory but the root is a repository or may become one
+    /// (a layout name written into it), and lookup and readdir never show such a sub-repository
     /// there. EINVAL, as for any other name a repository may not have (EPERM would say the
     /// name could be made by someone else, and no one can make it through the mount).
     fn check_sub_repository(&self, path: &str, name: &str) -> FsResult<()> {
-        let repository = self
-            .views
-            .snapshot()?
-            .dir(path)
-            .is_some_and(|d| d.repository);
-        if repository && LAYOUT_NAMES.contains(&name) {
+        if !path.is_empty() && LAYOUT_NAMES.contains(&name) {
             return Err(FsError::Invalid(format!(
                 "{path}/{name}: a layout name, not a sub-repository, in a repository"
             )));
@@ -767,40 +767,68 @@ impl super::Fs {
         self.with_repo_at(ino, |r| r.set_layout_name(name, shown));
     }
 
-    /// Whether directory `ino` is empty: no scratch entry in it; for `blobs/` and its algorithm
-    /// directories, nothing listed to any process (by the rule readdir lists with); for a
-    /// repository's directory, no image (pending ones too), no directory below it (a
-    /// sub-repository named like a layout name included), and no layout name written: an
-    /// empty repository's `oci-layout`, `index.json` and `blobs/sha256/` are the repository's
-    /// own, not what was put in it, and go with it (as they came with mkdir).
+    /// Whether directory `ino` is empty: no scratch entry in it; for a repository's directory,
+    /// no image (pending ones too), no directory below it (a sub-repository named like a layout
+    /// name included), nothing written into its `blobs/`, and no layout name written; for
+    /// `blobs/`, no algorithm directory made with mkdir and no blob in any; for `blobs/<alg>/`,
+    /// no blob. An empty repository's `oci-layout`, `index.json` and `blobs/sha256/` are the
+    /// repository's own, not what was put in it, and go with it (as they came with mkdir).
     pub(super) fn dir_is_empty(&self, ino: u64) -> FsResult<bool> {
         if self.write.lock().has_children(ino) {
             return Ok(false);
         }
-        if let Node::Dir(path) = self.node(ino)? {
-            // What was written into blobs/ (committed blobs, temporary files) is in it too.
-            let blobs = std::iter::once(Node::Blobs(path.clone())).chain(
-                Algorithm::ALL
-                    .into_iter()
-                    .map(|alg| Node::AlgDir(path.clone(), alg)),
-            );
-            let inos: Vec<u64> = blobs.filter_map(|n| self.inodes.get(&n)).collect();
-            if inos.iter().any(|i| self.write.lock().has_children(*i)) {
-                return Ok(false);
+        match self.node(ino)? {
+            Node::Dir(path) => {
+                if !self.blobs_empty(&path, true)? {
+                    return Ok(false);
+                }
+                let snapshot = self.views.snapshot()?;
+                let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
+                let images = snapshot.entries(&path).is_some_and(|e| !e.is_empty());
+                let written = self
+                    .write
+                    .lock()
+                    .repo(&path)
+                    .is_some_and(RepoState::holds_written);
+                Ok(!images && dir.children.is_empty() && !written)
             }
-            let snapshot = self.views.snapshot()?;
-            let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
-            let images = snapshot.entries(&path).is_some_and(|e| !e.is_empty());
-            let written = self
-                .write
-                .lock()
-                .repo(&path)
-                .is_some_and(RepoState::holds_written);
-            return Ok(!images && dir.children.is_empty() && !written);
+            Node::Blobs(repo) => self.blobs_empty(&repo, false),
+            Node::AlgDir(repo, alg) => Ok(self.visible_blobs(&repo, alg)?.is_empty()),
+            _ => Ok(true),
         }
-        for viewer in [super::Viewer::Maker, super::Viewer::Reader] {
-            let listed = self.dir_entries(ino, viewer)?;
-            if listed.iter().any(|e| e.name != "." && e.name != "..") {
+    }
+
+    /// Whether `repo`'s `blobs/` holds nothing: no algorithm directory made with mkdir, no blob
+    /// listed or written in any, and (`with_itself`) nothing written in `blobs/` itself.
+    fn blobs_empty(&self, repo: &Arc<str>, with_itself: bool) -> FsResult<bool> {
+        let w = self.write.lock();
+        if w.repo(repo)
+            .is_some_and(|r| r.alg_dirs.values().any(|made| *made))
+        {
+            return Ok(false);
+        }
+        let itself = std::iter::once(Node::Blobs(repo.clone())).filter(|_| with_itself);
+        let algs = Algorithm::ALL
+            .into_iter()
+            .map(|alg| Node::AlgDir(repo.clone(), alg));
+        let written = itself
+            .chain(algs)
+            .filter_map(|n| self.inodes.get(&n))
+            .any(|i| w.has_children(i));
+        drop(w);
+        if written {
+            return Ok(false);
+        }
+        let images = self
+            .views
+            .snapshot()?
+            .entries(repo)
+            .is_some_and(|e| !e.is_empty());
+        if !images {
+            return Ok(true);
+        }
+        for alg in Algorithm::ALL {
+            if !self.visible_blobs(repo, alg)?.is_empty() {
                 return Ok(false);
             }
         }
@@ -906,12 +934,13 @@ impl super::Fs {
     }
 
     fn rename_scratch(&self, id: u64, newparent: u64, newname: &str, pid: u32) -> FsResult<()> {
-        let (shared, is_dir) = match self.write.lock().scratch.get(&id).map(|s| &s.kind) {
-            Some(ScratchKind::File(s)) => (Some(s.clone()), false),
-            Some(ScratchKind::Dir) => (None, true),
-            Some(ScratchKind::Committed(..)) => (None, false),
+        let (shared, moved) = match self.write.lock().scratch.get(&id).map(|s| &s.kind) {
+            Some(kind @ ScratchKind::File(s)) => (Some(s.clone()), Moved::of(kind)),
+            Some(kind) => (None, Moved::of(kind)),
             None => return Err(FsError::NotFound),
         };
+        self.check_move(id, &moved, newparent, newname)?;
+        let is_dir = moved == Moved::Dir;
         let target = self.node(newparent)?;
         let Some(shared) = shared else {
             // A directory of blobs renamed into place commits them (`fs::staged`); any other
@@ -968,8 +997,7 @@ impl super::Fs {
                 self.show_layout_name_at(ino, newname, true);
                 self.remove_scratch(id);
                 // The kernel keeps the renamed file's inode for the name: it is the name's.
-                self.inodes
-                    .rebind(self.inodes.ino(&Node::Scratch(id)), &node);
+                self.rebind(self.inodes.ino(&Node::Scratch(id)), &node);
                 return Ok(());
             }
             _ => {}
@@ -985,6 +1013,13 @@ impl super::Fs {
         let (id, replaced) = self.write.lock().add(parent, name, kind);
         drop(replaced);
         id
+    }
+
+    /// Makes inode `ino` stand for `node` (`Inodes::rebind`): a time set on what it was is not
+    /// the new node's.
+    pub(super) fn rebind(&self, ino: u64, node: &Node) {
+        self.inodes.rebind(ino, node);
+        self.mtimes.lock().remove(&ino);
     }
 
     /// Notes that something was made in directory `dir`: its repository is no longer fresh
@@ -1106,7 +1141,7 @@ impl super::Fs {
     ) -> FsResult<super::Attr> {
         self.writable()?;
         let node = self.node(ino)?;
-        if let (Some(t), Node::Blob(..) | Node::Scratch(_) | Node::LayoutFile(_)) = (mtime, &node) {
+        if let (Some(t), Node::Blob(..) | Node::Scratch(_)) = (mtime, &node) {
             self.mtimes.lock().insert(ino, t);
         }
         if let Some(size) = size {

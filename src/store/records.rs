@@ -366,7 +366,18 @@ impl Records {
         let names = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
-        Ok(names)
+        // Names are checked when kept; one written into the database by other means is left
+        // out, as an image record that does not parse is refused.
+        Ok(names
+            .into_iter()
+            .filter(|name| match check_repository(name) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::warn!("kept repository {name:?} left out: {why}");
+                    false
+                }
+            })
+            .collect())
     }
 
     /// Removes the named images, all or none: an unknown name fails the whole call.
