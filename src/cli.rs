@@ -600,11 +600,7 @@ fn list_images(catalog: &dyn Catalog, blobs: &dyn Provider, format: Format) -> R
     }
     let mut out = std::io::stdout().lock();
     match format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut out, &rows)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
-            writeln!(out).map_err(stdout_err)?;
-        }
+        Format::Json => print_json(&mut out, &rows)?,
         Format::Table => {
             let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
             writeln!(
@@ -632,6 +628,12 @@ fn list_images(catalog: &dyn Catalog, blobs: &dyn Provider, format: Format) -> R
         }
     }
     Ok(())
+}
+
+/// Writes `rows` as pretty JSON and a newline.
+fn print_json(out: &mut impl Write, rows: &impl Serialize) -> Result<()> {
+    serde_json::to_writer_pretty(&mut *out, rows).map_err(|e| Error::Invalid(e.to_string()))?;
+    writeln!(out).map_err(stdout_err)
 }
 
 #[derive(Serialize)]
@@ -663,11 +665,7 @@ fn list_repositories(catalog: &dyn Catalog, format: Format) -> Result<()> {
     let rows: Vec<RepositoryRow> = repos.into_values().collect();
     let mut out = std::io::stdout().lock();
     match format {
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut out, &rows)
-                .map_err(|e| Error::Invalid(e.to_string()))?;
-            writeln!(out).map_err(stdout_err)?;
-        }
+        Format::Json => print_json(&mut out, &rows)?,
         Format::Table => {
             let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(10);
             writeln!(out, "{:w$}  {:>6}  KEPT", "REPOSITORY", "IMAGES").map_err(stdout_err)?;

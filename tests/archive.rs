@@ -52,15 +52,7 @@ fn open_store(env: &Env) -> Store {
 }
 
 fn names(store: &Store) -> Vec<String> {
-    let mut n: Vec<String> = store
-        .records()
-        .list()
-        .unwrap()
-        .into_iter()
-        .map(|i| i.name.to_string())
-        .collect();
-    n.sort();
-    n
+    common::core::image_names(store)
 }
 
 fn blob_count(store: &Store) -> usize {

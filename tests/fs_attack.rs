@@ -7,112 +7,12 @@ mod common;
 use std::ffi::OsStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::core::Harness;
-use common::gen::LayoutBuilder;
+use common::core::{source_blobs, Harness};
 use layoutfs::digest::{Algorithm, Digest};
 use layoutfs::fs::{FsError, Kind};
 
-const CHUNK: usize = 64 << 10;
-
 fn root() -> u64 {
     layoutfs::fs::root_ino()
-}
-
-impl Harness {
-    fn layout(&self, name: &str, images: usize, seed: u64) -> std::path::PathBuf {
-        let dir = self.tmp.path().join(name);
-        let mut b = LayoutBuilder::new(&dir);
-        for i in 0..images {
-            b.small_image(&format!("t{i}"), 2, 5000 + i as u64, seed + i as u64);
-        }
-        dir
-    }
-
-    fn import(&self, src: &std::path::Path, repo: &str) {
-        layoutfs::archive::import::import(
-            &self.store,
-            &layoutfs::archive::import::Source::Dir(src.to_owned()),
-            Some(repo),
-        )
-        .unwrap();
-        self.fs.invalidate();
-    }
-
-    fn split<'a>(&self, path: &'a str) -> (u64, &'a str) {
-        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-        (self.walk(parent).unwrap().ino, name)
-    }
-
-    fn mkdir_p(&self, path: &str) -> Result<(), FsError> {
-        let mut done = String::new();
-        for c in path.split('/') {
-            let parent = self.walk(&done)?.ino;
-            if self.fs.lookup(parent, OsStr::new(c)).is_err() {
-                self.fs.mkdir(parent, c)?;
-            }
-            done = if done.is_empty() {
-                c.to_owned()
-            } else {
-                format!("{done}/{c}")
-            };
-        }
-        Ok(())
-    }
-
-    /// Writes `bytes` to `path` as cp does, by process `pid`.
-    fn put(&self, path: &str, bytes: &[u8], pid: u32) -> Result<(), FsError> {
-        let (parent, name) = self.split(path);
-        let fh = match self.fs.lookup(parent, OsStr::new(name)) {
-            Ok(a) => self.fs.open(a.ino, libc::O_WRONLY | libc::O_TRUNC, pid)?.fh,
-            Err(_) => self.fs.create(parent, name)?.1.fh,
-        };
-        let mut result = Ok(());
-        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-            if let Err(e) = self.fs.write(fh, (i * CHUNK) as u64, chunk) {
-                result = Err(e);
-                break;
-            }
-        }
-        if result.is_ok() {
-            result = self.fs.flush(fh, pid);
-        }
-        self.fs.release(fh);
-        result
-    }
-
-    fn images(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .store
-            .records()
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|i| i.name.to_string())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn kept(&self) -> Vec<String> {
-        self.store.records().repositories().unwrap()
-    }
-
-    /// `rm -r path` as coreutils does it: readdir, unlink files, recurse into directories,
-    /// rmdir. Returns the first error.
-    fn rm_r(&self, path: &str) -> Result<(), FsError> {
-        for name in self.list(path)? {
-            let child = format!("{path}/{name}");
-            let attr = self.walk(&child)?;
-            if attr.kind == Kind::Dir {
-                self.rm_r(&child)?;
-            } else {
-                let (parent, n) = self.split(&child);
-                self.fs.unlink(parent, n)?;
-            }
-        }
-        let (parent, n) = self.split(path);
-        self.fs.rmdir(parent, n)
-    }
 }
 
 /// Finding: a sub-repository named like a layout name (`x/index.json`) can be made with mkdir
@@ -184,7 +84,7 @@ fn a_committed_blob_renamed_to_another_digest_serves_bytes_that_are_not_that_blo
 fn a_committed_blob_renamed_onto_index_json_shadows_the_index() {
     let h = Harness::new();
     let src = h.layout("src", 1, 7);
-    h.import(&src, "r");
+    h.import_dir(&src, "r");
     let before = h.read_as("r/index.json", 1).unwrap();
     let bytes = b"not an index, a blob written at its name".to_vec();
     let d = Digest::of(Algorithm::Sha256, &bytes);
@@ -215,7 +115,7 @@ fn index_json_keeps_for_ever_the_time_set_on_a_temporary_file_renamed_onto_it() 
     let r = h.walk("r").unwrap().ino;
     let index = std::fs::read(src.join("index.json")).unwrap();
     // Blobs first, so the image registers at once.
-    h.import(&src, "elsewhere");
+    h.import_dir(&src, "elsewhere");
     let (attr, opened) = h.fs.create(r, ".index.json.tmp").unwrap();
     h.fs.write(opened.fh, 0, &index).unwrap();
     let old = UNIX_EPOCH + Duration::from_secs(1000);
@@ -228,7 +128,7 @@ fn index_json_keeps_for_ever_the_time_set_on_a_temporary_file_renamed_onto_it() 
     assert_eq!(h.images(), ["elsewhere:t0", "r:t0"]);
     // Later, r's images change elsewhere: two more tags.
     let more = h.layout("more", 2, 55);
-    h.import(&more, "r");
+    h.import_dir(&more, "r");
     std::thread::sleep(Duration::from_millis(1100));
     h.fs.invalidate();
     let now = h.walk("r/index.json").unwrap();
@@ -248,7 +148,7 @@ fn index_json_keeps_for_ever_the_time_set_on_a_temporary_file_renamed_onto_it() 
 fn a_time_set_on_a_removed_repository_s_oci_layout_shows_on_the_one_made_again() {
     let h = Harness::new();
     let src = h.layout("src", 1, 31);
-    h.import(&src, "r");
+    h.import_dir(&src, "r");
     let ino = h.walk("r/oci-layout").unwrap().ino;
     let old = UNIX_EPOCH + Duration::from_secs(1000);
     h.fs.setattr(ino, None, None, Some(old)).unwrap();
@@ -271,8 +171,8 @@ fn a_time_set_on_a_removed_repository_s_oci_layout_shows_on_the_one_made_again()
 fn a_time_set_on_a_blob_of_one_repository_shows_in_another() {
     let h = Harness::new();
     let src = h.layout("src", 1, 41);
-    h.import(&src, "a");
-    h.import(&src, "b");
+    h.import_dir(&src, "a");
+    h.import_dir(&src, "b");
     let name = h.list("a/blobs/sha256").unwrap().remove(0);
     let a = h.walk(&format!("a/blobs/sha256/{name}")).unwrap();
     let b_before = h.walk(&format!("b/blobs/sha256/{name}")).unwrap().mtime;
@@ -426,7 +326,7 @@ fn kept_names_read_from_the_records_are_not_checked() {
 fn a_temporary_file_renamed_onto_the_roots_index_json_is_refused() {
     let h = Harness::new();
     let src = h.layout("src", 1, 71);
-    h.import(&src, "elsewhere");
+    h.import_dir(&src, "elsewhere");
     h.mkdir_p("r").unwrap();
     let r = h.walk("r").unwrap().ino;
     let index = std::fs::read(src.join("index.json")).unwrap();
@@ -454,7 +354,7 @@ fn a_write_through_a_replaced_index_json_s_descriptor_applies_it_again() {
     let h = Harness::new();
     let one = h.layout("one", 1, 81);
     let two = h.layout("two", 2, 81);
-    h.import(&two, "elsewhere");
+    h.import_dir(&two, "elsewhere");
     h.fs.mkdir_as(root(), "r", 1).unwrap();
     let r = h.walk("r").unwrap().ino;
     let index_one = std::fs::read(one.join("index.json")).unwrap();
@@ -485,36 +385,6 @@ fn a_write_through_a_replaced_index_json_s_descriptor_applies_it_again() {
         wrote.map_err(|e| e.to_string()),
         closed.map_err(|e| e.to_string())
     );
-}
-
-/// A gc in another process, with no grace for anything abandoned.
-fn gc_now(h: &Harness) -> Vec<String> {
-    let options = layoutfs::store::gc::GcOptions {
-        dry_run: false,
-        grace: Duration::ZERO,
-    };
-    let other = layoutfs::store::Store::open(h.store.root()).unwrap();
-    let report = layoutfs::store::gc::gc(&other, &options).unwrap();
-    report
-        .blobs
-        .iter()
-        .map(|(d, _)| d.hex().to_owned())
-        .collect()
-}
-
-fn source_blobs(dir: &std::path::Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("blobs/sha256"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().into_string().unwrap(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 /// Finding (data loss): blobs written into a staging repository and moved (`mv`) into another
@@ -548,7 +418,7 @@ fn blobs_moved_to_another_repository_are_lost_when_the_first_is_removed() {
     }
     // The staging repository is empty now: rm -r stage.
     h.rm_r("stage").unwrap();
-    let taken = gc_now(&h);
+    let taken = h.gc_now();
     h.put(
         "q/oci-layout",
         &std::fs::read(src.join("oci-layout")).unwrap(),
@@ -583,7 +453,7 @@ fn blobs_moved_to_another_repository_are_lost_when_the_first_is_removed() {
 fn a_temporary_directory_renamed_to_a_blob_name_or_index_json_is_moved_unchecked() {
     let h = Harness::new();
     let src = h.layout("src", 1, 101);
-    h.import(&src, "r");
+    h.import_dir(&src, "r");
     let r = h.walk("r").unwrap().ino;
     let hex = "b".repeat(64);
     h.fs.mkdir(r, ".d1").unwrap();
@@ -618,7 +488,7 @@ fn an_empty_kept_repository_changes_time_whenever_any_record_changes() {
     std::thread::sleep(Duration::from_millis(1100));
     // Another repository changes.
     let src = h.layout("src", 1, 111);
-    h.import(&src, "other");
+    h.import_dir(&src, "other");
     let after = h.walk("empty").unwrap().mtime;
     let index_after = h.walk("empty/index.json").unwrap().mtime;
     assert!(

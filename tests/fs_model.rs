@@ -973,17 +973,7 @@ impl Run<'_> {
             return self.expect(got, libc::ENOENT);
         }
         if let (0, Some(moved)) = (got, moved) {
-            // As on a disk, the file keeps its inode under the new name: the kernel asks for
-            // that inode next (a stat, an open) without a lookup.
-            let at = walk_v(self.h, &format!("{to_dir}/{to_name}"), v);
-            let attr = self.h.fs.getattr(moved.ino);
-            if at.as_ref().ok() != Some(&moved.ino) || attr.is_err() {
-                self.fail(format!(
-                    "renamed {name} (inode {}) is {at:?} at {to_name}; getattr: {:?}",
-                    moved.ino,
-                    attr.map(|a| a.ino)
-                ));
-            }
+            self.check_inode_followed(&name, moved.ino, &format!("{to_dir}/{to_name}"), v);
         }
         match content {
             Content::Index(images) => {
@@ -1009,6 +999,19 @@ impl Run<'_> {
                 self.m.store.insert(hex);
             }
             Content::Open => {}
+        }
+    }
+
+    /// As on a disk, a renamed file keeps its inode under the new name `to`: the kernel asks
+    /// for that inode next (a stat, an open) without a lookup.
+    fn check_inode_followed(&self, name: &str, ino: u64, to: &str, v: Viewer) {
+        let at = walk_v(self.h, to, v);
+        let attr = self.h.fs.getattr(ino);
+        if at.as_ref().ok() != Some(&ino) || attr.is_err() {
+            self.fail(format!(
+                "renamed {name} (inode {ino}) is {at:?} at {to}; getattr: {:?}",
+                attr.map(|a| a.ino)
+            ));
         }
     }
 

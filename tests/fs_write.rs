@@ -7,147 +7,16 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;
-use std::path::Path;
 
-use common::core::Harness;
+use common::core::{source_blobs, Harness};
 use common::gen::LayoutBuilder;
 use layoutfs::digest::{Algorithm, Digest};
 use layoutfs::fs::FsError;
 use layoutfs::layout;
 use layoutfs::oci;
 
-/// Bytes per write call, as cp issues them.
-const CHUNK: usize = 64 << 10;
-
-impl Harness {
-    /// A layout of `images` small images tagged t0, t1...; returns its directory.
-    fn layout(&self, name: &str, images: usize, seed: u64) -> std::path::PathBuf {
-        let dir = self.tmp.path().join(name);
-        let mut b = LayoutBuilder::new(&dir);
-        for i in 0..images {
-            b.small_image(&format!("t{i}"), 2, 5000 + i as u64, seed + i as u64);
-        }
-        dir
-    }
-
-    fn split<'a>(&self, path: &'a str) -> (u64, &'a str) {
-        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
-        (self.walk(parent).unwrap().ino, name)
-    }
-
-    fn mkdir_p(&self, path: &str) -> Result<(), FsError> {
-        let mut done = String::new();
-        for c in path.split('/') {
-            let parent = self.walk(&done)?.ino;
-            if self.fs.lookup(parent, OsStr::new(c)).is_err() {
-                self.fs.mkdir(parent, c)?;
-            }
-            done = if done.is_empty() {
-                c.to_owned()
-            } else {
-                format!("{done}/{c}")
-            };
-        }
-        Ok(())
-    }
-
-    /// Writes `bytes` to `path` as cp does (create or truncate, writes, close) by process
-    /// `pid`; the first error is returned, and the handle is always released.
-    fn put(&self, path: &str, bytes: &[u8], pid: u32) -> Result<(), FsError> {
-        let (parent, name) = self.split(path);
-        let fh = match self.fs.lookup(parent, OsStr::new(name)) {
-            Ok(a) => self.fs.open(a.ino, libc::O_WRONLY | libc::O_TRUNC, pid)?.fh,
-            Err(_) => self.fs.create(parent, name)?.1.fh,
-        };
-        let mut result = Ok(());
-        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
-            if let Err(e) = self.fs.write(fh, (i * CHUNK) as u64, chunk) {
-                result = Err(e);
-                break;
-            }
-        }
-        if result.is_ok() {
-            result = self.fs.flush(fh, pid);
-        }
-        self.fs.release(fh);
-        result
-    }
-
-    /// Copies layout `src` into the mount at `dst` (mkdir first), index.json first or last.
-    fn copy_in(&self, src: &Path, dst: &str, index_first: bool) -> Result<(), FsError> {
-        self.mkdir_p(dst)?;
-        let index = std::fs::read(src.join("index.json")).unwrap();
-        if index_first {
-            self.put(&format!("{dst}/index.json"), &index, 1)?;
-        }
-        self.put(
-            &format!("{dst}/oci-layout"),
-            &std::fs::read(src.join("oci-layout")).unwrap(),
-            1,
-        )?;
-        self.mkdir_p(&format!("{dst}/blobs/sha256"))?;
-        for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
-            let e = e.unwrap();
-            let name = e.file_name().into_string().unwrap();
-            self.put(
-                &format!("{dst}/blobs/sha256/{name}"),
-                &std::fs::read(e.path()).unwrap(),
-                1,
-            )?;
-        }
-        if !index_first {
-            self.put(&format!("{dst}/index.json"), &index, 1)?;
-        }
-        Ok(())
-    }
-
-    fn images(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .store
-            .records()
-            .list()
-            .unwrap()
-            .into_iter()
-            .map(|i| i.name.to_string())
-            .collect();
-        v.sort();
-        v
-    }
-
-    fn store_blobs(&self) -> BTreeSet<String> {
-        std::fs::read_dir(self.store.root().join("blobs/sha256"))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn ingests(&self) -> usize {
-        std::fs::read_dir(self.store.root().join("ingest"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
 fn errno<T: std::fmt::Debug>(r: Result<T, FsError>) -> i32 {
     r.expect_err("expected an error").errno()
-}
-
-/// The (name -> bytes) of every blob of a layout directory.
-fn source_blobs(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("blobs/sha256"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (
-                e.file_name().into_string().unwrap(),
-                std::fs::read(e.path()).unwrap(),
-            )
-        })
-        .collect();
-    v.sort();
-    v
 }
 
 #[test]
@@ -617,21 +486,6 @@ fn tar_over_an_existing_layout_replaces_it() {
     );
 }
 
-/// A gc in another process, with no grace for anything abandoned.
-fn gc_now(h: &Harness) -> Vec<String> {
-    let options = layoutfs::store::gc::GcOptions {
-        dry_run: false,
-        grace: std::time::Duration::ZERO,
-    };
-    let other = layoutfs::store::Store::open(h.store.root()).unwrap();
-    let report = layoutfs::store::gc::gc(&other, &options).unwrap();
-    report
-        .blobs
-        .iter()
-        .map(|(d, _)| d.hex().to_owned())
-        .collect()
-}
-
 #[test]
 fn gc_during_a_copy_keeps_what_the_mount_holds() {
     let h = Harness::new();
@@ -657,7 +511,7 @@ fn gc_during_a_copy_keeps_what_the_mount_holds() {
     }
     // Nothing written is registered yet, and gc takes none of it.
     assert!(h.images().is_empty());
-    assert_eq!(gc_now(&h), Vec::<String>::new());
+    assert_eq!(h.gc_now(), Vec::<String>::new());
     assert!(h.store_blobs().is_superset(&r_blobs));
     for (name, bytes) in rest {
         h.put(&format!("q/blobs/sha256/{name}"), bytes, 2).unwrap();
@@ -669,7 +523,7 @@ fn gc_during_a_copy_keeps_what_the_mount_holds() {
     )
     .unwrap();
     assert_eq!(h.images(), ["q:t0", "r:t0"]);
-    assert_eq!(gc_now(&h), Vec::<String>::new());
+    assert_eq!(h.gc_now(), Vec::<String>::new());
     for (repo, blobs) in [("r", &r_src), ("q", &q_blobs)] {
         for (name, bytes) in blobs {
             let path = format!("{repo}/blobs/sha256/{name}");
@@ -678,7 +532,7 @@ fn gc_during_a_copy_keeps_what_the_mount_holds() {
     }
     // Once r's images are removed nothing holds its blobs: gc takes exactly those.
     h.fs.unlink(h.walk("r").unwrap().ino, "index.json").unwrap();
-    let removed: BTreeSet<String> = gc_now(&h).into_iter().collect();
+    let removed: BTreeSet<String> = h.gc_now().into_iter().collect();
     assert_eq!(removed, r_blobs);
     assert_eq!(h.images(), ["q:t0"]);
 }
@@ -1200,7 +1054,7 @@ fn what_was_read_and_written_in_a_repository_follows_it_when_renamed() {
     // every image is gone gc takes every blob.
     h.put("c/index.json", &with(&[]), 1).unwrap();
     assert!(h.images().is_empty());
-    let removed: BTreeSet<String> = gc_now(&h).into_iter().collect();
+    let removed: BTreeSet<String> = h.gc_now().into_iter().collect();
     let all: BTreeSet<String> = source_blobs(&src).into_iter().map(|b| b.0).collect();
     assert_eq!(removed, all);
 }
@@ -1480,7 +1334,7 @@ fn blobs_of_a_removed_repository_stay_held_until_unmount() {
     h.fs.rmdir(h.walk("a").unwrap().ino, "blobs").unwrap();
     h.fs.rmdir(layoutfs::fs::root_ino(), "a").unwrap();
     assert!(h.walk("a").is_err());
-    let removed = gc_now(&h);
+    let removed = h.gc_now();
     assert_eq!(
         removed.len(),
         source_blobs(&src).len(),

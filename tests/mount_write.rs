@@ -6,58 +6,20 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fsck_clean;
 use common::gen::LayoutBuilder;
 use common::mount::{is_mounted, Mounted};
+use common::writers_support::{blobs_of, exported_blobs, names, same_blobs, store_is_clean};
 use common::{
     require, sh, skopeo_digest, stderr, tree, umoci_layout, within_a_second, Containerd, Env, Tmpfs,
 };
-use layoutfs::digest::{Algorithm, Digest};
 
 /// Rounds of the daemon crash test: a kill at a random point of a copy, then a whole copy.
 const CRASH_ROUNDS: u64 = 20;
-
-/// The blobs of a layout or extracted archive directory: name -> digest of the bytes.
-fn blobs_of(dir: &Path) -> BTreeMap<String, String> {
-    tree(&dir.join("blobs/sha256"))
-        .into_iter()
-        .map(|(name, bytes)| (name, Digest::of(Algorithm::Sha256, &bytes).to_string()))
-        .collect()
-}
-
-/// Every blob of `exported` is the source's blob of that name, byte for byte (a source layout
-/// may hold blobs no image uses: umoci keeps the manifests it replaced).
-fn same_blobs(exported: &BTreeMap<String, String>, source: &BTreeMap<String, String>) {
-    assert!(!exported.is_empty());
-    for (name, digest) in exported {
-        assert_eq!(source.get(name), Some(digest), "blob {name}");
-        assert_eq!(*digest, format!("sha256:{name}"));
-    }
-}
-
-/// Exports `what` from `env`'s store, extracts it, and returns its blobs.
-fn exported_blobs(env: &Env, what: &str) -> BTreeMap<String, String> {
-    let archive = env.path(&format!("{}.tar", what.replace(['/', ':'], "_")));
-    env.ok(&["export", "-o", archive.to_str().unwrap(), what]);
-    let dir = env.path(&format!("{}.x", what.replace(['/', ':'], "_")));
-    fs::create_dir_all(&dir).unwrap();
-    sh(Command::new("tar")
-        .arg("-C")
-        .arg(&dir)
-        .arg("-xf")
-        .arg(&archive));
-    blobs_of(&dir)
-}
-
-fn names(env: &Env) -> Vec<String> {
-    env.images().into_iter().map(|(n, _)| n).collect()
-}
 
 /// `cp -r SRC DST`, whatever its exit.
 fn cp_r(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> std::process::Output {
@@ -73,22 +35,6 @@ fn cp_r(src: impl AsRef<Path>, dst: impl AsRef<Path>) -> std::process::Output {
 fn cp_r_ok(src: impl AsRef<Path>, dst: impl AsRef<Path>) {
     let out = cp_r(src, dst);
     assert!(out.status.success(), "cp -r: {}", stderr(&out));
-}
-
-/// Every blob file in the store hashes to its name, and no ingest is left.
-fn store_is_clean(env: &Env) {
-    fsck_clean(env);
-    for (hex, bytes) in tree(&env.store.join("blobs/sha256")) {
-        assert_eq!(
-            Digest::of(Algorithm::Sha256, &bytes).hex(),
-            hex,
-            "a store blob does not match its name"
-        );
-    }
-    let ingests = fs::read_dir(env.store.join("ingest"))
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert_eq!(ingests, 0, "ingests left behind");
 }
 
 #[test]

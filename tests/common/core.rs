@@ -5,11 +5,18 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 
-use layoutfs::fs::{Attr, Fs, FsError, FsOptions};
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use layoutfs::fs::{Attr, Fs, FsError, FsOptions, Kind};
 use layoutfs::store::Store;
+
+use super::gen::LayoutBuilder;
 
 /// Bytes asked for per read call.
 const READ_SIZE: u32 = 64 << 10;
+/// Bytes per write call, as cp issues them.
+const CHUNK: usize = 64 << 10;
 
 pub struct Harness {
     pub tmp: tempfile::TempDir,
@@ -61,4 +68,181 @@ impl Harness {
         self.fs.release(opened.fh);
         result
     }
+}
+
+impl Harness {
+    /// A layout of `images` small images tagged t0, t1...; returns its directory.
+    pub fn layout(&self, name: &str, images: usize, seed: u64) -> std::path::PathBuf {
+        let dir = self.tmp.path().join(name);
+        let mut b = LayoutBuilder::new(&dir);
+        for i in 0..images {
+            b.small_image(&format!("t{i}"), 2, 5000 + i as u64, seed + i as u64);
+        }
+        dir
+    }
+
+    pub fn split<'a>(&self, path: &'a str) -> (u64, &'a str) {
+        let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+        (self.walk(parent).unwrap().ino, name)
+    }
+
+    pub fn mkdir_p(&self, path: &str) -> Result<(), FsError> {
+        let mut done = String::new();
+        for c in path.split('/') {
+            let parent = self.walk(&done)?.ino;
+            if self.fs.lookup(parent, OsStr::new(c)).is_err() {
+                self.fs.mkdir(parent, c)?;
+            }
+            done = if done.is_empty() {
+                c.to_owned()
+            } else {
+                format!("{done}/{c}")
+            };
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` to `path` as cp does (create or truncate, writes, close) by process
+    /// `pid`; the first error is returned, and the handle is always released.
+    pub fn put(&self, path: &str, bytes: &[u8], pid: u32) -> Result<(), FsError> {
+        let (parent, name) = self.split(path);
+        let fh = match self.fs.lookup(parent, OsStr::new(name)) {
+            Ok(a) => self.fs.open(a.ino, libc::O_WRONLY | libc::O_TRUNC, pid)?.fh,
+            Err(_) => self.fs.create(parent, name)?.1.fh,
+        };
+        let mut result = Ok(());
+        for (i, chunk) in bytes.chunks(CHUNK).enumerate() {
+            if let Err(e) = self.fs.write(fh, (i * CHUNK) as u64, chunk) {
+                result = Err(e);
+                break;
+            }
+        }
+        if result.is_ok() {
+            result = self.fs.flush(fh, pid);
+        }
+        self.fs.release(fh);
+        result
+    }
+
+    /// Copies layout `src` into the mount at `dst` (mkdir first), index.json first or last.
+    pub fn copy_in(&self, src: &Path, dst: &str, index_first: bool) -> Result<(), FsError> {
+        self.mkdir_p(dst)?;
+        let index = std::fs::read(src.join("index.json")).unwrap();
+        if index_first {
+            self.put(&format!("{dst}/index.json"), &index, 1)?;
+        }
+        self.put(
+            &format!("{dst}/oci-layout"),
+            &std::fs::read(src.join("oci-layout")).unwrap(),
+            1,
+        )?;
+        self.mkdir_p(&format!("{dst}/blobs/sha256"))?;
+        for e in std::fs::read_dir(src.join("blobs/sha256")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            self.put(
+                &format!("{dst}/blobs/sha256/{name}"),
+                &std::fs::read(e.path()).unwrap(),
+                1,
+            )?;
+        }
+        if !index_first {
+            self.put(&format!("{dst}/index.json"), &index, 1)?;
+        }
+        Ok(())
+    }
+
+    pub fn images(&self) -> Vec<String> {
+        image_names(&self.store)
+    }
+
+    /// A gc in another process, with no grace for anything abandoned: the blobs it removed.
+    pub fn gc_now(&self) -> Vec<String> {
+        let options = layoutfs::store::gc::GcOptions {
+            dry_run: false,
+            grace: std::time::Duration::ZERO,
+        };
+        let other = Store::open(self.store.root()).unwrap();
+        let report = layoutfs::store::gc::gc(&other, &options).unwrap();
+        report
+            .blobs
+            .iter()
+            .map(|(d, _)| d.hex().to_owned())
+            .collect()
+    }
+
+    pub fn store_blobs(&self) -> BTreeSet<String> {
+        std::fs::read_dir(self.store.root().join("blobs/sha256"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn ingests(&self) -> usize {
+        std::fs::read_dir(self.store.root().join("ingest"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub fn import_dir(&self, src: &std::path::Path, repo: &str) {
+        layoutfs::archive::import::import(
+            &self.store,
+            &layoutfs::archive::import::Source::Dir(src.to_owned()),
+            Some(repo),
+        )
+        .unwrap();
+        self.fs.invalidate();
+    }
+
+    pub fn kept(&self) -> Vec<String> {
+        self.store.records().repositories().unwrap()
+    }
+
+    /// `rm -r path` as coreutils does it: readdir, unlink files, recurse into directories,
+    /// rmdir. Returns the first error.
+    pub fn rm_r(&self, path: &str) -> Result<(), FsError> {
+        for name in self.list(path)? {
+            let child = format!("{path}/{name}");
+            let attr = self.walk(&child)?;
+            if attr.kind == Kind::Dir {
+                self.rm_r(&child)?;
+            } else {
+                let (parent, n) = self.split(&child);
+                self.fs.unlink(parent, n)?;
+            }
+        }
+        let (parent, n) = self.split(path);
+        self.fs.rmdir(parent, n)
+    }
+}
+
+/// The (name -> bytes) of every blob of a layout directory.
+pub fn source_blobs(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The names of a store's images, sorted.
+pub fn image_names(store: &Store) -> Vec<String> {
+    let mut v: Vec<String> = store
+        .records()
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name.to_string())
+        .collect();
+    v.sort();
+    v
 }
