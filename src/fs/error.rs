@@ -92,6 +92,7 @@ impl FsError {
                 | FsError::NotPermitted(_)
                 | FsError::Busy { .. }
                 | FsError::ReadThroughPassthrough(_)
+                | FsError::CrossRepository(_)
         )
     }
 }
