@@ -93,14 +93,27 @@ pub trait Additions: Send + Sync {
 
 impl Snapshot {
     pub fn build(images: Vec<Image>) -> Snapshot {
-        Self::build_with(images, &[], &Extra::default())
+        Self::build_with(images, &[], &Extra::default(), None)
     }
 
-    /// The tree of `images`, the repositories `kept` and what the mount adds (`extra`).
-    pub fn build_with(images: Vec<Image>, kept: &[String], extra: &Extra) -> Snapshot {
+    /// The tree of `images`, the repositories `kept` and what the mount adds (`extra`). A kept
+    /// repository or a directory made with mkdir has no time in the records: it keeps the one
+    /// it had in `before` (the tree this one replaces), else it is new now.
+    pub fn build_with(
+        images: Vec<Image>,
+        kept: &[String],
+        extra: &Extra,
+        before: Option<&Snapshot>,
+    ) -> Snapshot {
         let mut s = Snapshot::default();
         s.dirs.insert(String::new(), DirInfo::default());
         let now = SystemTime::now();
+        let since = |path: &str| {
+            before
+                .and_then(|b| b.dirs.get(path))
+                .filter(|d| d.kept || d.made)
+                .map_or(now, |d| d.updated)
+        };
         for i in images {
             let updated = UNIX_EPOCH + Duration::from_millis(i.updated.max(0) as u64);
             let repo = i.name.repository().to_owned();
@@ -116,10 +129,10 @@ impl Snapshot {
             s.repos.entry(repo).or_default().push(e.clone());
         }
         for repo in kept {
-            s.add_kept(repo, now);
+            s.add_kept(repo, since(repo));
         }
         for path in &extra.paths {
-            s.add_path(path, now);
+            s.add_path(path, since(path));
         }
         s
     }
@@ -296,7 +309,12 @@ impl Views {
         st.checked = Some(Instant::now());
         if st.version != Some(version) {
             let extra = self.additions.additions();
-            let snapshot = Snapshot::build_with(records.list()?, &records.repositories()?, &extra);
+            let snapshot = Snapshot::build_with(
+                records.list()?,
+                &records.repositories()?,
+                &extra,
+                Some(&st.snapshot),
+            );
             // Keep the views of repositories whose images did not change.
             st.repos
                 .retain(|name, view| snapshot.entries(name) == Some(view.entries.as_slice()));
