@@ -70,10 +70,10 @@ const LAYOUT_FILE_MODE: u16 = 0o444;
 const INDEX_MODE: u16 = 0o644;
 const INDEX_MODE_RO: u16 = 0o444;
 
-/// Who looks into a repository directory. A repository made with mkdir in this mount shows
-/// each layout name once it is written, as on a disk; once it has images (pending ones too) it
-/// shows all three to every process but its maker, which goes on creating them exclusively
-/// (cp -r: open with O_EXCL, mkdir) and must not find them there first.
+/// Who looks into a repository directory. A repository made with mkdir in this mount shows its
+/// layout names (and `blobs/sha256/`) to every process but its maker, which sees each once it
+/// is written, as on a disk: it goes on creating them exclusively (cp -r: open with O_EXCL,
+/// mkdir) and must not find them there first.
 #[derive(Clone, Copy)]
 pub(crate) enum Viewer<'a> {
     /// Any process but the maker (the core's own reads, tests).

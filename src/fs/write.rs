@@ -1,13 +1,20 @@
 //! The write side of the mount: copying a layout in imports it.
 //!
-//! - `mkdir` under the root makes a repository (its name checked, EINVAL otherwise); inside a
-//!   repository, a directory whose name is no repository component (`.umoci-*`) is scratch.
-//!   Its layout names show to its maker once written (cp -r creates each exclusively), and to
-//!   every other process as soon as it has images, pending ones included (`Viewer`).
+//! - `mkdir` makes a repository (its name checked, EINVAL otherwise), kept in the records with
+//!   or without images until removed; inside a repository, a directory whose name is no
+//!   repository component (`.umoci-*`) is scratch. An empty repository shows its layout names
+//!   (`oci-layout`, an `index.json` listing nothing, `blobs/sha256/`) to every process but the
+//!   one that made it here, which sees what it wrote (cp -r creates each name exclusively;
+//!   `Viewer`). A directory its maker made and then made a directory in, before anything else
+//!   (`mkdir -p`), only leads to repositories: not kept, no layout shown, until a layout name is
+//!   written in it.
+//! - Temporary names: a name beginning with `.` anywhere in a repository, and a file's name that
+//!   is no layout name; they move only within their repository (`fs::moves`); a directory of
+//!   blobs renamed into place is verified whole and committed (`fs::staged`).
 //! - Every regular file written is an `Upload` in the store's ingest area. What happens to it
 //!   depends on where it is when it is closed, fsynced or renamed: at `blobs/<alg>/<hex>` it
 //!   is verified and committed (a mismatch fails that call with EIO and nothing enters the
-//!   store); as `index.json` it sets the repository's images; as `oi-layout` it is checked; under
+//!   store); as `index.json` it sets the repository's images; as `oci-layout` it is checked; under
 //!   any other name it is a temporary file that reads back what was written and vanishes at
 //!   unmount.
 //! - `index.json` sets the repository's images to what it lists. A writer removes only images it
