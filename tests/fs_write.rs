@@ -1187,13 +1187,7 @@ fn renaming_onto_a_copy_in_progress_loses_the_renamed_images() {
     let h = Harness::new();
     let src = h.layout("src", 1, 51);
     let other = h.layout("other", 2, 52);
-    layoutfs::archive::import::import(
-        &h.store,
-        &layoutfs::archive::import::Source::Dir(other.clone()),
-        Some("a"),
-    )
-    .unwrap();
-    h.fs.invalidate();
+    h.import_dir(&other, "a");
     h.mkdir_p("b").unwrap();
     h.put(
         "b/oci-layout",
@@ -1356,33 +1350,12 @@ fn unlinking_index_json_while_the_repository_is_renamed_clears_the_old_name() {
     let h = Arc::new(Harness::new());
     let src = h.layout("src", 1, 21);
     // Many records elsewhere make the rename's records I/O (list + update) take a while.
-    let imported = layoutfs::archive::import::import(
-        &h.store,
-        &layoutfs::archive::import::Source::Dir(src.clone()),
-        Some("filler"),
-    )
-    .unwrap();
-    let target = h
-        .store
-        .records()
-        .get(&imported.names[0])
-        .unwrap()
-        .unwrap()
-        .target;
-    let filler: Vec<_> = (0..20000)
-        .map(|i| (format!("filler{i}:t").parse().unwrap(), target.clone()))
-        .collect();
-    h.store.records().put(&filler).unwrap();
+    h.fill_records(&src, 20000);
     let root = layoutfs::fs::root_ino();
     let mut bad = Vec::new();
     for round in 0..5 {
         let (a, b) = (format!("a{round}"), format!("b{round}"));
-        layoutfs::archive::import::import(
-            &h.store,
-            &layoutfs::archive::import::Source::Dir(src.clone()),
-            Some(&a),
-        )
-        .unwrap();
+        h.import_dir(&src, &a);
         h.fs.invalidate();
         let dir = h.walk(&a).unwrap().ino;
         h.list(&a).unwrap();
@@ -1421,33 +1394,12 @@ fn a_rename_inside_a_directory_renamed_meanwhile_succeeds_and_moves_nothing() {
     use std::sync::{Arc, Barrier};
     let h = Arc::new(Harness::new());
     let src = h.layout("src", 1, 31);
-    let imported = layoutfs::archive::import::import(
-        &h.store,
-        &layoutfs::archive::import::Source::Dir(src.clone()),
-        Some("filler"),
-    )
-    .unwrap();
-    let target = h
-        .store
-        .records()
-        .get(&imported.names[0])
-        .unwrap()
-        .unwrap()
-        .target;
-    let filler: Vec<_> = (0..20000)
-        .map(|i| (format!("filler{i}:t").parse().unwrap(), target.clone()))
-        .collect();
-    h.store.records().put(&filler).unwrap();
+    h.fill_records(&src, 20000);
     let root = layoutfs::fs::root_ino();
     let mut bad = Vec::new();
     for round in 0..4 {
         let (n, m) = (format!("n{round}"), format!("m{round}"));
-        layoutfs::archive::import::import(
-            &h.store,
-            &layoutfs::archive::import::Source::Dir(src.clone()),
-            Some(&format!("{n}/a")),
-        )
-        .unwrap();
+        h.import_dir(&src, &format!("{n}/a"));
         h.fs.invalidate();
         let ndir = h.walk(&n).unwrap().ino;
         let go = Arc::new(Barrier::new(2));
@@ -1485,24 +1437,14 @@ fn a_rename_inside_a_directory_renamed_meanwhile_succeeds_and_moves_nothing() {
 fn a_name_lookup_finds_is_listed_by_readdir() {
     let h = Harness::new();
     let src = h.layout("src", 1, 11);
-    layoutfs::archive::import::import(
-        &h.store,
-        &layoutfs::archive::import::Source::Dir(src.clone()),
-        Some("x/blobs"),
-    )
-    .unwrap();
+    h.import_dir(&src, "x/blobs");
     h.fs.invalidate();
     // x exists as a path (not a repository): fine, both agree.
     assert_eq!(h.list("x").unwrap(), ["blobs"]);
     // mkdir x is EEXIST (the path exists); so take a repository made in the mount instead:
     // y, then y/blobs imported after it was made.
     h.mkdir_p("y").unwrap();
-    layoutfs::archive::import::import(
-        &h.store,
-        &layoutfs::archive::import::Source::Dir(src.clone()),
-        Some("y/blobs"),
-    )
-    .unwrap();
+    h.import_dir(&src, "y/blobs");
     h.fs.invalidate();
     let listed = h.list("y").unwrap();
     let looked_up = h.walk("y/blobs").map(|a| a.kind);
@@ -1520,12 +1462,7 @@ fn cp_into_a_repository_whose_blobs_name_is_a_sub_repository_writes_into_it() {
     let src = h.layout("src", 1, 12);
     let root = layoutfs::fs::root_ino();
     h.fs.mkdir_as(root, "y", 42).unwrap();
-    layoutfs::archive::import::import(
-        &h.store,
-        &layoutfs::archive::import::Source::Dir(src.clone()),
-        Some("y/blobs"),
-    )
-    .unwrap();
+    h.import_dir(&src, "y/blobs");
     h.fs.invalidate();
     let y = h.walk("y").unwrap().ino;
     // cp -r as the maker: mkdir blobs (EEXIST: cp goes on if it is a directory), then sha256.
@@ -1567,12 +1504,7 @@ fn cp_into_a_repository_whose_blobs_name_is_a_sub_repository_writes_into_it() {
 fn a_repository_moved_to_a_layout_name_of_an_empty_repository_is_hidden_from_readdir() {
     let h = Harness::new();
     let src = h.layout("src", 1, 61);
-    layoutfs::archive::import::import(
-        &h.store,
-        &layoutfs::archive::import::Source::Dir(src.clone()),
-        Some("y"),
-    )
-    .unwrap();
+    h.import_dir(&src, "y");
     h.fs.invalidate();
     h.mkdir_p("x").unwrap();
     let root = layoutfs::fs::root_ino();

@@ -156,6 +156,28 @@ impl Harness {
         image_names(&self.store)
     }
 
+    /// Imports `src` as `filler` and gives its first image `n` more names: many records, so
+    /// that what lists or rewrites them all (a rename's records I/O) takes a while.
+    pub fn fill_records(&self, src: &Path, n: usize) {
+        let imported = layoutfs::archive::import::import(
+            &self.store,
+            &layoutfs::archive::import::Source::Dir(src.to_owned()),
+            Some("filler"),
+        )
+        .unwrap();
+        let target = self
+            .store
+            .records()
+            .get(&imported.names[0])
+            .unwrap()
+            .unwrap()
+            .target;
+        let filler: Vec<_> = (0..n)
+            .map(|i| (format!("filler{i}:t").parse().unwrap(), target.clone()))
+            .collect();
+        self.store.records().put(&filler).unwrap();
+    }
+
     /// A gc in another process, with no grace for anything abandoned: the blobs it removed.
     pub fn gc_now(&self) -> Vec<String> {
         let options = layoutfs::store::gc::GcOptions {
