@@ -25,6 +25,8 @@ const BUSY_RETRY: Duration = Duration::from_millis(5);
 /// Schema version kept in `PRAGMA user_version` (3 added the `state` table, 4 the
 /// `repositories` table).
 const SCHEMA_VERSION: i64 = 4;
+/// The schema that added the `repositories` table.
+const KEPT_SCHEMA: i64 = 4;
 /// The `state` row set when `meta.db` was created while `blobs/` already held blobs: the
 /// records were lost (a missing or empty database), so gc must not take every blob for
 /// garbage. Its value is how many blob files there were; `since` when it was set.
@@ -205,6 +207,9 @@ pub struct Records {
     /// Changes committed through this handle: SQLite's `data_version` counts only those of
     /// other connections.
     commits: AtomicI64,
+    /// Whether the database has the `repositories` table (schema 4): one of an older version
+    /// read on a read-only filesystem, which is never upgraded, has none.
+    kept_table: bool,
 }
 
 impl Records {
@@ -223,6 +228,7 @@ impl Records {
         Ok(Records {
             conn: Mutex::new(conn),
             commits: AtomicI64::new(0),
+            kept_table: version >= KEPT_SCHEMA,
         })
     }
 
@@ -283,6 +289,7 @@ impl Records {
         Ok(Records {
             conn: Mutex::new(conn),
             commits: AtomicI64::new(0),
+            kept_table: true,
         })
     }
 
@@ -357,12 +364,11 @@ impl Records {
     /// The repositories kept whether they have images or not, sorted (none in records from
     /// before the `repositories` table, read on a read-only filesystem).
     pub fn repositories(&self) -> Result<Vec<String>> {
+        if !self.kept_table {
+            return Ok(Vec::new());
+        }
         let conn = self.conn.lock();
-        let mut stmt = match conn.prepare_cached("SELECT name FROM repositories ORDER BY name") {
-            Ok(stmt) => stmt,
-            Err(e) if e.to_string().contains("no such table") => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
+        let mut stmt = conn.prepare_cached("SELECT name FROM repositories ORDER BY name")?;
         let names = stmt
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
