@@ -19,6 +19,8 @@ use crate::layout::Entry;
 use crate::oci::PlatformSpec;
 use crate::progress::Progress;
 use crate::reference::{RefQuery, Reference};
+use crate::registry::commands;
+use crate::registry::{Platforms, PullOptions};
 use crate::store::check;
 use crate::store::fsck::{self, FsckOptions, FsckReport};
 use crate::store::gc::{self, GcOptions, GcReport};
@@ -140,6 +142,65 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// Pull images from a registry (HOST[:PORT]/REPO[:TAG|@DIGEST]; a name without a host is
+    /// on docker.io, as docker reads it) and print the names stored
+    Pull {
+        /// Pull this platform of an index [default: this machine's]
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]", conflicts_with = "all_platforms")]
+        platform: Option<PlatformSpec>,
+        /// Pull every platform of an index
+        #[arg(long)]
+        all_platforms: bool,
+        /// Store under this name (NAME:TAG, or a repository taking the reference's tag)
+        /// [default: the full reference, e.g. docker.io/library/busybox:latest]
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Also pull the OCI 1.1 referrers (signatures, SBOMs) of each manifest
+        #[arg(long)]
+        referrers: bool,
+        /// Talk plain HTTP to the registry (a loopback registry without TLS needs no flag)
+        #[arg(long)]
+        plain_http: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        #[arg(required = true, value_name = "REF")]
+        refs: Vec<String>,
+    },
+    /// Push an image of the store to a registry
+    Push {
+        /// Talk plain HTTP to the registry (a loopback registry without TLS needs no flag)
+        #[arg(long)]
+        plain_http: bool,
+        /// Also push the store's untagged images whose subject is a pushed manifest
+        #[arg(long)]
+        referrers: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// NAME:TAG, NAME@DIGEST, or a repository name meaning all its images
+        #[arg(value_name = "REF")]
+        source: String,
+        /// HOST[:PORT]/REPO[:TAG] [default: REF's own name, which must start with a host]
+        #[arg(value_name = "DEST")]
+        dest: Option<String>,
+    },
+    /// Check a credential with a registry and keep it where docker, podman and skopeo find it
+    Login {
+        #[arg(short = 'u', long, value_name = "USER")]
+        username: Option<String>,
+        /// Read the password from standard input (one line)
+        #[arg(long)]
+        password_stdin: bool,
+        /// Talk plain HTTP to the registry
+        #[arg(long)]
+        plain_http: bool,
+        /// HOST[:PORT]
+        registry: String,
+    },
+    /// Forget the credential kept for a registry
+    Logout {
+        /// HOST[:PORT]
+        registry: String,
+    },
     /// Give an image another name
     Tag {
         /// NAME:TAG or NAME@DIGEST of an existing image
@@ -190,6 +251,17 @@ impl Cli {
     }
 
     pub fn run(self) -> Result<()> {
+        // Credentials are no business of the store.
+        match &self.command {
+            Command::Login {
+                username,
+                password_stdin,
+                plain_http,
+                registry,
+            } => return commands::login(registry, username.as_deref(), *password_stdin, *plain_http),
+            Command::Logout { registry } => return commands::logout(registry),
+            _ => {}
+        }
         let root = match &self.store {
             Some(s) => s.clone(),
             None => Store::default_root()?,
@@ -259,6 +331,46 @@ impl Cli {
                 print_fsck(&fsck::fsck(&store, &opts)?)
             }
             Command::Tag { source, target } => tag(store.records(), &source, &target),
+            Command::Pull {
+                platform,
+                all_platforms,
+                name,
+                referrers,
+                plain_http,
+                format,
+                refs,
+            } => {
+                let platforms = match (platform, all_platforms) {
+                    (_, true) => Platforms::All,
+                    (Some(p), false) => Platforms::Only(p),
+                    (None, false) => Platforms::This,
+                };
+                let opts = PullOptions {
+                    platforms,
+                    name,
+                    referrers,
+                };
+                commands::pull(&store, &refs, &opts, plain_http, format == Format::Json)
+            }
+            Command::Push {
+                plain_http,
+                referrers,
+                format,
+                source,
+                dest,
+            } => {
+                let images = resolve(store.records(), std::slice::from_ref(&source))?;
+                commands::push(
+                    &store,
+                    &images,
+                    dest.as_deref(),
+                    referrers,
+                    plain_http,
+                    format == Format::Json,
+                )
+            }
+            // Handled before the store is opened.
+            Command::Login { .. } | Command::Logout { .. } => Ok(()),
         }
     }
 }

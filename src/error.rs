@@ -80,6 +80,10 @@ pub enum Error {
     #[error("gc: {} has no image records but the store holds {blobs} blobs (the database was missing or empty when it was opened): nothing was removed; run layoutfs fsck --repair to register the images it finds as lost-found@<digest>, or layoutfs gc --force to remove every unreferenced blob", db.display())]
     NoRecords { db: PathBuf, blobs: u64 },
 
+    /// A registry's refusal or failure, said in one line that names the registry and image.
+    #[error("{0}")]
+    Registry(String),
+
     #[error("{0}")]
     Invalid(String),
 }

@@ -365,6 +365,11 @@ pub trait BlobSource {
     /// The whole content of a present blob of at most `MAX_JSON_SIZE` bytes, verified against
     /// `desc` (size, and digest where the source has not verified it already).
     fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>>;
+    /// The size of the blob `desc` names if it is present: a source that cannot tell a
+    /// blob's size without asking for it (a registry) answers from the descriptor.
+    fn blob_size_of(&self, desc: &Descriptor) -> Result<Option<u64>> {
+        self.blob_size(&desc.digest)
+    }
 }
 
 /// A borrowed source is a source (so a caller can pick one of several at run time).
@@ -376,6 +381,10 @@ impl<T: BlobSource + ?Sized> BlobSource for &T {
     fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         (**self).read_small(desc)
     }
+
+    fn blob_size_of(&self, desc: &Descriptor) -> Result<Option<u64>> {
+        (**self).blob_size_of(desc)
+    }
 }
 
 /// What a walk does with a blob that is not there.
@@ -385,6 +394,9 @@ pub enum OnMissing {
     Fail,
     /// Leave it and its children out (a partial pull of a multi-platform image); damage fails.
     Skip,
+    /// Leave out a manifest an index lists for a platform (one not pulled) and its children;
+    /// anything else missing fails, as damage does.
+    SkipPlatforms,
     /// Go on past what is missing or damaged and say which (images, fsck, gc, the mount's
     /// pending images).
     Report,
@@ -433,13 +445,15 @@ impl Closure {
 
     /// Whether the walk could not tell every blob the image refers to, so gc must not sweep:
     /// an index or manifest is missing, or anything is damaged (a damaged blob is not counted
-    /// as present, and a walk too deep or in a loop stops before the blobs below).
+    /// as present, and a walk too deep or in a loop stops before the blobs below). A platform's
+    /// manifest an index lists is not unknown when it is missing: a single-platform pull leaves
+    /// the others out, as containerd's does, and their blobs belong to no image here.
     pub fn has_unknown_children(&self) -> bool {
         !self.damaged.is_empty()
             || self
                 .missing
                 .iter()
-                .any(|d| kind_of(&d.media_type) != Kind::Leaf)
+                .any(|d| kind_of(&d.media_type) != Kind::Leaf && !is_platform_child(d))
     }
 
     /// One line on the first thing wrong, for messages.
@@ -511,7 +525,7 @@ impl Walker<'_> {
         if !self.seen.insert((desc.digest.clone(), kind)) {
             return Ok(());
         }
-        let size = match self.src.blob_size(&desc.digest) {
+        let size = match self.src.blob_size_of(desc) {
             Ok(Some(size)) => size,
             Ok(None) => return self.missing(desc, referrer),
             Err(e) => return self.damaged(desc, e),
@@ -554,7 +568,12 @@ impl Walker<'_> {
                 .remove(&(desc.digest.clone(), kind_of(&desc.media_type)));
             return Ok(());
         }
-        if self.policy.on_missing == OnMissing::Fail {
+        let skippable = match self.policy.on_missing {
+            OnMissing::Fail => false,
+            OnMissing::SkipPlatforms => is_platform_child(desc),
+            OnMissing::Skip | OnMissing::Report => true,
+        };
+        if !skippable {
             return Err(Error::MissingBlob {
                 digest: desc.digest.clone(),
                 referrer: Some(
@@ -573,6 +592,12 @@ impl Walker<'_> {
         self.out.damaged.push((desc.clone(), e));
         Ok(())
     }
+}
+
+/// Whether `desc` is a manifest an index lists for one platform: a platform left out of a
+/// pull, when it is missing (the only descriptors with a platform are an index's children).
+pub fn is_platform_child(desc: &Descriptor) -> bool {
+    desc.platform.is_some() && kind_of(&desc.media_type) == Kind::Manifest
 }
 
 /// The manifest of `index` (read from `src`) that runs on `platform`; the first match wins.

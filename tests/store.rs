@@ -784,16 +784,16 @@ fn a_database_of_a_newer_schema_is_refused_and_left_as_it_is() {
     drop(open(t.path()));
     let db = t.path().join("store").join("meta.db");
     assert_eq!(
-        edit_db(&db, "DROP TABLE repositories; PRAGMA user_version = 5;"),
-        5
+        edit_db(&db, "DROP TABLE repositories; PRAGMA user_version = 6;"),
+        6
     );
     let e = Records::open(&db).err().expect("a newer schema opened");
-    assert!(e.to_string().contains("newer layoutfs (schema 5)"), "{e}");
+    assert!(e.to_string().contains("newer layoutfs (schema 6)"), "{e}");
     let e = Store::open(&t.path().join("store"))
         .err()
         .expect("a newer store opened");
-    assert!(e.to_string().contains("newer layoutfs (schema 5)"), "{e}");
-    assert_eq!(edit_db(&db, ""), 5);
+    assert!(e.to_string().contains("newer layoutfs (schema 6)"), "{e}");
+    assert_eq!(edit_db(&db, ""), 6);
     assert!(
         !has_repositories_table(&db),
         "a refused database was changed"

@@ -14,6 +14,7 @@ use rusqlite::{
 };
 
 use crate::content::Change;
+use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::oci::{Descriptor, MAX_DESCRIPTOR_SIZE};
 use crate::reference::{check_repository, Reference, ReferenceError};
@@ -23,10 +24,12 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The pause before retrying what SQLite refused as BUSY without waiting.
 const BUSY_RETRY: Duration = Duration::from_millis(5);
 /// Schema version kept in `PRAGMA user_version` (3 added the `state` table, 4 the
-/// `repositories` table).
-const SCHEMA_VERSION: i64 = 4;
+/// `repositories` table, 5 the `origins` table).
+const SCHEMA_VERSION: i64 = 5;
 /// The schema that added the `repositories` table.
 const KEPT_SCHEMA: i64 = 4;
+/// The schema that added the `origins` table.
+const ORIGINS_SCHEMA: i64 = 5;
 /// The `state` row set when `meta.db` was created while `blobs/` already held blobs: the
 /// records were lost (a missing or empty database), so gc must not take every blob for
 /// garbage. Its value is how many blob files there were; `since` when it was set.
@@ -60,6 +63,13 @@ CREATE TABLE IF NOT EXISTS state (
 CREATE TABLE IF NOT EXISTS repositories (
     name    TEXT PRIMARY KEY,
     created INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS origins (
+    digest     TEXT NOT NULL,
+    registry   TEXT NOT NULL,
+    repository TEXT NOT NULL,
+    seen       INTEGER NOT NULL,
+    PRIMARY KEY (digest, registry, repository)
 ) WITHOUT ROWID;
 ";
 
@@ -210,6 +220,8 @@ pub struct Records {
     /// Whether the database has the `repositories` table (schema 4): one of an older version
     /// read on a read-only filesystem, which is never upgraded, has none.
     kept_table: bool,
+    /// Whether the database has the `origins` table (schema 5).
+    origins_table: bool,
 }
 
 impl Records {
@@ -229,6 +241,7 @@ impl Records {
             conn: Mutex::new(conn),
             commits: AtomicI64::new(0),
             kept_table: version >= KEPT_SCHEMA,
+            origins_table: version >= ORIGINS_SCHEMA,
         })
     }
 
@@ -290,6 +303,7 @@ impl Records {
             conn: Mutex::new(conn),
             commits: AtomicI64::new(0),
             kept_table: true,
+            origins_table: true,
         })
     }
 
@@ -384,6 +398,43 @@ impl Records {
                 }
             })
             .collect())
+    }
+
+    /// Notes that `registry` has `digests` in `repository` (pulled from there, or pushed):
+    /// a later push to another repository of that registry mounts them from there. Not an
+    /// image change: the mount's views do not count it.
+    pub fn note_origins(&self, registry: &str, repository: &str, digests: &[Digest]) -> Result<()> {
+        if !self.origins_table {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO origins (digest, registry, repository, seen) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let now = super::now_ms();
+            for d in digests {
+                stmt.execute(rusqlite::params![d.to_string(), registry, repository, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The repositories of `registry` that `digest` was seen in, most recent first.
+    pub fn origins(&self, digest: &Digest, registry: &str) -> Result<Vec<String>> {
+        if !self.origins_table {
+            return Ok(Vec::new());
+        }
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT repository FROM origins WHERE digest = ?1 AND registry = ?2 ORDER BY seen DESC",
+        )?;
+        let repos = stmt
+            .query_map([digest.to_string(), registry.to_owned()], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(repos)
     }
 
     /// Removes the named images, all or none: an unknown name fails the whole call.

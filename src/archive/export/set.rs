@@ -80,6 +80,11 @@ impl Shipment {
         Ok(())
     }
 
+    /// The digest of every blob sent.
+    pub fn digests(&self) -> impl Iterator<Item = &Digest> {
+        self.blobs.keys()
+    }
+
     /// Bytes of blob content sent.
     pub fn blob_bytes(&self) -> u64 {
         self.blobs.values().map(|d| d.size).sum()

@@ -87,6 +87,12 @@ impl<'a> Intake<'a> {
         self.ingester.ingest(digest, Some(size))
     }
 
+    /// Starts or takes up blob `digest` of `size` bytes in an ingest that keeps what it got
+    /// if the copy fails; its `written()` bytes are there already.
+    pub fn resume(&self, digest: &Digest, size: u64) -> Result<Box<dyn Writer + 'a>> {
+        self.start(digest, size) // RESUME: Ingester::resume once the store has it
+    }
+
     /// Commits `w` (checking its size and digest) and counts it if it was placed now.
     pub fn commit(&self, w: Box<dyn Writer + '_>, digest: &Digest, size: u64) -> Result<()> {
         let placed = w.commit()?;

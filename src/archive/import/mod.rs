@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::oci::ImageIndex;
+use crate::oci::{ImageIndex, OnMissing};
 use crate::reference::{check_repository, Reference};
 use crate::store::gc::{remove_unneeded, TakeBack};
 use crate::store::{now_ms, Store};
@@ -118,10 +118,12 @@ pub enum Input<'a> {
         entries: &'a mut dyn Entries,
         format: Box<dyn StreamFormat + 'a>,
     },
-    /// Blobs fetched by digest (a registry), and the images they make.
+    /// Blobs fetched by descriptor (a registry), and the images they make; `on_missing`
+    /// says what a blob the source leaves out means (`SkipPlatforms`: a platform not pulled).
     Blobs {
         index: ImageIndex,
         blobs: &'a dyn Blobs,
+        on_missing: OnMissing,
     },
 }
 
@@ -185,8 +187,13 @@ pub fn import_from(
     let lease = store.lease()?;
     let since_ms = now_ms();
     let intake = Intake::new(store, store, &lease);
-    let result = read(input, &intake)
-        .and_then(|index| register(store, store.records(), &index, repository, label));
+    let on_missing = match &input {
+        Input::Blobs { on_missing, .. } => *on_missing,
+        _ => OnMissing::Fail,
+    };
+    let result = read(input, &intake).and_then(|index| {
+        register(store, store.records(), &index, repository, label, on_missing)
+    });
     let written = intake.into_written();
     let take_back = |placed: &HashSet<Digest>, keep_referrers: bool| {
         let t = TakeBack {
@@ -220,7 +227,7 @@ fn read(input: Input<'_>, intake: &Intake<'_>) -> Result<ImageIndex> {
     match input {
         Input::Tree { tree, format } => {
             let (index, blobs) = format.open(tree)?;
-            pull::pull(&*blobs, &index, intake)?;
+            pull::pull(&*blobs, &index, intake, OnMissing::Fail)?;
             Ok(index)
         }
         Input::Stream {
@@ -230,8 +237,12 @@ fn read(input: Input<'_>, intake: &Intake<'_>) -> Result<ImageIndex> {
             entries.for_each(&mut |entry| format.entry(entry, intake))?;
             format.finish()
         }
-        Input::Blobs { index, blobs } => {
-            pull::pull(blobs, &index, intake)?;
+        Input::Blobs {
+            index,
+            blobs,
+            on_missing,
+        } => {
+            pull::pull(blobs, &index, intake, on_missing)?;
             Ok(index)
         }
     }

@@ -1,7 +1,9 @@
-//! Pulling from a source of blobs by digest (a layout directory read as one; a registry
-//! next): the closure of every listed image is walked from the index, each index and
-//! manifest copied in (verified) as it is met so its children are read from the verified
-//! copy, then the remaining blobs the store lacks are copied on all cores, largest first.
+//! Pulling from a source of blobs by descriptor (a layout directory read as one, a registry):
+//! the closure of every listed image is walked from the index, each index and manifest
+//! copied in (verified) as it is met so its children are read from the verified copy, then
+//! the remaining blobs the store lacks are copied several at once, largest first. A source
+//! that can fail midway (a network) is resumable: its copies go into ingests that keep what
+//! they got, and a copy cut off asks the source for the rest from where it stopped.
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
@@ -16,17 +18,35 @@ use crate::progress::Progress;
 
 use super::intake::Intake;
 
-/// Blobs fetched by digest.
+/// Blobs fetched by descriptor.
 pub trait Blobs: Sync {
-    /// The size of blob `digest`, None when the source does not have it.
-    fn size(&self, digest: &Digest) -> Result<Option<u64>>;
-    /// Opens blob `digest` (`Error::MissingBlob` when the source does not have it), with
-    /// what errors call it.
-    fn open(&self, digest: &Digest) -> Result<(Box<dyn Read + Send + '_>, String)>;
+    /// The size of blob `desc`, None when the source does not have it (or leaves it out).
+    fn size(&self, desc: &Descriptor) -> Result<Option<u64>>;
+    /// Opens blob `desc` from byte `offset` on (`Error::MissingBlob` when the source does not
+    /// have it), with what errors call it.
+    fn open(&self, desc: &Descriptor, offset: u64) -> Result<(Box<dyn Read + Send + '_>, String)>;
+    /// Whether a copy cut off midway is kept for the next try (a network source).
+    fn resumable(&self) -> bool {
+        false
+    }
+    /// What the progress bar calls the copy.
+    fn activity(&self) -> &'static str {
+        "importing"
+    }
+    /// How many blobs are copied at once.
+    fn parallelism(&self) -> usize {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    }
 }
 
-/// Brings the closure of every image `index` lists into the store through `intake`.
-pub fn pull(blobs: &dyn Blobs, index: &ImageIndex, intake: &Intake<'_>) -> Result<()> {
+/// Brings the closure of every image `index` lists into the store through `intake`;
+/// `on_missing` says what a blob the source does not have means.
+pub fn pull(
+    blobs: &dyn Blobs,
+    index: &ImageIndex,
+    intake: &Intake<'_>,
+    on_missing: OnMissing,
+) -> Result<()> {
     // Walk the closure, copying manifests and indexes in as they are met (their children are
     // read from the verified copy) and collecting the other blobs the store lacks.
     let view = Pulling { blobs, intake };
@@ -36,14 +56,14 @@ pub fn pull(blobs: &dyn Blobs, index: &ImageIndex, intake: &Intake<'_>) -> Resul
         if !walked.insert((&d.digest, &d.media_type)) {
             continue;
         }
-        for (digest, desc) in oci::closure(&view, d, OnMissing::Fail)? {
+        for (digest, desc) in oci::closure(&view, d, on_missing)? {
             if !intake.has(&digest)? {
                 wanted.insert(digest, desc);
             }
         }
     }
     let total = wanted.values().map(|d| d.size).sum();
-    let progress = Progress::bytes("importing", Some(total));
+    let progress = Progress::bytes(blobs.activity(), Some(total));
     let mut jobs: Vec<Descriptor> = wanted.into_values().collect();
     jobs.sort_by_key(|d| std::cmp::Reverse(d.size));
     parallel_copy(blobs, intake, jobs, &progress)?;
@@ -58,9 +78,7 @@ fn parallel_copy(
     jobs: Vec<Descriptor>,
     progress: &Progress,
 ) -> Result<()> {
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(jobs.len().max(1));
+    let workers = blobs.parallelism().clamp(1, jobs.len().max(1));
     let queue = Mutex::new(jobs.into_iter());
     let failed = AtomicBool::new(false);
     let first_error = Mutex::new(None);
@@ -94,8 +112,16 @@ fn copy_one(
     desc: &Descriptor,
     progress: &Progress,
 ) -> Result<()> {
-    let (mut r, what) = blobs.open(&desc.digest)?;
-    intake.copy(desc, &mut r, &what, &mut |n| progress.add(n))
+    if !blobs.resumable() {
+        let (mut r, what) = blobs.open(desc, 0)?;
+        return intake.copy(desc, &mut r, &what, &mut |n| progress.add(n));
+    }
+    let mut w = intake.resume(&desc.digest, desc.size)?;
+    let offset = w.written();
+    progress.add(offset);
+    let (mut r, what) = blobs.open(desc, offset)?;
+    w.copy_from(&mut r, &what, &mut |n| progress.add(n))?;
+    intake.commit(w, &desc.digest, desc.size)
 }
 
 /// A source of blobs seen through the store, for the walk: blobs the store has are read
@@ -109,9 +135,14 @@ struct Pulling<'a> {
 impl BlobSource for Pulling<'_> {
     fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
         self.intake.hold(digest)?;
-        match self.intake.size(digest)? {
+        self.intake.size(digest)
+    }
+
+    fn blob_size_of(&self, desc: &Descriptor) -> Result<Option<u64>> {
+        self.intake.hold(&desc.digest)?;
+        match self.intake.size(&desc.digest)? {
             Some(size) => Ok(Some(size)),
-            None => self.blobs.size(digest),
+            None => self.blobs.size(desc),
         }
     }
 

@@ -18,7 +18,8 @@ use crate::reference::{check_repository, check_tag, Reference};
 pub type Images = Vec<(Reference, Descriptor)>;
 
 /// Names the images of `index` and registers them in `catalog`, all at once, once the
-/// closure of each is in `blobs` and sound; returns them and every blob they reach. `label`
+/// closure of each is in `blobs` and sound (`on_missing`: `Fail`, or `SkipPlatforms` for a
+/// pull of some platforms of an index); returns them and every blob they reach. `label`
 /// names the source in errors.
 pub fn register(
     blobs: &dyn BlobSource,
@@ -26,6 +27,7 @@ pub fn register(
     index: &ImageIndex,
     repository: Option<&str>,
     label: &str,
+    on_missing: OnMissing,
 ) -> Result<(Images, HashSet<Digest>)> {
     let images = name_images(index, repository, label)?;
     // Each target once, however many names it has.
@@ -33,7 +35,7 @@ pub fn register(
     let mut walked = HashSet::new();
     for (_, target) in &images {
         if walked.insert((&target.digest, &target.media_type)) {
-            reached.extend(oci::closure(blobs, target, OnMissing::Fail)?.into_keys());
+            reached.extend(oci::closure(blobs, target, on_missing)?.into_keys());
         }
     }
     catalog.update(&images, &[])?;

@@ -8,7 +8,7 @@ use std::io::{self, Read};
 
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::oci::{self, ImageIndex, MAX_INDEX_JSON_SIZE, MAX_JSON_SIZE};
+use crate::oci::{self, Descriptor, ImageIndex, MAX_INDEX_JSON_SIZE, MAX_JSON_SIZE};
 
 use super::super::intake::Intake;
 use super::super::pull::Blobs;
@@ -44,16 +44,23 @@ struct LayoutBlobs<'t> {
 }
 
 impl Blobs for LayoutBlobs<'_> {
-    fn size(&self, digest: &Digest) -> Result<Option<u64>> {
-        self.tree.size(&digest.blob_path())
+    fn size(&self, desc: &Descriptor) -> Result<Option<u64>> {
+        self.tree.size(&desc.digest.blob_path())
     }
 
-    fn open(&self, digest: &Digest) -> Result<(Box<dyn Read + Send + '_>, String)> {
-        let path = digest.blob_path();
+    fn open(&self, desc: &Descriptor, offset: u64) -> Result<(Box<dyn Read + Send + '_>, String)> {
+        let path = desc.digest.blob_path();
         match self.tree.open(&path)? {
-            Some(r) => Ok((r, self.tree.locate(&path))),
+            Some(mut r) => {
+                // A tree's file is read from its start: an offset skips that many bytes.
+                if offset > 0 {
+                    std::io::copy(&mut (&mut r).take(offset), &mut std::io::sink())
+                        .map_err(|e| Error::io(self.tree.locate(&path), e))?;
+                }
+                Ok((r, self.tree.locate(&path)))
+            }
             None => Err(Error::MissingBlob {
-                digest: digest.clone(),
+                digest: desc.digest.clone(),
                 referrer: None,
             }),
         }
