@@ -13,6 +13,7 @@ pub mod layout;
 pub mod oci;
 pub mod progress;
 pub mod reference;
+pub mod registry;
 pub mod store;
 
 pub use error::{Error, Result};

@@ -1,0 +1,3 @@
+//! Registries (being written).
+
+pub mod name;
