@@ -1,3 +1,4 @@
 //! Registries (being written).
 
+pub mod auth;
 pub mod name;
