@@ -144,12 +144,12 @@ impl Remote {
             None => (RegistryAuth::Anonymous, None),
             Some((Credential::Basic { user, password }, from)) => (
                 RegistryAuth::Basic(user.clone(), password),
-                Some((user, from.display().to_string())),
+                Some((user, from.to_string())),
             ),
             Some((Credential::IdentityToken(_), from)) => {
                 return Err(Error::Registry(format!(
                     "{registry}: the credential in {} is an identity token, which layoutfs cannot use: run layoutfs login {registry}",
-                    from.display()
+                    from
                 )))
             }
         };

@@ -114,10 +114,10 @@ pub fn login(registry: &str, user: &str, password: &str, net: &Options) -> Resul
     )?;
     remote.check_login(user, password)?;
     let to = auth::store(&net.places, registry, user, password)?;
-    Ok(to.display().to_string())
+    Ok(to.to_string())
 }
 
 /// Forgets the credential kept for `registry`; returns where it was.
 pub fn logout(registry: &str, net: &Options) -> Result<Vec<String>> {
-    auth::erase(&net.places, registry)
+    Ok(auth::erase(&net.places, registry)?.iter().map(ToString::to_string).collect())
 }
