@@ -362,6 +362,69 @@ fn proxy_passes_pulls_and_pushes_through_and_logs_them() {
     );
     let m = r.manifest("p/copy", "1");
     assert_eq!(m.header("docker-content-digest"), Some(img.digest.as_str()));
+
+    // An upload by hand: POST, a chunked PATCH, then PUT, each at the Location before.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let file = s.path().join("chunk");
+    std::fs::write(&file, &data).unwrap();
+    use sha2::Digest as _;
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&data));
+    let post = curl(&[
+        "-i",
+        "-X",
+        "POST",
+        &format!("http://{}/v2/p/up/blobs/uploads/", p.host),
+    ]);
+    let post = ok(&post);
+    let loc = post
+        .lines()
+        .find_map(|l| l.strip_prefix("Location: "))
+        .unwrap_or_else(|| panic!("{post}"))
+        .trim()
+        .to_owned();
+    assert!(
+        loc.starts_with(&format!("http://{}/", p.host)),
+        "Location not rewritten: {loc}"
+    );
+    let patch = curl(&[
+        "-i",
+        "-X",
+        "PATCH",
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-H",
+        "Content-Type: application/octet-stream",
+        "--data-binary",
+        &format!("@{}", file.display()),
+        &loc,
+    ]);
+    let text = ok(&patch);
+    assert!(text.starts_with("HTTP/1.1 202"), "{text}");
+    assert!(text.contains("Range: 0-299999"), "{text}");
+    let loc = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Location: "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let put = format!("{loc}&digest={digest}");
+    assert_eq!(http_code(&["-X", "PUT", &put]), 201);
+    // Keep-alive: a second request on the same connection (no new connect).
+    let v2 = format!("http://{}/v2/", p.host);
+    let two = curl(&[
+        "-o",
+        "/dev/null",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}/%{num_connects} ",
+        &v2,
+        &v2,
+    ]);
+    assert_eq!(ok(&two).trim(), "200/1 200/0");
+    let got = r.get(&format!("/v2/p/up/blobs/{digest}"));
+    assert_eq!(got.status, 200);
+    assert!(got.body == data, "uploaded bytes differ");
 }
 
 #[test]
@@ -479,6 +542,28 @@ fn proxy_faults_corrupt_truncate_status_stall_serve() {
         faults,
         ["corrupt", "corrupt", "truncate", "status", "stall", "serve"]
     );
+
+    // A stalled answer ends when the proxy is dropped: curl sees a short body (exit 18).
+    p.add("GET", &big, Fault::Stall { after: 100 }, None);
+    let child = Command::new("curl")
+        .args([
+            "-s",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            &blob_url,
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    drop(p);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(18));
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
 }
 
 #[test]

@@ -601,7 +601,7 @@ fn answer(
         Some(Fault::Status { code, retry_after }) => {
             entry.status = *code;
             let err = serde_json::json!({"errors": [{
-                "code": if *code == 429 { "TOOMANYREQUESTS" } else { "UNAVAILABLE" },
+                "code": match code { 429 => "TOOMANYREQUESTS", 503 => "UNAVAILABLE", 401 => "UNAUTHORIZED", 404 => "NOT_FOUND", _ => "UNKNOWN" },
                 "message": format!("injected by the test proxy: {code}"),
             }]})
             .to_string();
