@@ -11,6 +11,7 @@ use common::registry::{
     MEDIA_OCI_MANIFEST, PASSWORD, REFERRER_ARTIFACT_TYPE, USER,
 };
 use common::require;
+use common::tokensrv::TokenServer;
 
 fn scratch() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -592,4 +593,76 @@ fn redirect_to_another_host_drops_credentials() {
     let v2 = format!("http://{}/v2/", p.host);
     assert_eq!(http_code(&["-u", &format!("{USER}:{PASSWORD}"), &v2]), 200);
     assert_eq!(http_code(&[&v2]), 401);
+}
+
+/// The claims of a JWT (not verified: the registry tests verify).
+fn jwt_claims(jwt: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = jwt.split('.').nth(1).unwrap();
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .unwrap();
+    serde_json::from_slice(&raw).unwrap()
+}
+
+#[test]
+fn token_server_grants_what_is_asked_to_alice_and_pull_to_anyone() {
+    let s = scratch();
+    let t = TokenServer::start(&s.path().join("tok"));
+    let url = format!(
+        "http://{}/token?service=test-registry&scope=repository%3Aa%2Fb%3Apull%2Cpush&scope=repository:c:pull+repository:d:push",
+        t.host
+    );
+    let access = |out: &Output| {
+        let v: serde_json::Value = serde_json::from_str(&ok(out)).unwrap();
+        assert_eq!(v["token"], v["access_token"]);
+        assert_eq!(v["expires_in"], 300);
+        let issued = v["issued_at"].as_str().unwrap();
+        assert!(issued.len() == 20 && issued.ends_with('Z'), "{issued}");
+        let c = jwt_claims(v["token"].as_str().unwrap());
+        assert_eq!(c["aud"], "test-registry");
+        assert_eq!(c["iss"], "test-issuer");
+        c["access"].clone()
+    };
+    let alice = access(&curl(&["-u", "alice:secret", &url]));
+    assert_eq!(
+        alice,
+        serde_json::json!([
+            {"type": "repository", "name": "a/b", "actions": ["pull", "push"]},
+            {"type": "repository", "name": "c", "actions": ["pull"]},
+            {"type": "repository", "name": "d", "actions": ["push"]},
+        ])
+    );
+    let anon = access(&curl(&[&url]));
+    assert_eq!(
+        anon,
+        serde_json::json!([
+            {"type": "repository", "name": "a/b", "actions": ["pull"]},
+            {"type": "repository", "name": "c", "actions": ["pull"]},
+            {"type": "repository", "name": "d", "actions": []},
+        ])
+    );
+    let wrong = curl(&["-i", "-u", "alice:wrong", &url]);
+    let text = ok(&wrong);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+    assert!(text.ends_with(r#"{"details":"bad credentials"}"#), "{text}");
+    let other = format!("http://{}/other", t.host);
+    assert_eq!(http_code(&[&other]), 404);
+    let log: Vec<_> = t
+        .requests()
+        .iter()
+        .map(|q| (q.basic, q.user.clone(), q.status))
+        .collect();
+    assert_eq!(
+        log,
+        [
+            (true, Some("alice".to_owned()), 200),
+            (false, None, 200),
+            (true, Some("alice".to_owned()), 401),
+            (false, None, 404),
+        ]
+    );
+    assert!(t.requests()[0]
+        .path
+        .starts_with("/token?service=test-registry&scope="));
 }
