@@ -8,6 +8,9 @@ pub mod gen;
 pub mod layout_dir;
 pub mod memory;
 pub mod mount;
+pub mod proxy;
+pub mod registry;
+pub mod tokensrv;
 pub mod user;
 pub mod writers_support;
 
