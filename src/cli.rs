@@ -146,7 +146,11 @@ pub enum Command {
     /// on docker.io, as docker reads it) and print the names stored
     Pull {
         /// Pull this platform of an index [default: this machine's]
-        #[arg(long, value_name = "OS/ARCH[/VARIANT]", conflicts_with = "all_platforms")]
+        #[arg(
+            long,
+            value_name = "OS/ARCH[/VARIANT]",
+            conflicts_with = "all_platforms"
+        )]
         platform: Option<PlatformSpec>,
         /// Pull every platform of an index
         #[arg(long)]
@@ -258,7 +262,9 @@ impl Cli {
                 password_stdin,
                 plain_http,
                 registry,
-            } => return commands::login(registry, username.as_deref(), *password_stdin, *plain_http),
+            } => {
+                return commands::login(registry, username.as_deref(), *password_stdin, *plain_http)
+            }
             Command::Logout { registry } => return commands::logout(registry),
             _ => {}
         }

@@ -22,7 +22,7 @@ use layoutfs::content::Provider;
 use layoutfs::digest::{Algorithm, Digest};
 use layoutfs::error::{Error, Result};
 use layoutfs::layout;
-use layoutfs::oci::{self, BlobSource, Descriptor, ImageIndex, Kind};
+use layoutfs::oci::{self, BlobSource, Descriptor, ImageIndex, Kind, OnMissing};
 use layoutfs::store::Store;
 
 /// A layout with nesting: `nested` is an index over an index (two platforms) and a third
@@ -260,17 +260,21 @@ struct MemBlobs {
 }
 
 impl Blobs for MemBlobs {
-    fn size(&self, digest: &Digest) -> Result<Option<u64>> {
-        Ok(self.blobs.get(digest).map(|b| b.len() as u64))
+    fn size(&self, desc: &Descriptor) -> Result<Option<u64>> {
+        Ok(self.blobs.get(&desc.digest).map(|b| b.len() as u64))
     }
 
-    fn open(&self, digest: &Digest) -> Result<(Box<dyn Read + Send + '_>, String)> {
+    fn open(&self, desc: &Descriptor, offset: u64) -> Result<(Box<dyn Read + Send + '_>, String)> {
+        let digest = &desc.digest;
         self.opened.lock().unwrap().push(digest.clone());
         let bytes = self.blobs.get(digest).ok_or_else(|| Error::MissingBlob {
             digest: digest.clone(),
             referrer: None,
         })?;
-        Ok((Box::new(&bytes[..]), format!("memory blob {digest}")))
+        Ok((
+            Box::new(&bytes[offset as usize..]),
+            format!("memory blob {digest}"),
+        ))
     }
 }
 
@@ -294,6 +298,7 @@ fn blobs_by_digest_are_pulled_once_each_through_the_blobs_seam() {
     let input = Input::Blobs {
         index,
         blobs: &source,
+        on_missing: OnMissing::Fail,
     };
     import_from(&store, input, "registry", Some("reg")).unwrap();
     assert_eq!(names(&store), ["reg:nested", "reg:plain"]);

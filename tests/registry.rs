@@ -69,7 +69,10 @@ fn blobs_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 
 /// The store's images exported and unpacked in `dir`.
 fn export_to(env: &Env, name: &str, dir: &Path) {
-    let tar = env.path(&format!("{}.tar", dir.file_name().unwrap().to_string_lossy()));
+    let tar = env.path(&format!(
+        "{}.tar",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
     env.ok(&["export", "-o", tar.to_str().unwrap(), name]);
     fs::create_dir_all(dir).unwrap();
     sh(Command::new("tar").arg("-C").arg(dir).arg("-xf").arg(&tar));
@@ -88,10 +91,18 @@ fn pulls_of_oci_docker_and_zstd_images_match_skopeo_blob_for_blob() {
     ];
     for s in &seeds {
         let out = lf_ok(&env, Some(&reg), &["pull", &s.reference]);
-        assert_eq!(out.trim(), s.reference, "the stored name is the full reference");
+        assert_eq!(
+            out.trim(),
+            s.reference,
+            "the stored name is the full reference"
+        );
         let images = env.images();
         let (_, digest) = images.iter().find(|(n, _)| n == &s.reference).unwrap();
-        assert_eq!(digest, &s.digest, "{}: the digest the registry serves", s.reference);
+        assert_eq!(
+            digest, &s.digest,
+            "{}: the digest the registry serves",
+            s.reference
+        );
         // What skopeo copies out of the registry, blob for blob (digests preserved: skopeo
         // would convert a docker schema 2 manifest for an OCI layout).
         let theirs = env.path(&format!("skopeo-{}", s.repo));
@@ -143,21 +154,36 @@ fn an_index_is_pulled_for_this_platform_one_asked_for_or_all() {
     assert!(has(amd64));
     let json: serde_json::Value =
         serde_json::from_str(&env.ok(&["images", "--format", "json"])).unwrap();
-    assert_eq!(json[0]["missing"], 1, "images says what was left out: {json}");
+    assert_eq!(
+        json[0]["missing"], 1,
+        "images says what was left out: {json}"
+    );
     // Another platform, into another store.
     let env2 = Env::new();
-    lf_ok(&env2, Some(&reg), &["pull", "--platform", "linux/arm64", &s.reference]);
+    lf_ok(
+        &env2,
+        Some(&reg),
+        &["pull", "--platform", "linux/arm64", &s.reference],
+    );
     let has2 = |d: &str| env2.store.join("blobs/sha256").join(&d[7..]).exists();
     assert!(has2(arm64) && !has2(amd64));
     // All of them: exported, the index is complete.
     let env3 = Env::new();
-    lf_ok(&env3, Some(&reg), &["pull", "--all-platforms", &s.reference]);
+    lf_ok(
+        &env3,
+        Some(&reg),
+        &["pull", "--all-platforms", &s.reference],
+    );
     let has3 = |d: &str| env3.store.join("blobs/sha256").join(&d[7..]).exists();
     assert!(has3(arm64) && has3(amd64));
     export_to(&env3, &s.reference, &env3.path("out"));
     // A platform the index does not have: a clear error, nothing stored.
     let env4 = Env::new();
-    let out = lf(&env4, Some(&reg), &["pull", "--platform", "linux/s390x", &s.reference]);
+    let out = lf(
+        &env4,
+        Some(&reg),
+        &["pull", "--platform", "linux/s390x", &s.reference],
+    );
     assert!(!out.status.success());
     let e = stderr(&out);
     assert!(
@@ -191,7 +217,17 @@ fn a_second_pull_fetches_no_blob_and_a_second_push_uploads_nothing() {
     // Push to a new repository of the same registry: the blobs were pulled from x, so the
     // registry mounts them; a second push finds them all there.
     proxy.clear_log();
-    let out = lf_ok(&env, None, &["push", "--format", "json", &via, &format!("{}/y:2", proxy.host)]);
+    let out = lf_ok(
+        &env,
+        None,
+        &[
+            "push",
+            "--format",
+            "json",
+            &via,
+            &format!("{}/y:2", proxy.host),
+        ],
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["mounted"], s.blobs.len(), "{v}");
     assert_eq!(v["uploaded"], 0, "{v}");
@@ -199,7 +235,17 @@ fn a_second_pull_fetches_no_blob_and_a_second_push_uploads_nothing() {
         .requests()
         .iter()
         .any(|r| r.method == "POST" && r.path.contains("mount=")));
-    let out = lf_ok(&env, None, &["push", "--format", "json", &via, &format!("{}/y:2", proxy.host)]);
+    let out = lf_ok(
+        &env,
+        None,
+        &[
+            "push",
+            "--format",
+            "json",
+            &via,
+            &format!("{}/y:2", proxy.host),
+        ],
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["present"], s.blobs.len(), "{v}");
     assert_eq!(v["uploaded"], 0, "{v}");
@@ -240,7 +286,11 @@ fn a_pushed_image_is_read_back_by_skopeo_and_containerd() {
     // A name without a registry host cannot go anywhere by default.
     let out = lf(&env, Some(&reg), &["push", "local:base"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("no registry host"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no registry host"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -293,7 +343,11 @@ fn tls_works_with_the_registry_ca_and_without_it_the_error_names_the_host() {
     isolated(&env2, None, &mut c);
     let out = c.env("LAYOUTFS_CERTS_D", &bad).output().unwrap();
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("ca.crt: not a PEM certificate"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("ca.crt: not a PEM certificate"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -313,11 +367,19 @@ fn basic_auth_needs_a_login_and_refuses_a_wrong_password() {
     assert_eq!(e.lines().count(), 1, "{e}");
     let out = login(&env, &reg, "wrong");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("wrong user name or password"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrong user name or password"),
+        "{}",
+        stderr(&out)
+    );
     let out = login(&env, &reg, PASSWORD);
     assert!(out.status.success(), "{}", stderr(&out));
     lf_ok(&env, Some(&reg), &["pull", &s.reference]);
-    lf_ok(&env, Some(&reg), &["push", &s.reference, &format!("{}/mine:1", reg.host)]);
+    lf_ok(
+        &env,
+        Some(&reg),
+        &["push", &s.reference, &format!("{}/mine:1", reg.host)],
+    );
     assert_eq!(reg.skopeo_raw("mine:1"), reg.skopeo_raw("private:1"));
     // A credential that became wrong is named as such.
     let cfg = env.path("home/.docker/config.json");
@@ -328,7 +390,11 @@ fn basic_auth_needs_a_login_and_refuses_a_wrong_password() {
     fs::write(&cfg, text.replace(&good, &bad)).unwrap();
     let out = lf(&env, Some(&reg), &["pull", &s.reference]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("refused the credential of alice"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused the credential of alice"),
+        "{}",
+        stderr(&out)
+    );
     let mut c = env.cmd(&["logout", &reg.host]);
     isolated(&env, Some(&reg), &mut c);
     assert!(c.output().unwrap().status.success());
@@ -347,11 +413,19 @@ fn token_auth_pulls_and_pushes_after_login() {
     let s = reg.seed_oci(&scratch, "tok:1");
     let out = login(&env, &reg, "wrong");
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("wrong user name or password"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wrong user name or password"),
+        "{}",
+        stderr(&out)
+    );
     let out = login(&env, &reg, PASSWORD);
     assert!(out.status.success(), "{}", stderr(&out));
     lf_ok(&env, Some(&reg), &["pull", &s.reference]);
-    lf_ok(&env, Some(&reg), &["push", &s.reference, &format!("{}/tok2:1", reg.host)]);
+    lf_ok(
+        &env,
+        Some(&reg),
+        &["push", &s.reference, &format!("{}/tok2:1", reg.host)],
+    );
     assert_eq!(reg.skopeo_raw("tok2:1"), reg.skopeo_raw("tok:1"));
 }
 
@@ -374,20 +448,28 @@ fn referrers_are_pulled_and_pushed_with_their_subject() {
     lf_ok(
         &env,
         Some(&reg),
-        &["push", "--referrers", &s.reference, &format!("{}/copy:1", reg.host)],
+        &[
+            "push",
+            "--referrers",
+            &s.reference,
+            &format!("{}/copy:1", reg.host),
+        ],
     );
     let tag = common::registry::referrers_tag(&s.digest);
     let index = reg.manifest("copy", &tag);
-    assert_eq!(index.status, 200, "{}", String::from_utf8_lossy(&index.body));
-    let listed: Vec<&str> = index.json()["manifests"]
+    assert_eq!(
+        index.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&index.body)
+    );
+    let listed: Vec<String> = index.json()["manifests"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|m| m["digest"].as_str().unwrap())
-        .collect::<Vec<_>>()
-        .into_iter()
+        .map(|m| m["digest"].as_str().unwrap().to_owned())
         .collect();
-    assert!(listed.contains(&referrer.as_str()), "{listed:?}");
+    assert!(listed.contains(&referrer), "{listed:?}");
 }
 
 #[test]
@@ -398,8 +480,16 @@ fn names_on_the_command_line_are_read_as_docker_reads_them() {
     fs::create_dir_all(&scratch).unwrap();
     let s = reg.seed_oci(&scratch, "library/app:7");
     // --name as a repository takes the reference's tag; as a full name, is used as given.
-    lf_ok(&env, Some(&reg), &["pull", "--name", "mine/app", &s.reference]);
-    lf_ok(&env, Some(&reg), &["pull", "--name", "other:v", &s.reference]);
+    lf_ok(
+        &env,
+        Some(&reg),
+        &["pull", "--name", "mine/app", &s.reference],
+    );
+    lf_ok(
+        &env,
+        Some(&reg),
+        &["pull", "--name", "other:v", &s.reference],
+    );
     let by_digest = format!("{}/library/app@{}", reg.host, s.digest);
     lf_ok(&env, Some(&reg), &["pull", &by_digest]);
     let names: Vec<String> = env.images().into_iter().map(|(n, _)| n).collect();
@@ -409,7 +499,11 @@ fn names_on_the_command_line_are_read_as_docker_reads_them() {
     // A bad reference is one line naming it, before any connection.
     let out = lf(&env, None, &["pull", "Host.example/Upper"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("Host.example/Upper"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Host.example/Upper"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

@@ -74,8 +74,16 @@ fn an_unknown_repository_or_tag_is_not_found() {
     let env = Env::new();
     let reg = Registry::plain();
     seeded(&env, &reg, "there:1");
-    fails(&env, &["pull", &format!("{}/there:2", reg.host)], &["there:2", "not found"]);
-    fails(&env, &["pull", &format!("{}/nowhere:1", reg.host)], &["nowhere:1", "not found"]);
+    fails(
+        &env,
+        &["pull", &format!("{}/there:2", reg.host)],
+        &["there:2", "not found"],
+    );
+    fails(
+        &env,
+        &["pull", &format!("{}/nowhere:1", reg.host)],
+        &["nowhere:1", "not found"],
+    );
 }
 
 #[test]
@@ -107,7 +115,12 @@ fn a_truncated_body_is_resumed_with_a_range_request() {
     let proxy = Proxy::start(&reg.host);
     let (layer, size) = big_layer(&s);
     let cut = size / 3;
-    proxy.add("GET", &format!("/blobs/{layer}"), Fault::Truncate(cut), Some(1));
+    proxy.add(
+        "GET",
+        &format!("/blobs/{layer}"),
+        Fault::Truncate(cut),
+        Some(1),
+    );
     let out = run(&env, &["pull", &format!("{}/x:1", proxy.host)]);
     assert!(out.status.success(), "{}", stderr(&out));
     let gets: Vec<_> = proxy
@@ -116,7 +129,11 @@ fn a_truncated_body_is_resumed_with_a_range_request() {
         .filter(|r| r.method == "GET" && r.path.contains(&layer))
         .collect();
     assert_eq!(gets.len(), 2, "{gets:?}");
-    assert_eq!(gets[1].range.as_deref(), Some(&*format!("bytes={cut}-")), "{gets:?}");
+    assert_eq!(
+        gets[1].range.as_deref(),
+        Some(&*format!("bytes={cut}-")),
+        "{gets:?}"
+    );
     common::fsck_clean(&env);
 }
 
@@ -135,19 +152,31 @@ fn busy_answers_are_retried() {
     proxy.add("GET", &format!("/blobs/{layer}"), busy(503), Some(2));
     let out = run(&env, &["pull", &format!("{}/x:1", proxy.host)]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let faults = proxy.requests().iter().filter(|r| r.fault.is_some()).count();
+    let faults = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.fault.is_some())
+        .count();
     assert_eq!(faults, 4);
     // A push retried too: the upload's first PUT answered 503.
     proxy.add("PUT", "/blobs/uploads/", busy(503), Some(1));
     let out = run(
         &env,
-        &["push", &format!("{}/x:1", proxy.host), &format!("{}/y:1", reg.host)],
+        &[
+            "push",
+            &format!("{}/x:1", proxy.host),
+            &format!("{}/y:1", reg.host),
+        ],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     // Busy for good: the error says so, after the tries.
     proxy.add("GET", "/manifests/2", busy(503), None);
     let env2 = Env::new();
-    fails(&env2, &["pull", &format!("{}/x:2", proxy.host)], &["503", "tries"]);
+    fails(
+        &env2,
+        &["pull", &format!("{}/x:2", proxy.host)],
+        &["503", "tries"],
+    );
 }
 
 #[test]
@@ -169,7 +198,11 @@ fn oversized_and_schema_1_manifests_are_refused() {
         },
         None,
     );
-    fails(&env, &["pull", &format!("{}/x:big", proxy.host)], &["x:big", "limit"]);
+    fails(
+        &env,
+        &["pull", &format!("{}/x:big", proxy.host)],
+        &["x:big", "limit"],
+    );
     let schema1 = br#"{"schemaVersion":1,"name":"x","tag":"old","architecture":"amd64","fsLayers":[],"history":[],"signatures":[]}"#;
     proxy.add(
         "GET",
@@ -181,7 +214,11 @@ fn oversized_and_schema_1_manifests_are_refused() {
         },
         None,
     );
-    fails(&env, &["pull", &format!("{}/x:old", proxy.host)], &["x:old", "schema 1"]);
+    fails(
+        &env,
+        &["pull", &format!("{}/x:old", proxy.host)],
+        &["x:old", "schema 1"],
+    );
 }
 
 #[test]
@@ -202,7 +239,10 @@ fn a_redirect_to_another_host_gets_no_credential() {
         Fault::RedirectTo(recorder.host.clone()),
         None,
     );
-    let mut c = cmd(&env, &["login", "-u", USER, "--password-stdin", &proxy.host]);
+    let mut c = cmd(
+        &env,
+        &["login", "-u", USER, "--password-stdin", &proxy.host],
+    );
     let mut child = c.stdin(Stdio::piped()).spawn().unwrap();
     use std::io::Write;
     writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
@@ -272,7 +312,12 @@ fn a_pull_killed_midway_is_resumed_by_the_next() {
     let proxy = Proxy::start(&reg.host);
     let (layer, _) = big_layer(&s);
     let stall = 8 << 20;
-    proxy.add("GET", &format!("/blobs/{layer}"), Fault::Stall { after: stall }, Some(1));
+    proxy.add(
+        "GET",
+        &format!("/blobs/{layer}"),
+        Fault::Stall { after: stall },
+        Some(1),
+    );
     let reference = format!("{}/big:1", proxy.host);
     let mut child = pull_until_stalled(&env, &reference, stall);
     child.kill().unwrap();
@@ -296,7 +341,12 @@ fn a_registry_killed_midway_fails_the_pull_and_the_next_resumes() {
     let proxy = Proxy::start(&reg.host);
     let (layer, _) = big_layer(&s);
     let stall = 8 << 20;
-    proxy.add("GET", &format!("/blobs/{layer}"), Fault::Stall { after: stall }, Some(1));
+    proxy.add(
+        "GET",
+        &format!("/blobs/{layer}"),
+        Fault::Stall { after: stall },
+        Some(1),
+    );
     let child = pull_until_stalled(&env, &format!("{}/big:1", proxy.host), stall);
     // The registry dies, and with it every connection to it.
     reg.stop();

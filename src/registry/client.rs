@@ -382,12 +382,10 @@ impl Remote {
                             | OciErrorCode::BlobUnknown
                     )
                 });
-                let denied = envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        OciErrorCode::Denied | OciErrorCode::Unauthorized
-                    )
-                });
+                let denied = envelope
+                    .errors
+                    .iter()
+                    .any(|e| matches!(e.code, OciErrorCode::Denied | OciErrorCode::Unauthorized));
                 let said = envelope
                     .errors
                     .iter()
@@ -418,7 +416,11 @@ impl Remote {
                     404 => Failure::fatal(format!("{what}: not found in {host}")),
                     408 | 429 | 500..=599 => Failure::transient(format!(
                         "{what}: {host} answered {code}{}",
-                        if said.is_empty() { String::new() } else { format!(" ({said})") }
+                        if said.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({said})")
+                        }
                     )),
                     _ => Failure::fatal(format!("{what}: {host} answered {code} ({said})")),
                 }
@@ -453,7 +455,9 @@ impl Remote {
         let host = &self.registry;
         let url = format!("{}://{}/v2/", self.scheme, self.wire);
         let what = format!("login to {host}");
-        let fail = |e: reqwest::Error| Error::from(self.failure(&what, OciDistributionError::RequestError(e)));
+        let fail = |e: reqwest::Error| {
+            Error::from(self.failure(&what, OciDistributionError::RequestError(e)))
+        };
         let refused = || {
             Error::Registry(format!(
                 "{host}: login failed for {user}: wrong user name or password"
@@ -540,7 +544,9 @@ fn check_status(s: StatusCode, what: &str) -> Result<()> {
     if s.is_success() {
         Ok(())
     } else {
-        Err(Error::Registry(format!("{what}: the registry answered {s}")))
+        Err(Error::Registry(format!(
+            "{what}: the registry answered {s}"
+        )))
     }
 }
 
@@ -550,7 +556,11 @@ fn parse_challenge(h: &str) -> (String, HashMap<String, String>) {
     let mut params = HashMap::new();
     let mut rest = rest.trim();
     while let Some((key, after)) = rest.split_once('=') {
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let after = after.trim_start();
         let (value, next) = match after.strip_prefix('"') {
             Some(q) => match q.split_once('"') {
@@ -578,7 +588,10 @@ fn find_source<'a, T: std::error::Error + 'static>(
             return Some(t);
         }
         // An io::Error's source is its inner error's source, not the inner error: step in.
-        cur = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        cur = match err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             Some(inner) => Some(inner),
             None => err.source(),
         };
@@ -694,11 +707,7 @@ fn http_client(roots: &[(PathBuf, Vec<u8>)], timeout: Option<Duration>) -> Resul
 /// Whether a loopback registry speaks TLS: HTTPS when it does (verified as any other: a
 /// certificate it cannot prove is an error, never a silent fallback), HTTP when its answer
 /// is not TLS at all.
-fn probe_scheme(
-    registry: &str,
-    wire: &str,
-    roots: &[(PathBuf, Vec<u8>)],
-) -> Result<&'static str> {
+fn probe_scheme(registry: &str, wire: &str, roots: &[(PathBuf, Vec<u8>)]) -> Result<&'static str> {
     let client = http_client(roots, Some(PROBE_TIMEOUT))?;
     let url = format!("https://{wire}/v2/");
     let res = super::runtime::block_on(async { client.get(&url).send().await })?;

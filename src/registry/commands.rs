@@ -98,11 +98,17 @@ pub fn push(
 
 /// Whether a reference as written has a tag or a digest (a `:` after its last `/`, or `@`).
 fn names_one_image(r: &str) -> bool {
-    r.contains('@') || r.rsplit('/').next().is_some_and(|last| last.contains(':')) && r.contains('/')
+    r.contains('@')
+        || r.rsplit('/').next().is_some_and(|last| last.contains(':')) && r.contains('/')
 }
 
 /// `layoutfs login`: checks the credential, keeps it, says where.
-pub fn login(registry: &str, user: Option<&str>, password_stdin: bool, plain_http: bool) -> Result<()> {
+pub fn login(
+    registry: &str,
+    user: Option<&str>,
+    password_stdin: bool,
+    plain_http: bool,
+) -> Result<()> {
     let registry = registry_host(registry)?;
     let stdin = std::io::stdin();
     let user = match user {
@@ -142,7 +148,10 @@ pub fn logout(registry: &str) -> Result<()> {
     if from.is_empty() {
         return Err(Error::Invalid(format!("not logged in to {registry}")));
     }
-    eprintln!("Removed the credential for {registry} from {}", from.join(", "));
+    eprintln!(
+        "Removed the credential for {registry} from {}",
+        from.join(", ")
+    );
     Ok(())
 }
 

@@ -7,10 +7,10 @@
 
 pub mod auth;
 pub mod client;
+pub mod commands;
 pub mod name;
 pub mod pull;
 pub mod push;
-pub mod commands;
 mod runtime;
 
 use std::sync::Arc;
@@ -119,5 +119,8 @@ pub fn login(registry: &str, user: &str, password: &str, net: &Options) -> Resul
 
 /// Forgets the credential kept for `registry`; returns where it was.
 pub fn logout(registry: &str, net: &Options) -> Result<Vec<String>> {
-    Ok(auth::erase(&net.places, registry)?.iter().map(ToString::to_string).collect())
+    Ok(auth::erase(&net.places, registry)?
+        .iter()
+        .map(ToString::to_string)
+        .collect())
 }

@@ -68,7 +68,12 @@ pub struct Pulled {
 }
 
 /// Pulls `rref` from `remote` into `store`.
-pub fn pull(store: &Store, remote: &Remote, rref: &RemoteRef, opts: &PullOptions) -> Result<Pulled> {
+pub fn pull(
+    store: &Store,
+    remote: &Remote,
+    rref: &RemoteRef,
+    opts: &PullOptions,
+) -> Result<Pulled> {
     remote.authorize(rref.repository(), false)?;
     let (top, bytes) = resolve(remote, rref)?;
     let name = stored_name(rref, opts.name.as_deref(), &top.digest)?;
@@ -377,7 +382,9 @@ impl Blobs for RegistryBlobs<'_> {
         let label = self.label(desc);
         if oci::kind_of(&desc.media_type) != Kind::Leaf {
             let bytes = self.manifest(desc)?;
-            let start = usize::try_from(offset).unwrap_or(usize::MAX).min(bytes.len());
+            let start = usize::try_from(offset)
+                .unwrap_or(usize::MAX)
+                .min(bytes.len());
             return Ok((Box::new(io::Cursor::new(bytes[start..].to_vec())), label));
         }
         let reader = BlobReader {

@@ -199,10 +199,11 @@ fn update_referrers_tags(
         }
         let tag = format!("{}-{}", subject.algorithm().name(), subject.hex());
         let path = format!("manifests/{tag}");
-        let mut index = match block_on(retry(|| remote.get_small(repo, &path, &[OCI_INDEX], &what)))?? {
-            Some(f) => ImageIndex::parse(&what, &f.bytes)?,
-            None => ImageIndex::new(Vec::new()),
-        };
+        let mut index =
+            match block_on(retry(|| remote.get_small(repo, &path, &[OCI_INDEX], &what)))?? {
+                Some(f) => ImageIndex::parse(&what, &f.bytes)?,
+                None => ImageIndex::new(Vec::new()),
+            };
         for d in descs {
             if !index.manifests.iter().any(|m| m.digest == d.digest) {
                 index.manifests.push(d);
@@ -238,8 +239,11 @@ fn put_manifest(
     what: &str,
 ) -> Result<()> {
     let image = remote.oci_ref(repository, reference);
-    let content_type = HeaderValue::from_str(media_type)
-        .map_err(|_| Error::Registry(format!("{what}: media type {media_type:?} is not a header value")))?;
+    let content_type = HeaderValue::from_str(media_type).map_err(|_| {
+        Error::Registry(format!(
+            "{what}: media type {media_type:?} is not a header value"
+        ))
+    })?;
     block_on(retry(|| async {
         remote
             .oci
@@ -343,7 +347,11 @@ impl Destination for RegistryDest<'_> {
         let file = from.open(desc)?;
         // A repository of this registry the store saw the blob in: the registry can mount it
         // from there rather than take it again.
-        let mount_from = match self.store.records().origins(&desc.digest, &self.remote.registry) {
+        let mount_from = match self
+            .store
+            .records()
+            .origins(&desc.digest, &self.remote.registry)
+        {
             Ok(repos) => repos.into_iter().find(|r| r != &self.repository),
             Err(e) => {
                 tracing::warn!("{what}: the store's record of where blobs came from: {e}");
@@ -371,13 +379,24 @@ impl Destination for RegistryDest<'_> {
             };
             let what = format!("{}/{}:{tag}", self.remote.registry, self.repository);
             if digest != &e.target.digest {
-                return Err(Error::Invalid(format!("{what}: {} changed during the push", e.name)));
+                return Err(Error::Invalid(format!(
+                    "{what}: {} changed during the push",
+                    e.name
+                )));
             }
             let bytes = Bytes::from(self.store.read_small(&e.target)?);
-            put_manifest(&self.remote, &self.repository, tag, &e.target.media_type, bytes, &what)?;
-            self.pushed
-                .destinations
-                .push(format!("{}/{}:{tag}", self.remote.registry, self.repository));
+            put_manifest(
+                &self.remote,
+                &self.repository,
+                tag,
+                &e.target.media_type,
+                bytes,
+                &what,
+            )?;
+            self.pushed.destinations.push(format!(
+                "{}/{}:{tag}",
+                self.remote.registry, self.repository
+            ));
         }
         Ok(())
     }
@@ -436,7 +455,9 @@ fn file_stream(
             if offset >= size {
                 return None;
             }
-            let want = usize::try_from(size - offset).unwrap_or(usize::MAX).min(UPLOAD_PIECE);
+            let want = usize::try_from(size - offset)
+                .unwrap_or(usize::MAX)
+                .min(UPLOAD_PIECE);
             let mut buf = vec![0u8; want];
             match file.read_at(&mut buf, offset) {
                 Ok(0) => Some((

@@ -192,7 +192,14 @@ pub fn import_from(
         _ => OnMissing::Fail,
     };
     let result = read(input, &intake).and_then(|index| {
-        register(store, store.records(), &index, repository, label, on_missing)
+        register(
+            store,
+            store.records(),
+            &index,
+            repository,
+            label,
+            on_missing,
+        )
     });
     let written = intake.into_written();
     let take_back = |placed: &HashSet<Digest>, keep_referrers: bool| {
