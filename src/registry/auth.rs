@@ -72,11 +72,17 @@ pub struct Places {
 impl Places {
     /// The places the environment names, as docker, podman and skopeo read it.
     pub fn from_env() -> Places {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        let path = |name: &str| var(name).map(PathBuf::from);
-        let home = path("HOME");
         // SAFETY: getuid cannot fail and has no preconditions.
         let uid = unsafe { libc::getuid() };
+        Places::from_vars(|name| std::env::var_os(name), uid)
+    }
+
+    /// The places variables name (`var` reads one; an empty value counts as unset), for the
+    /// user `uid` (whose runtime directory is `/run/containers/UID` without `XDG_RUNTIME_DIR`).
+    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>, uid: u32) -> Places {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let path = |name: &str| var(name).map(PathBuf::from);
+        let home = path("HOME");
         Places {
             auth_file: path("REGISTRY_AUTH_FILE"),
             runtime_auth: Some(match path("XDG_RUNTIME_DIR") {
@@ -404,7 +410,12 @@ fn json_error(file: &Path, message: &str) -> Error {
 /// Reads a credentials file: `None` when it does not exist; an error naming it when it cannot
 /// be read, is too large or is not a JSON object.
 fn read_config(file: &Path) -> Result<Option<Value>> {
-    let f = match File::open(file) {
+    // Non-blocking, so that a FIFO put there cannot hang the open; it is refused below.
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(file)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(file, e)),
@@ -720,6 +731,7 @@ store="$(dirname "$0")/fake-store"; mkdir -p "$store"
 key() { printf %s "$1" | tr -c 'A-Za-z0-9' _; }
 case "$1" in
 get) url=$(cat); f="$store/$(key "$url")"
+     case "$url" in *fail*) echo "keyring locked" >&2; exit 3 ;; esac
      if [ -f "$f" ]; then cat "$f"; else echo "credentials not found in native keychain"; exit 1; fi ;;
 store) in=$(cat); url=$(printf %s "$in" | sed -n 's/.*"ServerURL":"\([^"]*\)".*/\1/p')
      printf %s "$in" > "$store/$(key "$url")" ;;
@@ -1107,6 +1119,90 @@ esac
             lookup(&h.places, "docker.io").unwrap().unwrap().0,
             basic("file", "pw")
         );
+    }
+
+    #[test]
+    fn places_from_the_environment() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let p = Places::from_vars(
+            vars(&[("HOME", "/h"), ("PATH", "/bin"), ("XDG_RUNTIME_DIR", "")]),
+            1000,
+        );
+        assert_eq!(
+            p,
+            Places {
+                auth_file: None,
+                runtime_auth: Some("/run/containers/1000/auth.json".into()),
+                config_auth: Some("/h/.config/containers/auth.json".into()),
+                docker_dir: Some("/h/.docker".into()),
+                helper_path: Some("/bin".into()),
+            }
+        );
+        assert_eq!(
+            p.files(),
+            [
+                PathBuf::from("/run/containers/1000/auth.json"),
+                "/h/.config/containers/auth.json".into(),
+                "/h/.docker/config.json".into(),
+            ]
+        );
+        assert_eq!(
+            p.store_file().unwrap(),
+            PathBuf::from("/h/.docker/config.json")
+        );
+        let p = Places::from_vars(
+            vars(&[
+                ("HOME", "/h"),
+                ("REGISTRY_AUTH_FILE", "/a.json"),
+                ("XDG_RUNTIME_DIR", "/r"),
+                ("XDG_CONFIG_HOME", "/c"),
+                ("DOCKER_CONFIG", "/d"),
+            ]),
+            0,
+        );
+        assert_eq!(p.runtime_auth, Some("/r/containers/auth.json".into()));
+        assert_eq!(p.config_auth, Some("/c/containers/auth.json".into()));
+        assert_eq!(p.docker_config(), Some("/d/config.json".into()));
+        assert_eq!(p.files(), [PathBuf::from("/a.json")]);
+        assert_eq!(p.store_file().unwrap(), PathBuf::from("/a.json"));
+        let none = Places::from_vars(vars(&[]), 0);
+        assert_eq!(none.files(), [PathBuf::from("/run/containers/0/auth.json")]);
+        assert!(store(&none, HOST, "alice", "pw")
+            .unwrap_err()
+            .to_string()
+            .contains("set HOME"));
+    }
+
+    #[test]
+    fn a_failing_helper_is_one_line_naming_it() {
+        let h = Home::new();
+        h.fake_helper();
+        h.write(&h.docker(), r#"{"credsStore": "fake"}"#);
+        let err = lookup(&h.places, "fail.example.com")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "docker-credential-fake get for fail.example.com failed: keyring locked"
+        );
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_hanging() {
+        let h = Home::new();
+        fs::create_dir_all(h.places.docker_dir.as_ref().unwrap()).unwrap();
+        let c = std::ffi::CString::new(h.docker().into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: c is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = lookup(&h.places, HOST).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]
