@@ -202,10 +202,22 @@ pub fn lookup(places: &Places, registry: &str) -> Result<Option<(Credential, Sou
     Ok(None)
 }
 
+/// What [`store`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Where the credential went.
+    pub to: Source,
+    /// Older credentials for the registry removed because [`lookup`] (and podman and skopeo)
+    /// would have found them first: entries of files read before `to`, and a plain entry kept
+    /// beside the helper now configured.
+    pub replaced: Vec<Source>,
+}
+
 /// Keeps `user`'s credential for `registry` where docker, podman and skopeo all find it
 /// ([`Places::store_file`], or the credential helper that file configures for the host), in
-/// place of any it had. Returns where it went.
-pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Result<Source> {
+/// place of any it had: credentials for the registry that would be found before it are
+/// removed (see [`Stored::replaced`]).
+pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Result<Stored> {
     if user.is_empty() || password.is_empty() {
         return Err(Error::Invalid(format!(
             "{registry}: a user name and a password are both needed"
@@ -223,6 +235,19 @@ pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Res
         Some(h) => Some(h),
         None => helper_for(&config, registry, Entry::Store, &file)?,
     };
+    // Files read before this one: checked now, cleaned once the credential is kept.
+    let earlier: Vec<PathBuf> = places
+        .files()
+        .into_iter()
+        .take_while(|f| *f != file)
+        .collect();
+    for f in &earlier {
+        read_config(f)?;
+    }
+    let mut replaced = Vec::new();
+    let auths = auths_mut(&mut config, &file)?;
+    let had_entry = auths.keys().any(|k| same_registry(k, registry));
+    auths.retain(|k, _| !same_registry(k, registry));
     if let Some(name) = helper {
         let input = serde_json::json!({
             "ServerURL": credential_key(registry),
@@ -233,17 +258,30 @@ pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Res
         if !out.success {
             return Err(out.failure(&name, "store", registry));
         }
-        return Ok(Source::Helper { name, config: file });
+        // A plain entry beside a credsStore would be read before the store.
+        if had_entry {
+            write_config(&file, &config)?;
+            replaced.push(Source::File(file.clone()));
+        }
+        for f in &earlier {
+            erase_in(places, f, registry, &mut replaced)?;
+        }
+        let to = Source::Helper { name, config: file };
+        return Ok(Stored { to, replaced });
     }
-    let auths = auths_mut(&mut config, &file)?;
-    auths.retain(|k, _| !same_registry(k, registry));
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     auths.insert(
         credential_key(registry).to_owned(),
         serde_json::json!({ "auth": encoded }),
     );
     write_config(&file, &config)?;
-    Ok(Source::File(file))
+    for f in &earlier {
+        erase_in(places, f, registry, &mut replaced)?;
+    }
+    Ok(Stored {
+        to: Source::File(file),
+        replaced,
+    })
 }
 
 /// Removes `registry`'s credential from every place [`lookup`] reads (and from the helpers
@@ -252,33 +290,40 @@ pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Res
 pub fn erase(places: &Places, registry: &str) -> Result<Vec<Source>> {
     let mut removed = Vec::new();
     for file in places.files() {
-        let Some(mut config) = read_config(&file)? else {
-            continue;
-        };
-        for which in [Entry::PerHost, Entry::Store] {
-            if let Some(name) = helper_for(&config, registry, which, &file)? {
-                let server = credential_key(registry);
-                let out = run_helper(places, &name, &file, "erase", server.as_bytes())?;
-                if out.success {
-                    removed.push(Source::Helper {
-                        name,
-                        config: file.clone(),
-                    });
-                } else if !out.not_found() {
-                    return Err(out.failure(&name, "erase", registry));
-                }
-                break;
-            }
-        }
-        let auths = auths_mut(&mut config, &file)?;
-        let before = auths.len();
-        auths.retain(|k, _| !same_registry(k, registry));
-        if auths.len() != before {
-            write_config(&file, &config)?;
-            removed.push(Source::File(file));
-        }
+        erase_in(places, &file, registry, &mut removed)?;
     }
     Ok(removed)
+}
+
+/// Removes `registry`'s entries from `file`, and its credential from the helper `file`
+/// configures for it; adds where something was removed to `removed`.
+fn erase_in(places: &Places, file: &Path, registry: &str, removed: &mut Vec<Source>) -> Result<()> {
+    let Some(mut config) = read_config(file)? else {
+        return Ok(());
+    };
+    for which in [Entry::PerHost, Entry::Store] {
+        if let Some(name) = helper_for(&config, registry, which, file)? {
+            let server = credential_key(registry);
+            let out = run_helper(places, &name, file, "erase", server.as_bytes())?;
+            if out.success {
+                removed.push(Source::Helper {
+                    name,
+                    config: file.to_owned(),
+                });
+            } else if !out.not_found() {
+                return Err(out.failure(&name, "erase", registry));
+            }
+            break;
+        }
+    }
+    let auths = auths_mut(&mut config, file)?;
+    let before = auths.len();
+    auths.retain(|k, _| !same_registry(k, registry));
+    if auths.len() != before {
+        write_config(file, &config)?;
+        removed.push(Source::File(file.to_owned()));
+    }
+    Ok(())
 }
 
 /// Which helper setting of a file: `credHelpers[host]` or `credsStore`.
@@ -797,7 +842,8 @@ esac
         fs::set_permissions(&docker, fs::Permissions::from_mode(0o644)).unwrap();
 
         let wrote = store(&h.places, HOST, "alice", "s3cr:t").unwrap();
-        assert_eq!(wrote, Source::File(docker.clone()));
+        assert_eq!(wrote.to, Source::File(docker.clone()));
+        assert_eq!(wrote.replaced, []);
         let (cred, from) = lookup(&h.places, HOST).unwrap().unwrap();
         assert_eq!(cred, basic("alice", "s3cr:t"));
         assert_eq!(from, Source::File(docker.clone()));
@@ -818,6 +864,47 @@ esac
             lookup(&h.places, "other.example.com").unwrap().unwrap().0,
             basic("bob", "pw")
         );
+    }
+
+    #[test]
+    fn store_removes_credentials_that_would_shadow_it() {
+        let h = Home::new();
+        let runtime = h.places.runtime_auth.clone().unwrap();
+        let config = h.places.config_auth.clone().unwrap();
+        let old = serde_json::json!({ "auths": {
+            HOST: { "auth": auth("old", "old") },
+            "keep.example.com": { "auth": auth("k", "k") },
+        }})
+        .to_string();
+        h.write(&runtime, &old);
+        h.write(&config, &old);
+        let stored = store(&h.places, HOST, "alice", "pw").unwrap();
+        assert_eq!(stored.to, Source::File(h.docker()));
+        assert_eq!(
+            stored.replaced,
+            [Source::File(runtime.clone()), Source::File(config)]
+        );
+        assert_eq!(
+            lookup(&h.places, HOST).unwrap(),
+            Some((basic("alice", "pw"), Source::File(h.docker())))
+        );
+        assert_eq!(
+            lookup(&h.places, "keep.example.com").unwrap().unwrap().1,
+            Source::File(runtime.clone())
+        );
+
+        // A malformed file read first stops it before anything is written.
+        let h = Home::new();
+        h.write(&runtime_of(&h), "{oops");
+        let err = store(&h.places, HOST, "alice", "pw")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.json"), "{err}");
+        assert!(!h.docker().exists());
+    }
+
+    fn runtime_of(h: &Home) -> PathBuf {
+        h.places.runtime_auth.clone().unwrap()
     }
 
     #[test]
@@ -952,7 +1039,7 @@ esac
         h.places.auth_file = Some(file.clone());
         assert_eq!(lookup(&h.places, HOST).unwrap(), None);
         assert_eq!(
-            store(&h.places, HOST, "alice", "pw").unwrap(),
+            store(&h.places, HOST, "alice", "pw").unwrap().to,
             Source::File(file.clone())
         );
         assert_eq!(
@@ -1072,7 +1159,7 @@ esac
         };
 
         assert_eq!(lookup(&h.places, HOST).unwrap(), None);
-        assert_eq!(store(&h.places, HOST, "alice", "pw").unwrap(), helper);
+        assert_eq!(store(&h.places, HOST, "alice", "pw").unwrap().to, helper);
         assert_eq!(h.helper_entries(), 1);
         assert_eq!(fs::read_to_string(h.docker()).unwrap(), config);
         assert_eq!(
@@ -1178,6 +1265,28 @@ esac
             .unwrap_err()
             .to_string()
             .contains("set HOME"));
+    }
+
+    #[test]
+    fn a_plain_entry_beside_a_creds_store_is_replaced() {
+        let h = Home::new();
+        h.fake_helper();
+        h.write(
+            &h.docker(),
+            &serde_json::json!({ "credsStore": "fake", "auths": { HOST: { "auth": auth("old", "old") } } })
+                .to_string(),
+        );
+        let stored = store(&h.places, HOST, "alice", "pw").unwrap();
+        let helper = Source::Helper {
+            name: "fake".into(),
+            config: h.docker(),
+        };
+        assert_eq!(stored.to, helper);
+        assert_eq!(stored.replaced, [Source::File(h.docker())]);
+        assert_eq!(
+            lookup(&h.places, HOST).unwrap(),
+            Some((basic("alice", "pw"), helper))
+        );
     }
 
     #[test]
