@@ -194,7 +194,9 @@ impl fmt::Display for RemoteRef {
 }
 
 /// Docker's rule: a first component is a registry host if it holds '.' or ':' or is
-/// `localhost`.
+/// `localhost`. (docker's `splitDockerDomain` also takes a component with uppercase letters for
+/// a host, so that `UPPER/x` names a registry called `UPPER`; here it is a repository path and
+/// refused for its uppercase, which says more than a failed lookup of the host `UPPER` would.)
 fn is_host_component(c: &str) -> bool {
     c.contains('.') || c.contains(':') || c == LOCALHOST
 }
