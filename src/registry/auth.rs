@@ -667,6 +667,18 @@ fn run_helper(
     action: &str,
     input: &[u8],
 ) -> Result<HelperOutput> {
+    run_helper_within(places, name, file, action, input, HELPER_TIMEOUT)
+}
+
+/// [`run_helper`] with the time limit given: the helper is killed when it runs out.
+fn run_helper_within(
+    places: &Places,
+    name: &str,
+    file: &Path,
+    action: &str,
+    input: &[u8],
+    timeout: Duration,
+) -> Result<HelperOutput> {
     let exe = find_helper(places, name, file)?;
     let what = format!("{HELPER_PREFIX}{name} {action}");
     let failed = |e: io::Error| Error::Stream {
@@ -705,7 +717,7 @@ fn run_helper(
         // A helper that exits without reading its input fails on its own; its status says so.
         let _ = stdin.write_all(input);
     }
-    let deadline = Instant::now() + HELPER_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().map_err(failed)? {
             break status;
@@ -714,8 +726,7 @@ fn run_helper(
             let _ = child.kill();
             let _ = child.wait();
             return Err(Error::Invalid(format!(
-                "{what}: no answer within {} seconds",
-                HELPER_TIMEOUT.as_secs()
+                "{what}: no answer within {timeout:?}"
             )));
         }
         thread::sleep(HELPER_POLL);
@@ -776,7 +787,7 @@ store="$(dirname "$0")/fake-store"; mkdir -p "$store"
 key() { printf %s "$1" | tr -c 'A-Za-z0-9' _; }
 case "$1" in
 get) url=$(cat); f="$store/$(key "$url")"
-     case "$url" in *fail*) echo "keyring locked" >&2; exit 3 ;; esac
+     case "$url" in *fail*) echo "keyring locked" >&2; exit 3 ;; *slow*) exec sleep 30 ;; esac
      if [ -f "$f" ]; then cat "$f"; else echo "credentials not found in native keychain"; exit 1; fi ;;
 store) in=$(cat); url=$(printf %s "$in" | sed -n 's/.*"ServerURL":"\([^"]*\)".*/\1/p')
      printf %s "$in" > "$store/$(key "$url")" ;;
@@ -1301,6 +1312,28 @@ esac
             err,
             "docker-credential-fake get for fail.example.com failed: keyring locked"
         );
+    }
+
+    #[test]
+    fn a_helper_that_hangs_is_killed() {
+        let h = Home::new();
+        h.fake_helper();
+        let limit = Duration::from_millis(300);
+        let started = Instant::now();
+        let result = run_helper_within(
+            &h.places,
+            "fake",
+            &h.docker(),
+            "get",
+            b"slow.example.com",
+            limit,
+        );
+        let err = result
+            .err()
+            .expect("a hanging helper must fail")
+            .to_string();
+        assert_eq!(err, "docker-credential-fake get: no answer within 300ms");
+        assert!(started.elapsed() < Duration::from_secs(10));
     }
 
     #[test]
