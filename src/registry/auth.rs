@@ -3,8 +3,13 @@
 //! `config.json` with its credential helpers), and writing or removing one (`login`, `logout`)
 //! so that all three tools find what layoutfs wrote. Entries are parsed by `docker_credential`;
 //! the helpers (`docker-credential-NAME get|store|erase`) are run here, from a search path the
-//! caller gives, with a time limit.
+//! caller gives, with a time limit. Within one file the order is docker_credential's:
+//! `credHelpers[host]`, then the `auths` entry, then `credsStore`. A missing file, or one with
+//! nothing for the host, passes to the next; a malformed one is an error naming it.
 //!
+//! `store` writes `REGISTRY_AUTH_FILE`, else docker's `config.json` (or the helper it configures
+//! for the host), under docker's key (`https://index.docker.io/v1/` for Docker Hub), and removes
+//! the host's entries from the files read before it, so that the new credential is the one found.
 //! Files are rewritten whole: the JSON is read, one entry changed, every other key kept, and a
 //! temporary file (mode 0600, created exclusively, never through a link) is synced and renamed
 //! over the old one. A credentials file that is a symbolic link is refused for writing (with the
