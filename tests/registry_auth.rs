@@ -1,7 +1,8 @@
 //! What `layoutfs login` writes, as the peers read it: after `registry::auth::store`,
 //! `skopeo login --get-login HOST` and `podman login --get-login HOST` print the user, both
 //! through `REGISTRY_AUTH_FILE` and through `DOCKER_CONFIG` (docker's `config.json`, including
-//! Docker Hub's `https://index.docker.io/v1/` key); after `erase`, skopeo says not logged in.
+//! Docker Hub's `https://index.docker.io/v1/` key), also when podman's own file held an older
+//! login for the host; after `erase`, skopeo says not logged in.
 //! Neither needs a registry: `--get-login` only reads the files. skopeo and podman must be
 //! installed (scripts/setup); a missing one fails the test.
 
@@ -115,12 +116,26 @@ fn skopeo_and_podman_find_what_login_wrote() {
     for via in [Via::AuthFile, Via::DockerConfig] {
         let sb = Sandbox::new(via);
         let places = sb.places();
-        let wrote = auth::store(&places, HOST, "alice", "secret").unwrap();
+        // podman's default file holds an older login for the host, which is read first.
+        let runtime = sb.path("run/containers/auth.json");
+        fs::create_dir_all(runtime.parent().unwrap()).unwrap();
+        let old = r#"{"auths": {"127.0.0.1:5000": {"auth": "b2xkOm9sZA=="}}}"#; // old:old
+        fs::write(&runtime, old).unwrap();
+        let stored = auth::store(&places, HOST, "alice", "secret").unwrap();
+        let wrote = stored.to;
         let expected_file = match via {
             Via::AuthFile => sb.path("auth.json"),
             Via::DockerConfig => sb.path("docker/config.json"),
         };
         assert_eq!(written_file(&wrote), expected_file, "{via:?}");
+        // With REGISTRY_AUTH_FILE nothing else is read, so nothing else is touched.
+        match via {
+            Via::AuthFile => {
+                assert_eq!(stored.replaced, [], "{via:?}");
+                assert_eq!(fs::read_to_string(&runtime).unwrap(), old);
+            }
+            Via::DockerConfig => assert_eq!(stored.replaced, [Source::File(runtime)], "{via:?}"),
+        }
         auth::store(&places, "docker.io", "hubuser", "pw").unwrap();
 
         assert_eq!(

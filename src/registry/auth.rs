@@ -3,8 +3,13 @@
 //! `config.json` with its credential helpers), and writing or removing one (`login`, `logout`)
 //! so that all three tools find what layoutfs wrote. Entries are parsed by `docker_credential`;
 //! the helpers (`docker-credential-NAME get|store|erase`) are run here, from a search path the
-//! caller gives, with a time limit.
+//! caller gives, with a time limit. Within one file the order is docker_credential's:
+//! `credHelpers[host]`, then the `auths` entry, then `credsStore`. A missing file, or one with
+//! nothing for the host, passes to the next; a malformed one is an error naming it.
 //!
+//! `store` writes `REGISTRY_AUTH_FILE`, else docker's `config.json` (or the helper it configures
+//! for the host), under docker's key (`https://index.docker.io/v1/` for Docker Hub), and removes
+//! the host's entries from the files read before it, so that the new credential is the one found.
 //! Files are rewritten whole: the JSON is read, one entry changed, every other key kept, and a
 //! temporary file (mode 0600, created exclusively, never through a link) is synced and renamed
 //! over the old one. A credentials file that is a symbolic link is refused for writing (with the
@@ -72,11 +77,17 @@ pub struct Places {
 impl Places {
     /// The places the environment names, as docker, podman and skopeo read it.
     pub fn from_env() -> Places {
-        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        let path = |name: &str| var(name).map(PathBuf::from);
-        let home = path("HOME");
         // SAFETY: getuid cannot fail and has no preconditions.
         let uid = unsafe { libc::getuid() };
+        Places::from_vars(|name| std::env::var_os(name), uid)
+    }
+
+    /// The places variables name (`var` reads one; an empty value counts as unset), for the
+    /// user `uid` (whose runtime directory is `/run/containers/UID` without `XDG_RUNTIME_DIR`).
+    pub fn from_vars(var: impl Fn(&str) -> Option<OsString>, uid: u32) -> Places {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
+        let path = |name: &str| var(name).map(PathBuf::from);
+        let home = path("HOME");
         Places {
             auth_file: path("REGISTRY_AUTH_FILE"),
             runtime_auth: Some(match path("XDG_RUNTIME_DIR") {
@@ -196,10 +207,22 @@ pub fn lookup(places: &Places, registry: &str) -> Result<Option<(Credential, Sou
     Ok(None)
 }
 
+/// What [`store`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Where the credential went.
+    pub to: Source,
+    /// Older credentials for the registry removed because [`lookup`] (and podman and skopeo)
+    /// would have found them first: entries of files read before `to`, and a plain entry kept
+    /// beside the helper now configured.
+    pub replaced: Vec<Source>,
+}
+
 /// Keeps `user`'s credential for `registry` where docker, podman and skopeo all find it
 /// ([`Places::store_file`], or the credential helper that file configures for the host), in
-/// place of any it had. Returns where it went.
-pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Result<Source> {
+/// place of any it had: credentials for the registry that would be found before it are
+/// removed (see [`Stored::replaced`]).
+pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Result<Stored> {
     if user.is_empty() || password.is_empty() {
         return Err(Error::Invalid(format!(
             "{registry}: a user name and a password are both needed"
@@ -217,6 +240,19 @@ pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Res
         Some(h) => Some(h),
         None => helper_for(&config, registry, Entry::Store, &file)?,
     };
+    // Files read before this one: checked now, cleaned once the credential is kept.
+    let earlier: Vec<PathBuf> = places
+        .files()
+        .into_iter()
+        .take_while(|f| *f != file)
+        .collect();
+    for f in &earlier {
+        read_config(f)?;
+    }
+    let mut replaced = Vec::new();
+    let auths = auths_mut(&mut config, &file)?;
+    let had_entry = auths.keys().any(|k| same_registry(k, registry));
+    auths.retain(|k, _| !same_registry(k, registry));
     if let Some(name) = helper {
         let input = serde_json::json!({
             "ServerURL": credential_key(registry),
@@ -227,17 +263,30 @@ pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Res
         if !out.success {
             return Err(out.failure(&name, "store", registry));
         }
-        return Ok(Source::Helper { name, config: file });
+        // A plain entry beside a credsStore would be read before the store.
+        if had_entry {
+            write_config(&file, &config)?;
+            replaced.push(Source::File(file.clone()));
+        }
+        for f in &earlier {
+            erase_in(places, f, registry, &mut replaced)?;
+        }
+        let to = Source::Helper { name, config: file };
+        return Ok(Stored { to, replaced });
     }
-    let auths = auths_mut(&mut config, &file)?;
-    auths.retain(|k, _| !same_registry(k, registry));
     let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     auths.insert(
         credential_key(registry).to_owned(),
         serde_json::json!({ "auth": encoded }),
     );
     write_config(&file, &config)?;
-    Ok(Source::File(file))
+    for f in &earlier {
+        erase_in(places, f, registry, &mut replaced)?;
+    }
+    Ok(Stored {
+        to: Source::File(file),
+        replaced,
+    })
 }
 
 /// Removes `registry`'s credential from every place [`lookup`] reads (and from the helpers
@@ -246,33 +295,40 @@ pub fn store(places: &Places, registry: &str, user: &str, password: &str) -> Res
 pub fn erase(places: &Places, registry: &str) -> Result<Vec<Source>> {
     let mut removed = Vec::new();
     for file in places.files() {
-        let Some(mut config) = read_config(&file)? else {
-            continue;
-        };
-        for which in [Entry::PerHost, Entry::Store] {
-            if let Some(name) = helper_for(&config, registry, which, &file)? {
-                let server = credential_key(registry);
-                let out = run_helper(places, &name, &file, "erase", server.as_bytes())?;
-                if out.success {
-                    removed.push(Source::Helper {
-                        name,
-                        config: file.clone(),
-                    });
-                } else if !out.not_found() {
-                    return Err(out.failure(&name, "erase", registry));
-                }
-                break;
-            }
-        }
-        let auths = auths_mut(&mut config, &file)?;
-        let before = auths.len();
-        auths.retain(|k, _| !same_registry(k, registry));
-        if auths.len() != before {
-            write_config(&file, &config)?;
-            removed.push(Source::File(file));
-        }
+        erase_in(places, &file, registry, &mut removed)?;
     }
     Ok(removed)
+}
+
+/// Removes `registry`'s entries from `file`, and its credential from the helper `file`
+/// configures for it; adds where something was removed to `removed`.
+fn erase_in(places: &Places, file: &Path, registry: &str, removed: &mut Vec<Source>) -> Result<()> {
+    let Some(mut config) = read_config(file)? else {
+        return Ok(());
+    };
+    for which in [Entry::PerHost, Entry::Store] {
+        if let Some(name) = helper_for(&config, registry, which, file)? {
+            let server = credential_key(registry);
+            let out = run_helper(places, &name, file, "erase", server.as_bytes())?;
+            if out.success {
+                removed.push(Source::Helper {
+                    name,
+                    config: file.to_owned(),
+                });
+            } else if !out.not_found() {
+                return Err(out.failure(&name, "erase", registry));
+            }
+            break;
+        }
+    }
+    let auths = auths_mut(&mut config, file)?;
+    let before = auths.len();
+    auths.retain(|k, _| !same_registry(k, registry));
+    if auths.len() != before {
+        write_config(file, &config)?;
+        removed.push(Source::File(file.to_owned()));
+    }
+    Ok(())
 }
 
 /// Which helper setting of a file: `credHelpers[host]` or `credsStore`.
@@ -404,7 +460,12 @@ fn json_error(file: &Path, message: &str) -> Error {
 /// Reads a credentials file: `None` when it does not exist; an error naming it when it cannot
 /// be read, is too large or is not a JSON object.
 fn read_config(file: &Path) -> Result<Option<Value>> {
-    let f = match File::open(file) {
+    // Non-blocking, so that a FIFO put there cannot hang the open; it is refused below.
+    let f = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(file)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(file, e)),
@@ -611,6 +672,18 @@ fn run_helper(
     action: &str,
     input: &[u8],
 ) -> Result<HelperOutput> {
+    run_helper_within(places, name, file, action, input, HELPER_TIMEOUT)
+}
+
+/// [`run_helper`] with the time limit given: the helper is killed when it runs out.
+fn run_helper_within(
+    places: &Places,
+    name: &str,
+    file: &Path,
+    action: &str,
+    input: &[u8],
+    timeout: Duration,
+) -> Result<HelperOutput> {
     let exe = find_helper(places, name, file)?;
     let what = format!("{HELPER_PREFIX}{name} {action}");
     let failed = |e: io::Error| Error::Stream {
@@ -649,7 +722,7 @@ fn run_helper(
         // A helper that exits without reading its input fails on its own; its status says so.
         let _ = stdin.write_all(input);
     }
-    let deadline = Instant::now() + HELPER_TIMEOUT;
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().map_err(failed)? {
             break status;
@@ -658,8 +731,7 @@ fn run_helper(
             let _ = child.kill();
             let _ = child.wait();
             return Err(Error::Invalid(format!(
-                "{what}: no answer within {} seconds",
-                HELPER_TIMEOUT.as_secs()
+                "{what}: no answer within {timeout:?}"
             )));
         }
         thread::sleep(HELPER_POLL);
@@ -720,6 +792,7 @@ store="$(dirname "$0")/fake-store"; mkdir -p "$store"
 key() { printf %s "$1" | tr -c 'A-Za-z0-9' _; }
 case "$1" in
 get) url=$(cat); f="$store/$(key "$url")"
+     case "$url" in *fail*) echo "keyring locked" >&2; exit 3 ;; *slow*) exec sleep 30 ;; esac
      if [ -f "$f" ]; then cat "$f"; else echo "credentials not found in native keychain"; exit 1; fi ;;
 store) in=$(cat); url=$(printf %s "$in" | sed -n 's/.*"ServerURL":"\([^"]*\)".*/\1/p')
      printf %s "$in" > "$store/$(key "$url")" ;;
@@ -785,7 +858,8 @@ esac
         fs::set_permissions(&docker, fs::Permissions::from_mode(0o644)).unwrap();
 
         let wrote = store(&h.places, HOST, "alice", "s3cr:t").unwrap();
-        assert_eq!(wrote, Source::File(docker.clone()));
+        assert_eq!(wrote.to, Source::File(docker.clone()));
+        assert_eq!(wrote.replaced, []);
         let (cred, from) = lookup(&h.places, HOST).unwrap().unwrap();
         assert_eq!(cred, basic("alice", "s3cr:t"));
         assert_eq!(from, Source::File(docker.clone()));
@@ -806,6 +880,47 @@ esac
             lookup(&h.places, "other.example.com").unwrap().unwrap().0,
             basic("bob", "pw")
         );
+    }
+
+    #[test]
+    fn store_removes_credentials_that_would_shadow_it() {
+        let h = Home::new();
+        let runtime = h.places.runtime_auth.clone().unwrap();
+        let config = h.places.config_auth.clone().unwrap();
+        let old = serde_json::json!({ "auths": {
+            HOST: { "auth": auth("old", "old") },
+            "keep.example.com": { "auth": auth("k", "k") },
+        }})
+        .to_string();
+        h.write(&runtime, &old);
+        h.write(&config, &old);
+        let stored = store(&h.places, HOST, "alice", "pw").unwrap();
+        assert_eq!(stored.to, Source::File(h.docker()));
+        assert_eq!(
+            stored.replaced,
+            [Source::File(runtime.clone()), Source::File(config)]
+        );
+        assert_eq!(
+            lookup(&h.places, HOST).unwrap(),
+            Some((basic("alice", "pw"), Source::File(h.docker())))
+        );
+        assert_eq!(
+            lookup(&h.places, "keep.example.com").unwrap().unwrap().1,
+            Source::File(runtime.clone())
+        );
+
+        // A malformed file read first stops it before anything is written.
+        let h = Home::new();
+        h.write(&runtime_of(&h), "{oops");
+        let err = store(&h.places, HOST, "alice", "pw")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auth.json"), "{err}");
+        assert!(!h.docker().exists());
+    }
+
+    fn runtime_of(h: &Home) -> PathBuf {
+        h.places.runtime_auth.clone().unwrap()
     }
 
     #[test]
@@ -940,7 +1055,7 @@ esac
         h.places.auth_file = Some(file.clone());
         assert_eq!(lookup(&h.places, HOST).unwrap(), None);
         assert_eq!(
-            store(&h.places, HOST, "alice", "pw").unwrap(),
+            store(&h.places, HOST, "alice", "pw").unwrap().to,
             Source::File(file.clone())
         );
         assert_eq!(
@@ -1060,7 +1175,7 @@ esac
         };
 
         assert_eq!(lookup(&h.places, HOST).unwrap(), None);
-        assert_eq!(store(&h.places, HOST, "alice", "pw").unwrap(), helper);
+        assert_eq!(store(&h.places, HOST, "alice", "pw").unwrap().to, helper);
         assert_eq!(h.helper_entries(), 1);
         assert_eq!(fs::read_to_string(h.docker()).unwrap(), config);
         assert_eq!(
@@ -1107,6 +1222,134 @@ esac
             lookup(&h.places, "docker.io").unwrap().unwrap().0,
             basic("file", "pw")
         );
+    }
+
+    #[test]
+    fn places_from_the_environment() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| OsString::from(v))
+            }
+        };
+        let p = Places::from_vars(
+            vars(&[("HOME", "/h"), ("PATH", "/bin"), ("XDG_RUNTIME_DIR", "")]),
+            1000,
+        );
+        assert_eq!(
+            p,
+            Places {
+                auth_file: None,
+                runtime_auth: Some("/run/containers/1000/auth.json".into()),
+                config_auth: Some("/h/.config/containers/auth.json".into()),
+                docker_dir: Some("/h/.docker".into()),
+                helper_path: Some("/bin".into()),
+            }
+        );
+        assert_eq!(
+            p.files(),
+            [
+                PathBuf::from("/run/containers/1000/auth.json"),
+                "/h/.config/containers/auth.json".into(),
+                "/h/.docker/config.json".into(),
+            ]
+        );
+        assert_eq!(
+            p.store_file().unwrap(),
+            PathBuf::from("/h/.docker/config.json")
+        );
+        let p = Places::from_vars(
+            vars(&[
+                ("HOME", "/h"),
+                ("REGISTRY_AUTH_FILE", "/a.json"),
+                ("XDG_RUNTIME_DIR", "/r"),
+                ("XDG_CONFIG_HOME", "/c"),
+                ("DOCKER_CONFIG", "/d"),
+            ]),
+            0,
+        );
+        assert_eq!(p.runtime_auth, Some("/r/containers/auth.json".into()));
+        assert_eq!(p.config_auth, Some("/c/containers/auth.json".into()));
+        assert_eq!(p.docker_config(), Some("/d/config.json".into()));
+        assert_eq!(p.files(), [PathBuf::from("/a.json")]);
+        assert_eq!(p.store_file().unwrap(), PathBuf::from("/a.json"));
+        let none = Places::from_vars(vars(&[]), 0);
+        assert_eq!(none.files(), [PathBuf::from("/run/containers/0/auth.json")]);
+        assert!(store(&none, HOST, "alice", "pw")
+            .unwrap_err()
+            .to_string()
+            .contains("set HOME"));
+    }
+
+    #[test]
+    fn a_plain_entry_beside_a_creds_store_is_replaced() {
+        let h = Home::new();
+        h.fake_helper();
+        h.write(
+            &h.docker(),
+            &serde_json::json!({ "credsStore": "fake", "auths": { HOST: { "auth": auth("old", "old") } } })
+                .to_string(),
+        );
+        let stored = store(&h.places, HOST, "alice", "pw").unwrap();
+        let helper = Source::Helper {
+            name: "fake".into(),
+            config: h.docker(),
+        };
+        assert_eq!(stored.to, helper);
+        assert_eq!(stored.replaced, [Source::File(h.docker())]);
+        assert_eq!(
+            lookup(&h.places, HOST).unwrap(),
+            Some((basic("alice", "pw"), helper))
+        );
+    }
+
+    #[test]
+    fn a_failing_helper_is_one_line_naming_it() {
+        let h = Home::new();
+        h.fake_helper();
+        h.write(&h.docker(), r#"{"credsStore": "fake"}"#);
+        let err = lookup(&h.places, "fail.example.com")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "docker-credential-fake get for fail.example.com failed: keyring locked"
+        );
+    }
+
+    #[test]
+    fn a_helper_that_hangs_is_killed() {
+        let h = Home::new();
+        h.fake_helper();
+        let limit = Duration::from_millis(300);
+        let started = Instant::now();
+        let result = run_helper_within(
+            &h.places,
+            "fake",
+            &h.docker(),
+            "get",
+            b"slow.example.com",
+            limit,
+        );
+        let err = result
+            .err()
+            .expect("a hanging helper must fail")
+            .to_string();
+        assert_eq!(err, "docker-credential-fake get: no answer within 300ms");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_hanging() {
+        let h = Home::new();
+        fs::create_dir_all(h.places.docker_dir.as_ref().unwrap()).unwrap();
+        let c = std::ffi::CString::new(h.docker().into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: c is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = lookup(&h.places, HOST).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -194,7 +194,9 @@ impl fmt::Display for RemoteRef {
 }
 
 /// Docker's rule: a first component is a registry host if it holds '.' or ':' or is
-/// `localhost`.
+/// `localhost`. (docker's `splitDockerDomain` also takes a component with uppercase letters for
+/// a host, so that `UPPER/x` names a registry called `UPPER`; here it is a repository path and
+/// refused for its uppercase, which says more than a failed lookup of the host `UPPER` would.)
 fn is_host_component(c: &str) -> bool {
     c.contains('.') || c.contains(':') || c == LOCALHOST
 }
@@ -265,113 +267,24 @@ mod tests {
     fn normalises_like_docker() {
         let da = d('a');
         // input, registry, repository, tag, display
+        #[rustfmt::skip]
         let cases: &[[&str; 5]] = &[
-            [
-                "busybox",
-                "docker.io",
-                "library/busybox",
-                "latest",
-                "docker.io/library/busybox:latest",
-            ],
-            [
-                "busybox:1.36",
-                "docker.io",
-                "library/busybox",
-                "1.36",
-                "docker.io/library/busybox:1.36",
-            ],
-            [
-                "library/busybox",
-                "docker.io",
-                "library/busybox",
-                "latest",
-                "docker.io/library/busybox:latest",
-            ],
-            [
-                "docker.io/busybox",
-                "docker.io",
-                "library/busybox",
-                "latest",
-                "docker.io/library/busybox:latest",
-            ],
-            [
-                "index.docker.io/library/busybox",
-                "docker.io",
-                "library/busybox",
-                "latest",
-                "docker.io/library/busybox:latest",
-            ],
-            [
-                "index.docker.io/busybox",
-                "docker.io",
-                "library/busybox",
-                "latest",
-                "docker.io/library/busybox:latest",
-            ],
-            [
-                "user/app",
-                "docker.io",
-                "user/app",
-                "latest",
-                "docker.io/user/app:latest",
-            ],
-            [
-                "user/app:1",
-                "docker.io",
-                "user/app",
-                "1",
-                "docker.io/user/app:1",
-            ],
-            [
-                "a/b/c",
-                "docker.io",
-                "a/b/c",
-                "latest",
-                "docker.io/a/b/c:latest",
-            ],
-            [
-                "localhost/x",
-                "localhost",
-                "x",
-                "latest",
-                "localhost/x:latest",
-            ],
-            [
-                "localhost:5000/x",
-                "localhost:5000",
-                "x",
-                "latest",
-                "localhost:5000/x:latest",
-            ],
-            [
-                "127.0.0.1:5000/a/b:c",
-                "127.0.0.1:5000",
-                "a/b",
-                "c",
-                "127.0.0.1:5000/a/b:c",
-            ],
-            [
-                "Registry.Example.com/x:Tag",
-                "Registry.Example.com",
-                "x",
-                "Tag",
-                "Registry.Example.com/x:Tag",
-            ],
-            [
-                "registry-1.docker.io/x",
-                "registry-1.docker.io",
-                "x",
-                "latest",
-                "registry-1.docker.io/x:latest",
-            ],
+            ["busybox", "docker.io", "library/busybox", "latest", "docker.io/library/busybox:latest"],
+            ["busybox:1.36", "docker.io", "library/busybox", "1.36", "docker.io/library/busybox:1.36"],
+            ["library/busybox", "docker.io", "library/busybox", "latest", "docker.io/library/busybox:latest"],
+            ["docker.io/busybox", "docker.io", "library/busybox", "latest", "docker.io/library/busybox:latest"],
+            ["index.docker.io/library/busybox", "docker.io", "library/busybox", "latest", "docker.io/library/busybox:latest"],
+            ["index.docker.io/busybox", "docker.io", "library/busybox", "latest", "docker.io/library/busybox:latest"],
+            ["user/app", "docker.io", "user/app", "latest", "docker.io/user/app:latest"],
+            ["user/app:1", "docker.io", "user/app", "1", "docker.io/user/app:1"],
+            ["a/b/c", "docker.io", "a/b/c", "latest", "docker.io/a/b/c:latest"],
+            ["localhost/x", "localhost", "x", "latest", "localhost/x:latest"],
+            ["localhost:5000/x", "localhost:5000", "x", "latest", "localhost:5000/x:latest"],
+            ["127.0.0.1:5000/a/b:c", "127.0.0.1:5000", "a/b", "c", "127.0.0.1:5000/a/b:c"],
+            ["Registry.Example.com/x:Tag", "Registry.Example.com", "x", "Tag", "Registry.Example.com/x:Tag"],
+            ["registry-1.docker.io/x", "registry-1.docker.io", "x", "latest", "registry-1.docker.io/x:latest"],
             // "test.com" without a '/' after it is a repository name on Docker Hub.
-            [
-                "test.com:5000",
-                "docker.io",
-                "library/test.com",
-                "5000",
-                "docker.io/library/test.com:5000",
-            ],
+            ["test.com:5000", "docker.io", "library/test.com", "5000", "docker.io/library/test.com:5000"],
         ];
         for &[input, registry, repository, tag, shown] in cases {
             let r = RemoteRef::parse(input).unwrap_or_else(|e| panic!("{input}: {e}"));
