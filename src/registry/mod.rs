@@ -113,8 +113,13 @@ pub fn login(registry: &str, user: &str, password: &str, net: &Options) -> Resul
         Some((user.to_owned(), "the command line".to_owned())),
     )?;
     remote.check_login(user, password)?;
-    let to = auth::store(&net.places, registry, user, password)?;
-    Ok(to.to_string())
+    let stored = auth::store(&net.places, registry, user, password)?;
+    let mut said = stored.to.to_string();
+    if !stored.replaced.is_empty() {
+        let old: Vec<String> = stored.replaced.iter().map(ToString::to_string).collect();
+        said.push_str(&format!(" (replacing the one in {})", old.join(", ")));
+    }
+    Ok(said)
 }
 
 /// Forgets the credential kept for `registry`; returns where it was.
