@@ -311,11 +311,17 @@ fn a_pulled_image_shows_in_the_mount() {
     // skopeo's oci: transport cannot name a path with a ':' (HOST:PORT): read the files.
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(dir.join("index.json")).unwrap()).unwrap();
-    assert_eq!(index["manifests"][0]["digest"], s.digest.as_str(), "{index}");
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        s.digest.as_str(),
+        "{index}"
+    );
     let manifest = fs::read(dir.join("blobs/sha256").join(&s.digest[7..])).unwrap();
     assert_eq!(manifest, reg.skopeo_raw("shown:1"));
     for (d, size, _) in &s.blobs {
-        let len = fs::metadata(dir.join("blobs/sha256").join(&d[7..])).unwrap().len();
+        let len = fs::metadata(dir.join("blobs/sha256").join(&d[7..]))
+            .unwrap()
+            .len();
         assert_eq!(len, *size, "{d}");
     }
 }

@@ -47,6 +47,7 @@ fn fails(env: &Env, args: &[&str], words: &[&str]) -> String {
         assert!(e.contains(w), "{w:?} not in: {e}");
     }
     assert!(env.images().is_empty(), "something was registered: {e}");
+    eprintln!("{args:?}: {e}");
     e
 }
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 
 use crate::digest::Digest;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::oci::{self, BlobSource, Descriptor, ImageIndex, OnMissing};
 use crate::progress::Progress;
 
@@ -121,7 +121,15 @@ fn copy_one(
     progress.add(offset);
     let (mut r, what) = blobs.open(desc, offset)?;
     w.copy_from(&mut r, &what, &mut |n| progress.add(n))?;
-    intake.commit(w, &desc.digest, desc.size)
+    intake
+        .commit(w, &desc.digest, desc.size)
+        .map_err(|e| match e {
+            // Say where the bytes came from.
+            Error::DigestMismatch { found, .. } => Error::Invalid(format!(
+                "{what}: content does not match its digest (got {found})"
+            )),
+            e => e,
+        })
 }
 
 /// A source of blobs seen through the store, for the walk: blobs the store has are read
