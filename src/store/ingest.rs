@@ -535,6 +535,39 @@ mod tests {
     use std::ffi::OsStr;
 
     #[test]
+    fn only_canonical_digests_name_a_kept_ingest() {
+        let sha256 = Digest::of(crate::digest::Algorithm::Sha256, b"x");
+        let sha512 = Digest::of(crate::digest::Algorithm::Sha512, b"x");
+        for d in [&sha256, &sha512] {
+            let name = kept_name(d);
+            assert!(name.starts_with("r-sha"), "{name}");
+            assert!(is_kept_name(OsStr::new(&name)), "{name}");
+        }
+        let hex = sha256.hex();
+        let refused = [
+            format!("r-sha256-{}", hex.to_uppercase()),
+            format!("r-sha256-{}", &hex[1..]),
+            format!("r-sha256-{hex}0"),
+            format!("r-sha256-{hex}-1"),
+            format!("r-sha512-{hex}"),
+            format!("r-md5-{hex}"),
+            format!("r-sha256:{hex}"),
+            format!("d-sha256-{hex}"),
+            format!("sha256-{hex}"),
+            format!(
+                "r-sha256-{}",
+                &hex.replace(|c: char| c.is_ascii_digit(), "/")
+            ),
+            "r-".to_owned(),
+            "r-sha256-".to_owned(),
+        ];
+        for name in refused {
+            assert!(!is_kept_name(OsStr::new(&name)), "{name}");
+            assert_eq!(ingest_owner(OsStr::new(&name)), None, "{name}");
+        }
+    }
+
+    #[test]
     fn only_ingest_ids_name_an_owner() {
         let made = process_unique_id(&AtomicU64::new(0));
         assert_eq!(

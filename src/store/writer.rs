@@ -843,6 +843,31 @@ mod tests {
     }
 
     #[test]
+    fn a_parked_resumed_writer_keeps_its_lock_and_its_bytes() {
+        let (_t, s) = store();
+        let data = content(300 * KIB);
+        let d = Digest::of(Algorithm::Sha256, &data);
+        let len = data.len() as u64;
+        let mut w = s.resume(&d, len).unwrap();
+        w.write_all(&data[..100 * KIB]).unwrap();
+        w.park();
+        // Parked, it holds no data descriptor but still the lock.
+        let other = s.resume(&d, len).unwrap();
+        assert!(!other.is_kept() && other.written() == 0);
+        drop(other);
+        w.write_all(&data[100 * KIB..200 * KIB]).unwrap();
+        assert!(w.hasher.is_some(), "the running hash went on");
+        drop(w);
+        let w = s.resume(&d, len).unwrap();
+        assert_eq!(w.written(), 200 * KIB as u64);
+        let mut w = w;
+        w.write_all(&data[200 * KIB..]).unwrap();
+        assert!(w.commit().unwrap());
+        assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), data);
+        assert_eq!((blobs_in(&s), ingests_in(&s)), (1, 0));
+    }
+
+    #[test]
     fn a_dropped_writer_removes_its_ingest_and_an_abandoned_one_leaves_it() {
         let (_t, s) = store();
         let mut w = s.ingest_unnamed(Algorithm::Sha256).unwrap().direct();
