@@ -525,6 +525,15 @@ fn print_gc(r: &GcReport, dry_run: bool) -> Result<()> {
         r.leased,
     )
     .map_err(stdout_err)?;
+    if r.partial > 0 {
+        writeln!(
+            out,
+            "kept {} ({}) for a pull to resume",
+            counted(r.partial, "partial ingest"),
+            human(r.partial_bytes),
+        )
+        .map_err(stdout_err)?;
+    }
     Ok(())
 }
 

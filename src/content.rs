@@ -1,7 +1,8 @@
 //! The roles a store of content plays for everything else, in containerd's vocabulary: a
 //! `Provider` gives blobs (their size, a size-checked `File` so that passthrough and
 //! `copy_file_range` keep working, small blobs read whole and verified), an `Ingester` takes
-//! new blobs (expecting a digest, or naming the content by its hash at commit), and a
+//! new blobs (expecting a digest, or naming the content by its hash at commit, or resuming
+//! what an earlier writer of a digest left), and a
 //! `Catalog` keeps the image records (name -> target descriptor, with a change counter).
 //!
 //! The local store implements all three (`Store`, its `Records`). Export and the mount's
@@ -28,11 +29,12 @@ pub trait Provider: BlobSource + Send + Sync {
 }
 
 /// One blob being written: hashed as it goes, checked and made visible at commit. A writer
-/// dropped without a commit leaves nothing behind.
+/// dropped without a commit leaves nothing behind, but one from `Ingester::resume`, which
+/// keeps its bytes for the next.
 pub trait Writer: Send {
     /// Appends bytes; writing past an expected size fails at once.
     fn write_all(&mut self, buf: &[u8]) -> Result<()>;
-    /// Bytes written so far.
+    /// Bytes written so far, counting those a resumed writer started with.
     fn written(&self) -> u64;
     /// Checks size and digest and makes the blob visible. Ok(false): it was already there.
     /// A writer that expects no digest commits under the digest its content hashes to.
@@ -76,6 +78,15 @@ pub trait Ingester: Send + Sync {
     /// A writer of a blob whose digest is known only at the end: it is hashed with `alg` and
     /// named by that hash at commit (`Writer::commit_named`).
     fn ingest_unnamed(&self, alg: Algorithm) -> Result<Box<dyn Writer + '_>>;
+    /// A writer of blob `expected` (`size` bytes) whose bytes outlive it: dropped without a
+    /// commit, or its process killed, it leaves them under a name made from the digest, and the
+    /// next `resume` of the digest (in this process or another, once no live writer holds
+    /// them) continues from them. `written()` says how many bytes it starts with (re-hashed
+    /// when it opens, so the commit still checks the whole); the caller sends only the rest,
+    /// from that offset. Kept bytes longer than `size` are dropped (it starts at 0); a commit
+    /// that finds the digest wrong drops them too, so the try after starts at 0. While a live
+    /// writer holds them: an ordinary writer starting at 0. An ingester may always start at 0.
+    fn resume(&self, expected: &Digest, size: u64) -> Result<Box<dyn Writer + '_>>;
 }
 
 /// One change of the records, made in one transaction: images removed then registered, and
@@ -153,6 +164,10 @@ impl Ingester for Store {
 
     fn ingest_unnamed(&self, alg: Algorithm) -> Result<Box<dyn Writer + '_>> {
         Ok(Box::new(Store::ingest_unnamed(self, alg)?))
+    }
+
+    fn resume(&self, expected: &Digest, size: u64) -> Result<Box<dyn Writer + '_>> {
+        Ok(Box::new(Store::resume(self, expected, size)?))
     }
 }
 

@@ -193,10 +193,23 @@ pub fn hash_file(
     file: &std::fs::File,
     len: Option<u64>,
     buf: &mut [u8],
-    mut seen: impl FnMut(u64),
+    seen: impl FnMut(u64),
 ) -> std::io::Result<Digest> {
-    use std::os::unix::fs::FileExt;
     let mut h = alg.hasher();
+    hash_into(&mut h, file, len, buf, seen)?;
+    Ok(h.finish())
+}
+
+/// As `hash_file`, feeding `h` and leaving it open: a resumed ingest continues its hash
+/// from the bytes it kept.
+pub fn hash_into(
+    h: &mut Hasher,
+    file: &std::fs::File,
+    len: Option<u64>,
+    buf: &mut [u8],
+    mut seen: impl FnMut(u64),
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut offset = 0u64;
     loop {
         let want = match len {
@@ -217,7 +230,7 @@ pub fn hash_file(
         offset += n as u64;
         seen(n as u64);
     }
-    Ok(h.finish())
+    Ok(())
 }
 
 fn to_hex(bytes: &[u8]) -> String {

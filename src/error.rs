@@ -110,6 +110,8 @@ pub enum StoreProblem {
     AncestorWritable { mode: u32 },
     #[error("the store's filesystem is read-only")]
     ReadOnly,
+    #[error("has {links} hard links: refusing a file that may be another's")]
+    HardLinks { links: u64 },
 }
 
 impl Error {

@@ -293,3 +293,31 @@ fn fsck_reports_stray_files_and_damaged_manifests() {
     assert!(!env.run(&["gc"]).status.success());
     assert!(env.ok(&["images"]).contains("damaged"));
 }
+
+#[test]
+fn gc_reports_the_partial_ingests_it_keeps_for_a_pull_to_resume() {
+    let env = Env::new();
+    let data = b"partial content of a layer";
+    let d = Digest::of(layoutfs::digest::Algorithm::Sha256, data);
+    {
+        let s = layoutfs::store::Store::open(&env.store).unwrap();
+        let mut w = s.resume(&d, data.len() as u64).unwrap();
+        w.write_all(&data[..7]).unwrap();
+    }
+    let out = env.ok(&["gc"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "removed 0 blobs (0 B) and 0 abandoned ingests (0 B); kept 0 blobs (0 held by leases)",
+            "kept 1 partial ingest (7 B) for a pull to resume",
+        ],
+        "{out}"
+    );
+    let out = env.ok(&["gc", "--grace", "0s"]);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["removed 0 blobs (0 B) and 1 abandoned ingest (7 B); kept 0 blobs (0 held by leases)"],
+        "{out}"
+    );
+    assert_eq!(fs::read_dir(env.store.join("ingest")).unwrap().count(), 0);
+}

@@ -10,17 +10,21 @@
 //! (kept repositories survive reopening, a schema-3 database is read and upgraded, a newer
 //! one refused).
 //!
-//! The store restarts an interrupted write rather than resuming it: an ingest belongs to the
-//! process that started it, and a new write of the digest starts from byte zero.
+//! An ordinary ingest belongs to the process that started it: a new write of the digest
+//! starts from byte zero. A resumed one (`Ingester::resume`) keeps its bytes in
+//! `ingest/r-<alg>-<hex>/` for the next resume of the digest, whichever process: the tests
+//! below leave it as a dropped writer, an abandoned one and a killed process would, hold its
+//! lock from another process, plant links and foreign files in it, and age it for gc.
 
 mod common;
 
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use common::layout_dir::LayoutDir;
 use common::memory::Memory;
@@ -32,7 +36,7 @@ use layoutfs::oci::{Descriptor, MAX_JSON_SIZE};
 use layoutfs::reference::Reference;
 use layoutfs::store::gc::{gc, GcOptions};
 use layoutfs::store::{
-    remove_abandoned, Access, Records, Store, BLOBS_DIR, BLOB_MODE, INGEST_DIR, WHOLE,
+    remove_abandoned, Access, Records, Store, BLOBS_DIR, BLOB_MODE, INGEST_DIR, RESUME_KEEP, WHOLE,
 };
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -183,6 +187,56 @@ fn ingester_contract(what: &str, i: &dyn Ingester, p: &dyn Provider) {
     }
     refusals_contract(what, i, p);
     concurrent_contract(what, i, p);
+    resume_contract(what, i, p);
+}
+
+/// A resumed writer: whatever it starts with (`written()`, kept by the writer before or 0), the
+/// rest from there makes the blob; after a commit that finds the digest wrong, the next
+/// starts at 0.
+fn resume_contract(what: &str, i: &dyn Ingester, p: &dyn Provider) {
+    for alg in Algorithm::ALL {
+        let data = bytes(300_007, 50 + alg as u8);
+        let d = Digest::of(alg, &data);
+        let len = data.len() as u64;
+        let mut w = i.resume(&d, len).unwrap();
+        assert_eq!(w.written(), 0, "{what}: nothing kept yet");
+        w.write_all(&data[..100_000]).unwrap();
+        drop(w);
+        let mut w = i.resume(&d, len).unwrap();
+        let from = w.written();
+        assert!(from == 0 || from == 100_000, "{what}: starts at {from}");
+        w.write_all(&data[from as usize..]).unwrap();
+        assert_eq!(
+            p.blob_size(&d).unwrap(),
+            None,
+            "{what}: visible before commit"
+        );
+        assert!(w.commit().unwrap(), "{what}: placed");
+        let desc = Descriptor::new(LAYER, d.clone(), len);
+        provider_contract(what, p, &[(desc, data.clone())]);
+
+        // Wrong bytes: refused naming the digest, and nothing is kept of them.
+        let data = bytes(70_001, 60 + alg as u8);
+        let d = Digest::of(alg, &data);
+        let len = data.len() as u64;
+        let mut wrong = data.clone();
+        wrong[1234] ^= 1;
+        let mut w = i.resume(&d, len).unwrap();
+        w.write_all(&wrong).unwrap();
+        let e = w.commit().unwrap_err();
+        assert!(
+            matches!(&e, Error::DigestMismatch { expected, .. } if *expected == d),
+            "{what}: {e}"
+        );
+        let mut w = i.resume(&d, len).unwrap();
+        assert_eq!(w.written(), 0, "{what}: wrong bytes kept");
+        w.write_all(&data).unwrap();
+        assert!(w.commit().unwrap(), "{what}");
+        // The blob there already: a success that places nothing.
+        let mut w = i.resume(&d, len).unwrap();
+        w.write_all(&data[w.written() as usize..]).unwrap();
+        assert!(!w.commit().unwrap(), "{what}: placed twice");
+    }
 }
 
 /// Wrong bytes, wrong sizes, a failing reader and a dropped writer leave nothing.
@@ -968,4 +1022,440 @@ fn a_lease_keeps_an_unregistered_blob_from_gc_until_it_is_dropped() {
     let r = gc(&other, &GcOptions::default()).unwrap();
     assert_eq!((r.blobs.len(), r.bytes()), (1, 1000));
     assert!(!s.has_blob(&d).unwrap());
+}
+
+/// The kept ingest of `d` in `s`, as `Store::resume` names it.
+fn kept(s: &Store, d: &Digest) -> PathBuf {
+    s.root()
+        .join(INGEST_DIR)
+        .join(format!("r-{}-{}", d.algorithm().name(), d.hex()))
+}
+
+/// Leaves in `s` what a process killed while resuming `d` leaves after writing `prefix`: the
+/// kept ingest (0700) with its data file (0600), and no lock. Returns the directory.
+fn leave_kept(s: &Store, d: &Digest, prefix: &[u8]) -> PathBuf {
+    let dir = kept(s, d);
+    fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.join("data"))
+        .unwrap();
+    io::Write::write_all(&mut f, prefix).unwrap();
+    dir
+}
+
+/// Sets the modification time of `path` back by `by`.
+fn age_by(path: &Path, by: Duration) {
+    let when = SystemTime::now() - by;
+    fs::File::open(path)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(when).set_accessed(when))
+        .unwrap();
+}
+
+/// Writes the rest of `data` from where `w` starts and commits it.
+fn finish(mut w: layoutfs::store::BlobWriter, data: &[u8], chunk: usize) -> bool {
+    for c in data[w.written() as usize..].chunks(chunk) {
+        w.write_all(c).unwrap();
+    }
+    w.commit().unwrap()
+}
+
+#[test]
+fn a_resumed_write_continues_from_what_a_dropped_abandoned_or_killed_writer_kept() {
+    const PREFIX: usize = (1 << 20) + 3;
+    // How the first writer ends, whether the second is direct (the mount's fast path).
+    let cases = [
+        ("dropped", false),
+        ("dropped", true),
+        ("abandoned", false),
+        ("killed", false),
+        ("killed", true),
+    ];
+    for alg in Algorithm::ALL {
+        for (how, direct) in cases {
+            let case = format!("{alg:?}, {how}, direct {direct}");
+            let t = tempfile::tempdir().unwrap();
+            let s = open(t.path());
+            let data = bytes((3 << 20) + 5, 21);
+            let d = Digest::of(alg, &data);
+            let len = data.len() as u64;
+            match how {
+                "killed" => {
+                    leave_kept(&s, &d, &data[..PREFIX]);
+                }
+                _ => {
+                    let mut w = s.resume(&d, len).unwrap();
+                    assert!(w.is_kept(), "{case}");
+                    assert_eq!(w.written(), 0, "{case}");
+                    w.write_all(&data[..PREFIX]).unwrap();
+                    if how == "abandoned" {
+                        w.abandon();
+                    }
+                }
+            }
+            assert_eq!(
+                fs::metadata(kept(&s, &d).join("data")).unwrap().len(),
+                PREFIX as u64,
+                "{case}: kept"
+            );
+            assert!(!s.has_blob(&d).unwrap(), "{case}");
+            let mut w = s.resume(&d, len).unwrap();
+            assert!(w.is_kept(), "{case}");
+            assert_eq!(
+                w.written(),
+                PREFIX as u64,
+                "{case}: starts where it was left"
+            );
+            if direct {
+                w = w.direct();
+            }
+            assert!(finish(w, &data, 1 << 20), "{case}");
+            assert_eq!(fs::read(s.blob_path(&d)).unwrap(), data, "{case}");
+            let mode = fs::metadata(s.blob_path(&d)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, BLOB_MODE, "{case}");
+            assert!(ingests(&s).is_empty(), "{case}: {:?}", ingests(&s));
+        }
+    }
+
+    // Dropped with nothing written: nothing is kept. A commit short of the size keeps what
+    // was written, for the next try.
+    let t = tempfile::tempdir().unwrap();
+    let s = open(t.path());
+    let data = bytes(10_000, 4);
+    let d = Digest::of(Algorithm::Sha256, &data);
+    drop(s.resume(&d, 10_000).unwrap());
+    assert!(ingests(&s).is_empty(), "{:?}", ingests(&s));
+    let mut w = s.resume(&d, 10_000).unwrap();
+    w.write_all(&data[..4_000]).unwrap();
+    let e = w.commit().unwrap_err();
+    assert!(matches!(e, Error::SizeMismatch { found: 4_000, .. }), "{e}");
+    let w = s.resume(&d, 10_000).unwrap();
+    assert_eq!(w.written(), 4_000);
+    assert!(finish(w, &data, 3_000));
+    assert!(ingests(&s).is_empty());
+}
+
+#[test]
+fn a_kept_ingest_held_by_a_live_writer_is_never_shared() {
+    common::require("flock");
+    let t = tempfile::tempdir().unwrap();
+    let s = open(t.path());
+    let data = bytes(2 << 20, 9);
+    let d = Digest::of(Algorithm::Sha256, &data);
+    let len = data.len() as u64;
+
+    // In this process: the second writer gets an ingest of its own, from 0.
+    let mut first = s.resume(&d, len).unwrap();
+    first.write_all(&data[..500_000]).unwrap();
+    let second = s.resume(&d, len).unwrap();
+    assert!(!second.is_kept());
+    assert_eq!(second.written(), 0);
+    assert_eq!(ingests(&s).len(), 2, "{:?}", ingests(&s));
+    assert!(finish(second, &data, 1 << 16));
+    assert!(!finish(first, &data, 1 << 16), "placed twice");
+    assert_eq!(fs::read(s.blob_path(&d)).unwrap(), data);
+    assert_eq!(blob_count(&s), 1);
+    assert!(ingests(&s).is_empty(), "{:?}", ingests(&s));
+
+    // Another process holds the lock (a shell that locks the directory and sleeps with it).
+    let data = bytes(2 << 20, 10);
+    let d = Digest::of(Algorithm::Sha256, &data);
+    let dir = leave_kept(&s, &d, &data[..700_000]);
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg("exec 9<\"$1\" && flock -n 9 && echo locked && exec sleep 60")
+        .arg("sh")
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    io::BufRead::read_line(
+        &mut io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "locked\n");
+    let w = s.resume(&d, len).unwrap();
+    assert!(!w.is_kept(), "a held ingest was shared");
+    assert_eq!(w.written(), 0);
+    drop(w);
+    // Neither gc, whatever the grace, nor a new mount removes it while it is held.
+    let r = gc(
+        &s,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((r.partial, r.partial_bytes, r.ingests), (1, 700_000, 0));
+    assert_eq!(remove_abandoned(&s).unwrap(), 0);
+    assert_eq!(fs::metadata(dir.join("data")).unwrap().len(), 700_000);
+    // The holder killed: the next resume takes it up.
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let w = s.resume(&d, len).unwrap();
+    assert!(w.is_kept());
+    assert_eq!(w.written(), 700_000);
+    assert!(finish(w, &data, 1 << 20));
+    assert_eq!(fs::read(s.blob_path(&d)).unwrap(), data);
+    assert!(ingests(&s).is_empty(), "{:?}", ingests(&s));
+}
+
+#[test]
+fn a_wrong_or_overlong_kept_prefix_makes_the_next_resume_start_over() {
+    let data = bytes(300_000, 12);
+    let d = Digest::of(Algorithm::Sha256, &data);
+    let len = data.len() as u64;
+    let flipped = |n: usize| {
+        let mut b = data[..n].to_vec();
+        b[n / 2] ^= 0x40;
+        b
+    };
+    let mut longer = data.clone();
+    longer.extend_from_slice(b"0123456789");
+    // (what is kept, where the resumed writer starts, whether its commit finds it wrong)
+    let cases: [(&str, Vec<u8>, u64, bool); 4] = [
+        (
+            "a prefix with a byte flipped",
+            flipped(100_000),
+            100_000,
+            true,
+        ),
+        (
+            "all of it with a byte flipped",
+            flipped(data.len()),
+            len,
+            true,
+        ),
+        ("longer than the blob", longer, 0, false),
+        ("a right prefix", data[..100_000].to_vec(), 100_000, false),
+    ];
+    for (case, kept_bytes, starts, wrong) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        leave_kept(&s, &d, &kept_bytes);
+        let w = s.resume(&d, len).unwrap();
+        assert_eq!(w.written(), starts, "{case}");
+        if !wrong {
+            assert!(finish(w, &data, 64 << 10), "{case}");
+            assert_eq!(fs::read(s.blob_path(&d)).unwrap(), data, "{case}");
+            assert!(ingests(&s).is_empty(), "{case}");
+            continue;
+        }
+        let mut w = w;
+        w.write_all(&data[starts as usize..]).unwrap();
+        let e = w.commit().unwrap_err();
+        assert!(
+            matches!(&e, Error::DigestMismatch { expected, .. } if *expected == d),
+            "{case}: {e}"
+        );
+        assert!(e.to_string().contains(&d.to_string()), "{case}: {e}");
+        assert!(!s.has_blob(&d).unwrap(), "{case}");
+        assert!(ingests(&s).is_empty(), "{case}: {:?}", ingests(&s));
+        let w = s.resume(&d, len).unwrap();
+        assert_eq!(w.written(), 0, "{case}: the next try starts clean");
+        assert!(finish(w, &data, 64 << 10), "{case}");
+        assert_eq!(fs::read(s.blob_path(&d)).unwrap(), data, "{case}");
+    }
+
+    // A data file left read-only (a commit that failed after making it so) is taken up.
+    let t = tempfile::tempdir().unwrap();
+    let s = open(t.path());
+    let dir = leave_kept(&s, &d, &data[..5_000]);
+    fs::set_permissions(dir.join("data"), fs::Permissions::from_mode(0o444)).unwrap();
+    let w = s.resume(&d, len).unwrap();
+    assert_eq!(w.written(), 5_000);
+    assert!(finish(w, &data, 64 << 10));
+}
+
+#[test]
+fn links_and_foreign_files_planted_in_a_kept_ingest_are_refused_and_left_alone() {
+    // Another user's uid (the tests run as root, as CI does).
+    const NOBODY: u32 = 65_534;
+    type Plant = fn(dir: &Path, outside: &Path);
+    let plants: [(&str, Plant, &str); 6] = [
+        (
+            "the directory a link",
+            |dir, outside| std::os::unix::fs::symlink(outside, dir).unwrap(),
+            "symbolic link",
+        ),
+        (
+            "the data a link",
+            |dir, outside| {
+                fs::create_dir(dir).unwrap();
+                std::os::unix::fs::symlink(outside.join("data"), dir.join("data")).unwrap();
+            },
+            "symbolic link",
+        ),
+        (
+            "the data a hard link",
+            |dir, outside| {
+                fs::create_dir(dir).unwrap();
+                fs::hard_link(outside.join("data"), dir.join("data")).unwrap();
+            },
+            "hard links",
+        ),
+        (
+            "the data a directory",
+            |dir, _| {
+                fs::create_dir_all(dir.join("data")).unwrap();
+            },
+            "not a regular file",
+        ),
+        (
+            "the data another user's",
+            |dir, _| {
+                fs::create_dir(dir).unwrap();
+                fs::write(dir.join("data"), b"planted").unwrap();
+                std::os::unix::fs::lchown(dir.join("data"), Some(NOBODY), Some(NOBODY)).unwrap();
+            },
+            "owned by user 65534",
+        ),
+        (
+            "the directory another user's",
+            |dir, _| {
+                fs::create_dir(dir).unwrap();
+                fs::write(dir.join("data"), b"planted").unwrap();
+                std::os::unix::fs::lchown(dir, Some(NOBODY), Some(NOBODY)).unwrap();
+            },
+            "owned by user 65534",
+        ),
+    ];
+    let data = bytes(50_000, 13);
+    let d = Digest::of(Algorithm::Sha256, &data);
+    for (case, plant, refusal) in plants {
+        let t = tempfile::tempdir().unwrap();
+        let s = open(t.path());
+        let outside = t.path().join("victim");
+        fs::create_dir(&outside).unwrap();
+        fs::write(outside.join("data"), b"the victim's").unwrap();
+        let dir = kept(&s, &d);
+        plant(&dir, &outside);
+        // Aged past any grace, so that only the checks keep it.
+        if let Ok(m) = fs::symlink_metadata(dir.join("data")) {
+            if m.is_file() {
+                age_by(&dir.join("data"), 2 * RESUME_KEEP);
+            }
+        }
+        let before = names(&dir);
+        let e = s.resume(&d, data.len() as u64).err().expect(case);
+        assert!(matches!(e, Error::Store { .. }), "{case}: {e}");
+        assert!(e.to_string().contains(refusal), "{case}: {e}");
+        let r = gc(
+            &s,
+            &GcOptions {
+                grace: Duration::ZERO,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.ingests, 0, "{case}");
+        assert!(
+            r.left_alone.iter().any(|(p, _)| *p == dir),
+            "{case}: {:?}",
+            r.left_alone
+        );
+        assert_eq!(remove_abandoned(&s).unwrap(), 0, "{case}");
+        assert_eq!(names(&dir), before, "{case}: the plant was changed");
+        assert_eq!(
+            fs::read(outside.join("data")).unwrap(),
+            b"the victim's",
+            "{case}"
+        );
+        assert_eq!(names(&outside), vec!["data".to_owned()], "{case}");
+        // An ordinary write of the digest still works.
+        assert!(put(&s, &d, Some(data.len() as u64), &data), "{case}");
+    }
+}
+
+/// The names under `dir` (not following a link at `dir`), and what a link there points to.
+fn names(dir: &Path) -> Vec<String> {
+    match fs::read_link(dir) {
+        Ok(to) => vec![format!("-> {}", to.display())],
+        Err(_) => {
+            let mut v: Vec<String> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        }
+    }
+}
+
+#[test]
+fn gc_and_a_new_mount_keep_held_or_young_kept_ingests_and_remove_old_ones() {
+    let data: Vec<Vec<u8>> = (0..3).map(|i| bytes(100_000, 30 + i)).collect();
+    let d: Vec<Digest> = data
+        .iter()
+        .map(|b| Digest::of(Algorithm::Sha256, b))
+        .collect();
+    let past_keep = RESUME_KEEP + Duration::from_secs(3600);
+    // Young and unheld; old and unheld; old and held by a live writer.
+    let setup = |s: &Store| {
+        leave_kept(s, &d[0], &data[0][..1_000]);
+        let old = leave_kept(s, &d[1], &data[1][..2_000]);
+        age_by(&old.join("data"), past_keep);
+        let mut held = s.resume(&d[2], 100_000).unwrap();
+        held.write_all(&data[2][..3_000]).unwrap();
+        age_by(&kept(s, &d[2]).join("data"), past_keep);
+        held
+    };
+    let exists = |s: &Store| d.iter().map(|d| kept(s, d).exists()).collect::<Vec<_>>();
+
+    let t = tempfile::tempdir().unwrap();
+    let s = open(t.path());
+    let held = setup(&s);
+    let dry = gc(
+        &s,
+        &GcOptions {
+            dry_run: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((dry.ingests, dry.ingest_bytes), (1, 2_000));
+    assert_eq!(
+        exists(&s),
+        [true, true, true],
+        "a dry run removed something"
+    );
+    let r = gc(&s, &GcOptions::default()).unwrap();
+    assert_eq!((r.ingests, r.ingest_bytes), (1, 2_000));
+    assert_eq!((r.partial, r.partial_bytes), (2, 4_000));
+    assert!(r.left_alone.is_empty(), "{:?}", r.left_alone);
+    assert_eq!(exists(&s), [true, false, true]);
+    // With no grace, the young one goes too; the held one stays.
+    let r = gc(
+        &s,
+        &GcOptions {
+            grace: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!((r.ingests, r.ingest_bytes), (1, 1_000));
+    assert_eq!((r.partial, r.partial_bytes), (1, 3_000));
+    assert_eq!(exists(&s), [false, false, true]);
+    assert!(finish(held, &data[2], 10_000));
+    assert!(ingests(&s).is_empty(), "{:?}", ingests(&s));
+
+    // A new mount (remove_abandoned) keeps them for RESUME_KEEP.
+    let t = tempfile::tempdir().unwrap();
+    let s = open(t.path());
+    let held = setup(&s);
+    assert_eq!(remove_abandoned(&s).unwrap(), 1);
+    assert_eq!(exists(&s), [true, false, true]);
+    drop(held);
+    // Dropped, the old one is no longer held: the next sweep takes it.
+    assert_eq!(remove_abandoned(&s).unwrap(), 1);
+    assert_eq!(exists(&s), [true, false, false]);
+    let w = s.resume(&d[0], 100_000).unwrap();
+    assert_eq!(w.written(), 1_000);
+    assert!(finish(w, &data[0], 10_000));
 }

@@ -1,7 +1,9 @@
 //! Garbage collection: mark every blob an image record reaches (indexes, manifests, configs,
 //! layers), every blob an untagged image reaches whose OCI 1.1 `subject` is a kept manifest
 //! (signatures, SBOMs), and every blob a live lease holds; sweep the other blob files; remove
-//! the ingests of processes that are gone once they are older than the grace period.
+//! the ingests of processes that are gone once they are older than the grace period, and the
+//! kept ingests (`ingest/r-<alg>-<hex>`, for resuming a pull) that no writer holds once their
+//! data is untouched for it; younger or held ones are kept and counted.
 //!
 //! Mark and sweep run inside one write transaction of `meta.db`, the lock every lease and
 //! every record change also takes: see `leases` for why that makes gc safe while imports,
@@ -10,8 +12,8 @@
 //!
 //! A store whose `meta.db` was created while `blobs/` held blobs (the records were lost: see
 //! `Store::adopted`) makes gc refuse too, until `gc_forced` (`gc --force`) or `fsck --repair`
-//! clears the mark. Under `ingest/`, only directories named as ingest ids are swept, never
-//! through a link; anything else is left alone and reported.
+//! clears the mark. Under `ingest/`, only directories of ours named as ingests are swept,
+//! never through a link; anything else is left alone and reported.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -28,19 +30,21 @@ use crate::error::{Error, IoContext, Result};
 use crate::oci::{self, Descriptor, Kind, MAX_JSON_SIZE};
 
 use super::check::{self, BlobFile};
-use super::ingest::{process_alive, sweepable, DATA_FILE};
+use super::ingest::{process_alive, sweep_kept, sweepable, IngestKind, KeptSweep, DATA_FILE};
 use super::leases;
 use super::records::{self, now_ms};
 use super::{adopted_in, clear_adopted, Store, DB_FILE, INGEST_DIR};
 
-/// How long an abandoned ingest or lease stays before gc removes it, unless `--grace` says.
+/// How long an abandoned ingest or lease, or a kept ingest no writer holds, stays before gc
+/// removes it, unless `--grace` says (as long as a new mount keeps a kept ingest).
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone)]
 pub struct GcOptions {
     /// Say what would go, remove nothing.
     pub dry_run: bool,
-    /// Ingests and leases of processes that are gone are removed once this old.
+    /// Ingests and leases of processes that are gone, and kept ingests no writer holds, are
+    /// removed once this old.
     pub grace: Duration,
 }
 
@@ -62,8 +66,13 @@ pub struct GcReport {
     pub kept: usize,
     /// Kept only because a live lease holds them.
     pub leased: usize,
+    /// Ingests removed: of processes that are gone, and kept ones past the grace period.
     pub ingests: usize,
     pub ingest_bytes: u64,
+    /// Kept ingests left for a pull to resume (a live writer holds them, or they are younger
+    /// than the grace period), and the bytes they hold.
+    pub partial: usize,
+    pub partial_bytes: u64,
     /// Leases of processes that are gone, released.
     pub leases: usize,
     /// Entries under `ingest/` that are no ingest (a name not in the id format, a link, a
@@ -357,7 +366,8 @@ fn read_small_file(store: &Store, digest: &Digest, size: u64) -> Option<Vec<u8>>
     Some(bytes)
 }
 
-/// Removes the ingests of processes that are gone, once untouched for the grace period.
+/// Removes the ingests of processes that are gone, once untouched for the grace period, and
+/// the kept ingests no writer holds, once as old; counts the kept ones it keeps.
 fn sweep_ingests(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
     let dir = store.root().join(INGEST_DIR);
     let now = SystemTime::now();
@@ -365,7 +375,22 @@ fn sweep_ingests(store: &Store, opts: &GcOptions, report: &mut GcReport) -> Resu
         let e = e.at(&dir)?;
         let path = e.path();
         let pid = match sweepable(&e) {
-            Ok(pid) => pid,
+            Ok(IngestKind::Temporary { pid }) => pid,
+            Ok(IngestKind::Kept) => {
+                match sweep_kept(&path, opts.grace, !opts.dry_run)? {
+                    KeptSweep::Kept { bytes } => {
+                        report.partial += 1;
+                        report.partial_bytes += bytes;
+                    }
+                    KeptSweep::Removed { bytes } => {
+                        report.ingests += 1;
+                        report.ingest_bytes += bytes;
+                    }
+                    KeptSweep::Gone => {}
+                    KeptSweep::LeftAlone(why) => report.left_alone.push((path, why)),
+                }
+                continue;
+            }
             Err(why) => {
                 report.left_alone.push((path, why));
                 continue;

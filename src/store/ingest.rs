@@ -1,13 +1,19 @@
 //! The ingest area, `ingest/`: each blob being written has a directory `ingest/<id>/` (0700)
 //! holding its bytes in `data` (created exclusively, 0600). The writer (`BlobWriter`, in
-//! `writer.rs`, what `Store::ingest` returns) hashes them and calls `place` at commit:
-//! fsync, mode 0444, rename into `blobs/<alg>/<hex>` without replacing, a check that the file
-//! placed is the file written, fsync of the directory. A blob already present is a success.
-//! Nothing is under `blobs/` before its size and digest are checked.
+//! `writer.rs`, what `Store::ingest` and `Store::resume` return) hashes them and calls `place`
+//! at commit: fsync, mode 0444, rename into `blobs/<alg>/<hex>` without replacing, a check that
+//! the file placed is the file written, fsync of the directory. A blob already present is a
+//! success. Nothing is under `blobs/` before its size and digest are checked.
 //!
-//! An ingest is a directory named `<pid>-<n>-<nanoseconds>` (decimal numbers). Sweeping
-//! abandoned ones (`remove_abandoned`, and gc's) removes only directories named so, never
-//! through a link: anything else under `ingest/` is left alone and reported.
+//! Two kinds of ingest. A temporary one is named `<pid>-<n>-<nanoseconds>` (decimal numbers)
+//! and goes with its writer. A kept one, `r-<alg>-<hex>` (`open_kept`), is the one ingest of a
+//! digest that outlives its writer (dropped, or its process killed) so that the next
+//! `Store::resume` of the digest continues from its bytes; its live writer holds an exclusive
+//! `flock` on the directory, so two writers never share it. Sweeping (`remove_abandoned`, and
+//! gc's) removes temporary ingests of processes that are gone, and kept ones that no writer
+//! holds once their data is untouched for `RESUME_KEEP` (gc: its grace). It removes only
+//! directories named so, of ours, never through a link, and a kept one only when it holds
+//! nothing but a data file of ours: anything else under `ingest/` is left alone and reported.
 
 use std::fs::{self, File, OpenOptions, Permissions};
 use std::io;
@@ -15,12 +21,12 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::digest::Digest;
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, IoContext, Result, StoreProblem};
 
-use super::Store;
+use super::{caller, check_meta, Kind, Store};
 
 /// Mode of a committed blob: read-only for everyone.
 pub const BLOB_MODE: u32 = 0o444;
@@ -32,6 +38,16 @@ pub(super) const WRITEBACK_STEP: u64 = 16 << 20;
 
 /// Mode of one ingest's directory.
 const INGEST_ENTRY_MODE: u32 = 0o700;
+/// Mode of an ingest's data file.
+const DATA_MODE: u32 = 0o600;
+
+/// What a kept ingest's directory name starts with: `r-<alg>-<hex>`.
+const KEPT_PREFIX: &str = "r-";
+
+/// How long a kept ingest that no writer holds stays, by its data file's modification time, so
+/// that a pull killed and run again resumes it: a new mount removes older ones, gc those older
+/// than its grace (`gc::DEFAULT_GRACE`, as long, unless `--grace` says).
+pub const RESUME_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// The file in an ingest directory that holds the bytes.
 pub const DATA_FILE: &str = "data";
@@ -90,16 +106,50 @@ pub(super) fn ingest_owner(name: &std::ffi::OsStr) -> Option<i32> {
     pid.parse::<i32>().ok().filter(|p| *p > 0)
 }
 
-/// An entry of `ingest/` that a sweep may remove: named as an ingest id and a directory (not
-/// a link to one). Otherwise why it is left alone.
-pub(super) fn sweepable(entry: &fs::DirEntry) -> std::result::Result<i32, &'static str> {
-    let Some(pid) = ingest_owner(&entry.file_name()) else {
-        return Err("not named as an ingest (<pid>-<n>-<nanoseconds>)");
+/// The name of the kept ingest of `digest`: `r-<alg>-<hex>`.
+pub(super) fn kept_name(digest: &Digest) -> String {
+    format!(
+        "{KEPT_PREFIX}{}-{}",
+        digest.algorithm().name(),
+        digest.hex()
+    )
+}
+
+/// Whether `name` is the name of a kept ingest, as `kept_name` makes it.
+fn is_kept_name(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
     };
-    match entry.file_type() {
-        Ok(t) if t.is_symlink() => Err("a symbolic link, not an ingest directory"),
-        Ok(t) if t.is_dir() => Ok(pid),
-        Ok(_) => Err("not a directory"),
+    name.strip_prefix(KEPT_PREFIX)
+        .and_then(|rest| rest.split_once('-'))
+        .and_then(|(alg, hex)| Digest::from_parts(alg, hex).ok())
+        .is_some_and(|d| kept_name(&d) == name)
+}
+
+/// What an entry of `ingest/` a sweep may look at is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum IngestKind {
+    /// `<pid>-<n>-<nanoseconds>`, of process `pid`.
+    Temporary { pid: i32 },
+    /// `r-<alg>-<hex>`, for `Store::resume`.
+    Kept,
+}
+
+/// An entry of `ingest/` that a sweep may look at: named as an ingest, a directory (not a
+/// link to one) and ours. Otherwise why it is left alone.
+pub(super) fn sweepable(entry: &fs::DirEntry) -> std::result::Result<IngestKind, &'static str> {
+    let name = entry.file_name();
+    let kind = match ingest_owner(&name) {
+        Some(pid) => IngestKind::Temporary { pid },
+        None if is_kept_name(&name) => IngestKind::Kept,
+        None => return Err("not named as an ingest (<pid>-<n>-<nanoseconds> or r-<alg>-<hex>)"),
+    };
+    // DirEntry::metadata does not follow a link.
+    match entry.metadata() {
+        Ok(m) if m.file_type().is_symlink() => Err("a symbolic link, not an ingest directory"),
+        Ok(m) if !m.is_dir() => Err("not a directory"),
+        Ok(m) if m.uid() != caller() => Err("owned by another user"),
+        Ok(_) => Ok(kind),
         Err(_) => Err("unreadable"),
     }
 }
@@ -117,20 +167,235 @@ pub(super) fn new_ingest(root: &Path) -> Result<(PathBuf, File)> {
         .create(&dir)
         .at(&dir)?;
     let data = dir.join(DATA_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&data);
-    match file {
+    match create_data(&data) {
         Ok(f) => Ok((dir, f)),
         Err(e) => {
             let _ = fs::remove_dir_all(&dir);
             Err(Error::io(data, e))
         }
     }
+}
+
+/// Creates an ingest's data file, empty, 0600 (less the umask), where nothing is.
+fn create_data(data: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(DATA_MODE)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(data)
+}
+
+/// A kept ingest opened by its one writer: its directory, whose descriptor holds the lock,
+/// and its data file (read and write), as it was left.
+pub(super) struct KeptIngest {
+    pub dir: PathBuf,
+    pub lock: File,
+    pub file: File,
+}
+
+/// Opens the kept ingest of `expected` in the store at `root` for writing, creating it when
+/// absent, and locks it. None when a live writer holds it. Refuses, naming the path, a
+/// directory or data file that is a link, not of its kind, not ours, writable by others or
+/// (the data) with other hard links: nothing of it is touched then.
+pub(super) fn open_kept(root: &Path, expected: &Digest) -> Result<Option<KeptIngest>> {
+    let dir = root.join(super::INGEST_DIR).join(kept_name(expected));
+    let made = match fs::DirBuilder::new().mode(INGEST_ENTRY_MODE).create(&dir) {
+        Ok(()) => true,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let Some(lock) = lock_kept(&dir)? else {
+        return Ok(None);
+    };
+    match open_kept_data(&dir.join(DATA_FILE)) {
+        Ok(file) => Ok(Some(KeptIngest { dir, lock, file })),
+        Err(e) => {
+            if made {
+                // Only ever empty here: nothing else was made in it.
+                let _ = fs::remove_dir(&dir);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Opens the kept ingest directory `dir` (checked as a store part: no link, a directory,
+/// ours, not writable by others) and takes its lock without waiting. None when another
+/// writer holds it, or `dir` is no longer the directory opened (committed or swept since).
+fn lock_kept(dir: &Path) -> Result<Option<File>> {
+    let found = fs::symlink_metadata(dir).at(dir)?;
+    check_meta(dir, &found, Kind::Dir)?;
+    let lock = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::store(dir, StoreProblem::Symlink),
+            _ => Error::io(dir, e),
+        })?;
+    let meta = lock.metadata().at(dir)?;
+    if !same_file(&found, &meta) || !try_lock(&lock).at(dir)? {
+        return Ok(None);
+    }
+    match fs::symlink_metadata(dir) {
+        Ok(now) if same_file(&now, &meta) => Ok(Some(lock)),
+        _ => Ok(None),
+    }
+}
+
+/// Takes an exclusive `flock` on `file` without waiting: false when another open file holds
+/// one (in this process or another). Released when the file is closed.
+fn try_lock(file: &File) -> io::Result<bool> {
+    loop {
+        // SAFETY: flock only reads the open descriptor and its integer operation.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            Some(libc::EINTR) => continue,
+            _ => return Err(e),
+        }
+    }
+}
+
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+/// Checks a kept ingest's data file as a writer of ours left it: no link, a regular file,
+/// ours, with no other hard link.
+fn check_data(data: &Path, meta: &fs::Metadata) -> Result<()> {
+    let problem = if meta.file_type().is_symlink() {
+        StoreProblem::Symlink
+    } else if !meta.is_file() {
+        StoreProblem::NotAFile
+    } else if meta.uid() != caller() {
+        StoreProblem::Owner {
+            owner: meta.uid(),
+            you: caller(),
+        }
+    } else if meta.nlink() != 1 {
+        StoreProblem::HardLinks {
+            links: meta.nlink(),
+        }
+    } else {
+        return Ok(());
+    };
+    Err(Error::store(data, problem))
+}
+
+/// Opens the data file of a locked kept ingest for reading and writing, creating it when
+/// absent; one that is there must pass `check_data` before it is opened (a device is never
+/// opened) and be the same file once opened. A mode other than 0600 (0444 from a commit that
+/// failed after it) is set back.
+fn open_kept_data(data: &Path) -> Result<File> {
+    let found = match fs::symlink_metadata(data) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return create_data(data).at(data),
+        Err(e) => return Err(Error::io(data, e)),
+    };
+    check_data(data, &found)?;
+    let replaced = || {
+        Error::io(
+            data,
+            io::Error::other("replaced while it was being opened: left alone"),
+        )
+    };
+    // Read-only first: a 0444 file can be given its mode back through it.
+    let read = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(data)
+        .at(data)?;
+    let meta = read.metadata().at(data)?;
+    if !same_file(&found, &meta) {
+        return Err(replaced());
+    }
+    if meta.mode() & 0o7777 != DATA_MODE {
+        read.set_permissions(Permissions::from_mode(DATA_MODE))
+            .at(data)?;
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(data)
+        .at(data)?;
+    if !same_file(&meta, &file.metadata().at(data)?) {
+        return Err(replaced());
+    }
+    Ok(file)
+}
+
+/// What a sweep found in one kept ingest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum KeptSweep {
+    /// Held by a live writer, or younger than the time to keep it: its data's bytes.
+    Kept { bytes: u64 },
+    /// Removed (or, dry, would be): the bytes freed.
+    Removed { bytes: u64 },
+    /// Gone before it could be looked at (committed meanwhile).
+    Gone,
+    /// Not what a writer of ours leaves: why.
+    LeftAlone(&'static str),
+}
+
+/// Removes the kept ingest `dir` when no writer holds it and its data (or, without data, the
+/// directory) is untouched for `keep`, holding its lock meanwhile so that no writer takes it
+/// up; with `remove` false, only says what it would do. Only a directory of ours holding
+/// nothing but a data file of ours is removed, file then directory, never through a link.
+pub(super) fn sweep_kept(dir: &Path, keep: Duration, remove: bool) -> Result<KeptSweep> {
+    let data = dir.join(DATA_FILE);
+    let data_meta = || fs::symlink_metadata(&data).ok();
+    let _lock = match lock_kept(dir) {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            return Ok(KeptSweep::Kept {
+                bytes: data_meta().filter(|m| m.is_file()).map_or(0, |m| m.len()),
+            })
+        }
+        Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            return Ok(KeptSweep::Gone)
+        }
+        Err(_) => return Ok(KeptSweep::LeftAlone("not a private directory of ours")),
+    };
+    let mut only_data = true;
+    for e in fs::read_dir(dir).at(dir)? {
+        only_data &= e.at(dir)?.file_name() == DATA_FILE;
+    }
+    let found = data_meta();
+    if !only_data
+        || found
+            .as_ref()
+            .is_some_and(|m| check_data(&data, m).is_err())
+    {
+        return Ok(KeptSweep::LeftAlone(
+            "holds something other than a data file of ours",
+        ));
+    }
+    let touched = match &found {
+        Some(m) => m.modified(),
+        None => fs::symlink_metadata(dir).and_then(|m| m.modified()),
+    }
+    .unwrap_or_else(|_| SystemTime::now());
+    let bytes = found.as_ref().map_or(0, |m| m.len());
+    let idle = SystemTime::now()
+        .duration_since(touched)
+        .unwrap_or_default();
+    if idle < keep {
+        return Ok(KeptSweep::Kept { bytes });
+    }
+    if remove {
+        if found.is_some() {
+            fs::remove_file(&data).at(&data)?;
+        }
+        fs::remove_dir(dir).at(dir)?;
+    }
+    Ok(KeptSweep::Removed { bytes })
 }
 
 /// A failed write (ENOSPC, EIO) of the ingest of `blob` at `data`, naming both.
@@ -174,22 +439,30 @@ pub(super) fn place(root: &Path, file: &File, data: &Path, expected: &Digest) ->
 }
 
 /// Removes the ingests of processes that are gone (killed mid-write): their data can never be
-/// committed. Returns how many were removed. What is no ingest (see `sweepable`) is left
-/// alone, with a warning.
+/// committed; and the kept ingests that no writer holds and are untouched for `RESUME_KEEP`.
+/// Returns how many were removed. What is no ingest (see `sweepable`) is left alone, with a
+/// warning.
 pub fn remove_abandoned(store: &Store) -> Result<usize> {
     let dir = store.root().join(super::INGEST_DIR);
     let mut removed = 0;
     for e in fs::read_dir(&dir).at(&dir)? {
         let e = e.at(&dir)?;
-        let pid = match sweepable(&e) {
-            Ok(pid) => pid,
-            Err(why) => {
-                tracing::warn!("left {} alone: {why}", e.path().display());
-                continue;
+        let path = e.path();
+        match sweepable(&e) {
+            Ok(IngestKind::Temporary { pid }) => {
+                if !process_alive(pid) && fs::remove_dir_all(&path).is_ok() {
+                    removed += 1;
+                }
             }
-        };
-        if !process_alive(pid) && fs::remove_dir_all(e.path()).is_ok() {
-            removed += 1;
+            Ok(IngestKind::Kept) => match sweep_kept(&path, RESUME_KEEP, true) {
+                Ok(KeptSweep::Removed { .. }) => removed += 1,
+                Ok(KeptSweep::LeftAlone(why)) => {
+                    tracing::warn!("left {} alone: {why}", path.display());
+                }
+                Ok(_) => {}
+                Err(err) => tracing::warn!("left {} alone: {err}", path.display()),
+            },
+            Err(why) => tracing::warn!("left {} alone: {why}", path.display()),
         }
     }
     Ok(removed)
@@ -260,6 +533,39 @@ pub(super) fn start_writeback(file: &File, offset: u64, len: u64) {
 mod tests {
     use super::*;
     use std::ffi::OsStr;
+
+    #[test]
+    fn only_canonical_digests_name_a_kept_ingest() {
+        let sha256 = Digest::of(crate::digest::Algorithm::Sha256, b"x");
+        let sha512 = Digest::of(crate::digest::Algorithm::Sha512, b"x");
+        for d in [&sha256, &sha512] {
+            let name = kept_name(d);
+            assert!(name.starts_with("r-sha"), "{name}");
+            assert!(is_kept_name(OsStr::new(&name)), "{name}");
+        }
+        let hex = sha256.hex();
+        let refused = [
+            format!("r-sha256-{}", hex.to_uppercase()),
+            format!("r-sha256-{}", &hex[1..]),
+            format!("r-sha256-{hex}0"),
+            format!("r-sha256-{hex}-1"),
+            format!("r-sha512-{hex}"),
+            format!("r-md5-{hex}"),
+            format!("r-sha256:{hex}"),
+            format!("d-sha256-{hex}"),
+            format!("sha256-{hex}"),
+            format!(
+                "r-sha256-{}",
+                &hex.replace(|c: char| c.is_ascii_digit(), "/")
+            ),
+            "r-".to_owned(),
+            "r-sha256-".to_owned(),
+        ];
+        for name in refused {
+            assert!(!is_kept_name(OsStr::new(&name)), "{name}");
+            assert_eq!(ingest_owner(OsStr::new(&name)), None, "{name}");
+        }
+    }
 
     #[test]
     fn only_ingest_ids_name_an_owner() {

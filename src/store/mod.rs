@@ -29,7 +29,9 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, IoContext, Result, StoreProblem};
 use crate::oci::{self, BlobSource, Descriptor};
 
-pub use ingest::{process_alive, remove_abandoned, sync_dir, BLOB_MODE, COPY_CHUNK, DATA_FILE};
+pub use ingest::{
+    process_alive, remove_abandoned, sync_dir, BLOB_MODE, COPY_CHUNK, DATA_FILE, RESUME_KEEP,
+};
 pub use leases::{Held, Lease, Leases, WHOLE};
 pub use records::{check_record, now_ms, Image, Records};
 pub use writer::BlobWriter;
@@ -239,6 +241,14 @@ impl Store {
         BlobWriter::start(self, expected.algorithm(), Some(expected), size)
     }
 
+    /// Starts or continues writing blob `expected` of `size` bytes in its kept ingest,
+    /// `ingest/r-<alg>-<hex>/`, which outlives the writer (see `content::Ingester::resume`):
+    /// `written()` says how much is there already. Another writer holding it: a new, ordinary
+    /// writer starting at 0.
+    pub fn resume(&self, expected: &Digest, size: u64) -> Result<BlobWriter> {
+        BlobWriter::resume(self, expected, size)
+    }
+
     /// Starts writing a blob whose digest is known only at the end: it is hashed with `alg`
     /// and named by that hash at commit (`BlobWriter::commit_named`).
     pub fn ingest_unnamed(&self, alg: Algorithm) -> Result<BlobWriter> {
@@ -335,13 +345,13 @@ pub fn open_no_follow(path: &Path) -> io::Result<File> {
 
 /// The kind a store part must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     Dir,
     File,
 }
 
 /// This process's effective user.
-fn caller() -> u32 {
+pub(super) fn caller() -> u32 {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() }
 }
@@ -360,7 +370,7 @@ fn check_part_if_there(path: &Path, kind: Kind) -> Result<()> {
     }
 }
 
-fn check_meta(path: &Path, meta: &fs::Metadata, kind: Kind) -> Result<()> {
+pub(super) fn check_meta(path: &Path, meta: &fs::Metadata, kind: Kind) -> Result<()> {
     let problem = if meta.file_type().is_symlink() {
         Some(StoreProblem::Symlink)
     } else if kind == Kind::Dir && !meta.is_dir() {

@@ -24,6 +24,13 @@
 //!   file that is not the one it created.
 //! - A writer dropped without a commit, or after one, removes its ingest directory; `abandon`
 //!   leaves it, as a killed process would, for the sweep of dead processes' ingests.
+//! - Resuming (`resume`, what `Store::resume` returns): the writer of an expected digest and
+//!   size in the digest's kept ingest `ingest/r-<alg>-<hex>/` (see `ingest.rs`), locked while it
+//!   lives. It starts where the bytes kept there end, re-hashing them (more than the size: it
+//!   starts over). Dropped uncommitted it keeps them (none written: the ingest goes); a commit
+//!   that places the blob, finds it there or finds the digest wrong removes the ingest (a wrong
+//!   prefix cannot be told before the end, so the next resume starts clean); any other failure
+//!   keeps it.
 //!
 //! A writer carries what it needs of the store (its root) and borrows nothing, so the mount
 //! keeps thousands of them in its tables.
@@ -34,12 +41,12 @@ use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::digest::{hash_file, Algorithm, Digest, Hasher};
+use crate::digest::{hash_file, hash_into, Algorithm, Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
 
 use super::ingest::{
-    check_digest, check_size, new_ingest, place, start_writeback, COPY_CHUNK, DATA_FILE,
-    WRITEBACK_STEP,
+    check_digest, check_size, new_ingest, open_kept, place, start_writeback, KeptIngest,
+    COPY_CHUNK, DATA_FILE, WRITEBACK_STEP,
 };
 use super::Store;
 
@@ -83,8 +90,22 @@ pub struct BlobWriter {
     expected: Option<(Digest, Option<u64>)>,
     /// The end of what the kernel was asked to write back.
     flushed_to: u64,
-    /// Whether dropping the writer removes its ingest directory (not after `abandon`).
-    remove_on_drop: bool,
+    /// What dropping the writer does with its ingest directory.
+    on_drop: OnDrop,
+    /// The descriptor of a kept ingest's directory, holding its lock while the writer lives;
+    /// None for a temporary ingest.
+    kept: Option<File>,
+}
+
+/// What dropping a writer does with its ingest directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnDrop {
+    /// Removes it: a temporary ingest, or a kept one spent by its commit.
+    Remove,
+    /// Keeps it for the next resume unless nothing was written: a kept ingest.
+    KeepPartial,
+    /// Leaves it as it is (`abandon`).
+    Leave,
 }
 
 /// The O_DIRECT side of a writer.
@@ -132,12 +153,51 @@ impl BlobWriter {
             len: 0,
             expected: expected.map(|d| (d.clone(), size)),
             flushed_to: 0,
-            remove_on_drop: true,
+            on_drop: OnDrop::Remove,
+            kept: None,
         };
         // Dropped on an error, `w` removes the directory.
         let meta = file.metadata().at(&w.data)?;
         w.identity = (meta.dev(), meta.ino());
         w.file = Some(file);
+        Ok(w)
+    }
+
+    /// The writer of blob `expected` (`size` bytes) in its kept ingest, continuing from the
+    /// bytes there (see the module doc); an ordinary writer when another writer holds it.
+    pub(super) fn resume(store: &Store, expected: &Digest, size: u64) -> Result<BlobWriter> {
+        let Some(KeptIngest { dir, lock, file }) = open_kept(store.root(), expected)? else {
+            return BlobWriter::start(store, expected.algorithm(), Some(expected), Some(size));
+        };
+        let data = dir.join(DATA_FILE);
+        let meta = file.metadata().at(&data)?;
+        let alg = expected.algorithm();
+        let mut w = BlobWriter {
+            root: store.root().to_owned(),
+            dir,
+            data,
+            identity: (meta.dev(), meta.ino()),
+            file: Some(file),
+            direct: Direct::default(),
+            alg,
+            hasher: None,
+            hashed: None,
+            len: meta.len(),
+            expected: Some((expected.clone(), Some(size))),
+            flushed_to: meta.len(),
+            on_drop: OnDrop::KeepPartial,
+            kept: Some(lock),
+        };
+        if w.len > size {
+            // Not a prefix of this blob: start over.
+            w.truncate(0)?;
+            return Ok(w);
+        }
+        // Dropped on an error from here (len > 0), `w` keeps the bytes for another try.
+        let mut h = alg.hasher();
+        let mut buf = vec![0u8; COPY_CHUNK];
+        hash_into(&mut h, w.opened()?, Some(w.len), &mut buf, |_| {}).at(&w.data)?;
+        w.hasher = Some(h);
         Ok(w)
     }
 
@@ -177,7 +237,8 @@ impl BlobWriter {
         self.len == 0
     }
 
-    /// Bytes written so far by sequential writes (`len`).
+    /// Bytes written so far by sequential writes (`len`), counting those a resumed writer
+    /// started with.
     pub fn written(&self) -> u64 {
         self.len
     }
@@ -367,8 +428,20 @@ impl BlobWriter {
 
     /// Verifies (when a digest is expected) and moves the blob into place under the digest
     /// its content hashes to, which it returns, with whether it was placed now (false: it was
-    /// already there). The writer is spent either way: its ingest directory goes.
+    /// already there). The writer is spent either way: its ingest directory goes, but for a
+    /// resumed writer's that failed otherwise than by its digest (see the module doc).
     pub fn commit_named(mut self) -> Result<(Digest, bool)> {
+        let r = self.check_and_place();
+        if self.on_drop == OnDrop::KeepPartial
+            && matches!(r, Ok(_) | Err(Error::DigestMismatch { .. }))
+        {
+            self.on_drop = OnDrop::Remove;
+        }
+        r
+    }
+
+    /// `commit_named`, but for what happens to the ingest.
+    fn check_and_place(&mut self) -> Result<(Digest, bool)> {
         let found = match self.expected.clone() {
             Some((expected, size)) => {
                 self.verify(&expected, size)?;
@@ -397,13 +470,31 @@ impl BlobWriter {
     /// Drops the writer but leaves its ingest directory, as a process that died would: the
     /// next mount, or gc, removes it (the mount's exit does not wait for the disk).
     pub fn abandon(mut self) {
-        self.remove_on_drop = false;
+        self.on_drop = OnDrop::Leave;
+    }
+
+    /// Whether the writer writes into a kept ingest (`resume`) rather than a temporary one.
+    pub fn is_kept(&self) -> bool {
+        self.kept.is_some()
     }
 }
 
 impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if self.remove_on_drop {
+        let remove = match self.on_drop {
+            OnDrop::Remove => true,
+            OnDrop::KeepPartial => self.len == 0,
+            OnDrop::Leave => false,
+        };
+        if !remove {
+            return;
+        }
+        if self.kept.is_some() {
+            // Only what the writer made: its data file (gone already once placed), then the
+            // directory if nothing else is in it. The lock (`kept`) is released after this.
+            let _ = std::fs::remove_file(&self.data);
+            let _ = std::fs::remove_dir(&self.dir);
+        } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -749,6 +840,31 @@ mod tests {
         assert!(refused(w.commit().unwrap_err()));
         assert_eq!(blobs_in(&s), 1);
         assert_eq!(ingests_in(&s), 0);
+    }
+
+    #[test]
+    fn a_parked_resumed_writer_keeps_its_lock_and_its_bytes() {
+        let (_t, s) = store();
+        let data = content(300 * KIB);
+        let d = Digest::of(Algorithm::Sha256, &data);
+        let len = data.len() as u64;
+        let mut w = s.resume(&d, len).unwrap();
+        w.write_all(&data[..100 * KIB]).unwrap();
+        w.park();
+        // Parked, it holds no data descriptor but still the lock.
+        let other = s.resume(&d, len).unwrap();
+        assert!(!other.is_kept() && other.written() == 0);
+        drop(other);
+        w.write_all(&data[100 * KIB..200 * KIB]).unwrap();
+        assert!(w.hasher.is_some(), "the running hash went on");
+        drop(w);
+        let w = s.resume(&d, len).unwrap();
+        assert_eq!(w.written(), 200 * KIB as u64);
+        let mut w = w;
+        w.write_all(&data[200 * KIB..]).unwrap();
+        assert!(w.commit().unwrap());
+        assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), data);
+        assert_eq!((blobs_in(&s), ingests_in(&s)), (1, 0));
     }
 
     #[test]
