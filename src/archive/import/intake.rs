@@ -90,7 +90,7 @@ impl<'a> Intake<'a> {
     /// Starts or takes up blob `digest` of `size` bytes in an ingest that keeps what it got
     /// if the copy fails; its `written()` bytes are there already.
     pub fn resume(&self, digest: &Digest, size: u64) -> Result<Box<dyn Writer + 'a>> {
-        self.start(digest, size) // RESUME: Ingester::resume once the store has it
+        self.ingester.resume(digest, size)
     }
 
     /// Commits `w` (checking its size and digest) and counts it if it was placed now.
