@@ -575,14 +575,18 @@ fn proxy_client(state: &State, client: TcpStream) {
         let keep = answer(
             state, &mut c, &head, &method, &path, body, fault, &mut entry,
         );
-        if entry.status != 0 {
-            state.log.lock().unwrap().push(entry);
-        }
         if !keep.unwrap_or(false) || close {
             break;
         }
     }
     let _ = c.s.shutdown(Shutdown::Both);
+}
+
+/// Logs a request with the status it gets, before any of the answer is sent (a client that
+/// has its answer finds the request logged).
+fn record(state: &State, entry: &mut Logged, status: u16) {
+    entry.status = status;
+    state.log.lock().unwrap().push(entry.clone());
 }
 
 /// Answers one request; Ok(true) when the connection may serve another.
@@ -599,9 +603,16 @@ fn answer(
 ) -> io::Result<bool> {
     match &fault {
         Some(Fault::Status { code, retry_after }) => {
-            entry.status = *code;
+            record(state, entry, *code);
+            let name = match code {
+                401 => "UNAUTHORIZED",
+                404 => "NOT_FOUND",
+                429 => "TOOMANYREQUESTS",
+                503 => "UNAVAILABLE",
+                _ => "UNKNOWN",
+            };
             let err = serde_json::json!({"errors": [{
-                "code": match code { 429 => "TOOMANYREQUESTS", 503 => "UNAVAILABLE", 401 => "UNAUTHORIZED", 404 => "NOT_FOUND", _ => "UNKNOWN" },
+                "code": name,
                 "message": format!("injected by the test proxy: {code}"),
             }]})
             .to_string();
@@ -614,7 +625,7 @@ fn answer(
             return Ok(true);
         }
         Some(Fault::RedirectTo(to)) => {
-            entry.status = 307;
+            record(state, entry, 307);
             let loc = format!("http://{to}{path}");
             respond(&mut c.s, method, 307, &[("Location", &loc)], b"")?;
             return Ok(true);
@@ -624,7 +635,7 @@ fn answer(
             body,
             status,
         }) => {
-            entry.status = *status;
+            record(state, entry, *status);
             let digest = format!("sha256:{:x}", Sha256::digest(body));
             respond(
                 &mut c.s,
@@ -644,7 +655,7 @@ fn answer(
     let mut up = match connect_upstream(state) {
         Ok(s) => Conn::new(s, state.stop.clone()),
         Err(e) => {
-            entry.status = 502;
+            record(state, entry, 502);
             respond(&mut c.s, method, 502, &[], e.to_string().as_bytes())?;
             return Ok(true);
         }
@@ -674,7 +685,7 @@ fn answer(
     let mut rh = match sent.and_then(|_| up.read_head(IO_TIMEOUT)) {
         Ok(Some(rh)) => rh,
         other => {
-            entry.status = 502;
+            record(state, entry, 502);
             let why = match other {
                 Err(e) => e.to_string(),
                 _ => "upstream closed".into(),
@@ -690,7 +701,7 @@ fn answer(
         }
     }
     let status = rh.status();
-    entry.status = status;
+    record(state, entry, status);
     for (k, v) in rh.headers.iter_mut() {
         if k.eq_ignore_ascii_case("location") {
             let from = format!("http://{}", state.upstream);
