@@ -666,3 +666,20 @@ fn token_server_grants_what_is_asked_to_alice_and_pull_to_anyone() {
         .path
         .starts_with("/token?service=test-registry&scope="));
 }
+
+#[test]
+fn tls_combines_with_htpasswd_and_token_auth() {
+    let s = scratch();
+    for auth in [Auth::Htpasswd, Auth::Token] {
+        let r = Registry::start(Options { tls: true, auth });
+        let url = format!("https://{}/v2/", r.host);
+        let ca = r.ca();
+        assert_eq!(http_code(&["--cacert", ca.to_str().unwrap(), &url]), 401);
+        let img = r.seed_oci(s.path(), "both/img:1");
+        assert_eq!(r.skopeo_raw("both/img:1").len() as u64, img.size);
+        assert_eq!(r.tags("both/img"), ["1"]);
+        let out = s.path().join(format!("out-{auth:?}"));
+        r.skopeo_copy_out("both/img:1", &format!("oci:{}:1", out.display()), &[]);
+        assert!(layout_blobs(&out).contains(&img.digest));
+    }
+}
