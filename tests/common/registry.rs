@@ -5,6 +5,17 @@
 //! has no referrers API); a small curl-based client that handles the variant's TLS and auth.
 //!
 //! Never the system service, never port 5000 by assumption.
+//!
+//! Typical uses (see tests/registry_harness.rs for each working):
+//! ```text
+//! let r = Registry::plain();                                   // http://127.0.0.1:PORT
+//! let img = r.seed_oci(env.tmp.path(), "x/hello:1");           // img.digest, img.blobs...
+//! env.cmd(&["pull", &img.reference]) ...                       // layoutfs under test
+//! let r = Registry::start(Options { tls: true, auth: Auth::Htpasswd });
+//! cmd.env("LAYOUTFS_CERTS_D", r.certs_d.as_ref().unwrap());   // <dir>/<host>/ca.crt
+//! let p = Proxy::start(&r.host);                               // faults: proxy.rs
+//! r.stop(); r.restart();                                       // same port and storage
+//! ```
 
 use std::fs;
 use std::io::Write;
