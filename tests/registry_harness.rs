@@ -261,6 +261,12 @@ fn seeded_index_zstd_v2s2_and_big_images_are_served_as_made() {
     assert!(z.layers().iter().all(|l| l.2.ends_with("+zstd")));
     let v = r.seed_v2s2(s.path(), "v2s2:1");
     assert_eq!(v.media_type, MEDIA_DOCKER_MANIFEST);
+    assert_eq!(v.configs.len(), 1);
+    assert_eq!(v.layers().len(), 2);
+    assert!(v
+        .layers()
+        .iter()
+        .all(|l| l.2 == "application/vnd.docker.image.rootfs.diff.tar.gzip"));
     assert_eq!(
         v.manifest["mediaType"],
         "application/vnd.docker.distribution.manifest.v2+json"

@@ -110,6 +110,8 @@ pub struct Seeded {
     pub children: Vec<String>,
     /// (digest, size, media type) of every config and layer of every image under the tag.
     pub blobs: Vec<(String, u64, String)>,
+    /// The configs' digests (the rest of `blobs` are layers).
+    pub configs: Vec<String>,
     /// The local source pushed (`oci:DIR:TAG`).
     pub source: String,
 }
@@ -119,7 +121,7 @@ impl Seeded {
     pub fn layers(&self) -> Vec<(String, u64, String)> {
         self.blobs
             .iter()
-            .filter(|(_, _, m)| !m.contains("config"))
+            .filter(|(d, _, _)| !self.configs.contains(d))
             .cloned()
             .collect()
     }
@@ -687,7 +689,9 @@ impl Registry {
         } else {
             images.push(manifest.clone());
         }
+        let mut configs = Vec::new();
         for im in &images {
+            configs.push(im["config"]["digest"].as_str().unwrap().to_owned());
             for d in std::iter::once(&im["config"]).chain(im["layers"].as_array().unwrap()) {
                 let e = (
                     d["digest"].as_str().unwrap().to_owned(),
@@ -709,6 +713,7 @@ impl Registry {
             manifest,
             children,
             blobs,
+            configs,
             source,
         }
     }
