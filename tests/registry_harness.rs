@@ -357,7 +357,8 @@ fn proxy_passes_pulls_and_pushes_through_and_logs_them() {
         &format!("docker://{}/p/copy:1", p.host),
     ]));
     let log = p.requests();
-    assert!(log.iter().any(|l| l.method == "POST"), "{log:?}");
+    assert!(p.count("POST", "/blobs/uploads/") >= 1, "{log:?}");
+    assert_eq!(p.count("GET", "/blobs/"), 0, "{log:?}");
     assert!(
         log.iter().any(|l| l.method == "PATCH" && l.status == 202),
         "{log:?}"

@@ -179,6 +179,17 @@ impl Proxy {
     pub fn clear_log(&self) {
         self.state.log.lock().unwrap().clear();
     }
+
+    /// How many logged requests had `method` ("*": any) and a path containing `path_contains`.
+    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| (method == "*" || l.method == method) && l.path.contains(path_contains))
+            .count()
+    }
 }
 
 impl Drop for Proxy {
