@@ -261,6 +261,12 @@ fn seeded_index_zstd_v2s2_and_big_images_are_served_as_made() {
     assert!(z.layers().iter().all(|l| l.2.ends_with("+zstd")));
     let v = r.seed_v2s2(s.path(), "v2s2:1");
     assert_eq!(v.media_type, MEDIA_DOCKER_MANIFEST);
+    assert_eq!(v.configs.len(), 1);
+    assert_eq!(v.layers().len(), 2);
+    assert!(v
+        .layers()
+        .iter()
+        .all(|l| l.2 == "application/vnd.docker.image.rootfs.diff.tar.gzip"));
     assert_eq!(
         v.manifest["mediaType"],
         "application/vnd.docker.distribution.manifest.v2+json"
@@ -351,7 +357,8 @@ fn proxy_passes_pulls_and_pushes_through_and_logs_them() {
         &format!("docker://{}/p/copy:1", p.host),
     ]));
     let log = p.requests();
-    assert!(log.iter().any(|l| l.method == "POST"), "{log:?}");
+    assert!(p.count("POST", "/blobs/uploads/") >= 1, "{log:?}");
+    assert_eq!(p.count("GET", "/blobs/"), 0, "{log:?}");
     assert!(
         log.iter().any(|l| l.method == "PATCH" && l.status == 202),
         "{log:?}"
@@ -665,4 +672,21 @@ fn token_server_grants_what_is_asked_to_alice_and_pull_to_anyone() {
     assert!(t.requests()[0]
         .path
         .starts_with("/token?service=test-registry&scope="));
+}
+
+#[test]
+fn tls_combines_with_htpasswd_and_token_auth() {
+    let s = scratch();
+    for auth in [Auth::Htpasswd, Auth::Token] {
+        let r = Registry::start(Options { tls: true, auth });
+        let url = format!("https://{}/v2/", r.host);
+        let ca = r.ca();
+        assert_eq!(http_code(&["--cacert", ca.to_str().unwrap(), &url]), 401);
+        let img = r.seed_oci(s.path(), "both/img:1");
+        assert_eq!(r.skopeo_raw("both/img:1").len() as u64, img.size);
+        assert_eq!(r.tags("both/img"), ["1"]);
+        let out = s.path().join(format!("out-{auth:?}"));
+        r.skopeo_copy_out("both/img:1", &format!("oci:{}:1", out.display()), &[]);
+        assert!(layout_blobs(&out).contains(&img.digest));
+    }
 }

@@ -3,8 +3,8 @@
 //! serve each connection on a thread of its own with keep-alive (a reqwest/hyper client reuses
 //! its connections), and stop when dropped. Every read and write is bounded.
 //!
-//! The proxy forwards each request on a new connection to the upstream, with `Host` rewritten,
-//! and rewrites a `Location` that points at the upstream so the client keeps talking to the
+//! The proxy forwards each request on a new connection to the upstream, with `Host` rewritten
+//! and the body streamed in its own framing (Content-Length or chunked), and rewrites a `Location` that points at the upstream so the client keeps talking to the
 //! proxy. Rules (method + path substring) inject faults into the first `times` matching
 //! requests, then let them pass. Every request is logged.
 
@@ -26,7 +26,7 @@ const POLL: Duration = Duration::from_millis(50);
 /// Longest a `Stall` holds its connection when the proxy is not dropped.
 const STALL_MAX: Duration = Duration::from_secs(600);
 const MAX_HEAD: usize = 64 << 10;
-/// Bodies the proxy holds whole (requests; responses without Content-Length).
+/// Bodies the proxy holds whole (responses without Content-Length; the recorder's requests).
 const MAX_BUFFERED: usize = 512 << 20;
 
 /// What a rule does to a matching request.
@@ -178,6 +178,17 @@ impl Proxy {
 
     pub fn clear_log(&self) {
         self.state.log.lock().unwrap().clear();
+    }
+
+    /// How many logged requests had `method` ("*": any) and a path containing `path_contains`.
+    pub fn count(&self, method: &str, path_contains: &str) -> usize {
+        self.state
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| (method == "*" || l.method == method) && l.path.contains(path_contains))
+            .count()
     }
 }
 
@@ -469,6 +480,64 @@ impl Conn {
         }
     }
 
+    /// Copies the body of a request with head `h` to `out` as it comes, in its own framing
+    /// (chunked stays chunked), or discards it when `out` is None. A failed write to `out`
+    /// turns the rest into discarding (the client's side of the connection stays in step);
+    /// returns whether every byte was written.
+    fn pipe_request_body(&mut self, h: &Head, mut out: Option<&mut TcpStream>) -> io::Result<bool> {
+        let mut ok = true;
+        let mut put = |out: &mut Option<&mut TcpStream>, b: &[u8]| {
+            if let Some(o) = out {
+                if o.write_all(b).is_err() {
+                    ok = false;
+                    *out = None;
+                }
+            }
+        };
+        if h.chunked() {
+            loop {
+                let line = self.read_line()?;
+                let size = line.split(';').next().unwrap_or("").trim();
+                let size = u64::from_str_radix(size, 16).map_err(|_| bad("bad chunk size"))?;
+                put(&mut out, format!("{size:x}\r\n").as_bytes());
+                if size == 0 {
+                    while !self.read_line()?.is_empty() {}
+                    put(&mut out, b"\r\n");
+                    break;
+                }
+                let mut left = size;
+                while left > 0 {
+                    let part = self.read_some(left.min(1 << 20) as usize)?;
+                    if part.is_empty() {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    put(&mut out, &part);
+                    left -= part.len() as u64;
+                }
+                if !self.read_line()?.is_empty() {
+                    return Err(bad("chunk not followed by CRLF"));
+                }
+                put(&mut out, b"\r\n");
+            }
+        } else if let Some(n) = h.content_length() {
+            let mut left = n;
+            while left > 0 {
+                let part = self.read_some(left.min(1 << 20) as usize)?;
+                if part.is_empty() {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                put(&mut out, &part);
+                left -= part.len() as u64;
+            }
+        }
+        if let Some(o) = out {
+            if o.flush().is_err() {
+                ok = false;
+            }
+        }
+        Ok(ok)
+    }
+
     /// The body of a request with head `h` (Content-Length or chunked; none otherwise).
     pub fn read_request_body(&mut self, h: &Head) -> io::Result<Vec<u8>> {
         if h.chunked() {
@@ -555,10 +624,6 @@ fn proxy_client(state: &State, client: TcpStream) {
         {
             break;
         }
-        let body = match c.read_request_body(&head) {
-            Ok(b) => b,
-            Err(_) => break,
-        };
         let close = version == "HTTP/1.0"
             || head
                 .get("connection")
@@ -572,17 +637,19 @@ fn proxy_client(state: &State, client: TcpStream) {
             status: 0,
             fault: fault.as_ref().map(Fault::name),
         };
-        let keep = answer(
-            state, &mut c, &head, &method, &path, body, fault, &mut entry,
-        );
-        if entry.status != 0 {
-            state.log.lock().unwrap().push(entry);
-        }
+        let keep = answer(state, &mut c, &head, &method, &path, fault, &mut entry);
         if !keep.unwrap_or(false) || close {
             break;
         }
     }
     let _ = c.s.shutdown(Shutdown::Both);
+}
+
+/// Logs a request with the status it gets, before any of the answer is sent (a client that
+/// has its answer finds the request logged).
+fn record(state: &State, entry: &mut Logged, status: u16) {
+    entry.status = status;
+    state.log.lock().unwrap().push(entry.clone());
 }
 
 /// Answers one request; Ok(true) when the connection may serve another.
@@ -593,15 +660,27 @@ fn answer(
     head: &Head,
     method: &str,
     path: &str,
-    body: Vec<u8>,
     fault: Option<Fault>,
     entry: &mut Logged,
 ) -> io::Result<bool> {
+    if matches!(
+        fault,
+        Some(Fault::Status { .. } | Fault::RedirectTo(_) | Fault::Serve { .. })
+    ) {
+        c.pipe_request_body(head, None)?;
+    }
     match &fault {
         Some(Fault::Status { code, retry_after }) => {
-            entry.status = *code;
+            record(state, entry, *code);
+            let name = match code {
+                401 => "UNAUTHORIZED",
+                404 => "NOT_FOUND",
+                429 => "TOOMANYREQUESTS",
+                503 => "UNAVAILABLE",
+                _ => "UNKNOWN",
+            };
             let err = serde_json::json!({"errors": [{
-                "code": match code { 429 => "TOOMANYREQUESTS", 503 => "UNAVAILABLE", 401 => "UNAUTHORIZED", 404 => "NOT_FOUND", _ => "UNKNOWN" },
+                "code": name,
                 "message": format!("injected by the test proxy: {code}"),
             }]})
             .to_string();
@@ -614,7 +693,7 @@ fn answer(
             return Ok(true);
         }
         Some(Fault::RedirectTo(to)) => {
-            entry.status = 307;
+            record(state, entry, 307);
             let loc = format!("http://{to}{path}");
             respond(&mut c.s, method, 307, &[("Location", &loc)], b"")?;
             return Ok(true);
@@ -624,7 +703,7 @@ fn answer(
             body,
             status,
         }) => {
-            entry.status = *status;
+            record(state, entry, *status);
             let digest = format!("sha256:{:x}", Sha256::digest(body));
             respond(
                 &mut c.s,
@@ -644,12 +723,13 @@ fn answer(
     let mut up = match connect_upstream(state) {
         Ok(s) => Conn::new(s, state.stop.clone()),
         Err(e) => {
-            entry.status = 502;
+            record(state, entry, 502);
+            c.pipe_request_body(head, None)?;
             respond(&mut c.s, method, 502, &[], e.to_string().as_bytes())?;
             return Ok(true);
         }
     };
-    // The request, re-framed with a Content-Length, on a connection of its own.
+    // The request on a connection of its own, its body streamed in its own framing.
     let mut h = head.clone();
     h.first = format!("{method} {path} HTTP/1.1");
     h.set("Host", &state.upstream);
@@ -657,24 +737,25 @@ fn answer(
         "connection",
         "keep-alive",
         "proxy-connection",
-        "transfer-encoding",
         "expect",
         "te",
         "upgrade",
     ] {
         h.remove(hop);
     }
-    if head.chunked() || head.content_length().is_some() || !body.is_empty() {
-        h.set("Content-Length", &body.len().to_string());
+    if head.chunked() {
+        h.remove("content-length");
     }
     h.set("Connection", "close");
-    let mut req = h.to_bytes();
-    req.extend_from_slice(&body);
-    let sent = up.s.write_all(&req);
-    let mut rh = match sent.and_then(|_| up.read_head(IO_TIMEOUT)) {
+    let head_sent = up.s.write_all(&h.to_bytes()).is_ok();
+    let out = if head_sent { Some(&mut up.s) } else { None };
+    // The upstream may answer without reading it all (a 401 to an upload): the rest is read
+    // from the client and dropped, and the upstream's answer passed on.
+    c.pipe_request_body(head, out)?;
+    let mut rh = match up.read_head(IO_TIMEOUT) {
         Ok(Some(rh)) => rh,
         other => {
-            entry.status = 502;
+            record(state, entry, 502);
             let why = match other {
                 Err(e) => e.to_string(),
                 _ => "upstream closed".into(),
@@ -690,7 +771,7 @@ fn answer(
         }
     }
     let status = rh.status();
-    entry.status = status;
+    record(state, entry, status);
     for (k, v) in rh.headers.iter_mut() {
         if k.eq_ignore_ascii_case("location") {
             let from = format!("http://{}", state.upstream);

@@ -5,6 +5,17 @@
 //! has no referrers API); a small curl-based client that handles the variant's TLS and auth.
 //!
 //! Never the system service, never port 5000 by assumption.
+//!
+//! Typical uses (see tests/registry_harness.rs for each working):
+//! ```text
+//! let r = Registry::plain();                                   // http://127.0.0.1:PORT
+//! let img = r.seed_oci(env.tmp.path(), "x/hello:1");           // img.digest, img.blobs...
+//! env.cmd(&["pull", &img.reference]) ...                       // layoutfs under test
+//! let r = Registry::start(Options { tls: true, auth: Auth::Htpasswd });
+//! cmd.env("LAYOUTFS_CERTS_D", r.certs_d.as_ref().unwrap());   // <dir>/<host>/ca.crt
+//! let p = Proxy::start(&r.host);                               // faults: proxy.rs
+//! r.stop(); r.restart();                                       // same port and storage
+//! ```
 
 use std::fs;
 use std::io::Write;
@@ -99,6 +110,8 @@ pub struct Seeded {
     pub children: Vec<String>,
     /// (digest, size, media type) of every config and layer of every image under the tag.
     pub blobs: Vec<(String, u64, String)>,
+    /// The configs' digests (the rest of `blobs` are layers).
+    pub configs: Vec<String>,
     /// The local source pushed (`oci:DIR:TAG`).
     pub source: String,
 }
@@ -108,7 +121,7 @@ impl Seeded {
     pub fn layers(&self) -> Vec<(String, u64, String)> {
         self.blobs
             .iter()
-            .filter(|(_, _, m)| !m.contains("config"))
+            .filter(|(d, _, _)| !self.configs.contains(d))
             .cloned()
             .collect()
     }
@@ -676,7 +689,9 @@ impl Registry {
         } else {
             images.push(manifest.clone());
         }
+        let mut configs = Vec::new();
         for im in &images {
+            configs.push(im["config"]["digest"].as_str().unwrap().to_owned());
             for d in std::iter::once(&im["config"]).chain(im["layers"].as_array().unwrap()) {
                 let e = (
                     d["digest"].as_str().unwrap().to_owned(),
@@ -698,6 +713,7 @@ impl Registry {
             manifest,
             children,
             blobs,
+            configs,
             source,
         }
     }

@@ -272,21 +272,13 @@ fn serve(s: TcpStream, stop: Arc<AtomicBool>, log: &Mutex<Vec<TokenRequest>>, si
         ("Content-Type", "application/json"),
         ("Connection", "close"),
     ];
-    let result = if method != "GET" || path != "/token" {
-        entry.status = 404;
-        respond(&mut c.s, &method, 404, &json, br#"{"details":"not found"}"#)
-    } else if creds
+    let bad_creds = creds
         .as_ref()
-        .is_some_and(|(u, p)| u != USER || p != PASSWORD)
-    {
-        entry.status = 401;
-        respond(
-            &mut c.s,
-            &method,
-            401,
-            &json,
-            br#"{"details":"bad credentials"}"#,
-        )
+        .is_some_and(|(u, p)| u != USER || p != PASSWORD);
+    let (status, body) = if method != "GET" || path != "/token" {
+        (404, br#"{"details":"not found"}"#.to_vec())
+    } else if bad_creds {
+        (401, br#"{"details":"bad credentials"}"#.to_vec())
     } else {
         let scopes: Vec<String> = query
             .split('&')
@@ -296,14 +288,14 @@ fn serve(s: TcpStream, stop: Arc<AtomicBool>, log: &Mutex<Vec<TokenRequest>>, si
             .collect();
         let user = creds.map(|(u, _)| u).unwrap_or_default();
         let tok = signer.token(&user, scopes.iter().map(String::as_str));
-        let now = now();
         let body = serde_json::json!({
-            "token": tok, "access_token": tok, "expires_in": 300, "issued_at": rfc3339(now),
-        })
-        .to_string();
-        respond(&mut c.s, &method, 200, &json, body.as_bytes())
+            "token": tok, "access_token": tok, "expires_in": 300, "issued_at": rfc3339(now()),
+        });
+        (200, body.to_string().into_bytes())
     };
+    entry.status = status;
+    // Logged before the answer goes: a client that has its answer finds its request logged.
     log.lock().unwrap().push(entry);
-    let _ = result;
+    let _ = respond(&mut c.s, &method, status, &json, &body);
     let _ = c.s.shutdown(Shutdown::Both);
 }
