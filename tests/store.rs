@@ -791,8 +791,8 @@ fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
             .update(&[(name("old:1"), desc.clone())], &[])
             .unwrap();
     }
-    // What layoutfs wrote before schema 4: no repositories table.
-    let old = "DROP TABLE repositories; PRAGMA user_version = 3;";
+    // What layoutfs wrote before schema 4: no repositories table (nor origins, from 5).
+    let old = "DROP TABLE repositories; DROP TABLE origins; PRAGMA user_version = 3;";
     assert_eq!(edit_db(&db, old), 3);
     assert!(!has_repositories_table(&db));
     // Read on a read-only filesystem: the images, and no kept repository.
@@ -801,6 +801,15 @@ fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
         let s = Store::open_with(&dir.join("store"), Access::Read).unwrap();
         assert!(s.is_read_only());
         assert_eq!(s.records().repositories().unwrap(), Vec::<String>::new());
+        // No origins table: none known, and noting one is a no-op (not an error).
+        assert!(s
+            .records()
+            .origins(&desc.digest, "r:5000")
+            .unwrap()
+            .is_empty());
+        s.records()
+            .note_origins("r:5000", "x", &[desc.digest.clone()])
+            .unwrap();
         assert_eq!(
             s.records().get(&name("old:1")).unwrap().unwrap().target,
             desc
@@ -823,9 +832,23 @@ fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
             })
             .unwrap();
     }
-    assert_eq!(edit_db(&db, ""), 4);
+    assert_eq!(edit_db(&db, ""), 5);
     let s = open(&dir);
     assert_eq!(s.records().repositories().unwrap(), ["new"]);
+    s.records()
+        .note_origins("r:5000", "x", &[desc.digest.clone()])
+        .unwrap();
+    s.records()
+        .note_origins("r:5000", "y", &[desc.digest.clone()])
+        .unwrap();
+    let mut seen = s.records().origins(&desc.digest, "r:5000").unwrap();
+    seen.sort();
+    assert_eq!(seen, ["x", "y"]);
+    assert!(s
+        .records()
+        .origins(&desc.digest, "other:5000")
+        .unwrap()
+        .is_empty());
     assert_eq!(
         s.records().get(&name("old:1")).unwrap().unwrap().target,
         desc
