@@ -808,7 +808,7 @@ fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
             .unwrap()
             .is_empty());
         s.records()
-            .note_origins("r:5000", "x", &[desc.digest.clone()])
+            .note_origins("r:5000", "x", std::slice::from_ref(&desc.digest))
             .unwrap();
         assert_eq!(
             s.records().get(&name("old:1")).unwrap().unwrap().target,
@@ -836,10 +836,10 @@ fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
     let s = open(&dir);
     assert_eq!(s.records().repositories().unwrap(), ["new"]);
     s.records()
-        .note_origins("r:5000", "x", &[desc.digest.clone()])
+        .note_origins("r:5000", "x", std::slice::from_ref(&desc.digest))
         .unwrap();
     s.records()
-        .note_origins("r:5000", "y", &[desc.digest.clone()])
+        .note_origins("r:5000", "y", std::slice::from_ref(&desc.digest))
         .unwrap();
     let mut seen = s.records().origins(&desc.digest, "r:5000").unwrap();
     seen.sort();
