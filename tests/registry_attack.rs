@@ -750,6 +750,10 @@ fn a_kept_ingest_left_by_a_hostile_registry_does_not_fail_an_honest_pull() {
     let good = honest(config, layer);
     let out = run(&env, &["pull", &format!("{}/x:1", good.host)]);
     eprintln!("honest pull: {} {}", out.status, stderr(&out));
+    if !out.status.success() {
+        let again = run(&env, &["pull", &format!("{}/x:1", good.host)]);
+        eprintln!("honest pull again: {} {}", again.status, stderr(&again));
+    }
     assert!(
         out.status.success(),
         "the honest registry's pull failed on the hostile one's bytes: {}",
@@ -1138,4 +1142,91 @@ fn a_bad_name_is_refused_before_the_registry_is_asked() {
         asked.len()
     );
     assert!(env.images().is_empty());
+}
+
+/// Attack: the registry's Bearer challenge names a token realm (its own or another host) that
+/// answers `200` with an endless body. oci-client's `Client::auth` (called by
+/// `Remote::authorize` before every pull and push) reads the token answer whole
+/// (`auth_res.text().await`) and only then parses it; the same for a refused token request.
+/// Observed: a 128 MiB token answer gives a peak resident memory over 128 MiB; an endless
+/// one grows without limit.
+/// Should: the token answer read up to a small limit (a token is a few KiB): the token dance
+/// done with our own capped reader (as `get_small` does for manifests), one-line error past it.
+#[test]
+fn an_endless_token_answer_is_not_held_in_memory() {
+    let env = Env::new();
+    let me: Arc<Mutex<String>> = Arc::new(Mutex::new(String::new()));
+    let host = me.clone();
+    let h = Hostile::start(move |req| {
+        if req.path.starts_with("/token") {
+            let mut r = Reply::new(200, "application/json", Vec::new());
+            r.endless = Some(128 << 20);
+            return r;
+        }
+        let mut r = Reply::new(401, "application/json", b"{}".to_vec());
+        let realm = format!(
+            r#"Bearer realm="http://{}/token",service="hostile""#,
+            host.lock().unwrap()
+        );
+        r.headers.push(("WWW-Authenticate".into(), realm));
+        r
+    });
+    *me.lock().unwrap() = h.host.clone();
+    let (status, err, peak) = run_bounded(
+        cmd(&env, &["pull", &format!("{}/x:1", h.host)]),
+        Duration::from_secs(20),
+        1 << 30,
+    );
+    eprintln!("pull: {status:?}, peak {} MiB: {err}", peak >> 20);
+    assert!(
+        peak < 96 << 20,
+        "the pull held {} MiB of a token answer",
+        peak >> 20
+    );
+    assert!(status.is_some(), "the pull did not end within 20 s");
+}
+
+/// Attack: an HTTPS registry (trusted CA) whose Bearer challenge names a token realm in plain
+/// `http://` (any registry can say so; here the harness's token server). `Remote::check_login`
+/// sends `basic_auth(user, password)` to whatever realm the challenge names, and oci-client's
+/// `Client::auth` does the same on every pull and push.
+/// Observed: `login` succeeds and the password goes in cleartext: the token server got
+/// `Authorization: Basic` (alice's password) over plain HTTP, once for login and again for
+/// the pull, though the user only ever named an HTTPS registry.
+/// Should: a credential is never sent to an `http://` realm of a registry reached over HTTPS
+/// (refuse with one line naming the realm, unless `--plain-http`), and the README's "never
+/// sent to another host" states where the token dance does send it.
+#[test]
+fn a_credential_never_goes_in_cleartext_to_the_token_realm_of_an_https_registry() {
+    use common::registry::{Auth, Options, PASSWORD, USER};
+    let env = Env::new();
+    let reg = Registry::start(Options {
+        tls: true,
+        auth: Auth::Token,
+    });
+    let token = reg.token.as_ref().unwrap();
+    assert!(token.realm.starts_with("http://"));
+    let certs_d = reg.certs_d.clone().unwrap();
+    let mut c = cmd(&env, &["login", "-u", USER, "--password-stdin", &reg.host]);
+    c.env("LAYOUTFS_CERTS_D", &certs_d);
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    eprintln!("login: {} {}", out.status, stderr(&out));
+    let mut c = cmd(&env, &["pull", &format!("{}/nothing:1", reg.host)]);
+    c.env("LAYOUTFS_CERTS_D", &certs_d);
+    let pull = c.output().unwrap();
+    eprintln!("pull: {} {}", pull.status, stderr(&pull));
+    let cleartext: Vec<_> = token.requests().into_iter().filter(|r| r.basic).collect();
+    eprintln!("token requests with Basic over http: {cleartext:?}");
+    assert!(
+        cleartext.is_empty(),
+        "the password went to {} in cleartext {} times",
+        token.realm,
+        cleartext.len()
+    );
 }
