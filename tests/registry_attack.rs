@@ -1230,3 +1230,115 @@ fn a_credential_never_goes_in_cleartext_to_the_token_realm_of_an_https_registry(
         cleartext.len()
     );
 }
+
+/// Attack: an index whose platforms' `os` and `architecture` hold terminal control sequences
+/// (ESC `]0;…` BEL retitles the terminal, ESC `[2J` clears it). A pull for a platform the index
+/// lacks prints the platforms it offers: `choose_platforms` formats `p.os`/`p.architecture` raw
+/// into `the index has no manifest for linux/amd64 (it has: …)`.
+/// Observed: the error line carries the raw ESC and BEL bytes to the user's terminal.
+/// Should: registry-supplied strings are printed escaped (`{:?}`, or `one_line`'s control
+/// filtering) in every message.
+#[test]
+fn registry_strings_in_messages_carry_no_control_characters() {
+    let env = Env::new();
+    let config = test_config();
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": sha256(&config), "size": config.len()},
+        "layers": [],
+    });
+    let m = serde_json::to_vec(&manifest).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": OCI_MANIFEST,
+            "digest": sha256(&m),
+            "size": m.len(),
+            "platform": {"os": "\u{1b}]0;owned\u{7}\u{1b}[2J", "architecture": "\u{1b}[31mred"},
+        }],
+    });
+    let h = serving(index, vec![]);
+    let out = run(
+        &env,
+        &[
+            "pull",
+            "--platform",
+            "linux/amd64",
+            &format!("{}/x:1", h.host),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("pull: {} {err:?}", out.status);
+    assert!(!out.status.success());
+    assert!(
+        !err.trim_end().chars().any(|c| c.is_control()),
+        "control characters from the registry reached the terminal: {err:?}"
+    );
+}
+
+/// Guard. Attack: `$DOCKER_CONFIG/config.json` is a symbolic link to a file elsewhere (planted,
+/// or a user's own dotfiles link), and the umask is 000. Held: `login` refuses to write
+/// through or replace the link (one line naming it), the link's target is unchanged, and no
+/// temporary file is left; with no link, the file written is mode 0600 whatever the umask.
+#[test]
+fn login_never_writes_through_a_link_nor_leaves_a_readable_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let h = Hostile::start(|req| {
+        if req.header("authorization").is_none() {
+            let mut r = Reply::new(401, "application/json", b"{}".to_vec());
+            r.headers
+                .push(("WWW-Authenticate".into(), r#"Basic realm="r""#.into()));
+            return r;
+        }
+        Reply::new(200, "application/json", b"{}".to_vec())
+    });
+    let docker = env.path("home/.docker");
+    fs::create_dir_all(&docker).unwrap();
+    let target = env.path("elsewhere.json");
+    fs::write(&target, b"{\"keep\": true}\n").unwrap();
+    std::os::unix::fs::symlink(&target, docker.join("config.json")).unwrap();
+    let run_login = || {
+        let mut c = cmd(&env, &["login", "-u", "alice", "--password-stdin", &h.host]);
+        umask_000(&mut c);
+        let mut child = c
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "secret").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run_login();
+    eprintln!("login over a link: {} {}", out.status, stderr(&out));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("symbolic link"), "{}", stderr(&out));
+    assert_eq!(fs::read(&target).unwrap(), b"{\"keep\": true}\n");
+    let left: Vec<_> = fs::read_dir(&docker)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["config.json"], "temporary files left: {left:?}");
+    fs::remove_file(docker.join("config.json")).unwrap();
+    let out = run_login();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mode = fs::metadata(docker.join("config.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "config.json is {:o}", mode & 0o777);
+}
+
+/// Runs `c` under umask 000.
+fn umask_000(c: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask is async-signal-safe and touches only the child's own state.
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+}
