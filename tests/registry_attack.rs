@@ -1342,3 +1342,28 @@ fn umask_000(c: &mut Command) {
         });
     }
 }
+
+/// Attack: a reference whose port is out of range (`localhost:99999/x:1`; also
+/// `127.0.0.1:65536/…`). `RemoteRef::parse` checks that a port is digits, not that it is a
+/// port, and the bad URL then fails inside reqwest as a transient "request failed".
+/// Observed: `layoutfs: localhost:99999/x: localhost:99999: request failed (after 6 tries)`,
+/// exit 1 after 7.9 s of retries with backoff.
+/// Should: refused at once by the parser: `invalid image name "localhost:99999/x:1": a
+/// registry port is 1-65535`, no retry.
+#[test]
+fn a_port_out_of_range_is_refused_at_once() {
+    let env = Env::new();
+    let start = Instant::now();
+    let (status, err, _) = run_bounded(
+        cmd(&env, &["pull", "localhost:99999/x:1"]),
+        Duration::from_secs(20),
+        u64::MAX,
+    );
+    let took = start.elapsed();
+    eprintln!("pull: {status:?} in {took:?}: {err}");
+    assert!(status.is_some_and(|s| !s.success()));
+    assert!(
+        err.contains("invalid image name") && took < Duration::from_secs(2),
+        "not refused by the parser at once ({took:?}): {err}"
+    );
+}
