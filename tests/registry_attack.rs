@@ -428,10 +428,11 @@ fn a_referrer_that_is_a_platform_left_out_is_pulled_whole_or_refused() {
 /// to the repository can write) lists an ordinary image of the repository that has no
 /// `subject` at all (or another subject). `pull::referrers` registers every manifest listed,
 /// without reading its `subject`.
-/// Observed: `pull --referrers HOST/multi:1` registers `HOST/multi@sha256:<other image>` and
-/// pulls its config and layers: content the user never asked for, kept by gc as an image.
+/// Observed: `pull --referrers HOST/r:1` exits 0 and registers `HOST/r@sha256:<r:2's
+/// manifest>` with its config and layers: content the user never asked for, kept by gc as an
+/// image.
 /// Should: a referrer is kept only when its manifest's `subject` is the manifest it was
-/// listed for (as the OCI 1.1 spec has clients check the fallback tag's entries).
+/// listed for (what makes it a referrer); others are left out with a warning.
 #[test]
 fn a_listed_referrer_whose_subject_is_not_the_image_is_not_registered() {
     let env = Env::new();
@@ -1366,4 +1367,66 @@ fn a_port_out_of_range_is_refused_at_once() {
         err.contains("invalid image name") && took < Duration::from_secs(2),
         "not refused by the parser at once ({took:?}): {err}"
     );
+}
+
+/// Guard. Attack: the store saw the image's blobs in repositories `a` and `c` of the registry
+/// (pulls; the two images share blobs), and `a:1` is pushed to `b`. Held: every write (POST,
+/// PUT, PATCH) goes to `/v2/b/…` only; `a` or `c` is named only as the `from=` of a mount into
+/// `b` (of a blob the store saw there), and nothing is written to any other repository.
+#[test]
+fn a_push_writes_only_to_the_repository_asked() {
+    let env = Env::new();
+    let reg = Registry::plain();
+    let scratch = env.path("scratch");
+    fs::create_dir_all(&scratch).unwrap();
+    reg.seed_oci(&scratch, "a:1");
+    reg.seed_oci(&scratch, "c:1");
+    let proxy = Proxy::start(&reg.host);
+    for r in ["a:1", "c:1"] {
+        let out = run(&env, &["pull", &format!("{}/{r}", proxy.host)]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    proxy.clear_log();
+    let src = format!("{}/a:1", proxy.host);
+    let out = run(&env, &["push", &src, &format!("{}/b:1", proxy.host)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let writes: Vec<_> = proxy
+        .requests()
+        .into_iter()
+        .filter(|r| r.method != "GET" && r.method != "HEAD")
+        .collect();
+    assert!(!writes.is_empty());
+    let mounted = writes.iter().filter(|r| r.path.contains("from=a")).count();
+    eprintln!("{} writes, {mounted} mounts from a", writes.len());
+    assert!(mounted > 0, "no mount from a: {writes:?}");
+    for w in &writes {
+        assert!(w.path.starts_with("/v2/b/"), "a write outside b: {w:?}");
+    }
+}
+
+/// Attack (a message a registry can make misleading): a blob request answered `403` with the
+/// OCI error `DENIED` on an anonymous pull.
+/// Observed: `layoutfs: blob sha256:… from HOST/x: blob sha256:… from HOST/x: HOST requires
+/// authentication: run layoutfs login HOST`: the blob named twice (`copy_one`'s `copy_from`
+/// prefixes the label `BlobReader::failed` already put in its error), and a refusal told as
+/// a missing login (`Remote::failure` maps `DENIED` to `unauthorized`).
+/// Should: one mention of the blob, and `denied` told as such (`HOST denied access (403)`).
+#[test]
+fn a_denied_blob_is_named_once_and_told_as_denied() {
+    let env = Env::new();
+    let layer = test_layer(4096, 3);
+    let deny = |_: &[u8], _| {
+        Reply::new(
+            403,
+            "application/json",
+            br#"{"errors":[{"code":"DENIED","message":"no"}]}"#.to_vec(),
+        )
+    };
+    let h = cutting(test_config(), layer.clone(), 0, deny);
+    let out = run(&env, &["pull", &format!("{}/x:1", h.host)]);
+    let err = stderr(&out);
+    eprintln!("pull: {} {err}", out.status);
+    assert!(!out.status.success());
+    assert_eq!(err.matches(&sha256(&layer)).count(), 1, "{err}");
+    assert!(!err.contains("requires authentication"), "{err}");
 }
