@@ -436,6 +436,9 @@ pub struct Closure {
     /// does not hash to its digest or does not parse, a loop or a walk too deep. Only filled
     /// under `OnMissing::Report`: other policies fail instead.
     pub damaged: Vec<(Descriptor, Error)>,
+    /// Of `missing`, the manifests an index lists for a platform: a platform left out of a
+    /// pull (never the image's own root).
+    pub left_out: Vec<Descriptor>,
 }
 
 impl Closure {
@@ -453,7 +456,7 @@ impl Closure {
             || self
                 .missing
                 .iter()
-                .any(|d| kind_of(&d.media_type) != Kind::Leaf && !is_platform_child(d))
+                .any(|d| kind_of(&d.media_type) != Kind::Leaf && !self.left_out.contains(d))
     }
 
     /// One line on the first thing wrong, for messages.
@@ -568,9 +571,11 @@ impl Walker<'_> {
                 .remove(&(desc.digest.clone(), kind_of(&desc.media_type)));
             return Ok(());
         }
+        // A platform's manifest an index lists; an image's own root never is one.
+        let left_out = referrer.is_some() && is_platform_child(desc);
         let skippable = match self.policy.on_missing {
             OnMissing::Fail => false,
-            OnMissing::SkipPlatforms => is_platform_child(desc),
+            OnMissing::SkipPlatforms => left_out,
             OnMissing::Skip | OnMissing::Report => true,
         };
         if !skippable {
@@ -580,6 +585,9 @@ impl Walker<'_> {
                     referrer.map_or_else(|| "index.json".to_owned(), |r| format!("blob {r}")),
                 ),
             });
+        }
+        if left_out {
+            self.out.left_out.push(desc.clone());
         }
         self.out.missing.push(desc.clone());
         Ok(())
@@ -594,8 +602,8 @@ impl Walker<'_> {
     }
 }
 
-/// Whether `desc` is a manifest an index lists for one platform: a platform left out of a
-/// pull, when it is missing (the only descriptors with a platform are an index's children).
+/// Whether `desc` is a manifest for one platform (what an index lists): when an index refers
+/// to it and it is missing, a platform left out of a pull.
 pub fn is_platform_child(desc: &Descriptor) -> bool {
     desc.platform.is_some() && kind_of(&desc.media_type) == Kind::Manifest
 }

@@ -34,6 +34,10 @@ use super::name::is_loopback;
 pub const CERTS_DIRS: &[&str] = &["/etc/containers/certs.d", "/etc/docker/certs.d"];
 /// The environment variable naming other `certs.d` directories (tests use it).
 pub const CERTS_ENV: &str = "LAYOUTFS_CERTS_D";
+/// Bytes of an error answer's body read for its message.
+const ERROR_BODY: usize = 4096;
+/// The largest answer of a token service read.
+const MAX_TOKEN_ANSWER: usize = 64 << 10;
 /// The largest manifest or index accepted from a registry (distribution's own limit).
 pub const MAX_MANIFEST: u64 = 4 << 20;
 /// Tries of one operation on transient failures, the first included.
@@ -240,6 +244,7 @@ impl Remote {
             RegistryOperation::Pull
         };
         let what = format!("{}/{repository}", self.registry);
+        self.check_token_service(repository, push, &what)?;
         let token = super::runtime::block_on(retry(|| async {
             self.oci
                 .auth(&image, &self.auth, op)
@@ -250,6 +255,90 @@ impl Remote {
             .lock()
             .insert((repository.to_owned(), push), token);
         Ok(())
+    }
+
+    /// Before `oci-client` asks the registry's token service (it reads the answer whole and
+    /// sends the credential wherever the challenge says): the service of an HTTPS registry
+    /// must be HTTPS, and its answer is read here first, capped at `MAX_TOKEN_ANSWER` bytes.
+    fn check_token_service(&self, repository: &str, push: bool, what: &str) -> Result<()> {
+        let Some((scheme, params)) = block_on_result(self.challenge(what))? else {
+            return Ok(());
+        };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Ok(());
+        }
+        let realm = params.get("realm").ok_or_else(|| {
+            Error::Registry(format!("{what}: a Bearer challenge without a realm"))
+        })?;
+        self.check_realm(realm, what)?;
+        let actions = if push { "pull,push" } else { "pull" };
+        let mut query = vec![("scope", format!("repository:{repository}:{actions}"))];
+        if let Some(s) = params.get("service") {
+            query.push(("service", s.clone()));
+        }
+        block_on_result(async {
+            let mut req = self.http.get(realm).query(&query);
+            if let RegistryAuth::Basic(u, p) = &self.auth {
+                req = req.basic_auth(u, Some(p));
+            }
+            let res = req.send().await.map_err(|e| {
+                Error::from(self.failure(what, OciDistributionError::RequestError(e)))
+            })?;
+            if matches!(
+                res.status(),
+                StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+            ) {
+                return Err(self.unauthorized(what).into());
+            }
+            let mut res = res;
+            let mut n = 0usize;
+            while let Some(c) = res.chunk().await.map_err(|e| {
+                Error::from(self.failure(what, OciDistributionError::RequestError(e)))
+            })? {
+                n += c.len();
+                if n > MAX_TOKEN_ANSWER {
+                    return Err(Error::Registry(format!(
+                        "{what}: the token service's answer is over {MAX_TOKEN_ANSWER} bytes"
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The registry's challenge to an unauthenticated `GET /v2/`: None when it needs none.
+    async fn challenge(&self, what: &str) -> Result<Option<(String, HashMap<String, String>)>> {
+        let url = format!("{}://{}/v2/", self.scheme, self.wire);
+        let res =
+            self.http.get(&url).send().await.map_err(|e| {
+                Error::from(self.failure(what, OciDistributionError::RequestError(e)))
+            })?;
+        if res.status() != StatusCode::UNAUTHORIZED {
+            return Ok(None);
+        }
+        Ok(res
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(parse_challenge))
+    }
+
+    /// A token service of an HTTPS registry must be HTTPS: the credential goes there.
+    fn check_realm(&self, realm: &str, what: &str) -> Result<()> {
+        let url = reqwest::Url::parse(realm).map_err(|_| {
+            Error::Registry(format!(
+                "{what}: the registry's token service {:?} is not a URL",
+                one_line(realm)
+            ))
+        })?;
+        match url.scheme() {
+            "https" => Ok(()),
+            "http" if self.scheme == "http" => Ok(()),
+            _ => Err(Error::Registry(format!(
+                "{what}: the registry is HTTPS but its token service is {}: refusing to send a credential there",
+                one_line(realm)
+            ))),
+        }
     }
 
     /// The `Authorization` header of our own requests for `repository`.
@@ -309,11 +398,25 @@ impl Remote {
         }
         if !status.is_success() {
             let code = status.as_u16();
-            let body = res.bytes().await.unwrap_or_default();
-            let e = OciDistributionError::ServerError {
-                code,
-                url,
-                message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            // What an error says is read up to `ERROR_BODY` bytes: a registry may send forever.
+            let mut res = res;
+            let mut body = Vec::new();
+            while body.len() < ERROR_BODY {
+                match res.chunk().await {
+                    Ok(Some(c)) => body.extend_from_slice(&c),
+                    _ => break,
+                }
+            }
+            body.truncate(ERROR_BODY);
+            let e = match serde_json::from_slice::<oci_client::errors::OciEnvelope>(&body) {
+                Ok(envelope) if (400..500).contains(&code) && code != 401 => {
+                    OciDistributionError::RegistryError { envelope, url }
+                }
+                _ => OciDistributionError::ServerError {
+                    code,
+                    url,
+                    message: String::from_utf8_lossy(&body).into_owned(),
+                },
             };
             return Err(self.failure(what, e));
         }
@@ -357,8 +460,17 @@ impl Remote {
         }))
     }
 
-    /// `e` in one line about `what`, and whether trying again may help.
+    /// `e` in one line about `what` (none when empty: the caller names it), and whether
+    /// trying again may help.
     pub fn failure(&self, what: &str, e: OciDistributionError) -> Failure {
+        let mut f = self.failure_of(if what.is_empty() { "-" } else { what }, e);
+        if what.is_empty() {
+            f.message = f.message.trim_start_matches("-: ").to_owned();
+        }
+        f
+    }
+
+    fn failure_of(&self, what: &str, e: OciDistributionError) -> Failure {
         let host = &self.registry;
         match e {
             OciDistributionError::UnauthorizedError { .. } => self.unauthorized(what),
@@ -400,8 +512,17 @@ impl Remote {
                     .join("; ");
                 if unknown {
                     Failure::fatal(format!("{what}: not found in {host} ({})", one_line(&said)))
+                } else if denied && self.credential.is_some() {
+                    Failure::fatal(format!(
+                        "{what}: {host} denied access ({}) to the credential of {}",
+                        one_line(&said),
+                        self.credential.as_ref().map_or("", |(u, _)| u.as_str())
+                    ))
                 } else if denied {
-                    self.unauthorized(what)
+                    Failure::fatal(format!(
+                        "{what}: {host} denied access ({}): if it needs a credential, run layoutfs login {host}",
+                        one_line(&said)
+                    ))
                 } else if busy {
                     Failure::transient(format!("{what}: {host} is busy (429 {})", one_line(&said)))
                 } else {
@@ -479,6 +600,7 @@ impl Remote {
                 let realm = params.get("realm").ok_or_else(|| {
                     Error::Registry(format!("{what}: a Bearer challenge without a realm"))
                 })?;
+                self.check_realm(realm, &what)?;
                 let mut query = vec![("account", user.to_owned())];
                 if let Some(s) = params.get("service") {
                     query.push(("service", s.clone()));
@@ -599,8 +721,9 @@ fn find_source<'a, T: std::error::Error + 'static>(
     None
 }
 
-/// `s` on one line, at most 200 characters.
-fn one_line(s: &str) -> String {
+/// `s` on one line, at most 200 characters: what a registry says, fit for a message (its
+/// control characters, escape sequences included, become spaces).
+pub fn one_line(s: &str) -> String {
     let flat: String = s
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use oci_client::secrets::RegistryAuth;
 
 use crate::error::{Error, Result};
-use crate::reference::check_repository;
 use crate::store::{Image, Store};
 
 pub use client::{Options, Remote};
@@ -33,10 +32,14 @@ pub fn pull(
     opts: &PullOptions,
     net: &Options,
 ) -> Result<Vec<Pulled>> {
-    if let Some(n) = &opts.name {
-        if refs.len() > 1 && check_repository(n).is_err() {
+    // Every name is known before the first request: a bad one, or two references that would
+    // be stored under one name (the second replacing the first), are refused up front.
+    let mut names = std::collections::HashSet::new();
+    for r in refs {
+        let name = pull::planned_name(r, opts.name.as_deref())?;
+        if !names.insert(name.clone()) {
             return Err(Error::Invalid(format!(
-                "--name {n}: a name with a tag or digest names one image: pull one reference, or give a repository"
+                "{name}: two of the references would be stored under this one name: pull them one by one, or give --name a repository"
             )));
         }
     }

@@ -72,6 +72,11 @@ impl RemoteRef {
                 "IPv6 registry addresses are not supported: use a host name",
             ));
         }
+        if let Some((_, port)) = registry.rsplit_once(':') {
+            if !port.parse::<u16>().is_ok_and(|p| p > 0) {
+                return Err(invalid("a registry port is a number from 1 to 65535"));
+            }
+        }
         let registry = if registry == DOCKER_HUB_LEGACY {
             DOCKER_HUB
         } else {

@@ -26,12 +26,16 @@ use crate::oci::{
 use crate::reference::{check_repository, Reference, Target};
 use crate::store::Store;
 
-use super::client::{backoff, retry, Failure, Fetched, Remote, MANIFEST_TYPES, TRIES};
+use super::client::{backoff, one_line, retry, Failure, Fetched, Remote, MANIFEST_TYPES, TRIES};
 use super::name::RemoteRef;
 use super::runtime::block_on;
 
 /// Blobs copied at once from a registry.
 const PARALLEL_BLOBS: usize = 4;
+/// Bytes a connection must bring before its failure no longer counts against the tries.
+const PROGRESS: u64 = 1 << 20;
+/// Most referrers one pull brings (a registry's listing is not trusted to be small).
+const MAX_REFERRERS: usize = 1000;
 /// The media type of an OCI index (what the referrers API answers).
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
@@ -87,18 +91,25 @@ pub fn pull(
             .insert(ANNOTATION_REF_NAME.to_owned(), tag.to_owned());
     }
     let (wanted, excluded) = choose_platforms(rref, &top, &bytes, &opts.platforms)?;
+    let mut prefetched = HashMap::from([(top.digest.clone(), bytes)]);
     let mut images = vec![target.clone()];
     if opts.referrers {
-        for subject in std::iter::once(&top).chain(&wanted) {
-            images.extend(referrers(remote, rref, subject)?);
+        let mut subjects: Vec<&Descriptor> = std::iter::once(&top).chain(&wanted).collect();
+        subjects.sort_by(|a, b| a.digest.cmp(&b.digest));
+        subjects.dedup_by(|a, b| a.digest == b.digest);
+        let mut found = Referrers::default();
+        for subject in subjects {
+            referrers(remote, rref, subject, &excluded, &mut found)?;
         }
+        images.extend(found.descriptors);
+        prefetched.extend(found.bytes);
     }
     let referrers = images.len() - 1;
     let source = RegistryBlobs {
         remote,
         repository: rref.repository().to_owned(),
         excluded,
-        prefetched: Mutex::new(HashMap::from([(top.digest.clone(), bytes)])),
+        prefetched: Mutex::new(prefetched),
     };
     let label = rref.to_string();
     let input = Input::Blobs {
@@ -131,26 +142,31 @@ fn note_origins(store: &Store, remote: &Remote, rref: &RemoteRef, top: &Descript
     }
 }
 
-/// The name a pull stores its image under: `--name` (a full name, or a repository that takes
-/// the reference's tag or digest), else the reference in full.
-fn stored_name(rref: &RemoteRef, name: Option<&str>, digest: &Digest) -> Result<Reference> {
+/// The name a pull of `rref` stores its image under: `--name` (a full name, or a repository
+/// that takes the reference's tag, else its digest), else the reference in full. Known before
+/// anything is asked of the registry, so a bad `--name` costs no request.
+pub fn planned_name(rref: &RemoteRef, name: Option<&str>) -> Result<Reference> {
     let Some(n) = name else {
         return Ok(rref.stored_name());
     };
     if check_repository(n).is_ok() {
-        return Ok(match rref.tag() {
-            Some(tag) => Reference::tagged(n, tag)?,
-            None => Reference::digested(n, digest.clone())?,
+        return Ok(match (rref.tag(), rref.digest()) {
+            (Some(tag), _) => Reference::tagged(n, tag)?,
+            (None, Some(d)) => Reference::digested(n, d.clone())?,
+            (None, None) => Reference::tagged(n, "latest")?,
         });
     }
-    let r: Reference = n
-        .parse()
-        .map_err(|e| Error::Invalid(format!("--name {n:?}: {e}")))?;
+    n.parse()
+        .map_err(|e| Error::Invalid(format!("--name {:?}: {e}", one_line(n))))
+}
+
+/// `planned_name`, checked against the digest pulled: a name pinned to another digest is
+/// refused.
+fn stored_name(rref: &RemoteRef, name: Option<&str>, digest: &Digest) -> Result<Reference> {
+    let r = planned_name(rref, name)?;
     if let Target::Digest(d) = r.target() {
         if d != digest {
-            return Err(Error::Invalid(format!(
-                "--name {n}: the pulled image is {digest}"
-            )));
+            return Err(Error::Invalid(format!("{r}: the image pulled is {digest}")));
         }
     }
     Ok(r)
@@ -277,7 +293,7 @@ fn choose_platforms(
                     s.push('/');
                     s.push_str(v);
                 }
-                s
+                one_line(&s)
             })
             .collect();
         return Err(Error::Registry(format!(
@@ -297,8 +313,24 @@ fn choose_platforms(
     Ok((wanted, excluded))
 }
 
-/// The OCI 1.1 referrers of `subject`: the referrers API, else the `sha256-<hex>` tag.
-fn referrers(remote: &Remote, rref: &RemoteRef, subject: &Descriptor) -> Result<Vec<Descriptor>> {
+/// The referrers a pull brings: descriptors to register by digest, and their manifests' bytes.
+#[derive(Default)]
+struct Referrers {
+    descriptors: Vec<Descriptor>,
+    bytes: HashMap<Digest, Vec<u8>>,
+}
+
+/// Adds to `found` the OCI 1.1 referrers of `subject` (the referrers API, else the
+/// `<alg>-<hex>` tag): each manifest fetched and kept only when its `subject` is this one (a
+/// listing is the registry's word; the manifest is the referrer's), never a manifest of a
+/// platform left out, each once, at most `MAX_REFERRERS` in all.
+fn referrers(
+    remote: &Remote,
+    rref: &RemoteRef,
+    subject: &Descriptor,
+    excluded: &HashSet<Digest>,
+    found: &mut Referrers,
+) -> Result<()> {
     let what = format!("{rref}: referrers of {}", subject.digest);
     let repo = rref.repository();
     let api = format!("referrers/{}", subject.digest);
@@ -307,30 +339,71 @@ fn referrers(remote: &Remote, rref: &RemoteRef, subject: &Descriptor) -> Result<
         subject.digest.algorithm().name(),
         subject.digest.hex()
     );
-    let mut found = block_on(retry(|| remote.get_small(repo, &api, &[OCI_INDEX], &what)))??;
+    let mut listing = block_on(retry(|| remote.get_small(repo, &api, &[OCI_INDEX], &what)))??;
     let is_index = |f: &Fetched| {
         f.content_type.as_deref() == Some(OCI_INDEX)
             || serde_json::from_slice::<serde_json::Value>(&f.bytes)
                 .is_ok_and(|v| v.get("manifests").is_some())
     };
-    if !found.as_ref().is_some_and(is_index) {
-        found = block_on(retry(|| remote.get_small(repo, &tag, &[OCI_INDEX], &what)))??;
+    if !listing.as_ref().is_some_and(is_index) {
+        listing = block_on(retry(|| remote.get_small(repo, &tag, &[OCI_INDEX], &what)))??;
     }
-    let Some(f) = found else {
-        return Ok(Vec::new());
+    let Some(f) = listing else {
+        return Ok(());
     };
     let index = ImageIndex::parse(&what, &f.bytes)?;
-    Ok(index
-        .manifests
-        .into_iter()
-        .filter(|d| oci::kind_of(&d.media_type) != Kind::Leaf)
-        .map(|mut d| {
-            // Registered by digest: a name in the annotations is the referrer's, not ours.
-            d.annotations.remove(ANNOTATION_IMAGE_NAME);
-            d.annotations.remove(ANNOTATION_REF_NAME);
-            d
-        })
-        .collect())
+    for mut d in index.manifests {
+        if oci::kind_of(&d.media_type) == Kind::Leaf
+            || excluded.contains(&d.digest)
+            || d.digest == subject.digest
+            || found.bytes.contains_key(&d.digest)
+        {
+            continue;
+        }
+        if found.descriptors.len() >= MAX_REFERRERS {
+            return Err(Error::Registry(format!(
+                "{what}: more than {MAX_REFERRERS} referrers: pull without --referrers"
+            )));
+        }
+        oci::check_json_size(&format!("{what}: {}", d.digest), d.size)?;
+        let path = format!("manifests/{}", d.digest);
+        let got = block_on(retry(|| {
+            remote.get_small(repo, &path, MANIFEST_TYPES, &what)
+        }))??;
+        let Some(m) = got else {
+            tracing::warn!("{what}: {} is listed but not there: left out", d.digest);
+            continue;
+        };
+        if Digest::of(d.digest.algorithm(), &m.bytes) != d.digest {
+            return Err(Error::Registry(format!(
+                "{what}: the registry served {} with content that hashes otherwise",
+                d.digest
+            )));
+        }
+        #[derive(serde::Deserialize)]
+        struct WithSubject {
+            subject: Option<Descriptor>,
+        }
+        let names_subject = serde_json::from_slice::<WithSubject>(&m.bytes)
+            .ok()
+            .and_then(|w| w.subject)
+            .is_some_and(|s| s.digest == subject.digest);
+        if !names_subject {
+            tracing::warn!(
+                "{what}: {} is listed, but its subject is not {}: left out",
+                d.digest,
+                subject.digest
+            );
+            continue;
+        }
+        // Registered by digest: a name or platform in the listing is the registry's word.
+        d.annotations.remove(ANNOTATION_IMAGE_NAME);
+        d.annotations.remove(ANNOTATION_REF_NAME);
+        d.platform = None;
+        found.bytes.insert(d.digest.clone(), m.bytes);
+        found.descriptors.push(d);
+    }
+    Ok(())
 }
 
 /// One repository of a registry as a source of blobs.
@@ -395,6 +468,7 @@ impl Blobs for RegistryBlobs<'_> {
             stream: None,
             buf: bytes::Bytes::new(),
             failures: 0,
+            since_open: 0,
             label: label.clone(),
         };
         Ok((Box::new(reader), label))
@@ -425,8 +499,10 @@ struct BlobReader<'a> {
     skip: u64,
     stream: Option<BoxStream<'static, std::result::Result<bytes::Bytes, io::Error>>>,
     buf: bytes::Bytes,
-    /// Failures since the last byte arrived.
+    /// Failures since the last open that brought `PROGRESS` bytes.
     failures: u32,
+    /// Bytes since the last open.
+    since_open: u64,
     label: String,
 }
 
@@ -450,9 +526,21 @@ impl BlobReader<'_> {
                 .await
         })
         .map_err(|e| Failure::fatal(e.to_string()))?;
+        self.since_open = 0;
         match res {
             Ok(BlobResponse::Partial(s)) => {
-                self.skip = 0;
+                // A 206 must be what was asked: the rest from `offset`; one that is the whole
+                // blob is taken as a 200; anything else is not appended anywhere.
+                let rest = self.desc.size - offset;
+                match s.content_length {
+                    Some(n) if n == rest || n == 0 && rest == 0 => self.skip = 0,
+                    Some(n) if n == self.desc.size => self.skip = offset,
+                    None => self.skip = 0,
+                    Some(n) => return Err(Failure::transient(format!(
+                        "the registry answered a request for bytes {offset}- with {n} bytes of {}",
+                        self.desc.size
+                    ))),
+                }
                 self.stream = Some(s.stream);
             }
             Ok(BlobResponse::Full(s)) => {
@@ -460,7 +548,7 @@ impl BlobReader<'_> {
                 self.skip = offset;
                 self.stream = Some(s.stream);
             }
-            Err(e) => return Err(remote.failure(&self.label, e)),
+            Err(e) => return Err(remote.failure("", e)),
         }
         Ok(())
     }
@@ -477,7 +565,12 @@ impl BlobReader<'_> {
             };
             return Err(io::Error::other(format!("{}{suffix}", f.message)));
         }
-        tracing::info!("{} (again from byte {})", f.message, self.offset);
+        tracing::info!(
+            "{}: {} (again from byte {})",
+            self.label,
+            f.message,
+            self.offset
+        );
         std::thread::sleep(backoff(self.failures));
         Ok(())
     }
@@ -516,19 +609,21 @@ impl Read for BlobReader<'_> {
                     }
                     let left = usize::try_from(self.desc.size - self.offset).unwrap_or(usize::MAX);
                     chunk.truncate(left);
-                    if !chunk.is_empty() {
+                    self.since_open += chunk.len() as u64;
+                    // Tries count again only after real progress: a server that sends a byte
+                    // per connection runs out of them.
+                    if self.since_open >= PROGRESS {
                         self.failures = 0;
                     }
                     self.buf = chunk;
                 }
                 Some(Err(e)) => {
-                    let f = Failure::transient(format!("{}: {e}", self.label));
-                    self.failed(f)?;
+                    self.failed(Failure::transient(e.to_string()))?;
                 }
                 None => {
                     let f = Failure::transient(format!(
-                        "{}: the connection ended after {} of {} bytes",
-                        self.label, self.offset, self.desc.size
+                        "the connection ended after {} of {} bytes",
+                        self.offset, self.desc.size
                     ));
                     self.failed(f)?;
                 }

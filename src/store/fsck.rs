@@ -273,7 +273,9 @@ fn walk_images(
                 Some(Hashed::Mismatch(..) | Hashed::Failed(_))
             );
         }
-        for d in &c.missing {
+        // A platform's manifest an index lists and the store lacks is a platform a pull left
+        // out (see `Closure::left_out`): not a problem of the store.
+        for d in c.missing.iter().filter(|d| !c.left_out.contains(d)) {
             needs
                 .missing
                 .entry(d.digest.clone())

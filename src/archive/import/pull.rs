@@ -62,7 +62,8 @@ pub fn pull(
             }
         }
     }
-    let total = wanted.values().map(|d| d.size).sum();
+    // Sizes are the source's word: a sum that overflows is a sum of lies, shown as such.
+    let total = wanted.values().fold(0u64, |t, d| t.saturating_add(d.size));
     let progress = Progress::bytes(blobs.activity(), Some(total));
     let mut jobs: Vec<Descriptor> = wanted.into_values().collect();
     jobs.sort_by_key(|d| std::cmp::Reverse(d.size));
@@ -116,20 +117,60 @@ fn copy_one(
         let (mut r, what) = blobs.open(desc, 0)?;
         return intake.copy(desc, &mut r, &what, &mut |n| progress.add(n));
     }
+    match copy_resuming(blobs, intake, desc, progress)? {
+        Ok(()) => Ok(()),
+        // The bytes kept from an earlier try were wrong (a registry that lied then, a torn
+        // write): the commit dropped them; once more from byte 0 before blaming this source.
+        Err(m) if m.resumed_from > 0 => {
+            tracing::info!(
+                "{}: the {} bytes kept from an earlier try were wrong: from the start",
+                m.what,
+                m.resumed_from
+            );
+            copy_resuming(blobs, intake, desc, progress)?.map_err(Mismatch::into_error)
+        }
+        Err(m) => Err(m.into_error()),
+    }
+}
+
+/// A copy whose bytes did not hash to the digest asked for.
+struct Mismatch {
+    what: String,
+    found: Digest,
+    resumed_from: u64,
+}
+
+impl Mismatch {
+    fn into_error(self) -> Error {
+        Error::Invalid(format!(
+            "{}: content does not match its digest (got {})",
+            self.what, self.found
+        ))
+    }
+}
+
+/// Copies blob `desc` into a kept ingest, from what it holds already; Ok(Err) when the bytes
+/// do not hash to its digest (the kept ingest is then dropped).
+fn copy_resuming(
+    blobs: &dyn Blobs,
+    intake: &Intake<'_>,
+    desc: &Descriptor,
+    progress: &Progress,
+) -> Result<std::result::Result<(), Mismatch>> {
     let mut w = intake.resume(&desc.digest, desc.size)?;
     let offset = w.written();
     progress.add(offset);
     let (mut r, what) = blobs.open(desc, offset)?;
     w.copy_from(&mut r, &what, &mut |n| progress.add(n))?;
-    intake
-        .commit(w, &desc.digest, desc.size)
-        .map_err(|e| match e {
-            // Say where the bytes came from.
-            Error::DigestMismatch { found, .. } => Error::Invalid(format!(
-                "{what}: content does not match its digest (got {found})"
-            )),
-            e => e,
-        })
+    match intake.commit(w, &desc.digest, desc.size) {
+        Ok(()) => Ok(Ok(())),
+        Err(Error::DigestMismatch { found, .. }) => Ok(Err(Mismatch {
+            what,
+            found,
+            resumed_from: offset,
+        })),
+        Err(e) => Err(e),
+    }
 }
 
 /// A source of blobs seen through the store, for the walk: blobs the store has are read
