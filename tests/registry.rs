@@ -12,29 +12,13 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::proxy::Proxy;
-use common::registry::{Auth, Options, Registry, MEDIA_OCI_MANIFEST, PASSWORD, USER};
+use common::registry::{self, Auth, Options, Registry, Seeded, MEDIA_OCI_MANIFEST, PASSWORD, USER};
 use common::{sh, stderr, Containerd, Env};
 
-/// The test's own credential files and CA directories: nothing of the machine's is read.
-fn isolated(env: &Env, reg: Option<&Registry>, c: &mut Command) {
-    let home = env.path("home");
-    fs::create_dir_all(&home).unwrap();
-    c.env("HOME", &home)
-        .env("DOCKER_CONFIG", home.join(".docker"))
-        .env("XDG_RUNTIME_DIR", env.path("run"))
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env_remove("REGISTRY_AUTH_FILE");
-    match reg.and_then(|r| r.certs_d.as_ref()) {
-        Some(d) => c.env("LAYOUTFS_CERTS_D", d),
-        None => c.env("LAYOUTFS_CERTS_D", env.path("no-certs.d")),
-    };
-}
-
-/// Runs layoutfs with the test's own credentials and CAs.
+/// Runs layoutfs with the test's own credentials and the registry's CAs.
 fn lf(env: &Env, reg: Option<&Registry>, args: &[&str]) -> Output {
-    let mut c = env.cmd(args);
-    isolated(env, reg, &mut c);
-    c.stdin(std::process::Stdio::null()).output().unwrap()
+    let certs = reg.and_then(|r| r.certs_d.as_deref());
+    registry::layoutfs(env, certs, args).output().unwrap()
 }
 
 fn lf_ok(env: &Env, reg: Option<&Registry>, args: &[&str]) -> String {
@@ -47,19 +31,8 @@ fn lf_ok(env: &Env, reg: Option<&Registry>, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// `layoutfs login -u alice --password-stdin HOST`.
 fn login(env: &Env, reg: &Registry, password: &str) -> Output {
-    let mut c = env.cmd(&["login", "-u", USER, "--password-stdin", &reg.host]);
-    isolated(env, Some(reg), &mut c);
-    let mut child = c
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
-    child.wait_with_output().unwrap()
+    registry::login(env, reg.certs_d.as_deref(), &reg.host, password)
 }
 
 /// Every file under `dir/blobs`, by relative path.
@@ -303,9 +276,9 @@ fn a_pulled_image_shows_in_the_mount() {
     fs::create_dir_all(&scratch).unwrap();
     let s = reg.seed_oci(&scratch, "shown:1");
     let m = common::mount::Mounted::start(&env, "mnt", &[]);
-    let mut c = env.cmd(&["pull", &s.reference]);
-    isolated(&env, Some(&reg), &mut c);
-    assert!(c.output().unwrap().status.success());
+    assert!(lf(&env, Some(&reg), &["pull", &s.reference])
+        .status
+        .success());
     let dir = m.path(&format!("{}/shown", reg.host));
     common::within_a_second("the pulled image in the mount", || {
         dir.join("index.json").exists()
@@ -353,15 +326,31 @@ fn tls_works_with_the_registry_ca_and_without_it_the_error_names_the_host() {
     let bad = env2.path("bad.d");
     fs::create_dir_all(bad.join(&reg.host)).unwrap();
     fs::write(bad.join(&reg.host).join("ca.crt"), "garbage").unwrap();
-    let mut c = env2.cmd(&["pull", &s.reference]);
-    isolated(&env2, None, &mut c);
-    let out = c.env("LAYOUTFS_CERTS_D", &bad).output().unwrap();
+    let out = registry::layoutfs(&env2, Some(&bad), &["pull", &s.reference])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("ca.crt: not a PEM certificate"),
         "{}",
         stderr(&out)
     );
+}
+
+/// A wrong password is refused by `login`; the right one kept, then `s` pulled and pushed to
+/// `dest_repo` of the same registry, byte for byte.
+fn logs_in_then_pulls_and_pushes(env: &Env, reg: &Registry, s: &Seeded, dest_repo: &str) {
+    let out = login(env, reg, "wrong");
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("wrong user name or password"), "{e}");
+    let out = login(env, reg, PASSWORD);
+    assert!(out.status.success(), "{}", stderr(&out));
+    lf_ok(env, Some(reg), &["pull", &s.reference]);
+    let dest = format!("{}/{dest_repo}:1", reg.host);
+    lf_ok(env, Some(reg), &["push", &s.reference, &dest]);
+    let theirs = reg.skopeo_raw(&format!("{}:{}", s.repo, s.tag));
+    assert_eq!(reg.skopeo_raw(&format!("{dest_repo}:1")), theirs);
 }
 
 #[test]
@@ -379,22 +368,7 @@ fn basic_auth_needs_a_login_and_refuses_a_wrong_password() {
     let e = stderr(&out);
     assert!(e.contains(&format!("layoutfs login {}", reg.host)), "{e}");
     assert_eq!(e.lines().count(), 1, "{e}");
-    let out = login(&env, &reg, "wrong");
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("wrong user name or password"),
-        "{}",
-        stderr(&out)
-    );
-    let out = login(&env, &reg, PASSWORD);
-    assert!(out.status.success(), "{}", stderr(&out));
-    lf_ok(&env, Some(&reg), &["pull", &s.reference]);
-    lf_ok(
-        &env,
-        Some(&reg),
-        &["push", &s.reference, &format!("{}/mine:1", reg.host)],
-    );
-    assert_eq!(reg.skopeo_raw("mine:1"), reg.skopeo_raw("private:1"));
+    logs_in_then_pulls_and_pushes(&env, &reg, &s, "mine");
     // A credential that became wrong is named as such.
     let cfg = env.path("home/.docker/config.json");
     let text = fs::read_to_string(&cfg).unwrap();
@@ -409,9 +383,9 @@ fn basic_auth_needs_a_login_and_refuses_a_wrong_password() {
         "{}",
         stderr(&out)
     );
-    let mut c = env.cmd(&["logout", &reg.host]);
-    isolated(&env, Some(&reg), &mut c);
-    assert!(c.output().unwrap().status.success());
+    assert!(lf(&env, Some(&reg), &["logout", &reg.host])
+        .status
+        .success());
     assert!(!fs::read_to_string(&cfg).unwrap().contains(&bad));
 }
 
@@ -425,22 +399,7 @@ fn token_auth_pulls_and_pushes_after_login() {
     let scratch = env.path("scratch");
     fs::create_dir_all(&scratch).unwrap();
     let s = reg.seed_oci(&scratch, "tok:1");
-    let out = login(&env, &reg, "wrong");
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("wrong user name or password"),
-        "{}",
-        stderr(&out)
-    );
-    let out = login(&env, &reg, PASSWORD);
-    assert!(out.status.success(), "{}", stderr(&out));
-    lf_ok(&env, Some(&reg), &["pull", &s.reference]);
-    lf_ok(
-        &env,
-        Some(&reg),
-        &["push", &s.reference, &format!("{}/tok2:1", reg.host)],
-    );
-    assert_eq!(reg.skopeo_raw("tok2:1"), reg.skopeo_raw("tok:1"));
+    logs_in_then_pulls_and_pushes(&env, &reg, &s, "tok2");
 }
 
 #[test]

@@ -28,17 +28,7 @@ const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 fn cmd(env: &Env, args: &[&str]) -> Command {
-    let mut c = env.cmd(args);
-    let home = env.path("home");
-    fs::create_dir_all(&home).unwrap();
-    c.env("HOME", &home)
-        .env("DOCKER_CONFIG", home.join(".docker"))
-        .env("XDG_RUNTIME_DIR", env.path("run"))
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("LAYOUTFS_CERTS_D", env.path("no-certs.d"))
-        .env_remove("REGISTRY_AUTH_FILE")
-        .stdin(Stdio::null());
-    c
+    common::registry::layoutfs(env, None, args)
 }
 
 fn run(env: &Env, args: &[&str]) -> Output {

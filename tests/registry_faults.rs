@@ -12,24 +12,14 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::proxy::{Fault, Proxy, Recorder};
-use common::registry::{Auth, Options, Registry, Seeded, PASSWORD, USER};
+use common::registry::{self, Auth, Options, Registry, Seeded, PASSWORD};
 use common::{stderr, Env};
 
 /// How long a pull may take to fail for good (six tries with backoff, ~8 s, plus slack).
 const GIVE_UP: Duration = Duration::from_secs(60);
 
 fn cmd(env: &Env, args: &[&str]) -> Command {
-    let mut c = env.cmd(args);
-    let home = env.path("home");
-    fs::create_dir_all(&home).unwrap();
-    c.env("HOME", &home)
-        .env("DOCKER_CONFIG", home.join(".docker"))
-        .env("XDG_RUNTIME_DIR", env.path("run"))
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("LAYOUTFS_CERTS_D", env.path("no-certs.d"))
-        .env_remove("REGISTRY_AUTH_FILE")
-        .stdin(Stdio::null());
-    c
+    registry::layoutfs(env, None, args)
 }
 
 fn run(env: &Env, args: &[&str]) -> Output {
@@ -240,14 +230,8 @@ fn a_redirect_to_another_host_gets_no_credential() {
         Fault::RedirectTo(recorder.host.clone()),
         None,
     );
-    let mut c = cmd(
-        &env,
-        &["login", "-u", USER, "--password-stdin", &proxy.host],
-    );
-    let mut child = c.stdin(Stdio::piped()).spawn().unwrap();
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
-    assert!(child.wait().unwrap().success());
+    let out = registry::login(&env, None, &proxy.host, PASSWORD);
+    assert!(out.status.success(), "{}", stderr(&out));
     let out = run(&env, &["pull", &format!("{}/x:1", proxy.host)]);
     assert!(out.status.success(), "{}", stderr(&out));
     let there = recorder.requests();

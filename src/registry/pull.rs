@@ -536,10 +536,12 @@ impl BlobReader<'_> {
                     Some(n) if n == rest || n == 0 && rest == 0 => self.skip = 0,
                     Some(n) if n == self.desc.size => self.skip = offset,
                     None => self.skip = 0,
-                    Some(n) => return Err(Failure::transient(format!(
+                    Some(n) => {
+                        return Err(Failure::transient(format!(
                         "the registry answered a request for bytes {offset}- with {n} bytes of {}",
                         self.desc.size
-                    ))),
+                    )))
+                    }
                 }
                 self.stream = Some(s.stream);
             }

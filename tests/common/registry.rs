@@ -29,7 +29,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::gen::{LayoutBuilder, SplitMix};
 use super::tokensrv::TokenServer;
-use super::{require, sh};
+use super::{require, sh, Env};
 
 pub const USER: &str = "alice";
 pub const PASSWORD: &str = "secret";
@@ -1026,4 +1026,47 @@ fn make_certs(dir: &Path) {
         .arg(p("cert.pem"))
         .arg("-extfile")
         .arg(p("leaf.ext")));
+}
+
+/// `layoutfs ARGS` on `env`'s store with credentials and CAs of the test's own: HOME,
+/// DOCKER_CONFIG and the XDG directories under `env`, no REGISTRY_AUTH_FILE, and
+/// `LAYOUTFS_CERTS_D` = `certs_d` (a registry's, for TLS) or a place with none. Nothing of the
+/// machine's is read or written.
+pub fn layoutfs(env: &Env, certs_d: Option<&Path>, args: &[&str]) -> Command {
+    let mut c = env.cmd(args);
+    let home = env.path("home");
+    fs::create_dir_all(&home).unwrap();
+    c.env("HOME", &home)
+        .env("DOCKER_CONFIG", home.join(".docker"))
+        .env("XDG_RUNTIME_DIR", env.path("run"))
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env(
+            "LAYOUTFS_CERTS_D",
+            certs_d.map_or_else(|| env.path("no-certs.d"), Path::to_path_buf),
+        )
+        .env_remove("REGISTRY_AUTH_FILE")
+        .stdin(Stdio::null());
+    c
+}
+
+/// `layoutfs login -u alice --password-stdin HOST`, fed `password` and a newline.
+pub fn login(
+    env: &Env,
+    certs_d: Option<&Path>,
+    host: &str,
+    password: &str,
+) -> std::process::Output {
+    let mut child = layoutfs(
+        env,
+        certs_d,
+        &["login", "-u", USER, "--password-stdin", host],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{password}").unwrap();
+    child.wait_with_output().unwrap()
 }
