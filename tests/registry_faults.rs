@@ -287,31 +287,40 @@ fn resumed_from(proxy: &Proxy, layer: &str) -> Option<u64> {
         .find(|n: &u64| *n > 0)
 }
 
-#[test]
-fn a_pull_killed_midway_is_resumed_by_the_next() {
-    let env = Env::new();
-    let reg = Registry::plain();
+/// Where the big layer's first GET stalls.
+const STALL: u64 = 8 << 20;
+
+/// `big:1` (24 MiB) in `reg`, and a proxy in front whose first GET of its largest layer stalls
+/// after `stall` bytes; returns the proxy and that layer.
+fn stalling(env: &Env, reg: &Registry, stall: u64) -> (Proxy, String) {
     let scratch = env.path("scratch");
     fs::create_dir_all(&scratch).unwrap();
     let s = reg.seed_big(&scratch, "big:1", 24 << 20);
     let proxy = Proxy::start(&reg.host);
     let (layer, _) = big_layer(&s);
-    let stall = 8 << 20;
     proxy.add(
         "GET",
         &format!("/blobs/{layer}"),
         Fault::Stall { after: stall },
         Some(1),
     );
+    (proxy, layer)
+}
+
+#[test]
+fn a_pull_killed_midway_is_resumed_by_the_next() {
+    let env = Env::new();
+    let reg = Registry::plain();
+    let (proxy, layer) = stalling(&env, &reg, STALL);
     let reference = format!("{}/big:1", proxy.host);
-    let mut child = pull_until_stalled(&env, &reference, stall);
+    let mut child = pull_until_stalled(&env, &reference, STALL);
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(env.images().is_empty());
     let out = run(&env, &["pull", &reference]);
     assert!(out.status.success(), "{}", stderr(&out));
     let from = resumed_from(&proxy, &layer).expect("no Range request: the pull started over");
-    assert!(from >= stall / 2, "resumed from byte {from} of {stall}");
+    assert!(from >= STALL / 2, "resumed from byte {from} of {STALL}");
     assert!(has_blob(&env, &layer));
     common::fsck_clean(&env);
 }
@@ -320,19 +329,8 @@ fn a_pull_killed_midway_is_resumed_by_the_next() {
 fn a_registry_killed_midway_fails_the_pull_and_the_next_resumes() {
     let env = Env::new();
     let mut reg = Registry::plain();
-    let scratch = env.path("scratch");
-    fs::create_dir_all(&scratch).unwrap();
-    let s = reg.seed_big(&scratch, "big:1", 24 << 20);
-    let proxy = Proxy::start(&reg.host);
-    let (layer, _) = big_layer(&s);
-    let stall = 8 << 20;
-    proxy.add(
-        "GET",
-        &format!("/blobs/{layer}"),
-        Fault::Stall { after: stall },
-        Some(1),
-    );
-    let child = pull_until_stalled(&env, &format!("{}/big:1", proxy.host), stall);
+    let (proxy, layer) = stalling(&env, &reg, STALL);
+    let child = pull_until_stalled(&env, &format!("{}/big:1", proxy.host), STALL);
     // The registry dies, and with it every connection to it.
     reg.stop();
     drop(proxy);
@@ -348,6 +346,6 @@ fn a_registry_killed_midway_fails_the_pull_and_the_next_resumes() {
     let out = run(&env, &["pull", &format!("{}/big:1", proxy.host)]);
     assert!(out.status.success(), "{}", stderr(&out));
     let from = resumed_from(&proxy, &layer).expect("no Range request: the pull started over");
-    assert!(from >= stall / 2, "resumed from byte {from} of {stall}");
+    assert!(from >= STALL / 2, "resumed from byte {from} of {STALL}");
     common::fsck_clean(&env);
 }
