@@ -78,6 +78,18 @@ fn gc_sweeps_what_no_image_needs_and_keeps_shared_layers() {
     // Nothing to do while both images are there.
     let out = env.ok(&["gc"]);
     assert!(out.starts_with("removed 0 blobs"), "{out}");
+    // Where blobs were seen on a registry (a pull or push notes it): kept while the blob is.
+    let origins = |d: &Digest| {
+        let s = layoutfs::store::Store::open(&env.store).unwrap();
+        s.records().origins(d, "r.example:5000").unwrap()
+    };
+    {
+        let s = layoutfs::store::Store::open(&env.store).unwrap();
+        let seen = [shared.digest.clone(), only_b.digest.clone()];
+        s.records()
+            .note_origins("r.example:5000", "b", &seen)
+            .unwrap();
+    }
 
     env.ok(&["rm", "b:1"]);
     let dry = env.ok(&["gc", "--dry-run"]);
@@ -87,9 +99,15 @@ fn gc_sweeps_what_no_image_needs_and_keeps_shared_layers() {
     assert!(dry.contains("would remove 3 blobs"), "{dry}");
     assert_eq!(blobs_in_store(&env), 7, "a dry run removes nothing");
 
+    assert_eq!(origins(&only_b.digest), ["b"], "a dry run forgets nothing");
     let out = env.ok(&["gc"]);
     assert!(out.starts_with("removed 3 blobs"), "{out}");
     assert_eq!(blobs_in_store(&env), 4);
+    assert!(
+        origins(&only_b.digest).is_empty(),
+        "a removed blob's origin stays"
+    );
+    assert_eq!(origins(&shared.digest), ["b"]);
     assert!(blob_file(&env, &shared.digest).exists());
     assert!(!blob_file(&env, &only_b.digest).exists());
     assert_eq!(export(&env, "a:1"), before_export);

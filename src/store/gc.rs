@@ -209,6 +209,8 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
         for id in &void {
             leases::delete_in(&tx, id)?;
         }
+        // Where a removed blob was seen on a registry is of no use to a push any more.
+        records::forget_origins_in(&tx, report.blobs.iter().map(|(d, _)| d))?;
         tx.commit()?;
     }
     Ok(report)

@@ -549,6 +549,18 @@ impl RawImage {
 
 /// The (name, descriptor JSON) of the records changed at or after `since_ms`, read in `tx`
 /// (gc's view: `i64::MIN` for all of them).
+/// Forgets where `digests` were seen on registries, in gc's transaction (gc removed them).
+pub(super) fn forget_origins_in<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    digests: impl IntoIterator<Item = &'a Digest>,
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached("DELETE FROM origins WHERE digest = ?1")?;
+    for d in digests {
+        stmt.execute([d.to_string()])?;
+    }
+    Ok(())
+}
+
 pub(super) fn changed_since_in(
     tx: &rusqlite::Transaction<'_>,
     since_ms: i64,
