@@ -171,6 +171,28 @@ fn busy_answers_are_retried() {
 }
 
 #[test]
+fn a_retry_after_on_a_manifest_is_waited() {
+    let env = Env::new();
+    let reg = Registry::plain();
+    seeded(&env, &reg, "x:1");
+    let proxy = Proxy::start(&reg.host);
+    let busy = Fault::Status {
+        code: 429,
+        retry_after: Some(2),
+    };
+    proxy.add("GET", "/manifests/1", busy, Some(1));
+    let start = Instant::now();
+    let out = run(&env, &["pull", &format!("{}/x:1", proxy.host)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "did not wait as asked: {took:?}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
+
+#[test]
 fn oversized_and_schema_1_manifests_are_refused() {
     let env = Env::new();
     let reg = Registry::plain();

@@ -45,6 +45,8 @@ pub const TRIES: u32 = 6;
 /// The first wait between tries; each next one doubles, up to `MAX_BACKOFF`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(4);
+/// The longest `Retry-After` honoured (a longer one is waited this long).
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// A connection that delivers nothing for this long is dropped (and the blob resumed).
 const READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,6 +92,8 @@ impl Options {
 pub struct Failure {
     pub transient: bool,
     pub message: String,
+    /// The wait the server asked for (`Retry-After`), when it said.
+    pub retry_after: Option<Duration>,
 }
 
 impl Failure {
@@ -97,6 +101,7 @@ impl Failure {
         Failure {
             transient: false,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -104,6 +109,7 @@ impl Failure {
         Failure {
             transient: true,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -398,6 +404,12 @@ impl Remote {
         }
         if !status.is_success() {
             let code = status.as_u16();
+            let retry_after = res
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
             // What an error says is read up to `ERROR_BODY` bytes: a registry may send forever.
             let mut res = res;
             let mut body = Vec::new();
@@ -418,7 +430,9 @@ impl Remote {
                     message: String::from_utf8_lossy(&body).into_owned(),
                 },
             };
-            return Err(self.failure(what, e));
+            let mut f = self.failure(what, e);
+            f.retry_after = retry_after;
+            return Err(f);
         }
         let header = |name: &str| {
             res.headers()
@@ -747,8 +761,12 @@ where
         match op().await {
             Ok(v) => return Ok(v),
             Err(f) if f.transient && tries < TRIES => {
-                tracing::info!("{} (try {tries} of {TRIES}; again in {wait:?})", f.message);
-                tokio::time::sleep(wait).await;
+                // The server's own wait, when it asks for a longer one, within reason.
+                let pause = f
+                    .retry_after
+                    .map_or(wait, |r| r.min(MAX_RETRY_AFTER).max(wait));
+                tracing::info!("{} (try {tries} of {TRIES}; again in {pause:?})", f.message);
+                tokio::time::sleep(pause).await;
                 wait = (wait * 2).min(MAX_BACKOFF);
                 tries += 1;
             }
