@@ -408,7 +408,7 @@ fn export(
     opts: &ExportOptions,
 ) -> Result<()> {
     let images = resolve(store.records(), refs)?;
-    let entries: Vec<Entry> = images.into_iter().map(entry).collect();
+    let entries: Vec<Entry> = images.into_iter().map(Entry::from).collect();
     let plan = Plan::new(store, &entries, opts)?;
     let lease = store.lease()?;
     plan.hold(store, &lease)?;
@@ -631,14 +631,8 @@ pub fn parse_duration(s: &str) -> std::result::Result<std::time::Duration, Strin
         .ok_or_else(|| format!("{s:?}: too long"))
 }
 
-fn entry(i: Image) -> Entry {
-    Entry {
-        name: i.name,
-        target: i.target,
-    }
-}
-
-fn stdout_err(e: std::io::Error) -> Error {
+/// An error writing standard output.
+pub(crate) fn stdout_err(e: std::io::Error) -> Error {
     Error::Stream {
         what: "standard output".into(),
         source: e,
@@ -758,7 +752,7 @@ fn list_images(catalog: &dyn Catalog, blobs: &dyn Provider, format: Format) -> R
 }
 
 /// Writes `rows` as pretty JSON and a newline.
-fn print_json(out: &mut impl Write, rows: &impl Serialize) -> Result<()> {
+pub(crate) fn print_json(out: &mut impl Write, rows: &impl Serialize) -> Result<()> {
     serde_json::to_writer_pretty(&mut *out, rows).map_err(|e| Error::Invalid(e.to_string()))?;
     writeln!(out).map_err(stdout_err)
 }

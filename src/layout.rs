@@ -10,12 +10,22 @@ use crate::oci::{
     self, BlobSource, Descriptor, ImageIndex, OnMissing, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME,
 };
 use crate::reference::Reference;
+use crate::store::Image;
 
 /// An image as a layout shows it: its full name and the descriptor `index.json` lists.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub name: Reference,
     pub target: Descriptor,
+}
+
+impl From<Image> for Entry {
+    fn from(i: Image) -> Entry {
+        Entry {
+            name: i.name,
+            target: i.target,
+        }
+    }
 }
 
 /// The descriptor `index.json` lists for an image: its target, with

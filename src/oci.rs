@@ -602,6 +602,15 @@ impl Walker<'_> {
     }
 }
 
+/// The descriptor a manifest's OCI 1.1 `subject` names, if its bytes have one.
+pub fn subject_of(bytes: &[u8]) -> Option<Descriptor> {
+    #[derive(Deserialize)]
+    struct WithSubject {
+        subject: Option<Descriptor>,
+    }
+    serde_json::from_slice::<WithSubject>(bytes).ok()?.subject
+}
+
 /// Whether `desc` is a manifest for one platform (what an index lists): when an index refers
 /// to it and it is missing, a platform left out of a pull.
 pub fn is_platform_child(desc: &Descriptor) -> bool {

@@ -56,10 +56,10 @@ const USER_AGENT: &str = concat!("layoutfs/", env!("CARGO_PKG_VERSION"));
 
 /// The manifest media types asked for (never docker schema 1).
 pub const MANIFEST_TYPES: &[&str] = &[
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
+    crate::oci::MEDIA_OCI_INDEX,
+    crate::oci::MEDIA_OCI_MANIFEST,
+    crate::oci::MEDIA_DOCKER_LIST,
+    crate::oci::MEDIA_DOCKER_MANIFEST,
 ];
 
 /// How to reach registries: what the command line and environment say.

@@ -6,6 +6,7 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use serde::Serialize;
 
+use crate::cli::{print_json, stdout_err};
 use crate::error::{Error, Result};
 use crate::store::{Image, Store};
 
@@ -49,7 +50,7 @@ pub fn pull(
         .collect();
     let mut out = std::io::stdout().lock();
     if json {
-        return write_json(&mut out, &rows);
+        return print_json(&mut out, &rows);
     }
     for r in &rows {
         writeln!(out, "{}", r.name).map_err(stdout_err)?;
@@ -88,7 +89,7 @@ pub fn push(
     )?;
     let mut out = std::io::stdout().lock();
     if json {
-        return write_json(&mut out, &pushed);
+        return print_json(&mut out, &pushed);
     }
     for d in &pushed.destinations {
         writeln!(out, "{d}").map_err(stdout_err)?;
@@ -199,17 +200,4 @@ fn prompt(question: &str, echo: bool) -> Result<String> {
     }
     read.map_err(err)?;
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
-}
-
-fn write_json(out: &mut impl Write, v: &impl Serialize) -> Result<()> {
-    serde_json::to_writer_pretty(&mut *out, v)
-        .map_err(|e| Error::Invalid(format!("writing JSON: {e}")))?;
-    writeln!(out).map_err(stdout_err)
-}
-
-fn stdout_err(e: std::io::Error) -> Error {
-    Error::Stream {
-        what: "standard output".into(),
-        source: e,
-    }
 }

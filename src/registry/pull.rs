@@ -21,7 +21,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::oci::{
     self, Descriptor, ImageIndex, Kind, OnMissing, PlatformSpec, ANNOTATION_IMAGE_NAME,
-    ANNOTATION_REF_NAME,
+    ANNOTATION_REF_NAME, MEDIA_OCI_INDEX as OCI_INDEX, MEDIA_OCI_MANIFEST,
 };
 use crate::reference::{check_repository, Reference, Target};
 use crate::store::Store;
@@ -36,8 +36,6 @@ const PARALLEL_BLOBS: usize = 4;
 const PROGRESS: u64 = 1 << 20;
 /// Most referrers one pull brings (a registry's listing is not trusted to be small).
 const MAX_REFERRERS: usize = 1000;
-/// The media type of an OCI index (what the referrers API answers).
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Which platforms of an index are pulled.
 #[derive(Debug, Clone)]
@@ -246,7 +244,7 @@ fn media_type_of(f: &Fetched, what: &str) -> Result<String> {
     }
     match (head.manifests.is_some(), head.layers.is_some()) {
         (true, false) => Ok(OCI_INDEX.to_owned()),
-        (false, true) => Ok("application/vnd.oci.image.manifest.v1+json".to_owned()),
+        (false, true) => Ok(MEDIA_OCI_MANIFEST.to_owned()),
         _ => Err(Error::Registry(format!(
             "{what}: the registry's answer is neither a manifest nor an index"
         ))),
@@ -380,14 +378,7 @@ fn referrers(
                 d.digest
             )));
         }
-        #[derive(serde::Deserialize)]
-        struct WithSubject {
-            subject: Option<Descriptor>,
-        }
-        let names_subject = serde_json::from_slice::<WithSubject>(&m.bytes)
-            .ok()
-            .and_then(|w| w.subject)
-            .is_some_and(|s| s.digest == subject.digest);
+        let names_subject = oci::subject_of(&m.bytes).is_some_and(|s| s.digest == subject.digest);
         if !names_subject {
             tracing::warn!(
                 "{what}: {} is listed, but its subject is not {}: left out",

@@ -21,7 +21,7 @@ use crate::content::Provider;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::Entry;
-use crate::oci::{self, BlobSource, Descriptor, ImageIndex, Kind};
+use crate::oci::{self, BlobSource, Descriptor, ImageIndex, Kind, MEDIA_OCI_INDEX as OCI_INDEX};
 use crate::progress::Progress;
 use crate::reference::Target;
 use crate::store::{Image, Store};
@@ -34,8 +34,6 @@ use super::runtime::{block_on, spawn};
 const PARALLEL_UPLOADS: usize = 4;
 /// Bytes read from a blob file per piece of an upload.
 const UPLOAD_PIECE: usize = 1 << 20;
-/// The media type of an OCI index.
-const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 
 /// What a push did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -63,13 +61,7 @@ pub fn push(
     with_referrers: bool,
 ) -> Result<Pushed> {
     remote.authorize(dest.repository(), true)?;
-    let mut entries: Vec<Entry> = images
-        .iter()
-        .map(|i| Entry {
-            name: i.name.clone(),
-            target: i.target.clone(),
-        })
-        .collect();
+    let mut entries: Vec<Entry> = images.iter().cloned().map(Entry::from).collect();
     let referrers = if with_referrers {
         referrers_in_store(store, images)?
     } else {
@@ -123,13 +115,7 @@ pub fn push(
 /// The store's untagged images of the pushed images' repositories whose `subject` is in the
 /// pushed images' closures (signatures, SBOMs), as entries.
 fn referrers_in_store(store: &Store, images: &[Image]) -> Result<Vec<Entry>> {
-    let entries: Vec<Entry> = images
-        .iter()
-        .map(|i| Entry {
-            name: i.name.clone(),
-            target: i.target.clone(),
-        })
-        .collect();
+    let entries: Vec<Entry> = images.iter().cloned().map(Entry::from).collect();
     let closure: HashSet<Digest> = crate::layout::blobs(store, &entries, oci::OnMissing::Fail)?
         .into_keys()
         .collect();
@@ -143,10 +129,7 @@ fn referrers_in_store(store: &Store, images: &[Image]) -> Result<Vec<Entry>> {
                 continue;
             }
             if subject_of(store, &img.target)?.is_some_and(|s| closure.contains(&s)) {
-                out.push(Entry {
-                    name: img.name,
-                    target: img.target,
-                });
+                out.push(Entry::from(img));
             }
         }
     }
@@ -158,15 +141,7 @@ fn subject_of(store: &Store, desc: &Descriptor) -> Result<Option<Digest>> {
     if oci::kind_of(&desc.media_type) == Kind::Leaf {
         return Ok(None);
     }
-    #[derive(serde::Deserialize)]
-    struct WithSubject {
-        subject: Option<Descriptor>,
-    }
-    let bytes = store.read_small(desc)?;
-    Ok(serde_json::from_slice::<WithSubject>(&bytes)
-        .ok()
-        .and_then(|w| w.subject)
-        .map(|s| s.digest))
+    Ok(oci::subject_of(&store.read_small(desc)?).map(|s| s.digest))
 }
 
 /// On a registry without the referrers API, adds each referrer to the index tagged
