@@ -477,21 +477,23 @@ impl Remote {
     /// `e` in one line about `what` (none when empty: the caller names it), and whether
     /// trying again may help.
     pub fn failure(&self, what: &str, e: OciDistributionError) -> Failure {
-        let mut f = self.failure_of(if what.is_empty() { "-" } else { what }, e);
-        if what.is_empty() {
-            f.message = f.message.trim_start_matches("-: ").to_owned();
-        }
-        f
+        about(what, self.failure_of(e))
     }
 
-    fn failure_of(&self, what: &str, e: OciDistributionError) -> Failure {
+    /// A refused or missing credential, about `what`.
+    fn unauthorized(&self, what: &str) -> Failure {
+        about(what, self.unauthorized_of())
+    }
+
+    /// What `e` was, without saying about what.
+    fn failure_of(&self, e: OciDistributionError) -> Failure {
         let host = &self.registry;
         match e {
-            OciDistributionError::UnauthorizedError { .. } => self.unauthorized(what),
+            OciDistributionError::UnauthorizedError { .. } => self.unauthorized_of(),
             OciDistributionError::AuthenticationFailure(reason) => {
-                let mut f = self.unauthorized(what);
+                let mut f = self.unauthorized_of();
                 if self.credential.is_none() {
-                    f.message = format!("{what}: the registry's token service refused anonymous access ({}): run layoutfs login {host}", one_line(&reason));
+                    f.message = format!("the registry's token service refused anonymous access ({}): run layoutfs login {host}", one_line(&reason));
                 }
                 f
             }
@@ -525,60 +527,57 @@ impl Remote {
                     .collect::<Vec<_>>()
                     .join("; ");
                 if unknown {
-                    Failure::fatal(format!("{what}: not found in {host} ({})", one_line(&said)))
+                    Failure::fatal(format!("not found in {host} ({})", one_line(&said)))
                 } else if denied && self.credential.is_some() {
                     Failure::fatal(format!(
-                        "{what}: {host} denied access ({}) to the credential of {}",
+                        "{host} denied access ({}) to the credential of {}",
                         one_line(&said),
                         self.credential.as_ref().map_or("", |(u, _)| u.as_str())
                     ))
                 } else if denied {
                     Failure::fatal(format!(
-                        "{what}: {host} denied access ({}): if it needs a credential, run layoutfs login {host}",
+                        "{host} denied access ({}): if it needs a credential, run layoutfs login {host}",
                         one_line(&said)
                     ))
                 } else if busy {
-                    Failure::transient(format!("{what}: {host} is busy (429 {})", one_line(&said)))
+                    Failure::transient(format!("{host} is busy (429 {})", one_line(&said)))
                 } else {
-                    Failure::fatal(format!("{what}: {host} refused: {}", one_line(&said)))
+                    Failure::fatal(format!("{host} refused: {}", one_line(&said)))
                 }
             }
             OciDistributionError::ServerError { code, message, .. } => {
                 let said = one_line(&message);
                 match code {
-                    401 => self.unauthorized(what),
-                    403 => Failure::fatal(format!("{what}: {host} denied access (403)")),
-                    404 => Failure::fatal(format!("{what}: not found in {host}")),
+                    401 => self.unauthorized_of(),
+                    403 => Failure::fatal(format!("{host} denied access (403)")),
+                    404 => Failure::fatal(format!("not found in {host}")),
                     408 | 429 | 500..=599 => Failure::transient(format!(
-                        "{what}: {host} answered {code}{}",
+                        "{host} answered {code}{}",
                         if said.is_empty() {
                             String::new()
                         } else {
                             format!(" ({said})")
                         }
                     )),
-                    _ => Failure::fatal(format!("{what}: {host} answered {code} ({said})")),
+                    _ => Failure::fatal(format!("{host} answered {code} ({said})")),
                 }
             }
-            OciDistributionError::RequestError(e) => self.transport(what, &e),
-            OciDistributionError::DigestError(e) => {
-                Failure::fatal(format!("{what}: from {host}: {e}"))
-            }
-            OciDistributionError::IoError(e) => {
-                Failure::transient(format!("{what}: from {host}: {e}"))
-            }
-            other => Failure::fatal(format!("{what}: {host}: {}", one_line(&other.to_string()))),
+            OciDistributionError::RequestError(e) => self.transport(&e),
+            OciDistributionError::DigestError(e) => Failure::fatal(format!("from {host}: {e}")),
+            OciDistributionError::IoError(e) => Failure::transient(format!("from {host}: {e}")),
+            other => Failure::fatal(format!("{host}: {}", one_line(&other.to_string()))),
         }
     }
 
-    fn unauthorized(&self, what: &str) -> Failure {
+    /// A refused or missing credential, without saying about what.
+    fn unauthorized_of(&self) -> Failure {
         let host = &self.registry;
         match &self.credential {
             None => Failure::fatal(format!(
-                "{what}: {host} requires authentication: run layoutfs login {host}"
+                "{host} requires authentication: run layoutfs login {host}"
             )),
             Some((user, from)) => Failure::fatal(format!(
-                "{what}: {host} refused the credential of {user} (from {from}): wrong user name or password? run layoutfs login {host}"
+                "{host} refused the credential of {user} (from {from}): wrong user name or password? run layoutfs login {host}"
             )),
         }
     }
@@ -642,21 +641,21 @@ impl Remote {
     }
 
     /// A transport error: TLS trust, a non-TLS server, refused or dropped connections.
-    fn transport(&self, what: &str, e: &reqwest::Error) -> Failure {
+    fn transport(&self, e: &reqwest::Error) -> Failure {
         let host = &self.registry;
         if let Some(tls) = find_source::<rustls::Error>(e) {
             return match tls {
                 rustls::Error::InvalidCertificate(why) => Failure::fatal(format!(
-                    "{what}: the TLS certificate of {host} is not trusted ({why:?}): put the registry's CA in /etc/containers/certs.d/{host}/ca.crt (or a directory named by {CERTS_ENV}), or pass --plain-http for a registry without TLS"
+                    "the TLS certificate of {host} is not trusted ({why:?}): put the registry's CA in /etc/containers/certs.d/{host}/ca.crt (or a directory named by {CERTS_ENV}), or pass --plain-http for a registry without TLS"
                 )),
                 rustls::Error::InvalidMessage(_) => Failure::fatal(format!(
-                    "{what}: {host} does not speak TLS: pass --plain-http"
+                    "{host} does not speak TLS: pass --plain-http"
                 )),
-                other => Failure::fatal(format!("{what}: TLS with {host}: {other}")),
+                other => Failure::fatal(format!("TLS with {host}: {other}")),
             };
         }
         if let Some(io) = find_source::<std::io::Error>(e) {
-            return Failure::transient(format!("{what}: {host}: {io}"));
+            return Failure::transient(format!("{host}: {io}"));
         }
         let kind = if e.is_timeout() {
             "timed out"
@@ -667,8 +666,16 @@ impl Remote {
         } else {
             "request failed"
         };
-        Failure::transient(format!("{what}: {host}: {kind}"))
+        Failure::transient(format!("{host}: {kind}"))
     }
+}
+
+/// `f` said about `what` (as it is when `what` is empty: the caller names it).
+fn about(what: &str, mut f: Failure) -> Failure {
+    if !what.is_empty() {
+        f.message = format!("{what}: {}", f.message);
+    }
+    f
 }
 
 /// Runs `f` on the runtime, flattening its error.
