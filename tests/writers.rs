@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 
 use common::gen::LayoutBuilder;
 use common::mount::{kernel_has_passthrough, Mounted};
+use common::podman::podman;
 use common::writers_support::{
     blobs_of, exported_blobs, incomplete, modes_not_fixed, names, run_writer, same_blobs,
     store_is_clean, tags_of,
@@ -541,33 +542,6 @@ fn umoci_init_new_insert_repack_config_tag_rm_gc_then_unpack() {
     let env = config["process"]["env"].as_array().unwrap();
     assert!(env.iter().any(|v| v == CONFIG_ENV), "{config}");
     c.finish();
-}
-
-/// `podman` with a store, run root, temporary directory and home of the test's own, the vfs
-/// driver, cgroupfs and no event log: it works offline as root with no configuration (loading
-/// from an archive needs no registry).
-fn podman(env: &Env) -> Command {
-    require("podman");
-    let d = env.path("podman");
-    for sub in ["home", "run", "tmp", "xdg"] {
-        fs::create_dir_all(d.join(sub)).unwrap();
-    }
-    let mut c = Command::new("podman");
-    c.env("HOME", d.join("home"))
-        .env("XDG_RUNTIME_DIR", d.join("xdg"))
-        .env("XDG_CONFIG_HOME", d.join("home/.config"))
-        .env("XDG_DATA_HOME", d.join("home/.local/share"))
-        .env("XDG_CACHE_HOME", d.join("home/.cache"))
-        .env("TMPDIR", d.join("tmp"))
-        .arg("--root")
-        .arg(d.join("root"))
-        .arg("--runroot")
-        .arg(d.join("run"))
-        .arg("--tmpdir")
-        .arg(d.join("tmp"))
-        .args(["--storage-driver", "vfs", "--cgroup-manager", "cgroupfs"])
-        .args(["--events-backend", "none"]);
-    c
 }
 
 /// `podman save --format oci-dir` of writers:1 to `dir`, then `podman push` of writers:2 into it.

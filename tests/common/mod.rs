@@ -8,6 +8,7 @@ pub mod gen;
 pub mod layout_dir;
 pub mod memory;
 pub mod mount;
+pub mod podman;
 pub mod proxy;
 pub mod registry;
 pub mod tokensrv;
