@@ -82,6 +82,11 @@ impl<'a> Intake<'a> {
         self.provider.read_small(desc)
     }
 
+    /// Opens blob `desc` of the store, size-checked.
+    pub fn open(&self, desc: &Descriptor) -> Result<std::fs::File> {
+        self.provider.open(desc)
+    }
+
     /// Starts writing blob `digest` of `size` bytes; `commit` finishes it.
     pub fn start(&self, digest: &Digest, size: u64) -> Result<Box<dyn Writer + 'a>> {
         self.ingester.ingest(digest, Some(size))
