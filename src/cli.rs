@@ -48,8 +48,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Import images from an OCI layout directory, an OCI archive (tar, tar.gz, tar.zst) or
-    /// standard input (-), and print the names registered
+    /// Import images from an OCI layout directory, an image archive (an OCI archive, a `docker
+    /// save` / `podman save` / skopeo docker-archive; tar, tar.gz, tar.zst) or standard input
+    /// (-), and print the names registered
     Import {
         /// Repository for images named only by a tag or a digest [default: the source's base
         /// name without extension]

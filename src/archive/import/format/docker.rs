@@ -34,8 +34,8 @@ use super::StreamFormat;
 const SMALL_FILE: u64 = 1 << 20;
 /// Most bytes of small files kept in memory at once; past it they go to ingests.
 const SMALL_BUDGET: u64 = 64 << 20;
-/// Most files outside `blobs/` one archive may hold.
-const MAX_FILES: usize = 1_000_000;
+/// Most files outside `blobs/` one archive may hold (a record each: about 200 bytes).
+const MAX_FILES: usize = 100_000;
 
 /// A regular file of the archive outside `blobs/`.
 struct File {
@@ -69,6 +69,9 @@ pub struct ArchiveStream {
     links: Links,
     files: BTreeMap<String, File>,
     small_bytes: u64,
+    /// The diff_ids of compressed layers worked out at the end, so that a layer listed many
+    /// times is decompressed once.
+    diff_ids: parking_lot::Mutex<BTreeMap<Digest, std::result::Result<Digest, String>>>,
 }
 
 impl ArchiveStream {
@@ -81,6 +84,7 @@ impl ArchiveStream {
             links: Links::new(),
             files: BTreeMap::new(),
             small_bytes: 0,
+            diff_ids: Default::default(),
         }
     }
 
@@ -91,6 +95,12 @@ impl ArchiveStream {
     /// Records a symbolic link, refusing it where the layout needs a file and when its target
     /// is absolute or leaves the archive.
     fn link(&mut self, path: &str, target: &str) -> Result<()> {
+        if self.files.contains_key(path) {
+            return Err(self.bad(format!(
+                "entry {} appears twice",
+                crate::error::printable(path)
+            )));
+        }
         if is_layout_member(path) || path == MANIFEST_FILE {
             return Err(self.bad(format!(
                 "entry {}: symbolic links are refused here",
@@ -218,7 +228,9 @@ impl ArchiveStream {
         let (digest, size, compression, diff_id) = match found {
             Found::File(f) => {
                 let diff_id = match &f.body {
-                    Body::Memory(b) => uncompressed_digest(&mut &b[..], f.compression, &f.digest),
+                    Body::Memory(b) => self.diff_id(&f.digest, || {
+                        uncompressed_digest(&mut &b[..], f.compression, &f.digest)
+                    }),
                     Body::Stored { diff_id } => diff_id.clone(),
                 };
                 (f.digest.clone(), f.size, f.compression, diff_id)
@@ -231,7 +243,7 @@ impl ArchiveStream {
                 } else {
                     let desc = Descriptor::new("", d.clone(), size);
                     let mut file = intake.open(&desc)?;
-                    uncompressed_digest(&mut file, c, &d)
+                    self.diff_id(&d, || uncompressed_digest(&mut file, c, &d))
                 };
                 (d, size, c, diff_id)
             }
@@ -243,6 +255,20 @@ impl ArchiveStream {
             compression,
             diff_id,
         })
+    }
+
+    /// The diff_id of compressed layer `digest`, worked out by `compute` the first time.
+    fn diff_id(
+        &self,
+        digest: &Digest,
+        compute: impl FnOnce() -> std::result::Result<Digest, String>,
+    ) -> std::result::Result<Digest, String> {
+        if let Some(known) = self.diff_ids.lock().get(digest) {
+            return known.clone();
+        }
+        let found = compute();
+        self.diff_ids.lock().insert(digest.clone(), found.clone());
+        found
     }
 
     /// Stores the small files `paths` name (those kept in memory), once each.
