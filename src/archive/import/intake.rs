@@ -105,6 +105,19 @@ impl<'a> Intake<'a> {
         Ok(())
     }
 
+    /// Stores `bytes` (a small blob made or kept in memory) as blob `digest`, held, unless
+    /// the store has it.
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        self.hold(digest)?;
+        if self.has(digest)? {
+            return Ok(());
+        }
+        let size = bytes.len() as u64;
+        let mut w = self.start(digest, size)?;
+        w.write_all(bytes)?;
+        self.commit(w, digest, size)
+    }
+
     /// Copies `r` into blob `desc`, checked; `what` names the source in errors.
     pub fn copy(
         &self,

@@ -287,7 +287,7 @@ impl ArchiveStream {
             }) = self.files.get(resolved)
             {
                 if stored.insert(digest.clone()) {
-                    put_bytes(intake, digest, bytes)?;
+                    intake.put(digest, bytes)?;
                 }
             }
         }
@@ -315,7 +315,7 @@ impl ArchiveStream {
         used.extend(item.layers.iter().map(String::as_str));
         self.store_used(&used, intake, stored)?;
         if stored.insert(desc.digest.clone()) {
-            put_bytes(intake, &desc.digest, &bytes)?;
+            intake.put(&desc.digest, &bytes)?;
         }
         Ok(desc)
     }
@@ -515,18 +515,6 @@ fn uncompressed_digest(
         }
         other => Err(other.layer_media_type().err().unwrap_or_default()),
     }
-}
-
-/// Stores `bytes` as blob `digest`, unless the store has it.
-fn put_bytes(intake: &Intake<'_>, digest: &Digest, bytes: &[u8]) -> Result<()> {
-    intake.hold(digest)?;
-    if intake.has(digest)? {
-        return Ok(());
-    }
-    let size = bytes.len() as u64;
-    let mut w = intake.start(digest, size)?;
-    w.write_all(bytes)?;
-    intake.commit(w, digest, size)
 }
 
 /// Passes bytes on while a decoder hashes what they decompress to.
