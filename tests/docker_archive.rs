@@ -522,6 +522,55 @@ fn two_items_sharing_layers_one_untagged() {
 }
 
 #[test]
+fn repo_tags_absent_null_or_empty_mean_untagged() {
+    let (_, _, image) = sample(&[]);
+    let want = image.manifest_digest();
+    let t = skopeo_shape(std::slice::from_ref(&image));
+    let listed = String::from_utf8(t.get("manifest.json").to_vec()).unwrap();
+    assert!(listed.contains(r#""RepoTags":[]"#), "{listed}");
+    for (case, tags) in [
+        ("absent", ""),
+        ("null", r#","RepoTags":null"#),
+        ("empty", r#","RepoTags":[]"#),
+    ] {
+        let env = Env::new();
+        let m = listed.replace(r#","RepoTags":[]"#, tags);
+        let path = put(
+            &env,
+            &format!("{case}.tar"),
+            &t.clone()
+                .replace("manifest.json", Body::File(m.into_bytes())),
+        );
+        import(&env, &["--name", "u"], &path);
+        let name = format!("u@{want}");
+        assert_eq!(stored(&env), sorted(&[(&name, &want)]), "{case}");
+    }
+}
+
+#[test]
+fn repositories_and_v1_files_are_ignored() {
+    // Names come from RepoTags alone; `repositories`, `VERSION` and `json` may say anything.
+    let env = Env::new();
+    let (_, _, image) = sample(&["hand/rep:1"]);
+    let mut t = skopeo_shape(std::slice::from_ref(&image));
+    t = t.replace(
+        "repositories",
+        Body::File(br#"{"other/name":{"x":"00"}}"#.to_vec()),
+    );
+    for (p, b) in t.entries.iter_mut() {
+        if p.ends_with("/json") || p.ends_with("/VERSION") {
+            *b = Body::File(b"not json".to_vec());
+        }
+    }
+    let path = put(&env, "rep.tar", &t);
+    assert_eq!(import(&env, &[], &path), "hand/rep:1\n");
+    assert_eq!(
+        stored(&env),
+        sorted(&[("hand/rep:1", &image.manifest_digest())])
+    );
+}
+
+#[test]
 fn names_are_kept_as_written() {
     let env = Env::new();
     let (_, _, image) = sample(&["busybox:latest"]);
@@ -578,6 +627,26 @@ fn docker_25_with_names_and_an_untagged_item_the_index_lacks() {
     let (a, b) = (image.manifest_digest(), lost.manifest_digest());
     let untagged = format!("d25@{b}");
     assert_store(&env, &[("docker.io/library/d25:1", &a), (&untagged, &b)]);
+}
+
+#[test]
+fn docker_25_with_compressed_layers_keeps_them() {
+    // Docker's containerd store saves the layers as stored: gzip or zstd blobs, the manifest
+    // in index.json naming them; manifest.json then adds nothing.
+    let env = Env::new();
+    let (l1, l2) = (layer(1), layer(2));
+    let image = Image::new(
+        vec![gzip(&l1), zstd(&l2), l1.clone()],
+        "/bin/c8d",
+        &["c8d:1"],
+    );
+    let t = docker25_shape(std::slice::from_ref(&image), &[], IndexNames::Docker);
+    let path = put(&env, "c8d.tar", &t);
+    import(&env, &[], &path);
+    assert_store(
+        &env,
+        &[("docker.io/library/c8d:1", &image.manifest_digest())],
+    );
 }
 
 #[test]
