@@ -827,7 +827,9 @@ fn refused(file: &str, bytes: &[u8], fragment: &str) {
     fsck_clean(&env);
 }
 
-/// The sample image's config, l1 and l2 as `a.tar` and `b.tar`, Layers a, b, a.
+/// The bad archives' starting point: layers l1 and l2 and the sample image over l1, l2, l1
+/// (the same config as the earlier images of `refused`); the archives hold them as `c.json`,
+/// `a.tar` and `b.tar`, the item's Layers a, b, a, unless a case says otherwise.
 fn base() -> (Vec<u8>, Vec<u8>, Image) {
     sample(&["bad/x:1"])
 }
@@ -850,8 +852,8 @@ fn a_layer_count_other_than_the_diff_ids_is_refused() {
 
 #[test]
 fn a_layer_whose_hash_is_not_its_diff_id_is_refused() {
-    let (l1, l2, img) = base();
-    let _ = l2;
+    // b.tar, the second layer, holds l1 (whose hash is the first diff_id, not the second).
+    let (l1, _, img) = base();
     for (case, b) in [
         ("plain", l1.clone()),
         ("gzip", gzip(&l1)),
