@@ -1079,3 +1079,31 @@ fn an_untagged_image_from_standard_input_needs_a_name() {
     assert!(stored(&env).is_empty());
     assert!(store_blobs(&env).is_empty());
 }
+
+#[test]
+fn a_bad_item_after_a_good_one_registers_neither() {
+    let (l1, l2, img) = base();
+    let good = Image::new(vec![l1.clone()], "/bin/good", &["good/one:1"]);
+    let t = legacy(
+        "c.json",
+        &img.config,
+        &[("a.tar", &l1), ("b.tar", &l2), ("g.json", &good.config)],
+        &[
+            good.item("g.json", &strings(&["a.tar"])),
+            item(&img, "c.json", &["a.tar", "gone.tar", "a.tar"]),
+        ],
+    );
+    refused("good-then-bad.tar", &t.bytes(), "not in the archive");
+}
+
+#[test]
+fn a_bad_item_only_in_the_manifest_json_of_a_docker_25_archive_is_refused() {
+    // The item index.json lacks is checked like any other: its second layer is l1's bytes.
+    let (l1, l2, img) = base();
+    let lost = Image {
+        layers: vec![l1.clone(), l1.clone()],
+        ..Image::new(vec![l1.clone(), l2.clone()], "/bin/lost", &[])
+    };
+    let t = docker25_shape(std::slice::from_ref(&img), &[lost], IndexNames::Docker);
+    refused("d25-bad.tar", &t.bytes(), "config says");
+}
