@@ -18,7 +18,7 @@ use std::process::Command;
 use common::docker_archive::{
     self as da, digest, docker24_shape, docker25_shape, gzip, layer, layer_media_type,
     manifest_json, oci_archive, oci_dir, sample, sha256_hex, skopeo_shape, uncompressed, zstd,
-    Body, Image, IndexNames, Item, Tar, BZIP2_HEAD, MANIFEST_JSON_CAP,
+    Body, Image, IndexNames, Item, Tar, BZIP2_HEAD, MANIFEST_JSON_CAP, XZ_HEAD,
 };
 use common::mount::Mounted;
 use common::podman::podman;
@@ -571,6 +571,40 @@ fn repositories_and_v1_files_are_ignored() {
 }
 
 #[test]
+fn crane_names_the_config_by_digest_and_gzips_the_layers() {
+    // go-containerregistry's tarball.Write: config `sha256:<hex>`, layers `<hex>.tar.gz`.
+    let env = Env::new();
+    let (l1, l2) = (gzip(&layer(1)), gzip(&layer(2)));
+    let image = Image::new(vec![l1.clone(), l2.clone()], "/bin/crane", &["crane/app:1"]);
+    let cfg = format!("sha256:{}", image.config_hex());
+    let names = [l1.clone(), l2.clone()].map(|l| format!("{}.tar.gz", sha256_hex(&l)));
+    let t = legacy(
+        &cfg,
+        &image.config,
+        &[(&names[0], &l1), (&names[1], &l2)],
+        &[image.item(&cfg, &names)],
+    );
+    let path = put(&env, "crane.tar", &t);
+    import(&env, &[], &path);
+    assert_store(&env, &[("crane/app:1", &image.manifest_digest())]);
+}
+
+#[test]
+fn an_archive_tarred_again_with_dot_slash_paths_imports() {
+    // `tar -C extracted -cf x.tar .` of an extracted archive: every path starts with `./`.
+    let env = Env::new();
+    let (_, _, image) = sample(&["hand/dot:1"]);
+    let mut t = docker24_shape(std::slice::from_ref(&image));
+    for (p, _) in t.entries.iter_mut() {
+        *p = format!("./{p}");
+    }
+    t.entries.insert(0, ("./".into(), Body::Dir));
+    let path = put(&env, "dot.tar", &t);
+    import(&env, &[], &path);
+    assert_store(&env, &[("hand/dot:1", &image.manifest_digest())]);
+}
+
+#[test]
 fn names_are_kept_as_written() {
     let env = Env::new();
     let (_, _, image) = sample(&["busybox:latest"]);
@@ -597,13 +631,19 @@ fn from_standard_input_and_gzip_compressed() {
     let x = format!("x@{want}");
     assert_store(&other, &[(&x, &want)]);
 
-    // A .tar.gz of a docker archive, untagged: named after the file without .tar.gz.
-    let third = Env::new();
-    let p = third.path("packed.tar.gz");
-    fs::write(&p, gzip(&untagged)).unwrap();
-    import(&third, &[], &p);
-    let packed = format!("packed@{want}");
-    assert_store(&third, &[(&packed, &want)]);
+    // A .tar.gz (and a .tar.zst) of a docker archive, untagged: named after the file without
+    // its extensions.
+    for (file, bytes) in [
+        ("packed.tar.gz", gzip(&untagged)),
+        ("packed.tar.zst", zstd(&untagged)),
+    ] {
+        let third = Env::new();
+        let p = third.path(file);
+        fs::write(&p, bytes).unwrap();
+        import(&third, &[], &p);
+        let packed = format!("packed@{want}");
+        assert_store(&third, &[(&packed, &want)]);
+    }
 }
 
 #[test]
@@ -871,15 +911,21 @@ fn a_layer_whose_hash_is_not_its_diff_id_is_refused() {
 
 #[test]
 fn a_config_whose_name_is_not_its_hash_is_refused() {
+    // As docker names it, and as crane (go-containerregistry) does.
     let (l1, l2, img) = base();
-    let name = format!("{}.json", sha256_hex(b"other bytes"));
-    let t = legacy(
-        &name,
-        &img.config,
-        &[("a.tar", &l1), ("b.tar", &l2)],
-        &[item(&img, &name, &["a.tar", "b.tar", "a.tar"])],
-    );
-    refused("cfgname.tar", &t.bytes(), "hashes to");
+    let other = sha256_hex(b"other bytes");
+    for (n, name) in [format!("{other}.json"), format!("sha256:{other}")]
+        .iter()
+        .enumerate()
+    {
+        let t = legacy(
+            name,
+            &img.config,
+            &[("a.tar", &l1), ("b.tar", &l2)],
+            &[item(&img, name, &["a.tar", "b.tar", "a.tar"])],
+        );
+        refused(&format!("cfgname{n}.tar"), &t.bytes(), "hashes to");
+    }
 }
 
 #[test]
@@ -991,7 +1037,8 @@ fn a_manifest_json_over_the_cap_is_refused() {
 fn a_manifest_json_of_the_wrong_shape_is_refused() {
     let (_, _, img) = base();
     let t = skopeo_shape(std::slice::from_ref(&img));
-    let shapes: [&[u8]; 6] = [
+    let shapes: [&[u8]; 7] = [
+        b"[]",
         b"{}",
         b"null",
         b"[1]",
@@ -1106,4 +1153,63 @@ fn a_bad_item_only_in_the_manifest_json_of_a_docker_25_archive_is_refused() {
     };
     let t = docker25_shape(std::slice::from_ref(&img), &[lost], IndexNames::Docker);
     refused("d25-bad.tar", &t.bytes(), "config says");
+}
+
+#[test]
+fn an_xz_layer_is_refused() {
+    let (l1, _, img) = base();
+    let mut xz = XZ_HEAD.to_vec();
+    xz.extend_from_slice(&[0x5a; 200]);
+    let t = legacy(
+        "c.json",
+        &img.config,
+        &[("a.tar", &l1), ("b.tar", &xz)],
+        &[item(&img, "c.json", &["a.tar", "b.tar", "a.tar"])],
+    );
+    refused("xz.tar", &t.bytes(), "not supported");
+}
+
+#[test]
+fn layer_paths_that_are_absolute_or_climb_are_refused() {
+    let (l1, l2, img) = base();
+    for (n, (path, fragment)) in [("/a.tar", "absolute"), ("x/../../a.tar", "'..'")]
+        .into_iter()
+        .enumerate()
+    {
+        let t = legacy(
+            "c.json",
+            &img.config,
+            &[("a.tar", &l1), ("b.tar", &l2)],
+            &[item(&img, "c.json", &[path, "b.tar", "a.tar"])],
+        );
+        refused(&format!("layer-path{n}.tar"), &t.bytes(), fragment);
+    }
+}
+
+#[test]
+fn a_link_and_a_file_at_one_path_are_refused() {
+    let t = with_link("../a.tar", &[]).file("x/l", &layer(1));
+    refused("link-and-file.tar", &t.bytes(), "appears twice");
+}
+
+#[test]
+fn a_dangling_link_no_item_uses_is_refused() {
+    let t = with_link("../a.tar", &[("y/unused", "nothere.tar")]);
+    refused("unused-dangling.tar", &t.bytes(), "not in the archive");
+}
+
+#[test]
+fn one_tag_on_two_images_is_refused() {
+    let (l1, l2, img) = base();
+    let other = Image::new(vec![l1.clone()], "/bin/other", &["bad/x:1"]);
+    let t = legacy(
+        "c.json",
+        &img.config,
+        &[("a.tar", &l1), ("b.tar", &l2), ("o.json", &other.config)],
+        &[
+            item(&img, "c.json", &["a.tar", "b.tar", "a.tar"]),
+            other.item("o.json", &strings(&["a.tar"])),
+        ],
+    );
+    refused("one-tag-two-images.tar", &t.bytes(), "bad/x:1");
 }

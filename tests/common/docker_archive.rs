@@ -23,6 +23,8 @@ pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd"
 pub const MANIFEST_JSON_CAP: usize = 4 << 20;
 /// What a bzip2 stream starts with (magic, block size 9, block magic).
 pub const BZIP2_HEAD: &[u8] = b"BZh91AY&SY";
+/// What an xz stream starts with.
+pub const XZ_HEAD: &[u8] = &[0xfd, 0x37, 0x7a, 0x58, 0x5a, 0x00];
 /// What `oci-layout` holds.
 pub const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
