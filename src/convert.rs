@@ -161,10 +161,22 @@ impl Converter<'_> {
             }
         }
         let media_type = oci_media_type(&desc.media_type).unwrap_or(&desc.media_type);
-        if media_type != desc.media_type {
-            top.set_media_type(&file, media_type)?;
+        // The blob's own mediaType: docker's becomes OCI's even under an OCI descriptor (the
+        // walk checks only that both say manifest, or both index); missing, it is added when
+        // the descriptor was docker's.
+        let own: Option<String> = match top.get(MEDIA_TYPE) {
+            Some(raw) => parse(&file, raw.get().as_bytes())?,
+            None => None,
+        };
+        let own_new = match &own {
+            Some(mt) => oci_media_type(mt),
+            None => (media_type != desc.media_type).then_some(media_type),
+        };
+        if let Some(mt) = own_new {
+            top.set_media_type(&file, mt)?;
             changed = true;
         }
+        changed |= media_type != desc.media_type;
         if !changed {
             return Ok(unchanged(desc));
         }
@@ -603,6 +615,24 @@ mod tests {
                 oci::MEDIA_OCI_MANIFEST
             )),
             "{got}"
+        );
+    }
+
+    #[test]
+    fn a_docker_media_type_inside_a_manifest_an_oci_descriptor_names_is_converted_too() {
+        let mut mem = Mem::default();
+        let config = mem.add(MEDIA_OCI_CONFIG, b"{}");
+        let text = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{},"layers":[]}}"#,
+            oci::MEDIA_DOCKER_MANIFEST,
+            desc_json(&config)
+        );
+        let m = mem.add_json(oci::MEDIA_OCI_MANIFEST, &text);
+        let (new, put) = convert(&mem, &m);
+        assert_eq!(new.media_type, oci::MEDIA_OCI_MANIFEST);
+        assert_eq!(
+            String::from_utf8(put[0].1.clone()).unwrap(),
+            text.replace(oci::MEDIA_DOCKER_MANIFEST, oci::MEDIA_OCI_MANIFEST)
         );
     }
 
