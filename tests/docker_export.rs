@@ -423,6 +423,85 @@ fn an_index_exports_the_platform_asked_for_else_the_host_s() {
     assert_eq!(stderr(&out).lines().count(), 1);
 }
 
+/// `export --oci --format FORMAT dockerimg:v1`: deterministic, OCI media types everywhere, a
+/// new manifest digest over the same config and layers; skopeo copies it, layoutfs imports
+/// it again (and podman loads the docker format).
+fn check_oci_export(env: &Env, format: &str, docker_digest: &str) {
+    let archive = export(env, &["--oci", "--format", format, "dockerimg:v1"]);
+    assert!(
+        archive == export(env, &["--oci", "--format", format, "dockerimg:v1"]),
+        "--oci --format {format} is not deterministic"
+    );
+    let es = entries(&archive);
+    let index = json_of(&es, "index.json");
+    let d = &index["manifests"][0];
+    assert_eq!(d["mediaType"], MEDIA_OCI_MANIFEST);
+    let new_digest = d["digest"].as_str().unwrap();
+    assert_ne!(new_digest, docker_digest, "a new digest");
+    let old = entries(&export(env, &["dockerimg:v1"]));
+    let old_m = json_of(&old, &blob_path(docker_digest));
+    let new_m = json_of(&es, &blob_path(new_digest));
+    assert_eq!(new_m["mediaType"], MEDIA_OCI_MANIFEST);
+    assert_eq!(new_m["config"]["mediaType"], MEDIA_OCI_CONFIG);
+    assert_eq!(new_m["config"]["digest"], old_m["config"]["digest"]);
+    let (old_l, new_l) = (
+        old_m["layers"].as_array().unwrap(),
+        new_m["layers"].as_array().unwrap(),
+    );
+    assert_eq!(old_l.len(), new_l.len());
+    for (o, n) in old_l.iter().zip(new_l) {
+        assert_eq!(n["mediaType"], MEDIA_OCI_LAYER_GZIP);
+        assert_eq!((&n["digest"], &n["size"]), (&o["digest"], &o["size"]));
+    }
+    // Every manifest in the archive is OCI now.
+    for (path, bytes) in &es {
+        if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
+            assert!(
+                !v.to_string().contains("application/vnd.docker"),
+                "{path} still has a docker media type"
+            );
+        }
+    }
+    if format == "docker" {
+        // podman loads the converted archive under the docker name.
+        let loaded = podman_load(&env.path("podman-oci"), &{
+            let p = env.path("conv-load.tar");
+            fs::write(&p, &archive).unwrap();
+            p
+        });
+        assert_eq!(
+            loaded.keys().collect::<Vec<_>>(),
+            ["docker.io/library/dockerimg:v1"]
+        );
+        let m = json_of(&es, "manifest.json");
+        assert_eq!(
+            m[0]["Config"],
+            old_m["config"]["digest"]
+                .as_str()
+                .map(blob_path)
+                .unwrap()
+                .as_str()
+        );
+    }
+    // skopeo copies it (as an OCI archive, tag v1) into an OCI layout, digest kept.
+    let path = env.path(&format!("conv-{format}.tar"));
+    fs::write(&path, &archive).unwrap();
+    let copy = env.path(&format!("copy-{format}"));
+    sh(Command::new("skopeo")
+        .args(["copy", "--preserve-digests"])
+        .arg(format!("oci-archive:{}:v1", path.display()))
+        .arg(format!("oci:{}:v1", copy.display())));
+    let copied: Value =
+        serde_json::from_slice(&fs::read(copy.join("index.json")).unwrap()).unwrap();
+    assert_eq!(copied["manifests"][0]["digest"], new_digest);
+    // And layoutfs imports it again, under the new digest.
+    let other = Env::new();
+    let out = other.run_with_stdin(&["import", "--name", "conv", "-"], &archive);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let digests: BTreeSet<String> = other.images().into_iter().map(|i| i.1).collect();
+    assert_eq!(digests, [new_digest.to_owned()].into());
+}
+
 #[test]
 fn export_oci_converts_a_docker_image_to_oci_media_types_that_skopeo_copies_and_layoutfs_imports() {
     require("skopeo");
@@ -436,69 +515,7 @@ fn export_oci_converts_a_docker_image_to_oci_media_types_that_skopeo_copies_and_
     };
     let blobs_before = store_blobs(&env);
     for format in ["oci", "docker"] {
-        let archive = export(&env, &["--oci", "--format", format, "dockerimg:v1"]);
-        assert!(
-            archive == export(&env, &["--oci", "--format", format, "dockerimg:v1"]),
-            "--oci --format {format} is not deterministic"
-        );
-        let es = entries(&archive);
-        let index = json_of(&es, "index.json");
-        let d = &index["manifests"][0];
-        assert_eq!(d["mediaType"], MEDIA_OCI_MANIFEST);
-        let new_digest = d["digest"].as_str().unwrap();
-        assert_ne!(new_digest, docker_digest, "a new digest");
-        let old = entries(&export(&env, &["dockerimg:v1"]));
-        let old_m = json_of(&old, &blob_path(&docker_digest));
-        let new_m = json_of(&es, &blob_path(new_digest));
-        assert_eq!(new_m["mediaType"], MEDIA_OCI_MANIFEST);
-        assert_eq!(new_m["config"]["mediaType"], MEDIA_OCI_CONFIG);
-        assert_eq!(new_m["config"]["digest"], old_m["config"]["digest"]);
-        let (old_l, new_l) = (
-            old_m["layers"].as_array().unwrap(),
-            new_m["layers"].as_array().unwrap(),
-        );
-        assert_eq!(old_l.len(), new_l.len());
-        for (o, n) in old_l.iter().zip(new_l) {
-            assert_eq!(n["mediaType"], MEDIA_OCI_LAYER_GZIP);
-            assert_eq!((&n["digest"], &n["size"]), (&o["digest"], &o["size"]));
-        }
-        // Every manifest in the archive is OCI now.
-        for (path, bytes) in &es {
-            if let Ok(v) = serde_json::from_slice::<Value>(bytes) {
-                assert!(
-                    !v.to_string().contains("application/vnd.docker"),
-                    "{path} still has a docker media type"
-                );
-            }
-        }
-        if format == "docker" {
-            let m = json_of(&es, "manifest.json");
-            assert_eq!(
-                m[0]["Config"],
-                old_m["config"]["digest"]
-                    .as_str()
-                    .map(blob_path)
-                    .unwrap()
-                    .as_str()
-            );
-        }
-        // skopeo copies it (as an OCI archive, tag v1) into an OCI layout, digest kept.
-        let path = env.path(&format!("conv-{format}.tar"));
-        fs::write(&path, &archive).unwrap();
-        let copy = env.path(&format!("copy-{format}"));
-        sh(Command::new("skopeo")
-            .args(["copy", "--preserve-digests"])
-            .arg(format!("oci-archive:{}:v1", path.display()))
-            .arg(format!("oci:{}:v1", copy.display())));
-        let copied: Value =
-            serde_json::from_slice(&fs::read(copy.join("index.json")).unwrap()).unwrap();
-        assert_eq!(copied["manifests"][0]["digest"], new_digest);
-        // And layoutfs imports it again, under the new digest.
-        let other = Env::new();
-        let out = other.run_with_stdin(&["import", "--name", "conv", "-"], &archive);
-        assert!(out.status.success(), "{}", stderr(&out));
-        let digests: BTreeSet<String> = other.images().into_iter().map(|i| i.1).collect();
-        assert_eq!(digests, [new_digest.to_owned()].into());
+        check_oci_export(&env, format, &docker_digest);
     }
     // The converted manifest went into the store under the export's lease; nothing registers
     // it, so gc removes it once the export is over, and the images stay whole.
