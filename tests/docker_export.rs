@@ -4,7 +4,8 @@
 //! are the same every time, layoutfs imports it again under the same manifest digests, gzip
 //! layers go out as stored, an index exports the platform asked for, and `--oci` turns a
 //! docker schema 2 image (made offline by `skopeo copy --format v2s2` into a `dir:`) into an
-//! OCI one with the same config and layers that skopeo copies and layoutfs imports again.
+//! OCI one with the same config and layers that skopeo copies and layoutfs imports again, and
+//! a docker manifest list into an OCI index with its platforms.
 //! The peers must be installed (scripts/setup): a missing one fails the test.
 
 mod common;
@@ -23,6 +24,7 @@ use common::{require, sh, stderr, umoci_layout, Env};
 const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
@@ -596,4 +598,67 @@ fn a_manifest_json_over_skopeo_s_mebibyte_is_refused_and_nothing_is_written() {
         assert_eq!(err.lines().count(), 1, "{err}");
         assert!(!out_path.exists(), "nothing written");
     }
+}
+
+/// A docker manifest list over `dk`'s docker manifest, listed for this host and for
+/// linux/s390x, imported as `dlist:v1`. Returns the list's digest.
+fn docker_list(env: &Env, docker_digest: &str) -> String {
+    let dk = env.path("dk");
+    let blobs = dk.join("blobs/sha256");
+    let manifest = fs::read(blobs.join(docker_digest.trim_start_matches("sha256:"))).unwrap();
+    let entry = |arch: &str| {
+        json!({"mediaType": MEDIA_DOCKER_MANIFEST, "digest": docker_digest,
+            "size": manifest.len(), "platform": {"architecture": arch, "os": "linux"}})
+    };
+    let list = serde_json::to_vec(&json!({"schemaVersion": 2, "mediaType": MEDIA_DOCKER_LIST,
+        "manifests": [entry(host_arch()), entry("s390x")]}))
+    .unwrap();
+    let hex = sha256_hex(&list);
+    fs::write(blobs.join(&hex), &list).unwrap();
+    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": MEDIA_DOCKER_LIST,
+        "digest": format!("sha256:{hex}"), "size": list.len(),
+        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]});
+    fs::write(dk.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+    env.ok(&["import", "--name", "dlist", dk.to_str().unwrap()]);
+    format!("sha256:{hex}")
+}
+
+#[test]
+fn export_oci_turns_a_docker_manifest_list_into_an_oci_index_keeping_its_platforms() {
+    let env = Env::new();
+    let docker_digest = store_with_images(&env);
+    let list_digest = docker_list(&env, &docker_digest);
+    let archive = export(&env, &["--oci", "--format", "docker", "dlist:v1"]);
+    let es = entries(&archive);
+    let listed = &json_of(&es, "index.json")["manifests"][0];
+    assert_eq!(listed["mediaType"], MEDIA_OCI_INDEX);
+    let index_digest = listed["digest"].as_str().unwrap().to_owned();
+    assert_ne!(index_digest, list_digest);
+    let index = json_of(&es, &blob_path(&index_digest));
+    assert_eq!(index["mediaType"], MEDIA_OCI_INDEX);
+    let kids = index["manifests"].as_array().unwrap();
+    let platforms: Vec<&str> = kids
+        .iter()
+        .map(|k| k["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, [host_arch(), "s390x"]);
+    for k in kids {
+        assert_eq!(k["mediaType"], MEDIA_OCI_MANIFEST);
+        assert_ne!(k["digest"], docker_digest.as_str());
+        let m = json_of(&es, &blob_path(k["digest"].as_str().unwrap()));
+        assert_eq!(m["config"]["mediaType"], MEDIA_OCI_CONFIG);
+    }
+    // The same converted manifest, whichever platform is asked for.
+    let one = export(&env, &["--oci", "--platform", "linux/s390x", "dlist:v1"]);
+    let one_listed = &json_of(&entries(&one), "index.json")["manifests"][0];
+    assert_eq!(one_listed["digest"], kids[1]["digest"]);
+    assert_eq!(one_listed["platform"]["architecture"], "s390x");
+    // layoutfs imports the converted index again, every platform of it.
+    let other = Env::new();
+    let out = other.run_with_stdin(&["import", "-"], &archive);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        other.images(),
+        [("docker.io/library/dlist:v1".to_owned(), index_digest)]
+    );
 }
