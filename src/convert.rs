@@ -16,25 +16,12 @@ use serde_json::value::RawValue;
 use crate::content::Provider;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
-use crate::oci::{self, Descriptor, Kind, MAX_DEPTH};
-
-/// Docker's image config.
-pub const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-/// Docker's layer types.
-pub const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-pub const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
-pub const MEDIA_DOCKER_LAYER_ZSTD: &str = "application/vnd.docker.image.rootfs.diff.tar.zstd";
-pub const MEDIA_DOCKER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar";
-pub const MEDIA_DOCKER_FOREIGN_GZIP: &str =
-    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
-/// OCI's config and layer types.
-pub const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const MEDIA_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const MEDIA_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const MEDIA_OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
-pub const MEDIA_OCI_NONDIST: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
-pub const MEDIA_OCI_NONDIST_GZIP: &str =
-    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+use crate::oci::{
+    self, Descriptor, Kind, MAX_DEPTH, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_FOREIGN,
+    MEDIA_DOCKER_FOREIGN_GZIP, MEDIA_DOCKER_LAYER, MEDIA_DOCKER_LAYER_GZIP,
+    MEDIA_DOCKER_LAYER_ZSTD, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP,
+    MEDIA_OCI_LAYER_ZSTD, MEDIA_OCI_NONDIST, MEDIA_OCI_NONDIST_GZIP,
+};
 
 /// The field of an index, a manifest and a descriptor that holds a media type.
 const MEDIA_TYPE: &str = "mediaType";
