@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
 use crate::archive::export::{convert_to_oci, ArchiveFormat};
+use crate::archive::import::ImportOptions;
 use crate::archive::{self, ExportOptions, Plan, Source};
 use crate::content::{Catalog, Change, Provider};
 use crate::digest::Digest;
@@ -57,6 +58,10 @@ pub enum Command {
         /// name without extension]
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
+        /// Convert docker schema 2 manifests, manifest lists and configs to OCI media types
+        /// (new manifest digests; configs and layers unchanged)
+        #[arg(long)]
+        oci: bool,
         /// Layout directory, archive file, or - for standard input
         source: PathBuf,
     },
@@ -301,7 +306,13 @@ impl Cli {
         })?;
         warn_if_adopted(&store, &self.command);
         match self.command {
-            Command::Import { name, source } => import(&store, name.as_deref(), &source),
+            Command::Import { name, oci, source } => {
+                let opts = ImportOptions {
+                    name: name.as_deref(),
+                    oci,
+                };
+                import(&store, &opts, &source)
+            }
             Command::Export {
                 output,
                 format,
@@ -406,9 +417,9 @@ impl Cli {
 }
 
 /// `layoutfs import`: prints the names registered.
-fn import(store: &Store, name: Option<&str>, source: &std::path::Path) -> Result<()> {
+fn import(store: &Store, opts: &ImportOptions<'_>, source: &std::path::Path) -> Result<()> {
     let source = Source::from_arg(source)?;
-    let imported = archive::import(store, &source, name)?;
+    let imported = archive::import::import_with(store, &source, opts)?;
     if store.db_replaced() {
         return Err(Error::Invalid(format!(
             "{}: deleted or replaced during the import: the images were registered \

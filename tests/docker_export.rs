@@ -19,7 +19,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 
 use common::podman::podman_at;
-use common::{require, sh, stderr, umoci_layout, Env};
+use common::{fsck_clean, require, sh, stderr, umoci_layout, Env};
 
 const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
@@ -661,4 +661,69 @@ fn export_oci_turns_a_docker_manifest_list_into_an_oci_index_keeping_its_platfor
         other.images(),
         [("docker.io/library/dlist:v1".to_owned(), index_digest)]
     );
+}
+
+/// `import --oci`: a docker schema 2 image comes in with OCI media types everywhere (a new
+/// manifest digest; the config and layers are the same blobs), a name pinned to the docker
+/// manifest's digest names the new one, the docker manifest itself is not left in the store, and
+/// an OCI image is imported unchanged.
+#[test]
+fn import_oci_converts_docker_images_and_keeps_oci_ones_as_they_are() {
+    let env = Env::new();
+    let src = env.path("src");
+    let oci_digest = umoci_layout(&env, &src);
+    let dk = env.path("dk");
+    let docker_digest = docker_layout(&env, &src, &dk);
+    let mut index: Value =
+        serde_json::from_slice(&fs::read(dk.join("index.json")).unwrap()).unwrap();
+    let mut pinned = index["manifests"][0].clone();
+    pinned["annotations"] = json!({"io.containerd.image.name": format!("pinned@{docker_digest}")});
+    index["manifests"].as_array_mut().unwrap().push(pinned);
+    fs::write(dk.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+
+    let names = env.ok(&[
+        "import",
+        "--oci",
+        "--name",
+        "dockerimg",
+        dk.to_str().unwrap(),
+    ]);
+    let images: BTreeMap<String, String> = env.images().into_iter().collect();
+    let new = images["dockerimg:v1"].clone();
+    assert_ne!(new, docker_digest, "the manifest is rewritten");
+    assert_eq!(
+        names.lines().collect::<Vec<_>>(),
+        ["dockerimg:v1".to_owned(), format!("pinned@{new}")],
+        "the pinned name follows the new digest"
+    );
+    let store_blobs = env.store.join("blobs/sha256");
+    assert!(
+        !store_blobs
+            .join(docker_digest.trim_start_matches("sha256:"))
+            .exists(),
+        "the docker manifest no image reaches is taken back"
+    );
+    let m: Value = serde_json::from_slice(
+        &fs::read(store_blobs.join(new.trim_start_matches("sha256:"))).unwrap(),
+    )
+    .unwrap();
+    let old: Value = serde_json::from_slice(
+        &fs::read(
+            dk.join("blobs/sha256")
+                .join(docker_digest.trim_start_matches("sha256:")),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(m["config"]["mediaType"], MEDIA_OCI_CONFIG);
+    assert_eq!(m["config"]["digest"], old["config"]["digest"]);
+    assert_eq!(m["layers"][0]["mediaType"], MEDIA_OCI_LAYER_GZIP);
+    assert_eq!(m["layers"][0]["digest"], old["layers"][0]["digest"]);
+    fsck_clean(&env);
+
+    // Nothing docker-typed: the same digest with or without --oci.
+    env.ok(&["import", "--oci", "--name", "srcimg", src.to_str().unwrap()]);
+    let images: BTreeMap<String, String> = env.images().into_iter().collect();
+    assert_eq!(images["srcimg:base"], oci_digest);
 }

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
-use crate::oci::{ImageIndex, OnMissing};
-use crate::reference::{check_repository, Reference};
+use crate::oci::{Descriptor, ImageIndex, OnMissing, ANNOTATION_IMAGE_NAME};
+use crate::reference::{check_repository, Reference, Target};
 use crate::store::gc::{remove_unneeded, TakeBack};
 use crate::store::{now_ms, Store};
 
@@ -151,9 +151,23 @@ impl<'a> Input<'a> {
     }
 }
 
+/// How an import names and converts what it reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ImportOptions<'a> {
+    /// The repository for images named only by tag or digest (`--name`).
+    pub name: Option<&'a str>,
+    /// Convert docker schema 2 manifests, indexes and configs to OCI media types (`--oci`).
+    pub oci: bool,
+}
+
 /// Imports `source`; `name` is the repository for images named only by tag or digest.
 pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Imported> {
-    let repository = match name {
+    import_with(store, source, &ImportOptions { name, oci: false })
+}
+
+/// Imports `source` as `opts` say.
+pub fn import_with(store: &Store, source: &Source, opts: &ImportOptions<'_>) -> Result<Imported> {
+    let repository = match opts.name {
         Some(n) => {
             check_repository(n).map_err(|why| {
                 Error::Invalid(format!("--name {n:?} is not a repository name: {why}"))
@@ -163,33 +177,35 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
         None => source.default_repository(),
     };
     let label = source.label();
-    let repository = repository.as_deref();
+    let naming = Naming {
+        repository: repository.as_deref(),
+        oci: opts.oci,
+    };
     match source {
         Source::Dir(dir) => {
             let tree = DirTree::new(dir);
-            import_from(store, Input::oci_tree(&tree), &label, repository)
+            import_named(store, Input::oci_tree(&tree), &label, &naming)
         }
         Source::Archive(path) => {
             let file = File::open(path).at(path)?;
             let size = file.metadata().at(path)?.len();
             let mut entries = TarStream::new(Box::new(file), &label, Some(size));
-            import_from(
-                store,
-                Input::archive_stream(&mut entries),
-                &label,
-                repository,
-            )
+            import_named(store, Input::archive_stream(&mut entries), &label, &naming)
         }
         Source::Stdin => {
             let mut entries = TarStream::new(Box::new(io::stdin().lock()), &label, None);
-            import_from(
-                store,
-                Input::archive_stream(&mut entries),
-                &label,
-                repository,
-            )
+            import_named(store, Input::archive_stream(&mut entries), &label, &naming)
         }
     }
+}
+
+/// Where the images of an import go, and in which media types.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Naming<'a> {
+    /// Takes the images named only by tag or digest.
+    pub repository: Option<&'a str>,
+    /// Docker schema 2 converted to OCI media types before registering.
+    pub oci: bool,
 }
 
 /// Imports `input` into `store`; `label` names it in errors, `repository` takes the images
@@ -200,6 +216,21 @@ pub fn import_from(
     label: &str,
     repository: Option<&str>,
 ) -> Result<Imported> {
+    let naming = Naming {
+        repository,
+        oci: false,
+    };
+    import_named(store, input, label, &naming)
+}
+
+/// Imports `input` into `store` as `naming` says; `label` names it in errors.
+pub fn import_named(
+    store: &Store,
+    input: Input<'_>,
+    label: &str,
+    naming: &Naming<'_>,
+) -> Result<Imported> {
+    let repository = naming.repository;
     // Every blob is held before the store is asked whether it has it, and until the images
     // are registered: a gc in another process keeps them (see store::leases).
     let lease = store.lease()?;
@@ -209,16 +240,21 @@ pub fn import_from(
         Input::Blobs { on_missing, .. } => *on_missing,
         _ => OnMissing::Fail,
     };
-    let result = read(input, &intake).and_then(|index| {
-        register(
-            store,
-            store.records(),
-            &index,
-            repository,
-            label,
-            on_missing,
-        )
-    });
+    let result = read(input, &intake)
+        .and_then(|index| match naming.oci {
+            true => to_oci(store, &intake, index),
+            false => Ok(index),
+        })
+        .and_then(|index| {
+            register(
+                store,
+                store.records(),
+                &index,
+                repository,
+                label,
+                on_missing,
+            )
+        });
     let written = intake.into_written();
     let take_back = |placed: &HashSet<Digest>, keep_referrers: bool| {
         let t = TakeBack {
@@ -271,6 +307,29 @@ fn read(input: Input<'_>, intake: &Intake<'_>) -> Result<ImageIndex> {
             Ok(index)
         }
     }
+}
+
+/// `index` with every image converted to OCI media types (`convert::to_oci`), the new
+/// indexes and manifests written through `intake`; a name pinned to an image's old digest
+/// names the new one. The old blobs, reached by no image now, are taken back at the end.
+fn to_oci(store: &Store, intake: &Intake<'_>, mut index: ImageIndex) -> Result<ImageIndex> {
+    let mut put = |d: &Descriptor, bytes: &[u8]| intake.put(&d.digest, bytes);
+    for d in &mut index.manifests {
+        let mut new = crate::convert::to_oci(store, &mut put, d)?;
+        if new.digest != d.digest {
+            if let Some(name) = new.annotations.get_mut(ANNOTATION_IMAGE_NAME) {
+                let pinned = name
+                    .parse::<Reference>()
+                    .ok()
+                    .filter(|r| matches!(r.target(), Target::Digest(x) if *x == d.digest));
+                if let Some(r) = pinned {
+                    *name = Reference::digested(r.repository(), new.digest.clone())?.to_string();
+                }
+            }
+        }
+        *d = new;
+    }
+    Ok(index)
 }
 
 /// What a successful import reports. A source may carry blobs no image of it reaches (a
