@@ -119,6 +119,9 @@ pub enum ScratchKind {
     /// A file that became the blob `digest`: it stays listed under its name for the mount's
     /// life, so that what the writer does next (chmod, utime, stat) finds it.
     Committed(Digest, u64),
+    /// A symbolic link (`fs::links`): its target as written, read back by readlink and never
+    /// followed by the mount.
+    Link(String),
 }
 
 /// A temporary file or directory, by its place: the inode of its directory and its name.

@@ -2,7 +2,8 @@
 //!
 //! - `mkdir` makes a repository (its name checked, EINVAL otherwise), kept in the records with
 //!   or without images until removed; inside a repository, a directory whose name is no
-//!   repository component (`.umoci-*`) is scratch. An empty repository shows its layout names
+//!   repository component (`.umoci-*`), or is 64 lowercase hex digits (a docker archive's
+//!   `<v1 id>/`: docker refuses such repository names too), is scratch. An empty repository shows its layout names
 //!   (`oci-layout`, an `index.json` listing nothing, `blobs/sha256/`) to every process but the
 //!   one that made it here, which sees what it wrote (cp -r creates each name exclusively;
 //!   `Viewer`). A directory its maker made and then made a directory in, before anything else
@@ -186,7 +187,7 @@ impl super::Fs {
                 Node::Blobs(path.clone())
             }
             Node::Dir(_) => {
-                if let (Some(_), Err(_)) = (self.repo_of(&node), check_repository(name)) {
+                if self.repo_of(&node).is_some() && is_scratch_dir(name) {
                     Node::Scratch(self.add_scratch(parent, name, ScratchKind::Dir))
                 } else {
                     Node::Dir(self.make_repo(parent, name, pid)?)
@@ -436,6 +437,7 @@ impl super::Fs {
                     Some(ScratchKind::File(shared)) => Ok(shared.clone()),
                     Some(ScratchKind::Committed(digest, _)) => Err(digest.algorithm()),
                     Some(ScratchKind::Dir) => return Err(FsError::IsDir),
+                    Some(ScratchKind::Link(_)) => return Err(FsError::IsLink),
                     None => return Err(FsError::NotFound),
                 };
                 match kind {
@@ -1015,7 +1017,7 @@ impl super::Fs {
 
     /// Enters a scratch entry; what it replaces (an upload, whose ingest is a directory to
     /// remove) is dropped with the write state let go.
-    fn add_scratch(&self, parent: u64, name: &str, kind: ScratchKind) -> u64 {
+    pub(super) fn add_scratch(&self, parent: u64, name: &str, kind: ScratchKind) -> u64 {
         self.touch(parent);
         let (id, replaced) = self.write.lock().add(parent, name, kind);
         drop(replaced);
@@ -1347,6 +1349,24 @@ fn check_blob_name(repo: &str, alg: Algorithm, name: &str) -> FsResult<()> {
     }
 }
 
+/// Whether a directory named `name` in a repository directory is scratch, not a sub-repository:
+/// no repository component, or 64 lowercase hex digits (a docker archive's v1 layer directory;
+/// docker refuses such a repository name, "cannot specify 64-byte hexadecimal strings").
+pub(super) fn is_scratch_dir(name: &str) -> bool {
+    check_repository(name).is_err() || is_hex64(name)
+}
+
+/// Whether `name` is 64 lowercase hex digits.
+fn is_hex64(name: &str) -> bool {
+    name.len() == HEX64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The length of a name docker takes for an image id, never a repository.
+const HEX64: usize = 64;
+
 /// Whether `name` is a temporary name wherever it is: one beginning with `.` (not `.` and
 /// `..`, which the kernel never passes as a name to create).
 pub(super) fn is_temporary(name: &str) -> bool {
@@ -1356,6 +1376,23 @@ pub(super) fn is_temporary(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_directory_names() {
+        let hex = "0123456789abcdef".repeat(4);
+        for (name, scratch) in [
+            (hex.as_str(), true),
+            (&hex[..63], false),
+            (&hex[1..], false),
+            (".umoci-x", true),
+            ("Upper", true),
+            ("app", false),
+            ("v1", false),
+        ] {
+            assert_eq!(is_scratch_dir(name), scratch, "{name}");
+        }
+        assert!(is_scratch_dir(&hex.to_uppercase()));
+    }
 
     #[test]
     fn blob_names() {
