@@ -6,6 +6,7 @@ pub mod archive;
 pub mod cli;
 pub mod content;
 pub mod digest;
+pub mod docker;
 pub mod error;
 pub mod fs;
 pub mod fuse;
