@@ -566,7 +566,7 @@ impl Filesystem for Adapter {
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?link_name, ?target))]
     fn symlink(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         link_name: &OsStr,
         target: &Path,
@@ -576,7 +576,7 @@ impl Filesystem for Adapter {
             let t = target.to_str().ok_or_else(|| {
                 FsError::Invalid(format!("symlink {n:?}: its target {target:?} is not UTF-8"))
             })?;
-            self.fs.symlink(parent.0, n, t)
+            self.fs.symlink(parent.0, n, t, process_of(req))
         });
         match r {
             Ok(a) => {

@@ -47,8 +47,14 @@ pub(crate) fn resolve_link(dir: &[String], target: &str) -> Result<String, &'sta
 }
 
 impl super::Fs {
-    /// Makes symbolic link `name` to `target` in directory `parent`.
-    pub fn symlink(&self, parent: u64, name: &str, target: &str) -> FsResult<super::Attr> {
+    /// Makes symbolic link `name` to `target` in directory `parent`, for process `pid`.
+    pub fn symlink(
+        &self,
+        parent: u64,
+        name: &str,
+        target: &str,
+        pid: u32,
+    ) -> FsResult<super::Attr> {
         if self.options.read_only {
             return Err(FsError::ReadOnly);
         }
@@ -62,7 +68,7 @@ impl super::Fs {
         let ino = self.inodes.ino(&child);
         let attr = self.attr(ino, &child)?;
         // A docker archive's manifest.json may have waited for this link.
-        self.written_in(parent)?;
+        self.written_in(parent, pid)?;
         Ok(attr)
     }
 

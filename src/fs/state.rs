@@ -160,6 +160,8 @@ pub struct RepoState {
     pub held: bool,
     /// The names each process last read in `index.json`: what it may remove.
     seen: HashMap<u32, BTreeSet<Reference>>,
+    /// A docker archive's `manifest.json` here waits for a file it names (`fs::docker_archive`).
+    pub manifest_waits: bool,
     /// Just made with mkdir: nothing was done in it since (every change of the state, every
     /// file or directory made in the repository, clears it; see `WriteState::repo_mut`).
     pub fresh: bool,
@@ -189,6 +191,7 @@ impl RepoState {
             && self.alg_dirs.is_empty()
             && self.hidden.is_empty()
             && self.pending.is_empty()
+            && !self.manifest_waits
             && self.seen.is_empty()
             && !self.held
     }

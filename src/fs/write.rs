@@ -631,7 +631,8 @@ impl super::Fs {
             }
             Node::Scratch(id) => {
                 let Some((repo, digest)) = self.scratch_blob(id) else {
-                    return Ok(()); // a temporary file
+                    // A temporary file: a docker archive's manifest.json, or one it names.
+                    return self.scratch_written(id, shared, pid);
                 };
                 self.commit_scratch(id, &repo, &digest, shared, pid)
             }
@@ -663,11 +664,21 @@ impl super::Fs {
             self.remove_scratch(id);
             return Err(e.into());
         }
-        if let Some(s) = self.write.lock().scratch.get_mut(&id) {
-            s.kind = ScratchKind::Committed(digest.clone(), size);
-        }
+        let parent = {
+            let mut w = self.write.lock();
+            let s = w.scratch.get_mut(&id);
+            s.map(|s| {
+                s.kind = ScratchKind::Committed(digest.clone(), size);
+                s.parent
+            })
+        };
         self.views.forget_repo(repo);
-        self.register_pending()
+        self.register_pending()?;
+        match parent {
+            // A docker archive's manifest.json may name it (docker 25's `blobs/sha256/<hex>`).
+            Some(parent) => self.written_in(parent, pid),
+            None => Ok(()),
+        }
     }
 
     pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -958,7 +969,8 @@ impl super::Fs {
                 return Ok(());
             }
             self.move_scratch(id, newparent, newname);
-            return Ok(());
+            // A docker archive's manifest.json may name what is below it now.
+            return self.written_in(newparent, pid);
         };
         match &target {
             Node::AlgDir(repo, alg) => {
@@ -1012,7 +1024,8 @@ impl super::Fs {
             _ => {}
         }
         self.move_scratch(id, newparent, newname);
-        Ok(())
+        // A docker archive's manifest.json renamed into place, or a file it names.
+        self.scratch_written(id, &shared, pid)
     }
 
     /// Enters a scratch entry; what it replaces (an upload, whose ingest is a directory to

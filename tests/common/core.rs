@@ -244,7 +244,7 @@ impl Harness {
     /// `ln -s target path`.
     pub fn symlink(&self, path: &str, target: &str) -> Result<Attr, FsError> {
         let (parent, name) = self.split(path);
-        self.fs.symlink(parent, name, target)
+        self.fs.symlink(parent, name, target, 1)
     }
 
     /// `readlink path`.
