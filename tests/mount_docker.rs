@@ -404,6 +404,18 @@ fn core_manifest_json_first_waits_and_gzip_layers_are_checked_by_diff_id() {
     // No tags: named by its digest in the directory's repository.
     assert_eq!(h.images(), [format!("gz@{want}")]);
     assert!(h.list("gz").unwrap().contains(&"index.json".to_owned()));
+
+    // The archive's files stay temporary files with their bytes (now blobs), and are written
+    // again as such (tar --overwrite): the image keeps what it had.
+    let (n1, E::File(g1)) = &archive.0[2] else {
+        unreachable!()
+    };
+    let at = format!("gz/{n1}");
+    assert_eq!(&h.read_as(&at, 2).unwrap(), g1);
+    h.put(&at, b"rewritten", 1).unwrap();
+    assert_eq!(h.read_as(&at, 2).unwrap(), b"rewritten");
+    assert_eq!(h.images(), [format!("gz@{want}")]);
+    assert!(h.store_blobs().contains(sha(g1).hex()));
 }
 
 #[test]
@@ -800,4 +812,29 @@ fn the_mount_and_import_agree_on_a_docker_archive() {
     let out = untar(&archive, &m.path("app"));
     assert!(out.status.success(), "tar: {}", stderr(&out));
     assert_eq!(digest_of(&env, "example.com/app:v1"), Some(imported));
+}
+
+#[test]
+fn core_a_waiting_manifest_json_fails_the_close_of_the_bad_layer_it_waited_for() {
+    let h = Harness::new();
+    let (l1, l2) = (layer(9), layer(10));
+    let cfg = config(&[&sha(&l1), &sha(&l2)]);
+    let cfg_name = format!("{}.json", sha(&cfg).hex());
+    h.mkdir_p("late").unwrap();
+    let m = manifest_json(&[(&cfg_name, &["late/x:1"], &["a.tar", "b.tar"])]);
+    h.put("late/manifest.json", &m, 1).unwrap();
+    h.put(&format!("late/{cfg_name}"), &cfg, 1).unwrap();
+    h.put("late/a.tar", &l1, 1).unwrap();
+    let before = h.store_blobs();
+    let e = h.put("late/b.tar", &l1, 1).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO, "{e}");
+    assert!(e.to_string().starts_with("late/manifest.json: "), "{e}");
+    assert!(h.images().is_empty());
+    assert_eq!(h.store_blobs(), before);
+    // It waits no more: the next file closed there is not refused for it.
+    h.put("late/repositories", b"{}", 1).unwrap();
+    // Written right, the archive applies.
+    h.put("late/b.tar", &l2, 1).unwrap();
+    h.put("late/manifest.json", &m, 1).unwrap();
+    assert_eq!(h.images(), ["late/x:1"]);
 }

@@ -62,6 +62,9 @@ const RELEASE_PID: u32 = 0;
 /// The maker of a directory made through the core's `mkdir`, which is given no process.
 const UNKNOWN_PID: u32 = 0;
 
+/// Bytes copied at a time when a temporary file that became a blob is opened for writing.
+const REOPEN_CHUNK: usize = 1 << 20;
+
 /// Threads removing temporary files' ingests at unmount.
 const DROP_THREADS: usize = 32;
 
@@ -435,17 +438,21 @@ impl super::Fs {
             Node::Scratch(id) => {
                 let kind = match self.write.lock().scratch.get(id).map(|s| &s.kind) {
                     Some(ScratchKind::File(shared)) => Ok(shared.clone()),
-                    Some(ScratchKind::Committed(digest, _)) => Err(digest.algorithm()),
+                    Some(ScratchKind::Committed(digest, size)) => Err((digest.clone(), *size)),
                     Some(ScratchKind::Dir) => return Err(FsError::IsDir),
                     Some(ScratchKind::Link(_)) => return Err(FsError::IsLink),
                     None => return Err(FsError::NotFound),
                 };
                 match kind {
                     Ok(shared) => shared,
+                    // A temporary name holding a blob (a file a docker archive used).
+                    Err((digest, size)) if self.scratch_blob(*id).is_none() => {
+                        self.reopen_temporary(*id, &digest, size, truncate)?
+                    }
                     // Written again (skopeo rewrites a manifest it finds): a new upload,
                     // verified against the same name when it is closed.
-                    Err(alg) => {
-                        let w = SharedUpload::new(Upload::new(self.store(), alg)?);
+                    Err((digest, _)) => {
+                        let w = SharedUpload::new(Upload::new(self.store(), digest.algorithm())?);
                         w.lock().dirty = false;
                         w
                     }
@@ -480,6 +487,37 @@ impl super::Fs {
             w.dirty = true;
         }
         Ok(self.add_handle(super::Handle::Upload { ino, shared }))
+    }
+
+    /// Temporary file `id`, which became blob `digest` (`size` bytes; a file a docker
+    /// archive's manifest.json used), opened for writing: a temporary file again, holding
+    /// the blob's bytes unless `truncate`d (`tar --overwrite` rewrites it so).
+    fn reopen_temporary(
+        &self,
+        id: u64,
+        digest: &Digest,
+        size: u64,
+        truncate: bool,
+    ) -> FsResult<Shared> {
+        use std::os::unix::fs::FileExt;
+        let mut upload = Upload::new(self.store(), Algorithm::Sha256)?;
+        if !truncate {
+            let file = self.verifier.open(self.store(), digest, size)?;
+            let mut buf = vec![0u8; REOPEN_CHUNK];
+            let mut at = 0;
+            while at < size {
+                let n = (size - at).min(REOPEN_CHUNK as u64) as usize;
+                file.read_exact_at(&mut buf[..n], at)
+                    .map_err(|e| Error::io(self.store().blob_path(digest), e))?;
+                upload.write_at(at, &buf[..n])?;
+                at += n as u64;
+            }
+        }
+        let shared = SharedUpload::new(upload);
+        if let Some(s) = self.write.lock().scratch.get_mut(&id) {
+            s.kind = ScratchKind::File(shared.clone());
+        }
+        Ok(shared)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
