@@ -128,12 +128,23 @@ impl super::Fs {
         };
         let tried = self.try_manifest(repo_ino, &repo, &bytes, pid);
         let waits = matches!(tried, Ok(Tried::Waits(_)));
-        if let Some(state) = self.write.lock().repo_mut_if(&repo) {
-            state.manifest_waits = waits;
-        }
+        let waited = {
+            let mut w = self.write.lock();
+            if waits {
+                // Kept for a repository made outside the mount too (`repo_mut` makes it).
+                std::mem::replace(&mut w.repo_mut(&repo).manifest_waits, true)
+            } else {
+                w.repo_mut_if(&repo)
+                    .is_some_and(|r| std::mem::replace(&mut r.manifest_waits, false))
+            }
+        };
         match tried? {
+            // Said once; each later try that still waits only to the debug log.
+            Tried::Waits(path) if !waited => {
+                tracing::info!("{repo}/{MANIFEST_FILE} waits for {path:?}")
+            }
             Tried::Waits(path) => {
-                tracing::info!("{repo}/{MANIFEST_FILE} waits for {path:?}");
+                tracing::debug!("{repo}/{MANIFEST_FILE} still waits for {path:?}")
             }
             Tried::Applied => shared.lock().dirty = false,
         }
