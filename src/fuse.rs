@@ -180,6 +180,9 @@ impl Filesystem for Adapter {
         for name in self.fs.pending() {
             warn!("{name} was never registered: blobs it needs did not arrive");
         }
+        for file in self.fs.waiting_archives() {
+            warn!("{file} was never applied: a file it names was never written");
+        }
         // Taken here so that fuser does not unmount again, and complain, when the session
         // ends; after an unmount from outside the kernel answers EINVAL, which is expected.
         if let Some(mut unmounter) = self.unmounter.lock().take() {

@@ -397,12 +397,14 @@ fn core_manifest_json_first_waits_and_gzip_layers_are_checked_by_diff_id() {
     };
     h.put(&format!("gz/{first}"), bytes, 1).unwrap();
     assert!(h.images().is_empty());
+    assert_eq!(h.fs.waiting_archives(), ["gz/manifest.json"]);
     for (path, e) in entries {
         let E::File(b) = e else { unreachable!() };
         h.put(&format!("gz/{path}"), b, 1).unwrap();
     }
     // No tags: named by its digest in the directory's repository.
     assert_eq!(h.images(), [format!("gz@{want}")]);
+    assert!(h.fs.waiting_archives().is_empty());
     assert!(h.list("gz").unwrap().contains(&"index.json".to_owned()));
 
     // The archive's files stay temporary files with their bytes (now blobs), and are written
@@ -798,6 +800,13 @@ fn tar_x_of_bad_archives_fails_and_registers_nothing() {
     assert!(env.images().is_empty());
     assert_eq!(stored(&env), before, "the store as before");
     no_hex_repositories(&env);
+
+    // The escaping link's manifest.json never applied: said at unmount.
+    let log = env.path("mnt.log");
+    sh(Command::new("umount").arg(&m.dir));
+    assert!(m.wait().success());
+    let log = fs::read_to_string(log).unwrap();
+    assert!(log.contains("esc/manifest.json was never applied"), "{log}");
 }
 
 #[test]

@@ -71,6 +71,15 @@ enum Tried {
 }
 
 impl super::Fs {
+    /// The `manifest.json` files that wait for a file they name (`<repo>/manifest.json`).
+    pub fn waiting_archives(&self) -> Vec<String> {
+        let repos = self.write.lock().waiting_archives();
+        repos
+            .into_iter()
+            .map(|r| format!("{r}/{MANIFEST_FILE}"))
+            .collect()
+    }
+
     /// Something was written into directory `dir` by process `pid` (a file closed, renamed or
     /// linked): a `manifest.json` of its repository that waits is tried again.
     pub(super) fn written_in(&self, dir: u64, pid: u32) -> FsResult<()> {

@@ -384,6 +384,15 @@ impl WriteState {
         self.repos.values().flat_map(|r| r.pending.iter())
     }
 
+    /// The repositories whose docker archive's `manifest.json` waits for a file.
+    pub fn waiting_archives(&self) -> Vec<String> {
+        self.repos
+            .iter()
+            .filter(|(_, r)| r.manifest_waits)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     /// The pending images of `repo`.
     pub fn pending_of(&self, repo: &str) -> Vec<Entry> {
         self.repos
