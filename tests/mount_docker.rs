@@ -213,6 +213,18 @@ impl Archive {
     }
 }
 
+/// The bytes of file `path` of `archive`.
+fn archive_file(archive: &Archive, path: &str) -> Vec<u8> {
+    archive
+        .0
+        .iter()
+        .find_map(|(p, e)| match e {
+            E::File(b) if p == path => Some(b.clone()),
+            _ => None,
+        })
+        .unwrap()
+}
+
 fn sha(b: &[u8]) -> Digest {
     Digest::of(Algorithm::Sha256, b)
 }
@@ -405,6 +417,20 @@ fn core_manifest_json_first_waits_and_gzip_layers_are_checked_by_diff_id() {
     // No tags: named by its digest in the directory's repository.
     assert_eq!(h.images(), [format!("gz@{want}")]);
     assert!(h.fs.waiting_archives().is_empty());
+
+    // A manifest.json that waits, then unlinked: nothing waits.
+    h.mkdir_p("gone").unwrap();
+    h.put(
+        "gone/manifest.json",
+        &archive_file(&archive, "manifest.json"),
+        1,
+    )
+    .unwrap();
+    assert_eq!(h.fs.waiting_archives(), ["gone/manifest.json"]);
+    h.rm("gone/manifest.json").unwrap();
+    assert!(h.fs.waiting_archives().is_empty());
+    h.put("gone/other", b"x", 1).unwrap();
+    assert!(h.images().iter().all(|n| !n.starts_with("gone")));
     assert!(h.list("gz").unwrap().contains(&"index.json".to_owned()));
 
     // The archive's files stay temporary files with their bytes (now blobs), and are written
@@ -846,4 +872,56 @@ fn core_a_waiting_manifest_json_fails_the_close_of_the_bad_layer_it_waited_for()
     h.put("late/b.tar", &l2, 1).unwrap();
     h.put("late/manifest.json", &m, 1).unwrap();
     assert_eq!(h.images(), ["late/x:1"]);
+}
+
+#[test]
+fn tar_x_of_a_docker_25_archive_takes_its_images_from_index_json() {
+    let env = Env::new();
+    let l1 = layer(11);
+    let cfg = config(&[&sha(&l1)]);
+    let (digest, manifest) = expected_manifest(&cfg, &[(MEDIA_TAR, &l1)]);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": MEDIA_MANIFEST,
+            "digest": digest.to_string(),
+            "size": manifest.len(),
+            "annotations": {
+                "io.containerd.image.name": "docker.io/hand/d25:1",
+                "org.opencontainers.image.ref.name": "1",
+            },
+        }],
+    });
+    let blob = |b: &[u8]| format!("blobs/sha256/{}", sha(b).hex());
+    let mut blobs = vec![(blob(&l1), l1.clone()), (blob(&cfg), cfg.clone())];
+    blobs.push((blob(&manifest), manifest.clone()));
+    blobs.sort();
+    // Lexical order, as docker 25 writes it: blobs/, index.json, manifest.json, oci-layout.
+    let mut archive = Archive::default().dir("blobs/").dir("blobs/sha256/");
+    for (p, b) in &blobs {
+        archive = archive.file(p, b);
+    }
+    let archive = archive
+        .file("index.json", &serde_json::to_vec(&index).unwrap())
+        .file(
+            "manifest.json",
+            &manifest_json(&[(&blob(&cfg), &["hand/d25:1"], &[&blob(&l1)])]),
+        )
+        .file("oci-layout", br#"{"imageLayoutVersion": "1.0.0"}"#)
+        .file("repositories", br#"{"hand/d25":{"1":"x"}}"#);
+    archive.write(&env.path("d25.tar"));
+    let m = Mounted::start(&env, "mnt", &[]);
+    fs::create_dir(m.path("d25")).unwrap();
+    let out = untar(&env.path("d25.tar"), &m.path("d25"));
+    assert!(out.status.success(), "tar: {}", stderr(&out));
+    // index.json was written first: a layout; manifest.json stays a temporary file.
+    assert_eq!(
+        env.images(),
+        [("d25:1".to_owned(), digest.to_string())],
+        "{}",
+        m.log()
+    );
+    assert!(m.path("d25/manifest.json").is_file());
+    assert!(m.errors().is_empty(), "{}", m.log());
 }

@@ -73,9 +73,13 @@ enum Tried {
 impl super::Fs {
     /// The `manifest.json` files that wait for a file they name (`<repo>/manifest.json`).
     pub fn waiting_archives(&self) -> Vec<String> {
-        let repos = self.write.lock().waiting_archives();
-        repos
+        let w = self.write.lock();
+        w.waiting_archives()
             .into_iter()
+            .filter(|r| {
+                let dir = self.inodes.get(&Node::Dir(Arc::from(r.as_str())));
+                dir.and_then(|d| w.lookup(d, MANIFEST_FILE)).is_some()
+            })
             .map(|r| format!("{r}/{MANIFEST_FILE}"))
             .collect()
     }
@@ -92,14 +96,21 @@ impl super::Fs {
         };
         let repo_ino = self.inodes.ino(&Node::Dir(repo.clone()));
         let waiting = {
-            let w = self.write.lock();
-            let waits = w.repo(&repo).is_some_and(|r| r.manifest_waits);
-            let id = w.lookup(repo_ino, MANIFEST_FILE);
-            id.filter(|_| waits)
-                .and_then(|id| Some((id, w.upload_of(id)?)))
+            let mut w = self.write.lock();
+            if !w.repo(&repo).is_some_and(|r| r.manifest_waits) {
+                return Ok(());
+            }
+            let shared = w
+                .lookup(repo_ino, MANIFEST_FILE)
+                .and_then(|id| w.upload_of(id));
+            if shared.is_none() {
+                // Unlinked or renamed away meanwhile: nothing waits any more.
+                w.repo_mut(&repo).manifest_waits = false;
+            }
+            shared
         };
         match waiting {
-            Some((_, shared)) => self.manifest_json_closed(repo_ino, &shared, pid),
+            Some(shared) => self.manifest_json_closed(repo_ino, &shared, pid),
             None => Ok(()),
         }
     }
