@@ -138,10 +138,15 @@ impl super::Fs {
         let Some(Node::Dir(repo)) = self.inodes.node(repo_ino) else {
             return Ok(());
         };
-        let is_layout =
-            self.write.lock().layout_rule(&repo, "index.json") == LayoutRule::Written(true);
-        if is_layout {
-            return Ok(());
+        {
+            let mut w = self.write.lock();
+            if w.layout_rule(&repo, "index.json") == LayoutRule::Written(true) {
+                // A layout: index.json names its images, and nothing waits here.
+                if let Some(r) = w.repo_mut_if(&repo) {
+                    r.manifest_waits = false;
+                }
+                return Ok(());
+            }
         }
         let Some(bytes) = read_manifest(&repo, shared)? else {
             return Ok(()); // written empty first (a shell's redirection): acted on when written

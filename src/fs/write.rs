@@ -1041,7 +1041,9 @@ impl super::Fs {
                         drop(replaced);
                     }
                     self.views.forget_repo(&repo);
-                    return self.register_pending();
+                    self.register_pending()?;
+                    // A docker archive's manifest.json may name it.
+                    return self.written_in(newparent, pid);
                 }
             }
             Node::Dir(repo) if newname == "index.json" || newname == "oci-layout" => {
