@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use crate::archive::export::{convert_to_oci, ArchiveFormat};
 use crate::archive::{self, ExportOptions, Plan, Source};
 use crate::content::{Catalog, Change, Provider};
 use crate::digest::Digest;
@@ -48,8 +49,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Import images from an OCI layout directory, an OCI archive (tar, tar.gz, tar.zst) or
-    /// standard input (-), and print the names registered
+    /// Import images from an OCI layout directory, an image archive (an OCI archive, a `docker
+    /// save` / `podman save` / skopeo docker-archive; tar, tar.gz, tar.zst) or standard input
+    /// (-), and print the names registered
     Import {
         /// Repository for images named only by a tag or a digest [default: the source's base
         /// name without extension]
@@ -58,17 +60,26 @@ pub enum Command {
         /// Layout directory, archive file, or - for standard input
         source: PathBuf,
     },
-    /// Export images as a deterministic OCI archive
+    /// Export images as a deterministic OCI or docker archive
     Export {
         /// Output file, or - for standard output
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// Keep only this platform of each image index (os/arch[/variant])
+        /// oci: an OCI image layout; docker: what docker 25+ saves (the OCI layout plus
+        /// manifest.json and repositories, names as docker writes them), for docker and podman load
+        #[arg(long, value_enum, default_value_t = ArchiveKind::Oci)]
+        format: ArchiveKind,
+        /// Keep only this platform of each image index (os/arch[/variant]); it is also the
+        /// platform manifest.json describes [default there: this host's]
         #[arg(long, value_name = "PLATFORM")]
         platform: Option<PlatformSpec>,
-        /// Also write Docker's manifest.json, for `docker load`
+        /// Also write Docker's manifest.json into an OCI archive, for `docker load`
         #[arg(long)]
         docker_manifest: bool,
+        /// Convert docker schema 2 manifests, lists and configs to OCI media types first (new
+        /// manifest digests, configs and layers unchanged)
+        #[arg(long)]
+        oci: bool,
         /// Re-hash every blob while streaming it
         #[arg(long)]
         verify: bool,
@@ -220,6 +231,13 @@ pub enum Format {
     Json,
 }
 
+/// The layout of an exported archive (`export --format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchiveKind {
+    Oci,
+    Docker,
+}
+
 /// Sets up tracing on standard error, filtered by `LAYOUTFS_LOG` or `RUST_LOG`; without them,
 /// warnings only, or also the daemon's informational lines when it mounts.
 pub fn init_logging(command: &Command) {
@@ -286,8 +304,10 @@ impl Cli {
             Command::Import { name, source } => import(&store, name.as_deref(), &source),
             Command::Export {
                 output,
+                format,
                 platform,
                 docker_manifest,
+                oci,
                 verify,
                 refs,
             } => {
@@ -296,7 +316,11 @@ impl Cli {
                     docker_manifest,
                     verify,
                 };
-                export(&store, &refs, output.as_deref(), &opts)
+                let format = match format {
+                    ArchiveKind::Oci => ArchiveFormat::Oci,
+                    ArchiveKind::Docker => ArchiveFormat::Docker,
+                };
+                export(&store, &refs, output.as_deref(), &opts, format, oci)
             }
             Command::Images { format } => list_images(store.records(), &store, format),
             Command::Repositories { format } => list_repositories(store.records(), format),
@@ -406,11 +430,16 @@ fn export(
     refs: &[String],
     output: Option<&std::path::Path>,
     opts: &ExportOptions,
+    format: ArchiveFormat,
+    oci: bool,
 ) -> Result<()> {
     let images = resolve(store.records(), refs)?;
-    let entries: Vec<Entry> = images.into_iter().map(Entry::from).collect();
-    let plan = Plan::new(store, &entries, opts)?;
+    let mut entries: Vec<Entry> = images.into_iter().map(Entry::from).collect();
     let lease = store.lease()?;
+    if oci {
+        entries = convert_to_oci(store, store, &lease, &entries)?;
+    }
+    let plan = Plan::with_format(store, &entries, opts, format)?;
     plan.hold(store, &lease)?;
     let out = archive::open_output(output)?;
     let progress = Progress::bytes("exporting", Some(plan.blob_bytes()));

@@ -15,7 +15,10 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Algorithm, Digest, Hasher};
-use crate::oci::{Descriptor, Platform, MEDIA_OCI_MANIFEST};
+use crate::oci::{
+    Descriptor, Platform, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER, MEDIA_OCI_LAYER_GZIP,
+    MEDIA_OCI_LAYER_ZSTD, MEDIA_OCI_MANIFEST,
+};
 use crate::reference::Reference;
 
 /// The file that lists an archive's images.
@@ -26,12 +29,6 @@ pub const REPOSITORIES_FILE: &str = "repositories";
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 /// Most symbolic links one archive may hold.
 pub const MAX_LINKS: usize = 100_000;
-
-/// The config media type of a made manifest (as docker 26+ `save` writes into its index).
-pub const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
-const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 const ZSTD_MAGIC: &[u8] = &[0x28, 0xb5, 0x2f, 0xfd];
@@ -50,6 +47,7 @@ pub struct Item {
 
 /// An item as written; `Parent`, `LayerSources` and anything else are ignored.
 #[derive(Deserialize)]
+#[serde(expecting = "an image {\"Config\", \"RepoTags\", \"Layers\"}")]
 struct RawItem {
     #[serde(rename = "Config")]
     config: String,
@@ -87,7 +85,28 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Vec<Item>, String> {
             layers,
         });
     }
+    check_tags_unique(&items)?;
     Ok(items)
+}
+
+/// No name may be given to two different images (an item's own repeats are dropped already).
+fn check_tags_unique(items: &[Item]) -> Result<(), String> {
+    let mut first: BTreeMap<&Reference, usize> = BTreeMap::new();
+    for (n, item) in items.iter().enumerate() {
+        for tag in &item.repo_tags {
+            let Some(earlier) = first.insert(tag, n + 1) else {
+                continue;
+            };
+            let other = &items[earlier - 1];
+            if other.config != item.config || other.layers != item.layers {
+                return Err(format!(
+                    "RepoTags {tag} names two images (items {earlier} and {})",
+                    n + 1
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A `RepoTags` entry: a name with a tag, no digest, taken as written.
@@ -228,9 +247,9 @@ impl Compression {
     /// The OCI media type of a layer so compressed; bzip2 and xz have none.
     pub fn layer_media_type(self) -> Result<&'static str, String> {
         match self {
-            Compression::None => Ok(MEDIA_LAYER_TAR),
-            Compression::Gzip => Ok(MEDIA_LAYER_GZIP),
-            Compression::Zstd => Ok(MEDIA_LAYER_ZSTD),
+            Compression::None => Ok(MEDIA_OCI_LAYER),
+            Compression::Gzip => Ok(MEDIA_OCI_LAYER_GZIP),
+            Compression::Zstd => Ok(MEDIA_OCI_LAYER_ZSTD),
             Compression::Bzip2 => {
                 Err("bzip2 compression is not supported (OCI has no media type for it)".into())
             }

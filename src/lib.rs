@@ -5,6 +5,7 @@
 pub mod archive;
 pub mod cli;
 pub mod content;
+pub mod convert;
 pub mod digest;
 pub mod docker;
 pub mod error;

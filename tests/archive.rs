@@ -149,6 +149,7 @@ impl Entries for MemStream {
             visit(Entry {
                 path,
                 is_dir: false,
+                link: None,
                 size: bytes.len() as u64,
                 reader: &mut &bytes[..],
                 read_error: &read_error,
@@ -211,7 +212,7 @@ impl StreamFormat for Unnamed {
         Ok(())
     }
 
-    fn finish(self: Box<Self>) -> Result<ImageIndex> {
+    fn finish(self: Box<Self>, _intake: &Intake<'_>) -> Result<ImageIndex> {
         ImageIndex::parse("index.json", self.index.as_deref().unwrap_or_default())
     }
 }

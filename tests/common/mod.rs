@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod core;
+pub mod docker_archive;
 pub mod gen;
 pub mod layout_dir;
 pub mod memory;

@@ -27,6 +27,8 @@ pub struct Images<'a> {
     pub index_json: &'a [u8],
     /// Docker's `manifest.json`, when asked for.
     pub docker_manifest: Option<&'a [u8]>,
+    /// Docker's `repositories`, in a docker archive with tagged images.
+    pub repositories: Option<&'a [u8]>,
 }
 
 /// A destination of blobs and the images they make.

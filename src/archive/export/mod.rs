@@ -1,26 +1,33 @@
 //! Export: images out of a store. `set` decides what is sent (the blobs of the images'
 //! closures, their `index.json`) and in which order (by path, or children before parents);
 //! `dest` says what a destination of blobs and images is; `tar` is the one destination
-//! today, the deterministic, zero-copy OCI archive streamer. `Plan` ties them together for
-//! the CLI: an OCI archive of some images.
+//! today, the deterministic, zero-copy archive streamer; `docker` adds what `docker load`
+//! reads (`manifest.json`, `repositories`, docker's names in `index.json`). `Plan` ties them
+//! together for the CLI: an OCI or docker archive of some images; `convert_to_oci` gives the
+//! images OCI media types first (`--oci`).
 
 mod dest;
 mod docker;
 mod set;
 mod tar;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
-use crate::content::Provider;
+use crate::content::{Ingester, Provider};
+use crate::convert;
+use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::Entry;
-use crate::oci::PlatformSpec;
+use crate::oci::{Descriptor, PlatformSpec};
 use crate::progress::Progress;
-use crate::store::Lease;
+use crate::reference::{Reference, Target};
+use crate::store::{Lease, WHOLE};
 
 pub use dest::{send, Destination, Images, Order};
+pub use docker::{docker_image_name, MAX_MANIFEST_JSON_SIZE};
 pub use set::Shipment;
 pub use tar::{TarWriter, MODE_DIR, MODE_FILE, MODE_READ_ONLY};
 
@@ -36,16 +43,37 @@ pub struct ExportOptions {
     pub verify: bool,
 }
 
-/// An OCI archive of some images, decided before a byte is written.
+/// What an archive is laid out for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ArchiveFormat {
+    /// An OCI image layout (plus `manifest.json` with `ExportOptions::docker_manifest`).
+    #[default]
+    Oci,
+    /// The shape docker 25 and later save: the OCI layout, `manifest.json`, `repositories`,
+    /// and `index.json` naming images as docker does (see `docker`).
+    Docker,
+}
+
+/// An archive of some images, decided before a byte is written.
 pub struct Plan {
     shipment: Shipment,
 }
 
 impl Plan {
-    /// The archive of `entries`: every blob of their closures must be in the store.
+    /// The OCI archive of `entries`: every blob of their closures must be in the store.
     pub fn new(store: &dyn Provider, entries: &[Entry], opts: &ExportOptions) -> Result<Plan> {
+        Plan::with_format(store, entries, opts, ArchiveFormat::Oci)
+    }
+
+    /// The archive of `entries` in `format`.
+    pub fn with_format(
+        store: &dyn Provider,
+        entries: &[Entry],
+        opts: &ExportOptions,
+        format: ArchiveFormat,
+    ) -> Result<Plan> {
         Ok(Plan {
-            shipment: Shipment::new(store, entries, opts)?,
+            shipment: Shipment::archive(store, entries, opts, format)?,
         })
     }
 
@@ -72,6 +100,61 @@ impl Plan {
         let mut tar = TarWriter::new(out, verify, progress)?;
         send(store, &self.shipment, &mut tar)
     }
+}
+
+/// `entries` with OCI media types (`export --oci`): each image's docker-typed indexes and
+/// manifests rewritten by `convert::to_oci`, the new blobs held in `lease` and then written
+/// into `into` (as containerd's converter writes into its content store: no record refers to
+/// them, so gc removes them once the lease is gone). Images with nothing docker-typed come back
+/// as they are, and nothing is written for them.
+pub fn convert_to_oci(
+    from: &dyn Provider,
+    into: &dyn Ingester,
+    lease: &Lease,
+    entries: &[Entry],
+) -> Result<Vec<Entry>> {
+    let mut put = |d: &Descriptor, bytes: &[u8]| -> Result<()> {
+        lease.hold(WHOLE, [&d.digest])?;
+        let mut w = into.ingest(&d.digest, Some(d.size))?;
+        w.write_all(bytes)?;
+        w.commit().map(|_| ())
+    };
+    // An image under several names is converted once.
+    let mut done: HashMap<(Digest, String), Descriptor> = HashMap::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let key = (e.target.digest.clone(), e.target.media_type.clone());
+        let new = match done.get(&key) {
+            Some(t) => t.clone(),
+            None => {
+                let t = convert::to_oci(from, &mut put, &e.target)?;
+                done.insert(key, t.clone());
+                t
+            }
+        };
+        out.push(converted_entry(e, &new)?);
+    }
+    Ok(out)
+}
+
+/// `e` pointing at its converted target `new` (its media type, digest and size; the rest of
+/// the record's descriptor kept). A name pinned to the old digest names the new one.
+fn converted_entry(e: &Entry, new: &Descriptor) -> Result<Entry> {
+    let name = match e.name.target() {
+        Target::Digest(d) if *d == e.target.digest && new.digest != e.target.digest => {
+            Reference::digested(e.name.repository(), new.digest.clone())?
+        }
+        _ => e.name.clone(),
+    };
+    Ok(Entry {
+        name,
+        target: Descriptor {
+            media_type: new.media_type.clone(),
+            digest: new.digest.clone(),
+            size: new.size,
+            ..e.target.clone()
+        },
+    })
 }
 
 /// Opens the export's output: a new file, or a duplicate of standard output for `-`.

@@ -13,8 +13,8 @@ use crate::oci::{self, Descriptor, Kind, OnMissing, PlatformSpec};
 use crate::store::{Lease, WHOLE};
 
 use super::dest::{Images, Order};
-use super::docker::docker_manifest;
-use super::ExportOptions;
+use super::docker;
+use super::{ArchiveFormat, ExportOptions};
 
 /// The images and blobs of one export.
 pub struct Shipment {
@@ -23,11 +23,23 @@ pub struct Shipment {
     blobs: BTreeMap<Digest, Descriptor>,
     index_json: Vec<u8>,
     docker_manifest: Option<Vec<u8>>,
+    repositories: Option<Vec<u8>>,
 }
 
 impl Shipment {
     /// What an export of `entries` sends: every blob of their closures must be in `from`.
     pub fn new(from: &dyn Provider, entries: &[Entry], opts: &ExportOptions) -> Result<Shipment> {
+        Shipment::archive(from, entries, opts, ArchiveFormat::Oci)
+    }
+
+    /// What an archive of `entries` in `format` holds: under `ArchiveFormat::Docker`, docker's
+    /// `manifest.json` and `repositories` too, and `index.json` names images as docker does.
+    pub fn archive(
+        from: &dyn Provider,
+        entries: &[Entry],
+        opts: &ExportOptions,
+        format: ArchiveFormat,
+    ) -> Result<Shipment> {
         let entries = match &opts.platform {
             Some(p) => entries
                 .iter()
@@ -37,20 +49,25 @@ impl Shipment {
         };
         let blobs = layout::blobs(from, &entries, OnMissing::Fail)?;
         // Whatever is exported must import again.
-        let index_json = layout::index_json(&entries);
-        oci::check_index_size("index.json", index_json.len() as u64)?;
-        let docker_manifest = if opts.docker_manifest {
-            let bytes = docker_manifest(from, &entries, opts.platform.as_ref())?;
-            oci::check_index_size("manifest.json", bytes.len() as u64)?;
-            Some(bytes)
-        } else {
-            None
+        let index_json = match format {
+            ArchiveFormat::Oci => layout::index_json(&entries),
+            ArchiveFormat::Docker => docker::index_json(&entries),
         };
+        oci::check_index_size("index.json", index_json.len() as u64)?;
+        let (mut docker_manifest, mut repositories) = (None, None);
+        if opts.docker_manifest || format == ArchiveFormat::Docker {
+            let items = docker::items(from, &entries, opts.platform.as_ref())?;
+            docker_manifest = Some(docker::manifest_json(&items)?);
+            if format == ArchiveFormat::Docker {
+                repositories = docker::repositories(&items)?;
+            }
+        }
         Ok(Shipment {
             entries,
             blobs,
             index_json,
             docker_manifest,
+            repositories,
         })
     }
 
@@ -96,6 +113,7 @@ impl Shipment {
             entries: &self.entries,
             index_json: &self.index_json,
             docker_manifest: self.docker_manifest.as_deref(),
+            repositories: self.repositories.as_deref(),
         }
     }
 

@@ -1,8 +1,8 @@
 //! The tar streamer, the destination an export writes today: an OCI archive whose records
 //! are sorted by name (`blobs/`, then each algorithm's directory and its blobs by digest,
-//! then `index.json`, Docker's `manifest.json` if asked, `oci-layout`), each blob once, with
-//! fixed modes, owner and times, so the same images always give the same bytes. Blob bytes
-//! move with copy_file_range or sendfile (whichever the output allows), never through a
+//! then `index.json`, Docker's `manifest.json` if asked, `oci-layout`, Docker's
+//! `repositories` if asked), each blob once, with fixed modes, owner and times, so the same
+//! images always give the same bytes. Blob bytes move with copy_file_range or sendfile (whichever the output allows), never through a
 //! buffer of the blob's size, and each blob's size is checked while it is copied; `verify`
 //! re-hashes instead, through a small buffer.
 
@@ -23,7 +23,7 @@ use super::dest::{Destination, Images, Order};
 
 /// Mode of blob files and `oci-layout` in an archive.
 pub const MODE_READ_ONLY: u32 = 0o444;
-/// Mode of `index.json` and `manifest.json`.
+/// Mode of `index.json`, `manifest.json` and `repositories`.
 pub const MODE_FILE: u32 = 0o644;
 /// Mode of directories.
 pub const MODE_DIR: u32 = 0o755;
@@ -96,6 +96,9 @@ impl Destination for TarWriter<'_> {
             self.file("manifest.json", bytes, MODE_FILE)?;
         }
         self.file("oci-layout", &oci::layout_file_bytes(), MODE_READ_ONLY)?;
+        if let Some(bytes) = images.repositories {
+            self.file("repositories", bytes, MODE_FILE)?;
+        }
         self.sink.put(&tarfmt::trailer())?;
         self.sink.flush()
     }

@@ -82,6 +82,11 @@ impl<'a> Intake<'a> {
         self.provider.read_small(desc)
     }
 
+    /// Opens blob `desc` of the store, size-checked.
+    pub fn open(&self, desc: &Descriptor) -> Result<std::fs::File> {
+        self.provider.open(desc)
+    }
+
     /// Starts writing blob `digest` of `size` bytes; `commit` finishes it.
     pub fn start(&self, digest: &Digest, size: u64) -> Result<Box<dyn Writer + 'a>> {
         self.ingester.ingest(digest, Some(size))
@@ -98,6 +103,19 @@ impl<'a> Intake<'a> {
         let placed = w.commit()?;
         self.written.lock().add(placed, digest, size);
         Ok(())
+    }
+
+    /// Stores `bytes` (a small blob made or kept in memory) as blob `digest`, held, unless
+    /// the store has it.
+    pub fn put(&self, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        self.hold(digest)?;
+        if self.has(digest)? {
+            return Ok(());
+        }
+        let size = bytes.len() as u64;
+        let mut w = self.start(digest, size)?;
+        w.write_all(bytes)?;
+        self.commit(w, digest, size)
     }
 
     /// Copies `r` into blob `desc`, checked; `what` names the source in errors.

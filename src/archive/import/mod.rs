@@ -26,6 +26,7 @@ use crate::reference::{check_repository, Reference};
 use crate::store::gc::{remove_unneeded, TakeBack};
 use crate::store::{now_ms, Store};
 
+use format::docker::ArchiveStream;
 use format::oci::{Layout, LayoutStream};
 use format::{StreamFormat, TreeFormat};
 use intake::Written;
@@ -141,6 +142,13 @@ impl<'a> Input<'a> {
         let format = Box::new(LayoutStream::new(&entries.label()));
         Input::Stream { entries, format }
     }
+
+    /// A stream of entries read as any image archive: an OCI layout, a `docker save`
+    /// archive, or both.
+    pub fn archive_stream(entries: &'a mut dyn Entries) -> Input<'a> {
+        let format = Box::new(ArchiveStream::new(&entries.label()));
+        Input::Stream { entries, format }
+    }
 }
 
 /// Imports `source`; `name` is the repository for images named only by tag or digest.
@@ -165,11 +173,21 @@ pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Impo
             let file = File::open(path).at(path)?;
             let size = file.metadata().at(path)?.len();
             let mut entries = TarStream::new(Box::new(file), &label, Some(size));
-            import_from(store, Input::oci_stream(&mut entries), &label, repository)
+            import_from(
+                store,
+                Input::archive_stream(&mut entries),
+                &label,
+                repository,
+            )
         }
         Source::Stdin => {
             let mut entries = TarStream::new(Box::new(io::stdin().lock()), &label, None);
-            import_from(store, Input::oci_stream(&mut entries), &label, repository)
+            import_from(
+                store,
+                Input::archive_stream(&mut entries),
+                &label,
+                repository,
+            )
         }
     }
 }
@@ -242,7 +260,7 @@ fn read(input: Input<'_>, intake: &Intake<'_>) -> Result<ImageIndex> {
             mut format,
         } => {
             entries.for_each(&mut |entry| format.entry(entry, intake))?;
-            format.finish()
+            format.finish(intake)
         }
         Input::Blobs {
             index,

@@ -1,9 +1,11 @@
 //! What the files of a source mean: a format turns a tree or a stream of entries into blobs
 //! ingested and the index of the images they make (descriptors, named by their
-//! annotations). Today: the OCI image layout (`oci-layout`, `index.json`,
-//! `blobs/<alg>/<hex>`); a `docker save` archive (`manifest.json` and layer tars, named only
-//! once hashed, through `Ingester::ingest_unnamed`) plugs in beside it.
+//! annotations). `oci` reads the OCI image layout (`oci-layout`, `index.json`,
+//! `blobs/<alg>/<hex>`); `docker` reads any image archive as a stream: an OCI layout, a
+//! `docker save` archive (`manifest.json` and layer tars, named only once hashed, through
+//! `Ingester::ingest_unnamed`), or docker 25's both at once.
 
+pub mod docker;
 pub mod oci;
 
 use crate::error::Result;
@@ -25,6 +27,7 @@ pub trait TreeFormat {
 pub trait StreamFormat {
     /// Takes one entry (reading it, or leaving it to be skipped).
     fn entry(&mut self, entry: Entry<'_>, intake: &Intake<'_>) -> Result<()>;
-    /// After the last entry: the index of the images that arrived.
-    fn finish(self: Box<Self>) -> Result<ImageIndex>;
+    /// After the last entry: the index of the images that arrived (what only the whole
+    /// stream tells, such as a docker archive's manifests, is written into `intake` now).
+    fn finish(self: Box<Self>, intake: &Intake<'_>) -> Result<ImageIndex>;
 }

@@ -1,12 +1,14 @@
 //! The OCI image layout as an import format: `oci-layout` (checked), `index.json` (the
 //! images), and blobs under `blobs/<alg>/<hex>`, each checked against the digest its path
-//! names. Docker's `manifest.json` beside them is size-checked and ignored (names come from
-//! `index.json`); anything else outside `blobs/` is ignored.
+//! names; symbolic links are refused. Docker's `manifest.json` beside them is size-checked and
+//! ignored here (names come from `index.json`; `format::docker` reads both); anything else
+//! outside `blobs/` is ignored.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 
 use crate::digest::Digest;
+use crate::docker::Compression;
 use crate::error::{Error, Result};
 use crate::oci::{self, Descriptor, ImageIndex, MAX_INDEX_JSON_SIZE, MAX_JSON_SIZE};
 
@@ -15,8 +17,8 @@ use super::super::pull::Blobs;
 use super::super::source::{Entry, Tree};
 use super::{StreamFormat, TreeFormat};
 
-const LAYOUT_FILE: &str = "oci-layout";
-const INDEX_FILE: &str = "index.json";
+pub(super) const LAYOUT_FILE: &str = "oci-layout";
+pub(super) const INDEX_FILE: &str = "index.json";
 const DOCKER_MANIFEST: &str = "manifest.json";
 
 /// An OCI layout read from a tree (a directory).
@@ -73,8 +75,8 @@ pub struct LayoutStream {
     label: String,
     layout_file: Option<Vec<u8>>,
     index_bytes: Option<Vec<u8>>,
-    /// The blobs met so far: a second copy is skipped.
-    seen: BTreeSet<Digest>,
+    /// The blobs met so far, with how each is compressed: a second copy is skipped.
+    seen: BTreeMap<Digest, Compression>,
 }
 
 impl LayoutStream {
@@ -84,12 +86,36 @@ impl LayoutStream {
             label: label.to_owned(),
             layout_file: None,
             index_bytes: None,
-            seen: BTreeSet::new(),
+            seen: BTreeMap::new(),
         }
     }
 
     fn bad(&self, message: String) -> Error {
         Error::archive(&self.label, message)
+    }
+
+    /// Whether `oci-layout` went by: the archive is an OCI layout.
+    pub fn has_layout_file(&self) -> bool {
+        self.layout_file.is_some()
+    }
+
+    /// How blob `digest` of the stream is compressed, if it went by.
+    pub fn compression(&self, digest: &Digest) -> Option<Compression> {
+        self.seen.get(digest).copied()
+    }
+
+    /// After the last entry: the index of the images, from `oci-layout` and `index.json`.
+    pub fn index(&self) -> Result<ImageIndex> {
+        let layout_file = self
+            .layout_file
+            .as_deref()
+            .ok_or_else(|| self.bad("oci-layout is missing: not an OCI archive".into()))?;
+        oci::check_layout_file(&format!("{}: {LAYOUT_FILE}", self.label), layout_file)?;
+        let index_bytes = self
+            .index_bytes
+            .as_deref()
+            .ok_or_else(|| self.bad("index.json is missing".into()))?;
+        ImageIndex::parse(&format!("{}: {INDEX_FILE}", self.label), index_bytes)
     }
 
     /// Keeps a small file of the layout; a second copy would silently replace the first.
@@ -116,18 +142,22 @@ impl LayoutStream {
     }
 
     /// Streams one blob entry into an ingest, checked against `digest` and the entry's size,
-    /// unless it was met before or the store has it.
+    /// unless it was met before or the store has it; its first bytes say how it is
+    /// compressed.
     fn blob(&mut self, digest: Digest, mut entry: Entry<'_>, intake: &Intake<'_>) -> Result<()> {
-        let first = self.seen.insert(digest.clone());
-        if first {
-            intake.hold(&digest)?;
+        if self.seen.contains_key(&digest) {
+            return entry.skip();
         }
-        if !first || intake.has(&digest)? {
+        let head = read_head(entry.reader).map_err(entry.read_error)?;
+        self.seen.insert(digest.clone(), Compression::sniff(&head));
+        intake.hold(&digest)?;
+        if intake.has(&digest)? {
             return entry.skip();
         }
         let what = format!("{}: {}", self.label, entry.path);
         let size = entry.size;
         let mut w = intake.start(&digest, size)?;
+        w.write_all(&head)?;
         w.copy_from(entry.reader, &what, &mut |_| {})
             .map_err(|e| match e {
                 Error::Stream { source, .. } => (entry.read_error)(source),
@@ -140,8 +170,22 @@ impl LayoutStream {
     }
 }
 
+/// The first bytes of an entry (fewer if it is shorter), enough to tell its compression.
+pub(super) fn read_head(r: &mut dyn Read) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(Compression::SNIFF_LEN);
+    r.take(Compression::SNIFF_LEN as u64)
+        .read_to_end(&mut head)?;
+    Ok(head)
+}
+
 impl StreamFormat for LayoutStream {
     fn entry(&mut self, entry: Entry<'_>, intake: &Intake<'_>) -> Result<()> {
+        if entry.link.is_some() {
+            return Err(self.bad(format!(
+                "entry {}: symbolic links are refused",
+                entry.shown()
+            )));
+        }
         let member = classify(entry.path, entry.is_dir)
             .map_err(|e| self.bad(format!("entry {}: {e}", entry.shown())))?;
         match member {
@@ -151,17 +195,8 @@ impl StreamFormat for LayoutStream {
         }
     }
 
-    fn finish(self: Box<Self>) -> Result<ImageIndex> {
-        let layout_file = self
-            .layout_file
-            .as_deref()
-            .ok_or_else(|| self.bad("oci-layout is missing: not an OCI archive".into()))?;
-        oci::check_layout_file(&format!("{}: {LAYOUT_FILE}", self.label), layout_file)?;
-        let index_bytes = self
-            .index_bytes
-            .as_deref()
-            .ok_or_else(|| self.bad("index.json is missing".into()))?;
-        ImageIndex::parse(&format!("{}: {INDEX_FILE}", self.label), index_bytes)
+    fn finish(self: Box<Self>, _intake: &Intake<'_>) -> Result<ImageIndex> {
+        self.index()
     }
 }
 

@@ -1,8 +1,9 @@
 //! Where the files of an import come from, before anything interprets them: a `Tree` is read
 //! at random by path (a layout directory), `Entries` go by one after another (a tar stream
 //! from a file, a compressed file or standard input). Sources know paths, sizes and bytes,
-//! and refuse what is unsafe to read (links, `..`, special files); they know nothing of
-//! image layouts, which `format` reads.
+//! and refuse what is unsafe to read (hard links, `..`, special files); a symbolic link is
+//! passed on as data (its target, never followed), for the format to judge; sources know
+//! nothing of image layouts, which `format` reads.
 
 pub mod dir;
 pub mod tar;
@@ -40,6 +41,8 @@ pub struct Entry<'a> {
     /// Relative, checked: no `..`, not absolute, UTF-8.
     pub path: &'a str,
     pub is_dir: bool,
+    /// A symbolic link's target, as written (UTF-8; never followed by the source).
+    pub link: Option<&'a str>,
     /// Bytes of content the entry says it has.
     pub size: u64,
     pub reader: &'a mut dyn Read,

@@ -1,7 +1,8 @@
 //! A tar stream as a source: plain, gzip or zstd (told apart by their magic bytes), from a
 //! file or standard input, read once from start to end. Every entry's path is made relative
-//! and checked; only regular files and directories pass (links, devices and GNU sparse files
-//! are refused); an archive cut short, even at an entry boundary, is refused at the end.
+//! and checked; regular files, directories and symbolic links pass (a link as its target,
+//! for the format to judge: it is never followed here); hard links, devices and GNU sparse
+//! files are refused; an archive cut short, even at an entry boundary, is refused at the end.
 
 use std::io::{self, Read};
 use std::path::{Component, Path};
@@ -74,11 +75,17 @@ impl Entries for TarStream<'_> {
             let mut entry = entry.map_err(read_error)?;
             let raw = entry.path().map_err(read_error)?.into_owned();
             let path = safe_path(&raw).map_err(|m| errs.bad(format!("entry {m}")))?;
-            let is_dir = check_kind(&mut entry, &crate::error::printable(&path), &errs)?;
-            let size = entry.size();
+            let shown = crate::error::printable(&path);
+            let kind = check_kind(&mut entry, &shown, &errs)?;
+            let link = match kind {
+                Kind::Symlink => Some(link_target(&entry, &shown, &errs)?),
+                _ => None,
+            };
+            let size = if link.is_some() { 0 } else { entry.size() };
             visit(Entry {
                 path: &path,
-                is_dir,
+                is_dir: kind == Kind::Dir,
+                link: link.as_deref(),
                 size,
                 reader: &mut entry,
                 read_error: &read_error,
@@ -175,30 +182,60 @@ impl ArchiveErrors<'_> {
     }
 }
 
-/// Refuses every kind of entry but regular files and directories; says whether it is a
-/// directory.
+/// The kinds of entry a tar source passes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// Refuses every kind of entry but regular files, directories and symbolic links.
 fn check_kind<R: Read>(
     entry: &mut tar::Entry<'_, R>,
     shown: &str,
     errs: &ArchiveErrors<'_>,
-) -> Result<bool> {
+) -> Result<Kind> {
     let kind = entry.header().entry_type();
     if is_pax_sparse(entry).map_err(|e| errs.tar(e))? {
         return Err(errs.bad(format!("entry {shown}: {SPARSE_REFUSED}")));
     }
-    if kind.is_file() || kind.is_dir() {
-        return Ok(kind.is_dir());
+    if kind.is_file() {
+        return Ok(Kind::File);
+    }
+    if kind.is_dir() {
+        return Ok(Kind::Dir);
+    }
+    if kind.is_symlink() {
+        return Ok(Kind::Symlink);
     }
     let what = if kind.is_gnu_sparse() {
         SPARSE_REFUSED
-    } else if kind.is_symlink() {
-        "symbolic links are refused"
     } else if kind.is_hard_link() {
         "hard links are refused"
     } else {
         "only regular files and directories are accepted"
     };
     Err(errs.bad(format!("entry {shown}: {what}")))
+}
+
+/// A symbolic link's target, which must be UTF-8 and not empty.
+fn link_target<R: Read>(
+    entry: &tar::Entry<'_, R>,
+    shown: &str,
+    errs: &ArchiveErrors<'_>,
+) -> Result<String> {
+    let target = entry.link_name().map_err(|e| errs.tar(e))?;
+    let target = target
+        .as_deref()
+        .and_then(|t| t.to_str())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| {
+            errs.bad(format!(
+                "entry {shown}: symbolic link without a UTF-8 target"
+            ))
+        })?;
+    Ok(target.to_owned())
 }
 
 /// Whether `entry` is a sparse file in one of the PAX forms.
