@@ -38,9 +38,6 @@ use super::inode::Node;
 use super::state::{LayoutRule, ScratchKind, Shared};
 use super::upload::Upload;
 
-/// The media type a layer file is opened under before its compression is known.
-const MEDIA_ANY: &str = "application/octet-stream";
-
 /// A file `manifest.json` names, as the repository directory's tree holds it.
 #[derive(Clone)]
 enum Found {
@@ -316,7 +313,7 @@ impl super::Fs {
                     }
                     .into());
                 }
-                let desc = Descriptor::new(docker::MEDIA_OCI_CONFIG, digest.clone(), *size);
+                let desc = Descriptor::new(oci::MEDIA_OCI_CONFIG, digest.clone(), *size);
                 Ok(self.store().read_small(&desc)?)
             }
         }
@@ -347,7 +344,7 @@ impl super::Fs {
                 })
             }
             Found::Blob(digest, size) => {
-                let desc = Descriptor::new(MEDIA_ANY, digest.clone(), *size);
+                let desc = Descriptor::new(oci::MEDIA_OCI_LAYER, digest.clone(), *size);
                 let mut file = crate::content::Provider::open(self.store(), &desc)?;
                 let mut reader = std::io::Read::take(&mut file, Compression::SNIFF_LEN as u64);
                 std::io::Read::read_to_end(&mut reader, &mut head).map_err(failed)?;
