@@ -499,6 +499,17 @@ fn core_bad_archives_fail_the_close_and_register_nothing() {
             "is not NAME:TAG",
         ),
         (
+            "one tag, two images",
+            good.clone().file("a.tar", &l1).file("b.tar", &l2).file(
+                "manifest.json",
+                &manifest_json(&[
+                    (&cfg_name, &["bad/x:1"], &["a.tar", "b.tar"]),
+                    (&cfg_name, &["bad/x:1"], &["b.tar", "a.tar"]),
+                ]),
+            ),
+            "names two images",
+        ),
+        (
             "link to a link",
             good.clone()
                 .file("a.tar", &l1)

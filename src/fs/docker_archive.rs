@@ -195,7 +195,6 @@ impl super::Fs {
         for (n, item) in items.iter().enumerate() {
             made.push(self.make(repo, n + 1, item, &found, &mut layers)?);
         }
-        check_names(&made).map_err(bad)?;
         self.commit_found(repo_ino, found.values().map(|(_, f)| f), pid)?;
         self.commit_manifests(repo_ino, &made, pid)?;
         self.register_made(repo_ino, &made, pid)?;
@@ -375,21 +374,6 @@ fn read_manifest(repo: &str, shared: &Shared) -> FsResult<Option<Vec<u8>>> {
     };
     let what = format!("{repo}/{MANIFEST_FILE}");
     Ok(Some(u.read_small(&what, MAX_MANIFEST_SIZE)?))
-}
-
-/// A name given to two images of one archive is refused.
-fn check_names(made: &[Made]) -> Result<(), String> {
-    let mut seen: HashMap<&Reference, &Digest> = HashMap::new();
-    for m in made {
-        for t in &m.tags {
-            if let Some(other) = seen.insert(t, &m.desc.digest) {
-                if *other != m.desc.digest {
-                    return Err(format!("RepoTags {t} names two different images"));
-                }
-            }
-        }
-    }
-    Ok(())
 }
 
 /// An error of the archive in `repo`: EIO, naming its `manifest.json`.
