@@ -936,3 +936,50 @@ fn tar_x_of_a_docker_25_archive_takes_its_images_from_index_json() {
     assert!(m.path("d25/manifest.json").is_file());
     assert!(m.errors().is_empty(), "{}", m.log());
 }
+
+/// Every shape the import reads from a file without index.json (skopeo's and docker < 25's,
+/// with gzip and zstd layers, a layer repeated, images sharing layers, one untagged), built by
+/// tests/common/docker_archive: `tar -x` into the mount registers exactly what `layoutfs
+/// import --name DIR` registers in another store, digests included.
+#[test]
+fn tar_x_and_import_agree_on_every_shape_of_archive() {
+    use common::docker_archive as da;
+    let env = Env::new();
+    let m = Mounted::start(&env, "mnt", &[]);
+    let (l1, l2, l3) = (
+        da::layer(21),
+        da::gzip(&da::layer(22)),
+        da::zstd(&da::layer(23)),
+    );
+    let a = da::Image::new(
+        vec![l1.clone(), l2.clone(), l1.clone()],
+        "/a",
+        &["shapes/a:1", "shapes/a:2"],
+    );
+    let b = da::Image::new(vec![l1, l3], "/b", &[]).untagged();
+    let shapes = [
+        ("sk", da::skopeo_shape(&[a.clone(), b.clone()])),
+        ("dock", da::docker24_shape(&[a, b])),
+    ];
+    for (dir, tar) in shapes {
+        let file = env.path(&format!("{dir}.tar"));
+        tar.write(&file);
+        let other = Env::new();
+        other.ok(&["import", "--name", dir, file.to_str().unwrap()]);
+        let want = other.images();
+        assert_eq!(want.len(), 3, "{dir}: {want:?}");
+        fs::create_dir(m.path(dir)).unwrap();
+        let out = untar(&file, &m.path(dir));
+        assert!(out.status.success(), "{dir}: tar: {}", stderr(&out));
+        for (name, digest) in want {
+            assert_eq!(
+                digest_of(&env, &name),
+                Some(digest),
+                "{dir}: {name}: {}",
+                m.log()
+            );
+        }
+    }
+    no_hex_repositories(&env);
+    assert!(m.errors().is_empty(), "{}", m.log());
+}
