@@ -267,7 +267,9 @@ fn config(diff_ids: &[&Digest]) -> Vec<u8> {
 fn manifest_json(items: &[(&str, &[&str], &[&str])]) -> Vec<u8> {
     let items: Vec<serde_json::Value> = items
         .iter()
-        .map(|(c, tags, layers)| serde_json::json!({"Config": c, "RepoTags": tags, "Layers": layers}))
+        .map(|(c, tags, layers)| {
+            serde_json::json!({"Config": c, "RepoTags": tags, "Layers": layers})
+        })
         .collect();
     serde_json::to_vec(&items).unwrap()
 }

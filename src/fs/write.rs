@@ -3,12 +3,12 @@
 //! - `mkdir` makes a repository (its name checked, EINVAL otherwise), kept in the records with
 //!   or without images until removed; inside a repository, a directory whose name is no
 //!   repository component (`.umoci-*`), or is 64 lowercase hex digits (a docker archive's
-//!   `<v1 id>/`: docker refuses such repository names too), is scratch. An empty repository shows its layout names
-//!   (`oci-layout`, an `index.json` listing nothing, `blobs/sha256/`) to every process but the
-//!   one that made it here, which sees what it wrote (cp -r creates each name exclusively;
-//!   `Viewer`). A directory its maker made and then made a directory in, before anything else
-//!   (`mkdir -p`), only leads to repositories: not kept, no layout shown, until a layout name is
-//!   written in it.
+//!   `<v1 id>/`: docker refuses such repository names too), is scratch. An empty repository
+//!   shows its layout names (`oci-layout`, an `index.json` listing nothing, `blobs/sha256/`) to
+//!   every process but the one that made it here, which sees what it wrote (cp -r creates each
+//!   name exclusively; `Viewer`). A directory its maker made and then made a directory in,
+//!   before anything else (`mkdir -p`), only leads to repositories: not kept, no layout shown,
+//!   until a layout name is written in it.
 //! - Temporary names: a name beginning with `.` anywhere in a repository, and a file's name that
 //!   is no layout name; they move only within their repository (`fs::moves`); a directory of
 //!   blobs renamed into place is verified whole and committed (`fs::staged`).
@@ -17,7 +17,8 @@
 //!   is verified and committed (a mismatch fails that call with EIO and nothing enters the
 //!   store); as `index.json` it sets the repository's images; as `oci-layout` it is checked; under
 //!   any other name it is a temporary file that reads back what was written and vanishes at
-//!   unmount.
+//!   unmount; a docker archive's `manifest.json` among them registers images
+//!   (`fs::docker_archive`), and symbolic links are kept as written there (`fs::links`).
 //! - `index.json` sets the repository's images to what it lists. A writer removes only images it
 //!   saw: if the writing process read `index.json` before, the names it read are what it may
 //!   remove, so two tools adding tags at once lose none; otherwise (cp, tar) every image of the
