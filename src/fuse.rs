@@ -112,10 +112,7 @@ fn file_attr(a: &Attr) -> FileAttr {
         mtime: a.mtime,
         ctime: a.mtime,
         crtime: a.mtime,
-        kind: match a.kind {
-            Kind::Dir => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-        },
+        kind: file_type(a.kind),
         perm: a.perm,
         nlink: a.nlink,
         uid: a.uid,
@@ -123,6 +120,14 @@ fn file_attr(a: &Attr) -> FileAttr {
         rdev: 0,
         blksize: crate::fs::IO_SIZE,
         flags: 0,
+    }
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -174,6 +179,9 @@ impl Filesystem for Adapter {
     fn destroy(&mut self) {
         for name in self.fs.pending() {
             warn!("{name} was never registered: blobs it needs did not arrive");
+        }
+        for file in self.fs.waiting_archives() {
+            warn!("{file} was never applied: a file it names was never written");
         }
         // Taken here so that fuser does not unmount again, and complain, when the session
         // ends; after an unmount from outside the kernel answers EINVAL, which is expected.
@@ -415,10 +423,7 @@ impl Filesystem for Adapter {
         match self.fs.readdir(fh.0, offset) {
             Ok(entries) => {
                 for (i, e) in entries.iter().enumerate() {
-                    let kind = match e.kind {
-                        Kind::Dir => FileType::Directory,
-                        Kind::File => FileType::RegularFile,
-                    };
+                    let kind = file_type(e.kind);
                     if reply.add(INodeNo(e.ino), offset + i as u64 + 1, kind, &e.name) {
                         break;
                     }
@@ -560,16 +565,35 @@ impl Filesystem for Adapter {
         }
     }
 
+    /// A link inside a repository is kept as written (`fs::links`), never followed.
+    #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?link_name, ?target))]
     fn symlink(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
+        req: &Request,
+        parent: INodeNo,
         link_name: &OsStr,
-        _target: &Path,
+        target: &Path,
         reply: ReplyEntry,
     ) {
-        warn!("symlink {link_name:?}: links are refused, a layout holds regular files");
-        reply.error(Errno::EPERM);
+        let r = name_str(link_name).and_then(|n| {
+            let t = target.to_str().ok_or_else(|| {
+                FsError::Invalid(format!("symlink {n:?}: its target {target:?} is not UTF-8"))
+            })?;
+            self.fs.symlink(parent.0, n, t, process_of(req))
+        });
+        match r {
+            Ok(a) => {
+                reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
+            }
+            Err(e) => reply.error(errno("symlink", &e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(errno("readlink", &e)),
+        }
     }
 
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name, ?newname))]

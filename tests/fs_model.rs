@@ -413,7 +413,7 @@ fn rm_r(h: &Harness, parent: u64, name: &str, v: Viewer, after: &dyn Fn()) -> Re
     for e in list_v(h, ino, v)? {
         match e.kind {
             Kind::Dir => rm_r(h, ino, &e.name, v, after)?,
-            Kind::File => h.fs.unlink(ino, &e.name)?,
+            Kind::File | Kind::Symlink => h.fs.unlink(ino, &e.name)?,
         }
         after();
     }

@@ -31,6 +31,13 @@ pub enum FsError {
     Busy { digest: Digest, image: String },
     #[error("blob {digest}: a write past its size of {size} bytes")]
     TooLarge { digest: Digest, size: u64 },
+    /// A symbolic link refused (an absolute target, one leaving its repository, a link outside
+    /// a repository): the message names it.
+    #[error("{0}")]
+    LinkRefused(String),
+    /// A symbolic link opened as a file: the mount never follows one.
+    #[error("a symbolic link, never followed by the mount")]
+    IsLink,
     #[error("unknown file handle {0}")]
     BadHandle(u64),
     /// A rename of something written in one repository into another: `mv` copies instead, so
@@ -70,7 +77,8 @@ impl FsError {
             FsError::Invalid(_) => libc::EINVAL,
             FsError::Exists => libc::EEXIST,
             FsError::NotEmpty => libc::ENOTEMPTY,
-            FsError::NotPermitted(_) => libc::EPERM,
+            FsError::NotPermitted(_) | FsError::LinkRefused(_) => libc::EPERM,
+            FsError::IsLink => libc::ELOOP,
             FsError::TooLarge { .. } => libc::EFBIG,
             FsError::Busy { .. } => libc::EBUSY,
             FsError::Damaged { .. } => libc::EIO,
@@ -90,6 +98,7 @@ impl FsError {
             FsError::Invalid(_)
                 | FsError::TooLarge { .. }
                 | FsError::NotPermitted(_)
+                | FsError::LinkRefused(_)
                 | FsError::Busy { .. }
                 | FsError::ReadThroughPassthrough(_)
                 | FsError::CrossRepository(_)
@@ -125,6 +134,8 @@ mod tests {
             (FsError::IsDir, libc::EISDIR),
             (FsError::ReadOnly, libc::EROFS),
             (FsError::BadHandle(7), libc::EBADF),
+            (FsError::LinkRefused("r/l".into()), libc::EPERM),
+            (FsError::IsLink, libc::ELOOP),
             (FsError::CrossRepository("r/x".into()), libc::EXDEV),
             (
                 FsError::ReadThroughPassthrough(digest.clone()),

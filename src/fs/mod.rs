@@ -18,9 +18,11 @@
 //!
 //! The lock order of the whole core is written once, in `state`.
 
+mod docker_archive;
 pub mod error;
 pub mod images;
 pub mod inode;
+mod links;
 mod moves;
 mod staged;
 pub mod state;
@@ -69,6 +71,8 @@ const BLOB_MODE: u16 = 0o444;
 const LAYOUT_FILE_MODE: u16 = 0o444;
 const INDEX_MODE: u16 = 0o644;
 const INDEX_MODE_RO: u16 = 0o444;
+/// A symbolic link's mode, as on a disk (its target's decides access).
+const LINK_MODE: u16 = 0o777;
 
 /// Who looks into a repository directory. A repository made with mkdir in this mount shows its
 /// layout names (and `blobs/sha256/`) to every process but its maker, which sees each once it
@@ -88,6 +92,8 @@ pub(crate) enum Viewer<'a> {
 pub enum Kind {
     Dir,
     File,
+    /// A symbolic link written into a repository (`fs::links`).
+    Symlink,
 }
 
 /// A node's attributes, with how long the kernel may cache them.
@@ -416,7 +422,7 @@ impl Fs {
             }
             Node::Scratch(id) => self.scratch_attr(*id, base)?,
         };
-        if attr.kind == Kind::File {
+        if attr.kind != Kind::Dir {
             if let Some(t) = self.mtimes.lock().get(&ino) {
                 return Ok(Attr { mtime: *t, ..attr });
             }
@@ -485,6 +491,16 @@ impl Fs {
             ScratchKind::Committed(_, size) => {
                 file_attr(base, *size, BLOB_MODE, self.started, IMMUTABLE_TTL)
             }
+            ScratchKind::Link(target) => Attr {
+                kind: Kind::Symlink,
+                ..file_attr(
+                    base,
+                    target.len() as u64,
+                    LINK_MODE,
+                    self.started,
+                    DYNAMIC_TTL,
+                )
+            },
         })
     }
 
@@ -603,6 +619,7 @@ impl Fs {
         for (name, id) in w.children(ino) {
             let kind = match w.scratch.get(&id).map(|s| &s.kind) {
                 Some(ScratchKind::Dir) => Kind::Dir,
+                Some(ScratchKind::Link(_)) => Kind::Symlink,
                 _ => Kind::File,
             };
             let entry = DirEntry {
@@ -654,6 +671,7 @@ impl Fs {
                     Some(ScratchKind::File(shared)) => Ok(shared.clone()),
                     Some(ScratchKind::Committed(d, size)) => Err((d.clone(), *size)),
                     Some(ScratchKind::Dir) => return Err(FsError::IsDir),
+                    Some(ScratchKind::Link(_)) => return Err(FsError::IsLink),
                     None => return Err(FsError::NotFound),
                 };
                 match kind {

@@ -4,14 +4,15 @@
 //! the repository that lists it); never to the mount's root; a file that became a blob keeps
 //! its digest's name or takes a temporary one; a directory never stands at a blob's name,
 //! `index.json`, `oci-layout` or a sub-repository's name; a file never at `blobs`, an algorithm
-//! directory's name or a directory that exists.
+//! directory's name or a directory that exists; a symbolic link only among a repository's own
+//! files and directories (never into `blobs/`), its target checked again from its new place.
 
 use crate::digest::{Algorithm, Digest};
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
 use super::state::ScratchKind;
-use super::write::is_temporary;
+use super::write::{is_scratch_dir, is_temporary};
 
 /// What is moved.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +21,8 @@ pub(super) enum Moved {
     Dir,
     /// A file that became this blob.
     Blob(Digest),
+    /// A symbolic link, with its target.
+    Link(String),
 }
 
 impl Moved {
@@ -28,6 +31,7 @@ impl Moved {
             ScratchKind::File(_) => Moved::File,
             ScratchKind::Dir => Moved::Dir,
             ScratchKind::Committed(digest, _) => Moved::Blob(digest.clone()),
+            ScratchKind::Link(target) => Moved::Link(target.clone()),
         }
     }
 }
@@ -58,10 +62,12 @@ impl super::Fs {
             )
             .ok();
         match (&exists, moved) {
-            (Some(a), Moved::File | Moved::Blob(_)) if a.kind == super::Kind::Dir => {
+            (Some(a), Moved::File | Moved::Blob(_) | Moved::Link(_))
+                if a.kind == super::Kind::Dir =>
+            {
                 return Err(FsError::IsDir)
             }
-            (Some(a), Moved::Dir) if a.kind == super::Kind::File => return Err(FsError::NotDir),
+            (Some(a), Moved::Dir) if a.kind != super::Kind::Dir => return Err(FsError::NotDir),
             (Some(a), Moved::Dir) if !self.dir_is_empty(a.ino)? => return Err(FsError::NotEmpty),
             _ => {}
         }
@@ -74,9 +80,12 @@ impl super::Fs {
             (Node::Dir(_), Moved::File | Moved::Blob(_)) if newname == "blobs" => {
                 Err(FsError::IsDir)
             }
-            (Node::Dir(_), Moved::Dir) if !is_temporary(newname) && newname != "blobs" => {
+            (Node::Dir(_), Moved::Dir)
+                if !is_temporary(newname) && newname != "blobs" && !is_scratch_dir(newname) =>
+            {
                 refused("a directory renamed to a repository's name (make one with mkdir)")
             }
+            (_, Moved::Link(link)) => self.check_link_at(newparent, newname, link),
             (Node::Blobs(_), Moved::File | Moved::Blob(_))
                 if Algorithm::from_name(newname).is_some() =>
             {

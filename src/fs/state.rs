@@ -119,6 +119,9 @@ pub enum ScratchKind {
     /// A file that became the blob `digest`: it stays listed under its name for the mount's
     /// life, so that what the writer does next (chmod, utime, stat) finds it.
     Committed(Digest, u64),
+    /// A symbolic link (`fs::links`): its target as written, read back by readlink and never
+    /// followed by the mount.
+    Link(String),
 }
 
 /// A temporary file or directory, by its place: the inode of its directory and its name.
@@ -157,6 +160,8 @@ pub struct RepoState {
     pub held: bool,
     /// The names each process last read in `index.json`: what it may remove.
     seen: HashMap<u32, BTreeSet<Reference>>,
+    /// A docker archive's `manifest.json` here waits for a file it names (`fs::docker_archive`).
+    pub manifest_waits: bool,
     /// Just made with mkdir: nothing was done in it since (every change of the state, every
     /// file or directory made in the repository, clears it; see `WriteState::repo_mut`).
     pub fresh: bool,
@@ -186,6 +191,7 @@ impl RepoState {
             && self.alg_dirs.is_empty()
             && self.hidden.is_empty()
             && self.pending.is_empty()
+            && !self.manifest_waits
             && self.seen.is_empty()
             && !self.held
     }
@@ -376,6 +382,15 @@ impl WriteState {
     /// Every pending image.
     pub fn pending(&self) -> impl Iterator<Item = &Entry> {
         self.repos.values().flat_map(|r| r.pending.iter())
+    }
+
+    /// The repositories whose docker archive's `manifest.json` waits for a file.
+    pub fn waiting_archives(&self) -> Vec<String> {
+        self.repos
+            .iter()
+            .filter(|(_, r)| r.manifest_waits)
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 
     /// The pending images of `repo`.

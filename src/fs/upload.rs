@@ -74,6 +74,20 @@ impl Upload {
         Ok(buf)
     }
 
+    /// The digest of the content with `alg` (the running hash when the writes came in order).
+    pub fn digest(&mut self, alg: Algorithm) -> Result<Digest> {
+        self.0.digest(alg)
+    }
+
+    /// The content from its start, as a reader (a layer read back for its diff_id).
+    pub fn reader(&mut self) -> UploadReader<'_> {
+        UploadReader {
+            upload: self,
+            at: 0,
+            buf: Vec::new(),
+        }
+    }
+
     /// Checks the content against the blob `expected` (and `size` bytes, when a descriptor
     /// gives it), leaving the upload as it is.
     pub fn verify(&mut self, expected: &Digest, size: Option<u64>) -> Result<()> {
@@ -94,6 +108,29 @@ impl Upload {
             ));
         }
         self.0.commit_as(expected, size)
+    }
+}
+
+/// Bytes one read of an `UploadReader` asks of the ingest file at most.
+const READ_CHUNK: usize = 1 << 20;
+
+/// An upload's content read in order (`Upload::reader`).
+pub struct UploadReader<'a> {
+    upload: &'a mut Upload,
+    at: u64,
+    buf: Vec<u8>,
+}
+
+impl io::Read for UploadReader<'_> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let want = out.len().min(READ_CHUNK) as u32;
+        self.upload
+            .read_at(self.at, want, &mut self.buf)
+            .map_err(io::Error::other)?;
+        let n = self.buf.len();
+        out[..n].copy_from_slice(&self.buf);
+        self.at += n as u64;
+        Ok(n)
     }
 }
 

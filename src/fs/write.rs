@@ -2,12 +2,13 @@
 //!
 //! - `mkdir` makes a repository (its name checked, EINVAL otherwise), kept in the records with
 //!   or without images until removed; inside a repository, a directory whose name is no
-//!   repository component (`.umoci-*`) is scratch. An empty repository shows its layout names
-//!   (`oci-layout`, an `index.json` listing nothing, `blobs/sha256/`) to every process but the
-//!   one that made it here, which sees what it wrote (cp -r creates each name exclusively;
-//!   `Viewer`). A directory its maker made and then made a directory in, before anything else
-//!   (`mkdir -p`), only leads to repositories: not kept, no layout shown, until a layout name is
-//!   written in it.
+//!   repository component (`.umoci-*`), or is 64 lowercase hex digits (a docker archive's
+//!   `<v1 id>/`: docker refuses such repository names too), is scratch. An empty repository
+//!   shows its layout names (`oci-layout`, an `index.json` listing nothing, `blobs/sha256/`) to
+//!   every process but the one that made it here, which sees what it wrote (cp -r creates each
+//!   name exclusively; `Viewer`). A directory its maker made and then made a directory in,
+//!   before anything else (`mkdir -p`), only leads to repositories: not kept, no layout shown,
+//!   until a layout name is written in it.
 //! - Temporary names: a name beginning with `.` anywhere in a repository, and a file's name that
 //!   is no layout name; they move only within their repository (`fs::moves`); a directory of
 //!   blobs renamed into place is verified whole and committed (`fs::staged`).
@@ -16,7 +17,8 @@
 //!   is verified and committed (a mismatch fails that call with EIO and nothing enters the
 //!   store); as `index.json` it sets the repository's images; as `oci-layout` it is checked; under
 //!   any other name it is a temporary file that reads back what was written and vanishes at
-//!   unmount.
+//!   unmount; a docker archive's `manifest.json` among them registers images
+//!   (`fs::docker_archive`), and symbolic links are kept as written there (`fs::links`).
 //! - `index.json` sets the repository's images to what it lists. A writer removes only images it
 //!   saw: if the writing process read `index.json` before, the names it read are what it may
 //!   remove, so two tools adding tags at once lose none; otherwise (cp, tar) every image of the
@@ -60,6 +62,9 @@ const RELEASE_PID: u32 = 0;
 
 /// The maker of a directory made through the core's `mkdir`, which is given no process.
 const UNKNOWN_PID: u32 = 0;
+
+/// Bytes copied at a time when a temporary file that became a blob is opened for writing.
+const REOPEN_CHUNK: usize = 1 << 20;
 
 /// Threads removing temporary files' ingests at unmount.
 const DROP_THREADS: usize = 32;
@@ -186,7 +191,7 @@ impl super::Fs {
                 Node::Blobs(path.clone())
             }
             Node::Dir(_) => {
-                if let (Some(_), Err(_)) = (self.repo_of(&node), check_repository(name)) {
+                if self.repo_of(&node).is_some() && is_scratch_dir(name) {
                     Node::Scratch(self.add_scratch(parent, name, ScratchKind::Dir))
                 } else {
                     Node::Dir(self.make_repo(parent, name, pid)?)
@@ -434,16 +439,21 @@ impl super::Fs {
             Node::Scratch(id) => {
                 let kind = match self.write.lock().scratch.get(id).map(|s| &s.kind) {
                     Some(ScratchKind::File(shared)) => Ok(shared.clone()),
-                    Some(ScratchKind::Committed(digest, _)) => Err(digest.algorithm()),
+                    Some(ScratchKind::Committed(digest, size)) => Err((digest.clone(), *size)),
                     Some(ScratchKind::Dir) => return Err(FsError::IsDir),
+                    Some(ScratchKind::Link(_)) => return Err(FsError::IsLink),
                     None => return Err(FsError::NotFound),
                 };
                 match kind {
                     Ok(shared) => shared,
+                    // A temporary name holding a blob (a file a docker archive used).
+                    Err((digest, size)) if self.scratch_blob(*id).is_none() => {
+                        self.reopen_temporary(*id, &digest, size, truncate)?
+                    }
                     // Written again (skopeo rewrites a manifest it finds): a new upload,
                     // verified against the same name when it is closed.
-                    Err(alg) => {
-                        let w = SharedUpload::new(Upload::new(self.store(), alg)?);
+                    Err((digest, _)) => {
+                        let w = SharedUpload::new(Upload::new(self.store(), digest.algorithm())?);
                         w.lock().dirty = false;
                         w
                     }
@@ -478,6 +488,37 @@ impl super::Fs {
             w.dirty = true;
         }
         Ok(self.add_handle(super::Handle::Upload { ino, shared }))
+    }
+
+    /// Temporary file `id`, which became blob `digest` (`size` bytes; a file a docker
+    /// archive's manifest.json used), opened for writing: a temporary file again, holding
+    /// the blob's bytes unless `truncate`d (`tar --overwrite` rewrites it so).
+    fn reopen_temporary(
+        &self,
+        id: u64,
+        digest: &Digest,
+        size: u64,
+        truncate: bool,
+    ) -> FsResult<Shared> {
+        use std::os::unix::fs::FileExt;
+        let mut upload = Upload::new(self.store(), Algorithm::Sha256)?;
+        if !truncate {
+            let file = self.verifier.open(self.store(), digest, size)?;
+            let mut buf = vec![0u8; REOPEN_CHUNK];
+            let mut at = 0;
+            while at < size {
+                let n = (size - at).min(REOPEN_CHUNK as u64) as usize;
+                file.read_exact_at(&mut buf[..n], at)
+                    .map_err(|e| Error::io(self.store().blob_path(digest), e))?;
+                upload.write_at(at, &buf[..n])?;
+                at += n as u64;
+            }
+        }
+        let shared = SharedUpload::new(upload);
+        if let Some(s) = self.write.lock().scratch.get_mut(&id) {
+            s.kind = ScratchKind::File(shared.clone());
+        }
+        Ok(shared)
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -629,7 +670,8 @@ impl super::Fs {
             }
             Node::Scratch(id) => {
                 let Some((repo, digest)) = self.scratch_blob(id) else {
-                    return Ok(()); // a temporary file
+                    // A temporary file: a docker archive's manifest.json, or one it names.
+                    return self.scratch_written(id, shared, pid);
                 };
                 self.commit_scratch(id, &repo, &digest, shared, pid)
             }
@@ -661,11 +703,21 @@ impl super::Fs {
             self.remove_scratch(id);
             return Err(e.into());
         }
-        if let Some(s) = self.write.lock().scratch.get_mut(&id) {
-            s.kind = ScratchKind::Committed(digest.clone(), size);
-        }
+        let parent = {
+            let mut w = self.write.lock();
+            let s = w.scratch.get_mut(&id);
+            s.map(|s| {
+                s.kind = ScratchKind::Committed(digest.clone(), size);
+                s.parent
+            })
+        };
         self.views.forget_repo(repo);
-        self.register_pending()
+        self.register_pending()?;
+        match parent {
+            // A docker archive's manifest.json may name it (docker 25's `blobs/sha256/<hex>`).
+            Some(parent) => self.written_in(parent, pid),
+            None => Ok(()),
+        }
     }
 
     pub fn unlink(&self, parent: u64, name: &str) -> FsResult<()> {
@@ -956,7 +1008,8 @@ impl super::Fs {
                 return Ok(());
             }
             self.move_scratch(id, newparent, newname);
-            return Ok(());
+            // A docker archive's manifest.json may name what is below it now.
+            return self.written_in(newparent, pid);
         };
         match &target {
             Node::AlgDir(repo, alg) => {
@@ -989,7 +1042,9 @@ impl super::Fs {
                         drop(replaced);
                     }
                     self.views.forget_repo(&repo);
-                    return self.register_pending();
+                    self.register_pending()?;
+                    // A docker archive's manifest.json may name it.
+                    return self.written_in(newparent, pid);
                 }
             }
             Node::Dir(repo) if newname == "index.json" || newname == "oci-layout" => {
@@ -1010,12 +1065,13 @@ impl super::Fs {
             _ => {}
         }
         self.move_scratch(id, newparent, newname);
-        Ok(())
+        // A docker archive's manifest.json renamed into place, or a file it names.
+        self.scratch_written(id, &shared, pid)
     }
 
     /// Enters a scratch entry; what it replaces (an upload, whose ingest is a directory to
     /// remove) is dropped with the write state let go.
-    fn add_scratch(&self, parent: u64, name: &str, kind: ScratchKind) -> u64 {
+    pub(super) fn add_scratch(&self, parent: u64, name: &str, kind: ScratchKind) -> u64 {
         self.touch(parent);
         let (id, replaced) = self.write.lock().add(parent, name, kind);
         drop(replaced);
@@ -1347,6 +1403,24 @@ fn check_blob_name(repo: &str, alg: Algorithm, name: &str) -> FsResult<()> {
     }
 }
 
+/// Whether a directory named `name` in a repository directory is scratch, not a sub-repository:
+/// no repository component, or 64 lowercase hex digits (a docker archive's v1 layer directory;
+/// docker refuses such a repository name, "cannot specify 64-byte hexadecimal strings").
+pub(super) fn is_scratch_dir(name: &str) -> bool {
+    check_repository(name).is_err() || is_hex64(name)
+}
+
+/// Whether `name` is 64 lowercase hex digits.
+fn is_hex64(name: &str) -> bool {
+    name.len() == HEX64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The length of a name docker takes for an image id, never a repository.
+const HEX64: usize = 64;
+
 /// Whether `name` is a temporary name wherever it is: one beginning with `.` (not `.` and
 /// `..`, which the kernel never passes as a name to create).
 pub(super) fn is_temporary(name: &str) -> bool {
@@ -1356,6 +1430,23 @@ pub(super) fn is_temporary(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scratch_directory_names() {
+        let hex = "0123456789abcdef".repeat(4);
+        for (name, scratch) in [
+            (hex.as_str(), true),
+            (&hex[..63], false),
+            (&hex[1..], false),
+            (".umoci-x", true),
+            ("Upper", true),
+            ("app", false),
+            ("v1", false),
+        ] {
+            assert_eq!(is_scratch_dir(name), scratch, "{name}");
+        }
+        assert!(is_scratch_dir(&hex.to_uppercase()));
+    }
 
     #[test]
     fn blob_names() {

@@ -240,6 +240,38 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// `ln -s target path`.
+    pub fn symlink(&self, path: &str, target: &str) -> Result<Attr, FsError> {
+        let (parent, name) = self.split(path);
+        self.fs.symlink(parent, name, target, 1)
+    }
+
+    /// `readlink path`.
+    pub fn readlink(&self, path: &str) -> Result<String, FsError> {
+        self.fs.readlink(self.walk(path)?.ino)
+    }
+
+    /// `rm path` (a file or a link).
+    pub fn rm(&self, path: &str) -> Result<(), FsError> {
+        let (parent, name) = self.split(path);
+        self.fs.unlink(parent, name)
+    }
+
+    /// `rmdir path`.
+    pub fn rmdir(&self, path: &str) -> Result<(), FsError> {
+        let (parent, name) = self.split(path);
+        self.fs.rmdir(parent, name)
+    }
+
+    /// `mv from to`, by process `pid`.
+    pub fn mv(&self, from: &str, to: &str, pid: u32) -> Result<(), FsError> {
+        let (p, n) = self.split(from);
+        let (np, nn) = self.split(to);
+        self.fs.rename(p, n, np, nn, false, pid)
+    }
+}
+
 /// The (name -> bytes) of every blob of a layout directory.
 pub fn source_blobs(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir.join("blobs/sha256"))
