@@ -1021,3 +1021,91 @@ fn an_index_listing_one_manifest_many_times_reads_it_once() {
     assert!(took < Duration::from_secs(30), "{n} entries took {took:?}");
     assert_eq!(names(&env), ["many:1"]);
 }
+
+/// Docker 25's shape where one config has two manifests (the same image, plain and
+/// recompressed with gzip: recompression keeps the config): `index.json` names the plain one
+/// as docker does (`docker.io/library/a:1`) and lists the gzip one without a name;
+/// `manifest.json` gives `a:1` to the item with the plain layer, and nothing to the item with
+/// the gzip layer. `merge_docker` matches items to index entries by config alone. Observed:
+/// `a:1` is registered to the gzip manifest, an image `manifest.json` leaves untagged (docker
+/// load gives `a:1` the plain layer). Should: an item's RepoTags go only to an index image
+/// whose layers are the item's (config and layers matched), or the archive is refused.
+#[test]
+fn repo_tags_go_to_the_image_with_the_items_layers() {
+    let env = Env::new();
+    let l = layer("f", b"plain or gzip");
+    let gz = gzip_of(&l);
+    let c = config(&[sha(&l)]);
+    let plain = oci_manifest(&c, &[&l]);
+    let d =
+        |m: &str, b: &[u8]| serde_json::json!({"mediaType": m, "digest": sha(b), "size": b.len()});
+    let gzm = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": d(OCI_CONFIG, &c),
+        "layers": [d("application/vnd.oci.image.layer.v1.tar+gzip", &gz)],
+    }))
+    .unwrap();
+    let mut t = Tar::new();
+    for b in [&l, &gz, &c, &plain, &gzm] {
+        t.file(&blob_path(b), b);
+    }
+    t.file(
+        "index.json",
+        &oci_index(&[(&plain, Some("a:1")), (&gzm, None)]),
+    )
+    .file(
+        "manifest.json",
+        &manifest(&[
+            (&blob_path(&c), &["a:1"], &[&blob_path(&l)]),
+            (&blob_path(&c), &[], &[&blob_path(&gz)]),
+        ]),
+    )
+    .file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    let a = write(&env, "recompressed.tar", &t.bytes());
+    let out = env.run(&["import", "--name", "a", &a]);
+    if !out.status.success() {
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(names(&env).is_empty());
+        return;
+    }
+    let images = env.images();
+    eprintln!("{images:?}");
+    for (name, digest) in &images {
+        if name == "a:1" || name == "docker.io/library/a:1" {
+            assert_eq!(
+                digest,
+                &sha(&plain),
+                "{name} names the gzip manifest, which manifest.json leaves untagged"
+            );
+        }
+    }
+}
+
+/// RepoTags that are not NAME:TAG: a digest alone, a tag and a digest, uppercase, empty.
+/// Guard: refused, naming manifest.json and the item.
+#[test]
+fn repo_tags_that_are_not_name_tag_are_refused() {
+    let env = Env::new();
+    let zeros = "0".repeat(64);
+    for (n, tag) in [
+        format!("a@sha256:{zeros}"),
+        format!("a:1@sha256:{zeros}"),
+        "Upper/Case:1".into(),
+        String::new(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let l = layer("f", b"tags");
+        let c = config(&[sha(&l)]);
+        let mut t = Tar::new();
+        t.file("l.tar", &l).file("c.json", &c).file(
+            "manifest.json",
+            &manifest(&[("c.json", &[tag], &["l.tar"])]),
+        );
+        let a = write(&env, &format!("tag{n}.tar"), &t.bytes());
+        refused(&env, &a, &["manifest.json", "item 1", "RepoTags"]);
+    }
+}
