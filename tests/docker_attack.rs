@@ -1117,3 +1117,42 @@ fn repo_tags_that_are_not_name_tag_are_refused() {
         refused(&env, &a, &["manifest.json", "item 1", "RepoTags"]);
     }
 }
+
+/// 100,001 empty files, or 100,001 links, outside `blobs/` (an archive of a few hundred KiB
+/// compressed). Guard: refused at the cap, one line, nothing left in the store.
+#[test]
+fn files_and_links_past_their_caps_are_refused() {
+    let env = Env::new();
+    for (what, link) in [("files", false), ("symbolic links", true)] {
+        let a = env.path(&format!("cap-{link}.tar.zst"));
+        zst_archive(&a, |b| {
+            let f = |h: &mut tar::Header| {
+                h.set_mode(0o644);
+                h.set_size(0);
+            };
+            if link {
+                let mut h = tar::Header::new_gnu();
+                f(&mut h);
+                h.set_entry_type(tar::EntryType::Regular);
+                b.append_data(&mut h, "t", &b""[..]).unwrap();
+            }
+            for i in 0..100_001 {
+                let mut h = tar::Header::new_gnu();
+                f(&mut h);
+                if link {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    b.append_link(&mut h, format!("l{i}"), "t").unwrap();
+                } else {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    b.append_data(&mut h, format!("f{i}"), &b""[..]).unwrap();
+                }
+            }
+        });
+        refused(
+            &env,
+            a.to_str().unwrap(),
+            &[&format!("more than 100000 {what}")],
+        );
+        fs::remove_file(&a).unwrap();
+    }
+}
