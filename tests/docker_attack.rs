@@ -1188,3 +1188,48 @@ fn many_repo_tags_on_one_item_cost_linear_time() {
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
 }
+
+/// Docker 25's shape: `index.json` lists one unnamed manifest 10,000 times (1.5 MiB), and
+/// `manifest.json` has about 21,000 items naming its config, each tagged `a:1` (4 MiB).
+/// `merge_docker` gives every matching index entry a copy of the descriptor per item:
+/// 10,000 x 21,000 descriptors kept until the end. Observed: memory passes 1 GiB in 8 s
+/// (killed there). Should: memory bounded by the input (names added to an entry once
+/// each, or items matched to entries one to one); the import done, or refused in one line.
+#[test]
+fn items_times_index_entries_keep_memory_flat() {
+    let env = Env::new();
+    let l = layer("f", b"crossed");
+    let c = config(&[sha(&l)]);
+    let m = oci_manifest(&c, &[&l]);
+    let entry = String::from_utf8(oci_index(&[(&m, None)])).unwrap();
+    let one: serde_json::Value = serde_json::from_str(&entry).unwrap();
+    let one = one["manifests"][0].to_string();
+    let index = format!(
+        r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+        vec![one; 10_000].join(",")
+    );
+    let item = serde_json::json!({"Config": blob_path(&c), "RepoTags": ["a:1"], "Layers": [blob_path(&l)]})
+        .to_string();
+    let n = (4 << 20) / (item.len() + 1) - 1;
+    let items = format!("[{}]", vec![item; n].join(","));
+    let mut t = Tar::new();
+    for b in [&l, &c, &m] {
+        t.file(&blob_path(b), b);
+    }
+    t.file("index.json", index.as_bytes())
+        .file("manifest.json", items.as_bytes())
+        .file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    let a = write(&env, "crossed.tar", &t.bytes());
+    let (status, err, peak, took) =
+        run_bounded(env.cmd(&["import", &a]), Duration::from_secs(120), 1 << 30);
+    eprintln!(
+        "{n} items: {status:?} after {took:?}, peak {} MiB: {err}",
+        peak >> 20
+    );
+    let status = status.unwrap_or_else(|| panic!("killed: peak {} MiB after {took:?}", peak >> 20));
+    if status.success() {
+        assert_eq!(names(&env), ["a:1"]);
+    } else {
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
