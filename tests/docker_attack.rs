@@ -514,9 +514,9 @@ fn link_tricks_are_refused() {
     refused(&env, &a, &["l.tar", "twice"]);
 }
 
-/// Links that name what they may. Guard: a link before its target (docker < 25 writes them in
-/// lexical order), `./` and `a/../` inside a target, a link to a blob of an OCI layout part:
-/// all imported, the layer found.
+/// A link that names what it may. Guard: a link before its target (docker < 25 writes them in
+/// lexical order), with `./` and `a/../` inside its target: imported, the layer found. (A link
+/// to a blob of a layout part: `a_link_to_a_blob_of_the_layout_part_is_followed`.)
 #[test]
 fn links_inside_the_archive_are_followed_once() {
     let env = Env::new();
