@@ -9,7 +9,7 @@
 //! bytes depend on nothing but the config and the layers, so the same archive always gives
 //! the same manifest digest. Messages are plain strings: callers say which file they are of.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, Read, Write};
 
 use serde::{Deserialize, Serialize};
@@ -73,9 +73,10 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Vec<Item>, String> {
             .map(|l| clean_path(l).map_err(|m| at(format!("Layers: {m}"))))
             .collect::<Result<Vec<_>, _>>()?;
         let mut repo_tags: Vec<Reference> = Vec::new();
+        let mut seen = BTreeSet::new();
         for t in r.repo_tags.unwrap_or_default() {
             let name = repo_tag(&t).map_err(&at)?;
-            if !repo_tags.contains(&name) {
+            if seen.insert(name.clone()) {
                 repo_tags.push(name);
             }
         }
@@ -278,66 +279,6 @@ fn hash_writer() -> HashWriter {
     HashWriter(Algorithm::Sha256.hasher())
 }
 
-/// Hashes what a compressed layer holds while its bytes go by (fed with `write`): the
-/// diff_id, given by `finish`.
-pub struct DiffIdWriter {
-    inner: Decoding,
-}
-
-enum Decoding {
-    Gzip(Box<flate2::write::MultiGzDecoder<HashWriter>>),
-    Zstd(Box<zstd::stream::write::Decoder<'static, HashWriter>>),
-}
-
-impl DiffIdWriter {
-    /// A writer for a layer compressed with `c` (gzip or zstd).
-    pub fn new(c: Compression) -> io::Result<DiffIdWriter> {
-        let inner = match c {
-            Compression::Gzip => {
-                Decoding::Gzip(Box::new(flate2::write::MultiGzDecoder::new(hash_writer())))
-            }
-            Compression::Zstd => {
-                Decoding::Zstd(Box::new(zstd::stream::write::Decoder::new(hash_writer())?))
-            }
-            other => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("no decoder for {other:?}"),
-                ))
-            }
-        };
-        Ok(DiffIdWriter { inner })
-    }
-
-    /// The sha256 of the decompressed bytes; fails when the stream ended early.
-    pub fn finish(self) -> io::Result<Digest> {
-        let hw = match self.inner {
-            Decoding::Gzip(d) => d.finish()?,
-            Decoding::Zstd(mut d) => {
-                d.flush()?;
-                d.into_inner()
-            }
-        };
-        Ok(hw.0.finish())
-    }
-}
-
-impl Write for DiffIdWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &mut self.inner {
-            Decoding::Gzip(d) => d.write(buf),
-            Decoding::Zstd(d) => d.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.inner {
-            Decoding::Gzip(d) => d.flush(),
-            Decoding::Zstd(d) => d.flush(),
-        }
-    }
-}
-
 /// The sha256 of what `r` holds once decompressed (`c`), read to its end.
 pub fn diff_id_of(r: &mut dyn Read, c: Compression) -> io::Result<Digest> {
     let mut hw = hash_writer();
@@ -425,6 +366,46 @@ struct Manifest<'a> {
     layers: Vec<Descriptor>,
 }
 
+/// What a made manifest needs of an image config: read once, however many images use it.
+#[derive(Debug, Clone)]
+pub struct ImageConfig {
+    pub digest: Digest,
+    pub size: u64,
+    pub diff_ids: Vec<Digest>,
+    pub platform: Option<Platform>,
+}
+
+impl ImageConfig {
+    /// Reads config `bytes` (of digest `digest`), found at `path` (for messages).
+    pub fn parse(path: &str, digest: &Digest, bytes: &[u8]) -> Result<ImageConfig, String> {
+        let view: ConfigView = serde_json::from_slice(bytes)
+            .map_err(|e| format!("config {:?} is not an image config: {e}", printable(path)))?;
+        if view.rootfs.kind != "layers" {
+            return Err(format!(
+                "config {:?}: rootfs type {:?}, expected \"layers\"",
+                printable(path),
+                printable(&view.rootfs.kind)
+            ));
+        }
+        let platform = match (view.architecture, view.os) {
+            (Some(architecture), Some(os)) => Some(Platform {
+                architecture,
+                os,
+                os_version: None,
+                os_features: None,
+                variant: view.variant,
+            }),
+            _ => None,
+        };
+        Ok(ImageConfig {
+            digest: digest.clone(),
+            size: bytes.len() as u64,
+            diff_ids: view.rootfs.diff_ids,
+            platform,
+        })
+    }
+}
+
 /// The OCI manifest of manifest.json's item number `item` (from 1): its config (kept byte
 /// for byte) and its layers as stored, in order, each checked against the config's
 /// `rootfs.diff_ids`. Returns the manifest's bytes and its descriptor (with the config's
@@ -432,24 +413,10 @@ struct Manifest<'a> {
 pub fn synthesize(
     item: usize,
     item_ref: &Item,
-    config: &[u8],
-    config_digest: &Digest,
+    config: &ImageConfig,
     layers: &[Layer],
 ) -> Result<(Vec<u8>, Descriptor), String> {
-    let view: ConfigView = serde_json::from_slice(config).map_err(|e| {
-        format!(
-            "config {:?} is not an image config: {e}",
-            printable(&item_ref.config)
-        )
-    })?;
-    if view.rootfs.kind != "layers" {
-        return Err(format!(
-            "config {:?}: rootfs type {:?}, expected \"layers\"",
-            printable(&item_ref.config),
-            printable(&view.rootfs.kind)
-        ));
-    }
-    let diff_ids = &view.rootfs.diff_ids;
+    let diff_ids = &config.diff_ids;
     if diff_ids.len() != layers.len() || item_ref.layers.len() != layers.len() {
         return Err(format!(
             "manifest.json item {item}: {} layers, config has {} diff_ids",
@@ -475,7 +442,7 @@ pub fn synthesize(
     let manifest = Manifest {
         schema_version: 2,
         media_type: MEDIA_OCI_MANIFEST,
-        config: Descriptor::new(MEDIA_OCI_CONFIG, config_digest.clone(), config.len() as u64),
+        config: Descriptor::new(MEDIA_OCI_CONFIG, config.digest.clone(), config.size),
         layers: descs,
     };
     let bytes = serde_json::to_vec(&manifest).map_err(|e| e.to_string())?;
@@ -484,15 +451,7 @@ pub fn synthesize(
         Digest::of(Algorithm::Sha256, &bytes),
         bytes.len() as u64,
     );
-    if let (Some(architecture), Some(os)) = (view.architecture, view.os) {
-        desc.platform = Some(Platform {
-            architecture,
-            os,
-            os_version: None,
-            os_features: None,
-            variant: view.variant,
-        });
-    }
+    desc.platform = config.platform.clone();
     Ok((bytes, desc))
 }
 
@@ -594,16 +553,13 @@ mod tests {
         for (bytes, c) in [(&gz, Compression::Gzip), (&zs, Compression::Zstd)] {
             assert_eq!(Compression::sniff(bytes), c);
             assert_eq!(diff_id_of(&mut &bytes[..], c).unwrap(), want);
-            let mut w = DiffIdWriter::new(c).unwrap();
-            for chunk in bytes.chunks(333) {
-                w.write_all(chunk).unwrap();
-            }
-            assert_eq!(w.finish().unwrap(), want);
+            let cut = &bytes[..bytes.len() / 2];
+            assert!(
+                diff_id_of(&mut &cut[..], c).is_err(),
+                "a cut {c:?} stream has no diff_id"
+            );
         }
         assert_eq!(diff_id_of(&mut &tar[..], Compression::None).unwrap(), want);
-        let mut cut = DiffIdWriter::new(Compression::Gzip).unwrap();
-        cut.write_all(&gz[..gz.len() / 2]).unwrap();
-        assert!(cut.finish().is_err(), "a cut gzip stream has no diff_id");
     }
 
     #[test]
@@ -647,7 +603,8 @@ mod tests {
         };
         let layers = [layer(&l1), layer(&l2), layer(&l1)];
         let cd = sha(config.as_bytes());
-        let (bytes, desc) = synthesize(1, &item, config.as_bytes(), &cd, &layers).unwrap();
+        let parsed = ImageConfig::parse("c.json", &cd, config.as_bytes()).unwrap();
+        let (bytes, desc) = synthesize(1, &item, &parsed, &layers).unwrap();
         let l = |b: &[u8]| {
             format!(
                 r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{}","size":{}}}"#,
@@ -670,10 +627,10 @@ mod tests {
             layers: vec!["a".into(), "b".into()],
             ..item.clone()
         };
-        let e = synthesize(2, &short, config.as_bytes(), &cd, &layers[..2]).unwrap_err();
+        let e = synthesize(2, &short, &parsed, &layers[..2]).unwrap_err();
         assert!(e.contains("item 2: 2 layers, config has 3 diff_ids"), "{e}");
         let swapped = [layer(&l2), layer(&l2), layer(&l1)];
-        let e = synthesize(1, &item, config.as_bytes(), &cd, &swapped).unwrap_err();
+        let e = synthesize(1, &item, &parsed, &swapped).unwrap_err();
         assert!(
             e.contains("layer \"a\"") && e.contains("config says"),
             "{e}"

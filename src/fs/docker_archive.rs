@@ -285,8 +285,9 @@ impl super::Fs {
             }
             item_layers.push(layers[resolved].clone());
         }
-        let (manifest, desc) =
-            docker::synthesize(n, item, &config, &config_digest, &item_layers).map_err(bad)?;
+        let config =
+            docker::ImageConfig::parse(&item.config, &config_digest, &config).map_err(bad)?;
+        let (manifest, desc) = docker::synthesize(n, item, &config, &item_layers).map_err(bad)?;
         Ok(Made {
             tags: item.repo_tags.clone(),
             manifest,

@@ -4,26 +4,33 @@
 //! under names of their own, relative symbolic links to them), or docker 25's layout with a
 //! `manifest.json` beside it. Every regular file outside `blobs/` goes, as it passes, into
 //! an ingest hashed while written and named at commit (a small one is kept in memory and
-//! stored only if an image uses it); a gzip or zstd file is also decompressed on the way to
-//! hash its tar (the diff_id), so nothing is read twice and memory stays flat. Links are
+//! stored only if an image uses it), so memory stays flat; the tar a gzip or zstd layer holds
+//! is hashed (its diff_id) at the end, only for layers an image uses, read back once. Links are
 //! checked as they pass (absolute or escaping targets refused) and followed one hop, only at
 //! the end. At the end, each `manifest.json` item becomes an OCI manifest
 //! (`crate::docker::synthesize`), its layers checked against the config's diff_ids, named
 //! by its `RepoTags`; with an OCI layout, `index.json` names the images and `manifest.json`
-//! only adds names to unnamed ones and the images the index lacks.
+//! only adds names to unnamed ones, the images the index lacks, and mends docker 25.0's
+//! manifests whose layers it listed out of order (`merge`).
 
-use std::collections::{BTreeMap, HashSet};
+mod merge;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::io::{self, Read};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use crate::digest::{Algorithm, Digest};
 use crate::docker::{
-    self, check_config_name, Compression, DiffIdWriter, Item, Layer, Links, MANIFEST_FILE,
+    self, check_config_name, Compression, ImageConfig, Item, Layer, Links, MANIFEST_FILE,
     MAX_MANIFEST_SIZE, REPOSITORIES_FILE,
 };
 use crate::error::{Error, Result};
 use crate::oci::{
-    self, Descriptor, ImageIndex, Kind, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, MAX_JSON_SIZE,
+    Descriptor, ImageIndex, ANNOTATION_IMAGE_NAME, ANNOTATION_REF_NAME, MAX_JSON_SIZE,
 };
+use crate::reference::Reference;
 
 use super::super::intake::Intake;
 use super::super::source::Entry;
@@ -36,6 +43,8 @@ const SMALL_FILE: u64 = 1 << 20;
 const SMALL_BUDGET: u64 = 64 << 20;
 /// Most files outside `blobs/` one archive may hold (a record each: about 200 bytes).
 const MAX_FILES: usize = 100_000;
+/// Most bytes of file paths, link paths and link targets kept until the end.
+const MAX_NAME_BYTES: u64 = 16 << 20;
 
 /// A regular file of the archive outside `blobs/`.
 struct File {
@@ -48,10 +57,8 @@ struct File {
 enum Body {
     /// Kept in memory; stored only if an image uses it.
     Memory(Vec<u8>),
-    /// In the store already, with the hash of its decompressed bytes (or why there is none).
-    Stored {
-        diff_id: std::result::Result<Digest, String>,
-    },
+    /// In the store already.
+    Stored,
 }
 
 /// What a path of `manifest.json` names.
@@ -59,6 +66,15 @@ enum Found<'a> {
     File(&'a File),
     /// A blob of the layout part (`blobs/<alg>/<hex>`).
     Blob(Digest),
+}
+
+impl Found<'_> {
+    fn digest(&self) -> &Digest {
+        match self {
+            Found::File(f) => &f.digest,
+            Found::Blob(d) => d,
+        }
+    }
 }
 
 /// An image archive read as a stream.
@@ -69,9 +85,13 @@ pub struct ArchiveStream {
     links: Links,
     files: BTreeMap<String, File>,
     small_bytes: u64,
+    /// Bytes of the paths and link targets kept.
+    name_bytes: u64,
     /// The diff_ids of compressed layers worked out at the end, so that a layer listed many
     /// times is decompressed once.
-    diff_ids: parking_lot::Mutex<BTreeMap<Digest, std::result::Result<Digest, String>>>,
+    diff_ids: Mutex<BTreeMap<Digest, std::result::Result<Digest, String>>>,
+    /// The configs read, so that one used by many images is read and parsed once.
+    configs: Mutex<BTreeMap<Digest, Arc<ImageConfig>>>,
 }
 
 impl ArchiveStream {
@@ -84,12 +104,25 @@ impl ArchiveStream {
             links: Links::new(),
             files: BTreeMap::new(),
             small_bytes: 0,
+            name_bytes: 0,
             diff_ids: Default::default(),
+            configs: Default::default(),
         }
     }
 
     fn bad(&self, message: impl Into<String>) -> Error {
         Error::archive(&self.label, message)
+    }
+
+    /// Counts `names` into the bytes of names kept; refused past `MAX_NAME_BYTES`.
+    fn count_names(&mut self, names: &[&str]) -> Result<()> {
+        self.name_bytes += names.iter().map(|n| n.len() as u64).sum::<u64>();
+        if self.name_bytes > MAX_NAME_BYTES {
+            return Err(self.bad(format!(
+                "the paths and link targets of its files pass {MAX_NAME_BYTES} bytes"
+            )));
+        }
+        Ok(())
     }
 
     /// Records a symbolic link, refusing it where the layout needs a file and when its target
@@ -107,6 +140,7 @@ impl ArchiveStream {
                 crate::error::printable(path)
             )));
         }
+        self.count_names(&[path, target])?;
         self.links.add(path, target).map_err(|m| self.bad(m))
     }
 
@@ -131,7 +165,7 @@ impl ArchiveStream {
     }
 
     /// A regular file outside the layout: kept in memory when small, else copied into an
-    /// ingest named by its hash at the end, its diff_id hashed on the way when compressed.
+    /// ingest named by its hash at the end.
     fn file(&mut self, entry: Entry<'_>, intake: &Intake<'_>) -> Result<()> {
         if self.files.contains_key(entry.path) || self.links.is_link(entry.path) {
             return Err(self.bad(format!("entry {} appears twice", entry.shown())));
@@ -139,6 +173,7 @@ impl ArchiveStream {
         if self.files.len() >= MAX_FILES {
             return Err(self.bad(format!("more than {MAX_FILES} files")));
         }
+        self.count_names(&[entry.path])?;
         let size = entry.size;
         let what = format!("{}: {}", self.label, entry.shown());
         let head = read_head(entry.reader).map_err(entry.read_error)?;
@@ -151,9 +186,8 @@ impl ArchiveStream {
             self.small_bytes += size;
             (Digest::of(Algorithm::Sha256, &bytes), Body::Memory(bytes))
         } else {
-            let mut tee = Tee::new(&mut whole, compression);
             let (digest, written) = intake
-                .copy_unnamed(Algorithm::Sha256, &mut tee, &what)
+                .copy_unnamed(Algorithm::Sha256, &mut whole, &what)
                 .map_err(|e| match e {
                     Error::Stream { source, .. } => (entry.read_error)(source),
                     e => e,
@@ -161,8 +195,7 @@ impl ArchiveStream {
             if written != size {
                 return Err((entry.read_error)(io::ErrorKind::UnexpectedEof.into()));
             }
-            let diff_id = tee.finish(&digest);
-            (digest, Body::Stored { diff_id })
+            (digest, Body::Stored)
         };
         let file = File {
             digest,
@@ -196,14 +229,19 @@ impl ArchiveStream {
         )))
     }
 
-    /// The bytes and digest of an item's config, which must hash to its name if it has one.
-    fn config(&self, item: &Item, intake: &Intake<'_>) -> Result<(Vec<u8>, Digest)> {
+    /// An item's config, which must hash to its name if it has one; read and parsed once
+    /// however many items use it.
+    fn config(&self, item: &Item, intake: &Intake<'_>) -> Result<Arc<ImageConfig>> {
         let (resolved, found) = self.find("config", &item.config)?;
-        let (digest, size) = match &found {
-            Found::File(f) => (f.digest.clone(), f.size),
-            Found::Blob(d) => (d.clone(), intake.size(d)?.unwrap_or(0)),
-        };
+        let digest = found.digest().clone();
         check_config_name(&resolved, &digest).map_err(|m| self.bad(m))?;
+        if let Some(known) = self.configs.lock().get(&digest) {
+            return Ok(known.clone());
+        }
+        let size = match &found {
+            Found::File(f) => f.size,
+            Found::Blob(d) => intake.size(d)?.unwrap_or(0),
+        };
         if size > MAX_JSON_SIZE {
             return Err(Error::TooLarge {
                 file: format!("{}: {}", self.label, crate::error::printable(&resolved)),
@@ -211,14 +249,19 @@ impl ArchiveStream {
                 cap: MAX_JSON_SIZE,
             });
         }
-        let bytes = match found {
+        let parsed = match found {
             Found::File(File {
                 body: Body::Memory(b),
                 ..
-            }) => b.clone(),
-            _ => intake.read_small(&Descriptor::new("", digest.clone(), size))?,
+            }) => ImageConfig::parse(&resolved, &digest, b),
+            _ => {
+                let bytes = intake.read_small(&Descriptor::new("", digest.clone(), size))?;
+                ImageConfig::parse(&resolved, &digest, &bytes)
+            }
         };
-        Ok((bytes, digest))
+        let parsed = Arc::new(parsed.map_err(|m| self.bad(m))?);
+        self.configs.lock().insert(digest, parsed.clone());
+        Ok(parsed)
     }
 
     /// A layer as `synthesize` needs it: digest, size, compression and diff_id.
@@ -231,7 +274,14 @@ impl ArchiveStream {
                     Body::Memory(b) => self.diff_id(&f.digest, || {
                         uncompressed_digest(&mut &b[..], f.compression, &f.digest)
                     }),
-                    Body::Stored { diff_id } => diff_id.clone(),
+                    Body::Stored if f.compression == Compression::None => Ok(f.digest.clone()),
+                    Body::Stored => {
+                        let desc = Descriptor::new("", f.digest.clone(), f.size);
+                        let mut file = intake.open(&desc)?;
+                        self.diff_id(&f.digest, || {
+                            uncompressed_digest(&mut file, f.compression, &f.digest)
+                        })
+                    }
                 };
                 (f.digest.clone(), f.size, f.compression, diff_id)
             }
@@ -303,14 +353,14 @@ impl ArchiveStream {
         intake: &Intake<'_>,
         stored: &mut HashSet<Digest>,
     ) -> Result<Descriptor> {
-        let (config, config_digest) = self.config(item, intake)?;
+        let config = self.config(item, intake)?;
         let layers = item
             .layers
             .iter()
             .map(|p| self.layer(p, intake))
             .collect::<Result<Vec<_>>>()?;
-        let (bytes, desc) = docker::synthesize(n, item, &config, &config_digest, &layers)
-            .map_err(|m| self.bad(m))?;
+        let (bytes, desc) =
+            docker::synthesize(n, item, &config, &layers).map_err(|m| self.bad(m))?;
         let mut used: Vec<&str> = vec![&item.config];
         used.extend(item.layers.iter().map(String::as_str));
         self.store_used(&used, intake, stored)?;
@@ -351,50 +401,24 @@ impl ArchiveStream {
         self.check_links()?;
         let mut stored = HashSet::new();
         let mut out = Vec::new();
+        let mut listed = BTreeSet::new();
         for (n, item) in items.iter().enumerate() {
             let desc = self.make_image(n + 1, item, intake, &mut stored)?;
-            out.extend(named(&desc, item));
+            for d in named(&desc, &item.repo_tags) {
+                if listed.insert((d.digest.clone(), name_of(&d).map(str::to_owned))) {
+                    out.push(d);
+                }
+            }
         }
         Ok(ImageIndex::new(out))
     }
 
-    /// An OCI layout with docker's `manifest.json` beside it (docker 25 and later): an image
-    /// `index.json` leaves unnamed takes the RepoTags of the item with its config, and an
-    /// item whose config no image of the index has is made and added (docker 25 leaves an
-    /// untagged image out of `index.json`).
-    fn merge_docker(&self, index: &mut ImageIndex, intake: &Intake<'_>) -> Result<()> {
-        let items = self.items()?;
-        self.check_links()?;
-        let configs = index_configs(index, intake)?;
-        let mut stored = HashSet::new();
-        let mut renamed: BTreeMap<usize, Vec<Descriptor>> = BTreeMap::new();
-        let mut added = Vec::new();
-        for (n, item) in items.iter().enumerate() {
-            let (_, config_digest) = self.config(item, intake)?;
-            match configs.get(&config_digest) {
-                Some(slots) => {
-                    for &i in slots {
-                        let d = &index.manifests[i];
-                        if !is_named(d) && !item.repo_tags.is_empty() {
-                            renamed.entry(i).or_default().extend(named(d, item));
-                        }
-                    }
-                }
-                None => {
-                    let desc = self.make_image(n + 1, item, intake, &mut stored)?;
-                    added.extend(named(&desc, item));
-                }
-            }
-        }
-        let old = std::mem::take(&mut index.manifests);
-        for (i, d) in old.into_iter().enumerate() {
-            match renamed.remove(&i) {
-                Some(names) => index.manifests.extend(names),
-                None => index.manifests.push(d),
-            }
-        }
-        index.manifests.extend(added);
-        Ok(())
+    /// The digests of an item's layers as the archive holds them.
+    fn layer_digests(&self, item: &Item) -> Result<Vec<Digest>> {
+        item.layers
+            .iter()
+            .map(|p| Ok(self.find("layer", p)?.1.digest().clone()))
+            .collect()
     }
 }
 
@@ -448,57 +472,36 @@ fn is_named(d: &Descriptor) -> bool {
         || d.annotations.contains_key(ANNOTATION_REF_NAME)
 }
 
-/// The index entries of an image: one per RepoTag, or one without a name.
-fn named(desc: &Descriptor, item: &Item) -> Vec<Descriptor> {
-    if item.repo_tags.is_empty() {
-        let mut d = desc.clone();
-        d.annotations.remove(ANNOTATION_IMAGE_NAME);
-        d.annotations.remove(ANNOTATION_REF_NAME);
-        return vec![d];
-    }
-    item.repo_tags
-        .iter()
+/// The name an index descriptor gives, if any.
+fn name_of(d: &Descriptor) -> Option<&str> {
+    d.annotations
+        .get(ANNOTATION_IMAGE_NAME)
+        .or_else(|| d.annotations.get(ANNOTATION_REF_NAME))
+        .map(String::as_str)
+}
+
+/// The index entries of image `desc`: one per name of `tags`, or one without a name.
+fn named<'a>(
+    desc: &'a Descriptor,
+    tags: impl IntoIterator<Item = &'a Reference>,
+) -> Vec<Descriptor> {
+    let mut unnamed = desc.clone();
+    unnamed.annotations.remove(ANNOTATION_IMAGE_NAME);
+    unnamed.annotations.remove(ANNOTATION_REF_NAME);
+    let out: Vec<Descriptor> = tags
+        .into_iter()
         .map(|tag| {
-            let mut d = desc.clone();
-            d.annotations.remove(ANNOTATION_REF_NAME);
+            let mut d = unnamed.clone();
             d.annotations
                 .insert(ANNOTATION_IMAGE_NAME.to_owned(), tag.to_string());
             d
         })
-        .collect()
-}
-
-/// The configs of the images of `index` (an index's manifests too, one level down), with
-/// the index entries that reach each.
-fn index_configs(index: &ImageIndex, intake: &Intake<'_>) -> Result<BTreeMap<Digest, Vec<usize>>> {
-    let mut out: BTreeMap<Digest, Vec<usize>> = BTreeMap::new();
-    for (i, d) in index.manifests.iter().enumerate() {
-        let mut manifests = Vec::new();
-        match oci::kind_of(&d.media_type) {
-            Kind::Manifest => manifests.push(d.clone()),
-            Kind::Index if intake.has(&d.digest)? => {
-                let children = oci::children(d, &intake.read_small(d)?)?;
-                manifests.extend(
-                    children
-                        .into_iter()
-                        .filter(|c| oci::kind_of(&c.media_type) == Kind::Manifest),
-                );
-            }
-            _ => {}
-        }
-        for m in manifests {
-            if !intake.has(&m.digest)? {
-                continue;
-            }
-            if let Some(config) = oci::children(&m, &intake.read_small(&m)?)?.first() {
-                let slots = out.entry(config.digest.clone()).or_default();
-                if !slots.contains(&i) {
-                    slots.push(i);
-                }
-            }
-        }
+        .collect();
+    if out.is_empty() {
+        vec![unnamed]
+    } else {
+        out
     }
-    Ok(out)
 }
 
 /// The diff_id of a layer: its own digest when it is not compressed, else the hash of what
@@ -514,56 +517,5 @@ fn uncompressed_digest(
             docker::diff_id_of(r, c).map_err(|e| format!("cannot decompress it: {e}"))
         }
         other => Err(other.layer_media_type().err().unwrap_or_default()),
-    }
-}
-
-/// Passes bytes on while a decoder hashes what they decompress to.
-struct Tee<'r> {
-    inner: &'r mut dyn Read,
-    decoder: Option<DiffIdWriter>,
-    failed: Option<String>,
-    compression: Compression,
-}
-
-impl<'r> Tee<'r> {
-    fn new(inner: &'r mut dyn Read, compression: Compression) -> Tee<'r> {
-        let (decoder, failed) = match compression {
-            Compression::Gzip | Compression::Zstd => match DiffIdWriter::new(compression) {
-                Ok(d) => (Some(d), None),
-                Err(e) => (None, Some(e.to_string())),
-            },
-            _ => (None, None),
-        };
-        Tee {
-            inner,
-            decoder,
-            failed,
-            compression,
-        }
-    }
-
-    /// The diff_id of what went by, whose own digest is `digest`.
-    fn finish(self, digest: &Digest) -> std::result::Result<Digest, String> {
-        if let Some(why) = self.failed {
-            return Err(format!("cannot decompress it: {why}"));
-        }
-        match (self.decoder, self.compression) {
-            (Some(d), _) => d.finish().map_err(|e| format!("cannot decompress it: {e}")),
-            (None, Compression::None) => Ok(digest.clone()),
-            (None, other) => Err(other.layer_media_type().err().unwrap_or_default()),
-        }
-    }
-}
-
-impl Read for Tee<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if let Some(d) = &mut self.decoder {
-            if let Err(e) = io::Write::write_all(d, &buf[..n]) {
-                self.failed = Some(e.to_string());
-                self.decoder = None;
-            }
-        }
-        Ok(n)
     }
 }
