@@ -31,6 +31,10 @@ use crate::error::{Error, Result};
 use crate::fs::{Attr, Caching, Fs, FsError, Kind};
 
 /// The kernel's limit on passthrough stacking: our backing files sit on an ordinary filesystem.
+/// How often, and how far apart, an unmount asked for by a signal is tried again while the
+/// kernel says the mount is busy (2 s in all).
+const UNMOUNT_BUSY_TRIES: u32 = 20;
+const UNMOUNT_BUSY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 const MAX_STACK_DEPTH: u32 = 1;
 /// Requests the kernel may have in flight at once (reads and readahead run in parallel).
 const MAX_BACKGROUND: u16 = 64;
@@ -762,7 +766,7 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
                 continue;
             }
             info!(signal = sig, "unmounting {}", mp.display());
-            match unmounter.unmount() {
+            match unmount_when_idle(&mut unmounter) {
                 Ok(()) => break,
                 Err(e) => error!("unmounting {}: {e}", mp.display()),
             }
@@ -772,6 +776,22 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     session.run().map_err(|e| Error::io(mountpoint, e))?;
     info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Unmounts, trying again for a moment while the kernel calls the mount busy: a file closed
+/// just before the signal may still be in release. A mount still busy after that stays (as
+/// `umount` leaves a busy filesystem), with the error logged.
+fn unmount_when_idle(unmounter: &mut fuser::SessionUnmounter) -> std::io::Result<()> {
+    let mut tries = 0;
+    loop {
+        match unmounter.unmount() {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < UNMOUNT_BUSY_TRIES => {
+                tries += 1;
+                std::thread::sleep(UNMOUNT_BUSY_WAIT);
+            }
+            r => return r,
+        }
+    }
 }
 
 /// Raises the soft limit on open descriptors to the hard limit: the daemon holds one per open
