@@ -307,3 +307,50 @@ fn guard_the_daemon_killed_while_an_archive_applies_leaves_a_clean_store() {
     let left = fs::read_dir(&blobs).unwrap().count();
     assert_eq!(left, 0, "blobs left in {}", blobs.display());
 }
+
+/// `RepoTags` naming a repository whose last component is 64 hex digits (`app/<v1 id>:1`,
+/// which docker's parser accepts: it refuses only a whole name of 64 hex digits) registers a
+/// repository the mount's own rules hide: in a repository a 64-hex directory is scratch. After
+/// a remount, the same archive unpacked into `app` again finds `app/<v1>` a sub-repository
+/// (mkdir EEXIST, so tar writes into it), and its `manifest.json` waits for ever for
+/// `<v1>/layer.tar`, which `app`'s tree no longer holds: nothing registered, no error. Such a
+/// name should be refused (EIO at the close, naming it), as a 64-hex mkdir is never one.
+#[test]
+fn core_repo_tags_naming_a_64_hex_repository_break_the_next_unpack() {
+    use common::docker_archive::{layer, Image};
+    let d = v1(0x33);
+    let tag = format!("app/{d}:1");
+    let image = Image::new(vec![layer(1)], "/bin/hi", &[&tag]);
+    let config = format!("{}.json", image.config_hex());
+    let manifest = serde_json::to_vec(&serde_json::json!([
+        {"Config": config, "RepoTags": [tag], "Layers": [format!("{d}/layer.tar")]}
+    ]))
+    .unwrap();
+    let unpack = |h: &Harness| -> Result<(), layoutfs::fs::FsError> {
+        if h.walk("app").is_err() {
+            h.mkdir_p("app")?;
+        }
+        if h.walk(&format!("app/{d}")).is_err() {
+            h.fs.mkdir_as(h.walk("app")?.ino, &d, 2)?;
+        }
+        h.put(&format!("app/{d}/layer.tar"), &image.layers[0], 2)?;
+        h.put(&format!("app/{config}"), &image.config, 2)?;
+        h.put("app/manifest.json", &manifest, 2)
+    };
+    let h = Harness::new();
+    let first = unpack(&h);
+    let registered = h.images();
+    // A remount: a new core over the same store (the scratch of the first is gone).
+    let h = Harness {
+        fs: layoutfs::fs::Fs::new(h.store.clone(), layoutfs::fs::FsOptions::default()),
+        ..h
+    };
+    let again = unpack(&h);
+    let waiting = h.fs.waiting_archives();
+    assert!(
+        first.is_err() || (again.is_ok() && waiting.is_empty()),
+        "first unpack {first:?} registered {registered:?}; the second unpack: {again:?}, \
+         waiting: {waiting:?}; repositories kept: {:?}",
+        h.kept(),
+    );
+}
