@@ -186,10 +186,24 @@ pub fn check_repository(repo: &str) -> Result<(), &'static str> {
     if has_more && looks_like_host(first) {
         check_host(first)?;
     } else {
-        check_path_component(first)?;
+        check_named_component(first)?;
     }
     for c in components {
-        check_path_component(c)?;
+        check_named_component(c)?;
+    }
+    Ok(())
+}
+
+/// Digits of a component that reads as an image ID.
+const IMAGE_ID_HEX_LEN: usize = 64;
+
+/// A path component that is not 64 hexadecimal digits: docker refuses such a name (it reads
+/// as an image ID), and in the mount a directory so named inside a repository is a docker
+/// archive's layer directory, never a repository.
+fn check_named_component(c: &str) -> Result<(), &'static str> {
+    check_path_component(c)?;
+    if c.len() == IMAGE_ID_HEX_LEN && c.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err("a component of 64 hexadecimal digits reads as an image ID");
     }
     Ok(())
 }
@@ -304,7 +318,11 @@ mod tests {
     #[test]
     fn invalid_references() {
         let long_tag = format!("x:{}", "a".repeat(129));
+        let id = "0123456789abcdef".repeat(4);
+        let (id_whole, id_inside) = (format!("{id}:1"), format!("app/{id}:1"));
         let cases = [
+            &id_whole,
+            &id_inside,
             "",
             "Busybox:latest",
             "busybox:",
@@ -325,6 +343,11 @@ mod tests {
             "a/../b:x",
             &long_tag,
         ];
+        let hexish = format!("app/{}:1", "a".repeat(63));
+        assert!(
+            hexish.parse::<Reference>().is_ok(),
+            "63 hex digits are a name"
+        );
         for s in cases {
             assert!(s.parse::<Reference>().is_err(), "{s:?} should be refused");
         }

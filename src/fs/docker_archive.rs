@@ -22,7 +22,7 @@
 //!   25's, beside `index.json`) stays a temporary file. `repositories`, `VERSION` and `json`
 //!   always do.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::content::Change;
@@ -63,8 +63,8 @@ struct Made {
 /// What trying a `manifest.json` came to.
 enum Tried {
     Applied,
-    /// A path it names is not written yet.
-    Waits(String),
+    /// Paths it names are not written yet (all of them, resolved).
+    Waits(BTreeSet<String>),
 }
 
 impl super::Fs {
@@ -81,13 +81,19 @@ impl super::Fs {
             .collect()
     }
 
-    /// Something was written into directory `dir` by process `pid` (a file closed, renamed or
-    /// linked): a `manifest.json` of its repository that waits is tried again.
-    pub(super) fn written_in(&self, dir: u64, pid: u32) -> FsResult<()> {
-        let repo = match self.inodes.node(dir) {
-            Some(Node::Blobs(r) | Node::AlgDir(r, _)) => r,
+    /// `name` was written into directory `dir` by process `pid` (a file closed, renamed or
+    /// linked): a `manifest.json` of its repository that waits is tried again once every path
+    /// it found missing has been written (so a manifest waiting for one file is not read again
+    /// at every close).
+    pub(super) fn written_in(&self, dir: u64, name: &str, pid: u32) -> FsResult<()> {
+        let (repo, path) = match self.inodes.node(dir) {
+            Some(Node::Blobs(r)) => (r, format!("blobs/{name}")),
+            Some(Node::AlgDir(r, alg)) => (r, format!("blobs/{}/{name}", alg.name())),
             _ => match self.dir_in_repo(dir) {
-                Some((r, _)) => r,
+                Some((r, mut within)) => {
+                    within.push(name.to_owned());
+                    (r, within.join("/"))
+                }
                 None => return Ok(()),
             },
         };
@@ -95,6 +101,13 @@ impl super::Fs {
         let waiting = {
             let mut w = self.write.lock();
             if !w.repo(&repo).is_some_and(|r| r.manifest_waits) {
+                return Ok(());
+            }
+            let missing = &mut w.repo_mut(&repo).manifest_missing;
+            // The path written, and what is below it (a directory renamed into place).
+            let below = format!("{path}/");
+            missing.retain(|m| m != &path && !m.starts_with(&below));
+            if !missing.is_empty() {
                 return Ok(());
             }
             let shared = w
@@ -126,7 +139,7 @@ impl super::Fs {
         if name == MANIFEST_FILE && in_repo_dir {
             self.manifest_json_closed(parent, shared, pid)
         } else {
-            self.written_in(parent, pid)
+            self.written_in(parent, &name, pid)
         }
     }
 
@@ -149,12 +162,13 @@ impl super::Fs {
             return Ok(()); // written empty first (a shell's redirection): acted on when written
         };
         let tried = self.try_manifest(repo_ino, &repo, &bytes, pid);
-        let waits = matches!(tried, Ok(Tried::Waits(_)));
         let waited = {
             let mut w = self.write.lock();
-            if waits {
+            if let Ok(Tried::Waits(missing)) = &tried {
                 // Kept for a repository made outside the mount too (`repo_mut` makes it).
-                std::mem::replace(&mut w.repo_mut(&repo).manifest_waits, true)
+                let r = w.repo_mut(&repo);
+                r.manifest_missing = missing.clone();
+                std::mem::replace(&mut r.manifest_waits, true)
             } else {
                 w.repo_mut_if(&repo)
                     .is_some_and(|r| std::mem::replace(&mut r.manifest_waits, false))
@@ -162,10 +176,15 @@ impl super::Fs {
         };
         match tried? {
             // Said once; each later try that still waits only to the debug log.
-            Tried::Waits(path) if !waited => {
-                tracing::info!("{repo}/{MANIFEST_FILE} waits for {path:?}")
+            Tried::Waits(paths) if !waited => {
+                let path = paths.first().cloned().unwrap_or_default();
+                tracing::info!(
+                    "{repo}/{MANIFEST_FILE} waits for {path:?} ({} missing)",
+                    paths.len()
+                )
             }
-            Tried::Waits(path) => {
+            Tried::Waits(paths) => {
+                let path = paths.first().cloned().unwrap_or_default();
                 tracing::debug!("{repo}/{MANIFEST_FILE} still waits for {path:?}")
             }
             Tried::Applied => shared.lock().dirty = false,
@@ -179,6 +198,7 @@ impl super::Fs {
         let items = docker::parse_manifest(bytes).map_err(bad)?;
         let tree = self.tree_of(repo_ino, repo).map_err(bad)?;
         let mut found = HashMap::new();
+        let mut missing = BTreeSet::new();
         for item in &items {
             for path in std::iter::once(&item.config).chain(&item.layers) {
                 let resolved = tree.links.resolve(path).map_err(bad)?;
@@ -186,9 +206,14 @@ impl super::Fs {
                     Some(f) => {
                         found.insert(path.clone(), (resolved.to_owned(), f));
                     }
-                    None => return Ok(Tried::Waits(resolved.to_owned())),
+                    None => {
+                        missing.insert(resolved.to_owned());
+                    }
                 }
             }
+        }
+        if !missing.is_empty() {
+            return Ok(Tried::Waits(missing));
         }
         let mut layers = HashMap::new();
         let mut made = Vec::new();

@@ -5,10 +5,10 @@
 //! reads it, one hop (`fs::docker_archive`).
 //!
 //! A link is made only inside a repository directory, at any depth of scratch directories in
-//! it, never at the root, among `blobs/`, or at a layout name. Its target must be relative and
-//! stay inside the repository directory when read lexically from the link's directory (the
-//! same check when it is renamed elsewhere); anything else is EPERM, logged with the link's
-//! path and the reason. Hard links stay refused (`fuse`).
+//! it, never at the root, among `blobs/`, or at a layout name. Its target must be relative,
+//! `..` only at its start, and stay inside the repository directory when read from the link's
+//! directory (the same check when it, or a directory holding it, is renamed elsewhere);
+//! anything else is EPERM, logged with the link's path and the reason. Hard links stay refused (`fuse`).
 
 use std::sync::Arc;
 
@@ -22,6 +22,10 @@ const MAX_DEPTH: usize = 4096;
 
 /// What a link's `target` names, read lexically from directory `dir` (its components below
 /// the repository directory): the path below the repository directory, or why it is refused.
+/// `..` may only lead the target (`../<id>/layer.tar`, docker's form): the kernel reads a
+/// leading `..` from the link's real directory, whose depth is known, but a `..` after a
+/// name that is itself a link would climb from wherever that link leads, so links chained
+/// through each other could reach out of the repository, and of the mount.
 pub(crate) fn resolve_link(dir: &[String], target: &str) -> Result<String, &'static str> {
     if target.is_empty() {
         return Err("an empty target");
@@ -30,14 +34,19 @@ pub(crate) fn resolve_link(dir: &[String], target: &str) -> Result<String, &'sta
         return Err("an absolute target");
     }
     let mut out: Vec<&str> = dir.iter().map(String::as_str).collect();
+    let mut named = false;
     for c in target.split('/') {
         match c {
             "" | "." => {}
+            ".." if named => return Err("a '..' after a name (only leading '..' is allowed)"),
             ".." => {
                 out.pop()
                     .ok_or("a target outside the repository directory")?;
             }
-            c => out.push(c),
+            c => {
+                named = true;
+                out.push(c);
+            }
         }
     }
     if out.is_empty() {
@@ -68,7 +77,7 @@ impl super::Fs {
         let ino = self.inodes.ino(&child);
         let attr = self.attr(ino, &child)?;
         // A docker archive's manifest.json may have waited for this link.
-        self.written_in(parent, pid)?;
+        self.written_in(parent, name, pid)?;
         Ok(attr)
     }
 
@@ -105,6 +114,77 @@ impl super::Fs {
                 path.join("/")
             ))
         })
+    }
+
+    /// Checks that every link below scratch directory `id` still stays inside its repository
+    /// directory once `id` is `newname` in directory `newparent` (its depth may change).
+    pub(super) fn check_links_moved(&self, id: u64, newparent: u64, newname: &str) -> FsResult<()> {
+        let links = self.links_below(id);
+        if links.is_empty() {
+            return Ok(());
+        }
+        let Some((repo, mut at)) = self.dir_in_repo(newparent) else {
+            return Ok(()); // refused elsewhere: a directory goes only into a repository
+        };
+        at.push(newname.to_owned());
+        for (below, name, target) in links {
+            let mut dir = at.clone();
+            dir.extend(below);
+            if let Err(why) = resolve_link(&dir, &target) {
+                dir.push(name);
+                return Err(FsError::LinkRefused(format!(
+                    "{repo}/{}: a directory moved with symbolic link to {target:?} refused: {why}",
+                    dir.join("/")
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every link below scratch directory `id`: its directory's path below `id`, its name and
+    /// its target.
+    fn links_below(&self, id: u64) -> Vec<(Vec<String>, String, String)> {
+        let entries: Vec<(u64, String, u64, Option<String>)> = {
+            let w = self.write.lock();
+            w.scratch
+                .iter()
+                .map(|(sid, s)| {
+                    let target = match &s.kind {
+                        ScratchKind::Link(t) => Some(t.clone()),
+                        _ => None,
+                    };
+                    (*sid, s.name.clone(), s.parent, target)
+                })
+                .collect()
+        };
+        let by_id: std::collections::HashMap<u64, (&str, u64)> = entries
+            .iter()
+            .map(|(sid, name, parent, _)| (*sid, (name.as_str(), *parent)))
+            .collect();
+        let mut out = Vec::new();
+        for (_, name, parent, target) in &entries {
+            let Some(target) = target else { continue };
+            let mut below = Vec::new();
+            let mut at = *parent;
+            for _ in 0..MAX_DEPTH {
+                match self.inodes.node(at) {
+                    Some(Node::Scratch(d)) if d == id => {
+                        below.reverse();
+                        out.push((below, name.clone(), target.clone()));
+                        break;
+                    }
+                    Some(Node::Scratch(d)) => match by_id.get(&d) {
+                        Some((n, p)) => {
+                            below.push((*n).to_owned());
+                            at = *p;
+                        }
+                        None => break,
+                    },
+                    _ => break,
+                }
+            }
+        }
+        out
     }
 
     /// The repository directory `ino` is in, and its path below it (directory names), when it
@@ -174,6 +254,16 @@ mod tests {
                 Err("a target that is the repository directory itself"),
             ),
             ("", "", Err("an empty target")),
+            (
+                "a/b",
+                "c/../d",
+                Err("a '..' after a name (only leading '..' is allowed)"),
+            ),
+            (
+                "v1/b/c",
+                "y/../../..",
+                Err("a '..' after a name (only leading '..' is allowed)"),
+            ),
         ] {
             let want: Result<&str, &str> = want;
             assert_eq!(

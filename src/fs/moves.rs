@@ -71,6 +71,9 @@ impl super::Fs {
             (Some(a), Moved::Dir) if !self.dir_is_empty(a.ino)? => return Err(FsError::NotEmpty),
             _ => {}
         }
+        if *moved == Moved::Dir {
+            self.check_links_moved(id, newparent, newname)?;
+        }
         let refused = |why: &str| Err(FsError::Invalid(format!("{to}/{newname}: {why}")));
         match (&target, moved) {
             (Node::Dir(_), Moved::Blob(_)) if is_layout_file(newname) => Err(

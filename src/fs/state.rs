@@ -162,6 +162,9 @@ pub struct RepoState {
     seen: HashMap<u32, BTreeSet<Reference>>,
     /// A docker archive's `manifest.json` here waits for a file it names (`fs::docker_archive`).
     pub manifest_waits: bool,
+    /// The paths (below the repository directory) it found missing when last tried: it is
+    /// tried again only once each has been written.
+    pub manifest_missing: BTreeSet<String>,
     /// Just made with mkdir: nothing was done in it since (every change of the state, every
     /// file or directory made in the repository, clears it; see `WriteState::repo_mut`).
     pub fresh: bool,

@@ -708,14 +708,14 @@ impl super::Fs {
             let s = w.scratch.get_mut(&id);
             s.map(|s| {
                 s.kind = ScratchKind::Committed(digest.clone(), size);
-                s.parent
+                (s.parent, s.name.clone())
             })
         };
         self.views.forget_repo(repo);
         self.register_pending()?;
         match parent {
             // A docker archive's manifest.json may name it (docker 25's `blobs/sha256/<hex>`).
-            Some(parent) => self.written_in(parent, pid),
+            Some((parent, name)) => self.written_in(parent, &name, pid),
             None => Ok(()),
         }
     }
@@ -1009,7 +1009,7 @@ impl super::Fs {
             }
             self.move_scratch(id, newparent, newname);
             // A docker archive's manifest.json may name what is below it now.
-            return self.written_in(newparent, pid);
+            return self.written_in(newparent, newname, pid);
         };
         match &target {
             Node::AlgDir(repo, alg) => {
@@ -1044,7 +1044,7 @@ impl super::Fs {
                     self.views.forget_repo(&repo);
                     self.register_pending()?;
                     // A docker archive's manifest.json may name it.
-                    return self.written_in(newparent, pid);
+                    return self.written_in(newparent, newname, pid);
                 }
             }
             Node::Dir(repo) if newname == "index.json" || newname == "oci-layout" => {
