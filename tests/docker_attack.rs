@@ -9,12 +9,12 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{fsck_clean, stderr, Env};
+use common::{fsck_clean, run_bounded, stderr, Env};
 use layoutfs::digest::{Algorithm, Digest};
 
 fn sha(bytes: &[u8]) -> String {
@@ -145,50 +145,6 @@ fn refused(env: &Env, archive: &str, words: &[&str]) -> String {
 /// Imports `archive`, which must succeed; returns the names printed.
 fn imported(env: &Env, archive: &str) -> String {
     env.ok(&["import", "--name", "x", archive])
-}
-
-/// Runs `c` for at most `limit` and while its resident memory stays under `max_rss`; returns
-/// its exit status (None: killed for going past either), its standard error, its peak resident
-/// memory and the time it took.
-fn run_bounded(
-    mut c: Command,
-    limit: Duration,
-    max_rss: u64,
-) -> (Option<ExitStatus>, String, u64, Duration) {
-    let mut child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let mut peak = 0u64;
-    let status = loop {
-        if let Ok(st) = fs::read_to_string(format!("/proc/{}/status", child.id())) {
-            for l in st.lines() {
-                if let Some(v) = l.strip_prefix("VmHWM:") {
-                    let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                    peak = peak.max(kb * 1024);
-                }
-            }
-        }
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if start.elapsed() > limit || peak > max_rss {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status, reader.join().unwrap(), peak, start.elapsed())
 }
 
 fn zstd_of(bytes: &[u8]) -> Vec<u8> {

@@ -132,7 +132,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::mount::Mounted;
-use common::{require, sh, stderr, Env};
+use common::{require, sh, stderr, untar, Env};
 use layoutfs::digest::{Algorithm, Digest};
 
 const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -563,18 +563,6 @@ fn core_manifest_json_in_a_layout_stays_a_temporary_file() {
 
 // ---------------------------------------------------------------------------------------------
 // Real mounts: tar -x of what the peers write.
-
-/// `tar -x -f archive` in `dir`; the output, whatever the exit.
-fn untar(archive: &Path, dir: &Path) -> std::process::Output {
-    require("tar");
-    Command::new("tar")
-        .arg("-C")
-        .arg(dir)
-        .arg("-xf")
-        .arg(archive)
-        .output()
-        .unwrap()
-}
 
 /// The files of a tar archive, by path (links left out).
 fn members(archive: &Path) -> BTreeMap<String, Vec<u8>> {

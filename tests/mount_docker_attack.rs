@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::core::Harness;
 use common::mount::Mounted;
-use common::{require, stderr, Env};
+use common::{require, stderr, untar, Env};
 
 /// A v1 layer directory's name (64 hex digits), made of `byte`: scratch in a repository.
 fn v1(byte: u8) -> String {
@@ -47,18 +47,6 @@ fn archive(out: &Path, dirs: &[&str], links: &[(&str, &str)], files: &[(&str, &[
         b.append_data(&mut h, path, *bytes).unwrap();
     }
     b.finish().unwrap();
-}
-
-/// GNU `tar -x -f archive` in `dir`.
-fn untar(archive: &Path, dir: &Path) -> std::process::Output {
-    require("tar");
-    Command::new("tar")
-        .arg("-C")
-        .arg(dir)
-        .arg("-xf")
-        .arg(archive)
-        .output()
-        .unwrap()
 }
 
 /// A link through a link: `y -> ../..` and `x -> y/../../..` in `app/<v1>/b/c` each stay in

@@ -20,7 +20,7 @@ use sha2::{Digest as _, Sha256};
 
 use common::proxy::{Fault, Proxy};
 use common::registry::{Registry, Seeded};
-use common::{stderr, Env};
+use common::{run_bounded, stderr, Env};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -43,49 +43,6 @@ fn seeded_index(env: &Env, reg: &Registry, repo_tag: &str) -> Seeded {
     let scratch = env.path("scratch");
     fs::create_dir_all(&scratch).unwrap();
     reg.seed_index(&scratch, repo_tag)
-}
-
-/// Runs `c` for at most `limit`, and while its resident memory stays under `max_rss`;
-/// returns its exit status (None: it was killed for going past either), its standard error
-/// and the peak resident memory it reached, in bytes.
-fn run_bounded(
-    mut c: Command,
-    limit: Duration,
-    max_rss: u64,
-) -> (Option<std::process::ExitStatus>, String, u64) {
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let mut peak = 0u64;
-    let status = loop {
-        if let Ok(st) = fs::read_to_string(format!("/proc/{}/status", child.id())) {
-            for l in st.lines() {
-                if let Some(v) = l.strip_prefix("VmHWM:") {
-                    let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-                    peak = peak.max(kb * 1024);
-                }
-            }
-        }
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if start.elapsed() > limit || peak > max_rss {
-            child.kill().unwrap();
-            child.wait().unwrap();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status, reader.join().unwrap(), peak)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -515,7 +472,7 @@ fn descriptor_sizes_that_overflow_a_sum_fail_with_one_line_not_a_panic() {
         "layers": layers,
     });
     let h = serving(manifest, vec![config]);
-    let (status, err, _) = run_bounded(
+    let (status, err, _, _) = run_bounded(
         cmd(&env, &["pull", &format!("{}/x:1", h.host)]),
         Duration::from_secs(30),
         u64::MAX,
@@ -549,7 +506,7 @@ fn an_endless_error_body_is_not_held_in_memory() {
         r.endless = Some(128 << 20);
         r
     });
-    let (status, err, peak) = run_bounded(
+    let (status, err, peak, _) = run_bounded(
         cmd(&env, &["pull", &format!("{}/x:1", h.host)]),
         Duration::from_secs(20),
         1 << 30,
@@ -616,7 +573,7 @@ fn a_registry_that_sends_one_byte_per_connection_is_given_up() {
         }
         Reply::not_found()
     });
-    let (status, err, _) = run_bounded(
+    let (status, err, _, _) = run_bounded(
         cmd(&env, &["pull", &format!("{}/x:1", h.host)]),
         Duration::from_secs(12),
         u64::MAX,
@@ -811,7 +768,7 @@ fn referrers_of_a_repeated_subject_are_asked_once_and_bounded() {
         }
         Reply::not_found()
     });
-    let (status, err, peak) = run_bounded(
+    let (status, err, peak, _) = run_bounded(
         cmd(
             &env,
             &[
@@ -1163,7 +1120,7 @@ fn an_endless_token_answer_is_not_held_in_memory() {
         r
     });
     *me.lock().unwrap() = h.host.clone();
-    let (status, err, peak) = run_bounded(
+    let (status, err, peak, _) = run_bounded(
         cmd(&env, &["pull", &format!("{}/x:1", h.host)]),
         Duration::from_secs(20),
         1 << 30,
@@ -1345,7 +1302,7 @@ fn umask_000(c: &mut Command) {
 fn a_port_out_of_range_is_refused_at_once() {
     let env = Env::new();
     let start = Instant::now();
-    let (status, err, _) = run_bounded(
+    let (status, err, _, _) = run_bounded(
         cmd(&env, &["pull", "localhost:99999/x:1"]),
         Duration::from_secs(20),
         u64::MAX,

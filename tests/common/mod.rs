@@ -143,6 +143,63 @@ pub fn sh(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Runs `c` (standard input empty) for at most `limit` and while its resident memory stays
+/// under `max_rss` bytes; returns its exit status (None: killed for going past either), its
+/// standard error, its peak resident memory in bytes and the time it took.
+pub fn run_bounded(
+    mut c: Command,
+    limit: Duration,
+    max_rss: u64,
+) -> (Option<std::process::ExitStatus>, String, u64, Duration) {
+    use std::io::Read;
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let mut peak = 0u64;
+    let status = loop {
+        if let Ok(st) = fs::read_to_string(format!("/proc/{}/status", child.id())) {
+            for l in st.lines() {
+                if let Some(v) = l.strip_prefix("VmHWM:") {
+                    let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                    peak = peak.max(kb * 1024);
+                }
+            }
+        }
+        if let Some(s) = child.try_wait().unwrap() {
+            break Some(s);
+        }
+        if start.elapsed() > limit || peak > max_rss {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (status, reader.join().unwrap(), peak, start.elapsed())
+}
+
+/// GNU `tar -x -f archive` in `dir`; its output, whatever the exit.
+pub fn untar(archive: &Path, dir: &Path) -> Output {
+    require("tar");
+    Command::new("tar")
+        .arg("-C")
+        .arg(dir)
+        .arg("-xf")
+        .arg(archive)
+        .output()
+        .unwrap()
+}
+
 /// Fails (never skips) when a peer tool is absent.
 pub fn require(tool: &str) {
     let found = std::env::var_os("PATH")
