@@ -274,13 +274,8 @@ impl ArchiveStream {
                     Body::Memory(b) => self.diff_id(&f.digest, || {
                         uncompressed_digest(&mut &b[..], f.compression, &f.digest)
                     }),
-                    Body::Stored if f.compression == Compression::None => Ok(f.digest.clone()),
                     Body::Stored => {
-                        let desc = Descriptor::new("", f.digest.clone(), f.size);
-                        let mut file = intake.open(&desc)?;
-                        self.diff_id(&f.digest, || {
-                            uncompressed_digest(&mut file, f.compression, &f.digest)
-                        })
+                        self.stored_diff_id(intake, &f.digest, f.size, f.compression)?
                     }
                 };
                 (f.digest.clone(), f.size, f.compression, diff_id)
@@ -288,13 +283,7 @@ impl ArchiveStream {
             Found::Blob(d) => {
                 let size = intake.size(&d)?.unwrap_or(0);
                 let c = self.layout.compression(&d).unwrap_or(Compression::None);
-                let diff_id = if c == Compression::None {
-                    Ok(d.clone())
-                } else {
-                    let desc = Descriptor::new("", d.clone(), size);
-                    let mut file = intake.open(&desc)?;
-                    self.diff_id(&d, || uncompressed_digest(&mut file, c, &d))
-                };
+                let diff_id = self.stored_diff_id(intake, &d, size, c)?;
                 (d, size, c, diff_id)
             }
         };
@@ -305,6 +294,25 @@ impl ArchiveStream {
             compression,
             diff_id,
         })
+    }
+
+    /// The diff_id of the layer the store holds as `digest` (`size` bytes, compressed with
+    /// `c`): its digest when it is a plain tar, else what it decompresses to, read back once.
+    fn stored_diff_id(
+        &self,
+        intake: &Intake<'_>,
+        digest: &Digest,
+        size: u64,
+        c: Compression,
+    ) -> Result<std::result::Result<Digest, String>> {
+        if c == Compression::None {
+            return Ok(Ok(digest.clone()));
+        }
+        if let Some(known) = self.diff_ids.lock().get(digest) {
+            return Ok(known.clone());
+        }
+        let mut file = intake.open(&Descriptor::new("", digest.clone(), size))?;
+        Ok(self.diff_id(digest, || uncompressed_digest(&mut file, c, digest)))
     }
 
     /// The diff_id of compressed layer `digest`, worked out by `compute` the first time.
