@@ -279,6 +279,19 @@ fn hash_writer() -> HashWriter {
     HashWriter(Algorithm::Sha256.hasher())
 }
 
+/// The diff_id of a layer whose own digest is `digest`, compressed with `c`: that digest for
+/// a plain tar (no second hash), else the hash of what `r` (its bytes) decompresses to; bzip2
+/// and xz have no OCI media type and are refused.
+pub fn layer_diff_id(r: &mut dyn Read, c: Compression, digest: &Digest) -> Result<Digest, String> {
+    match c {
+        Compression::None => Ok(digest.clone()),
+        Compression::Gzip | Compression::Zstd => {
+            diff_id_of(r, c).map_err(|e| format!("cannot decompress it: {e}"))
+        }
+        other => Err(other.layer_media_type().err().unwrap_or_default()),
+    }
+}
+
 /// The sha256 of what `r` holds once decompressed (`c`), read to its end.
 pub fn diff_id_of(r: &mut dyn Read, c: Compression) -> io::Result<Digest> {
     let mut hw = hash_writer();

@@ -60,6 +60,14 @@ struct Made {
     desc: Descriptor,
 }
 
+/// The configs and layers the items of one `manifest.json` use, by resolved path, each read
+/// once however many items name it.
+#[derive(Default)]
+struct Known {
+    configs: HashMap<String, Arc<docker::ImageConfig>>,
+    layers: HashMap<String, Layer>,
+}
+
 /// What trying a `manifest.json` came to.
 enum Tried {
     Applied,
@@ -215,10 +223,10 @@ impl super::Fs {
         if !missing.is_empty() {
             return Ok(Tried::Waits(missing));
         }
-        let mut layers = HashMap::new();
+        let mut known = Known::default();
         let mut made = Vec::new();
         for (n, item) in items.iter().enumerate() {
-            made.push(self.make(repo, n + 1, item, &found, &mut layers)?);
+            made.push(self.make(repo, n + 1, item, &found, &mut known)?);
         }
         self.commit_found(repo_ino, found.values().map(|(_, f)| f), pid)?;
         self.commit_manifests(repo_ino, &made, pid)?;
@@ -287,31 +295,39 @@ impl super::Fs {
     }
 
     /// Makes manifest.json's item number `n`: its config read and checked, its layers'
-    /// digests and diff_ids (`layers`, by resolved path, computed once), its manifest.
+    /// digests and diff_ids (each config and layer read once, by resolved path: `known`), its
+    /// manifest.
     fn make(
         &self,
         repo: &str,
         n: usize,
         item: &Item,
         found: &HashMap<String, (String, Found)>,
-        layers: &mut HashMap<String, Layer>,
+        known: &mut Known,
     ) -> FsResult<Made> {
         let bad = |m: String| bad(repo, m);
-        let (_, config_file) = &found[&item.config];
-        let config = self.read_config(repo, &item.config, config_file)?;
-        let config_digest = Digest::of(Algorithm::Sha256, &config);
-        docker::check_config_name(&item.config, &config_digest).map_err(bad)?;
+        let (resolved, config_file) = &found[&item.config];
+        let config = match known.configs.get(resolved) {
+            Some(c) => c.clone(),
+            None => {
+                let bytes = self.read_config(repo, &item.config, config_file)?;
+                let digest = Digest::of(Algorithm::Sha256, &bytes);
+                let parsed = docker::ImageConfig::parse(&item.config, &digest, &bytes);
+                let parsed = Arc::new(parsed.map_err(bad)?);
+                known.configs.insert(resolved.clone(), parsed.clone());
+                parsed
+            }
+        };
+        docker::check_config_name(&item.config, &config.digest).map_err(bad)?;
         let mut item_layers = Vec::with_capacity(item.layers.len());
         for path in &item.layers {
             let (resolved, file) = &found[path];
-            if !layers.contains_key(resolved) {
+            if !known.layers.contains_key(resolved) {
                 let layer = self.layer_of(repo, path, file)?;
-                layers.insert(resolved.clone(), layer);
+                known.layers.insert(resolved.clone(), layer);
             }
-            item_layers.push(layers[resolved].clone());
+            item_layers.push(known.layers[resolved].clone());
         }
-        let config =
-            docker::ImageConfig::parse(&item.config, &config_digest, &config).map_err(bad)?;
         let (manifest, desc) = docker::synthesize(n, item, &config, &item_layers).map_err(bad)?;
         Ok(Made {
             tags: item.repo_tags.clone(),
@@ -347,7 +363,7 @@ impl super::Fs {
     /// Layer file `path`: its digest and size as written, its compression, its diff_id (its
     /// digest for a plain tar; a compressed one read back).
     fn layer_of(&self, repo: &str, path: &str, file: &Found) -> FsResult<Layer> {
-        let failed = |e: std::io::Error| bad(repo, format!("layer {path:?}: {e}"));
+        let failed = |m: String| bad(repo, format!("layer {path:?}: {m}"));
         let mut head = Vec::new();
         match file {
             Found::Upload(_, shared) => {
@@ -355,15 +371,12 @@ impl super::Fs {
                 let u = w.upload.as_mut().ok_or_else(|| gone(repo, path))?;
                 u.read_at(0, Compression::SNIFF_LEN as u32, &mut head)?;
                 let digest = u.digest(Algorithm::Sha256)?;
-                let size = u.len();
                 let compression = Compression::sniff(&head);
-                let diff_id = match compression {
-                    Compression::None => digest.clone(),
-                    c => docker::diff_id_of(&mut u.reader(), c).map_err(failed)?,
-                };
+                let diff_id =
+                    docker::layer_diff_id(&mut u.reader(), compression, &digest).map_err(failed)?;
                 Ok(Layer {
                     digest,
-                    size,
+                    size: u.len(),
                     compression,
                     diff_id,
                 })
@@ -372,15 +385,13 @@ impl super::Fs {
                 let desc = Descriptor::new(oci::MEDIA_OCI_LAYER, digest.clone(), *size);
                 let mut file = crate::content::Provider::open(self.store(), &desc)?;
                 let mut reader = std::io::Read::take(&mut file, Compression::SNIFF_LEN as u64);
-                std::io::Read::read_to_end(&mut reader, &mut head).map_err(failed)?;
+                std::io::Read::read_to_end(&mut reader, &mut head)
+                    .map_err(|e| failed(e.to_string()))?;
                 let compression = Compression::sniff(&head);
-                let diff_id = match compression {
-                    Compression::None => digest.clone(),
-                    c => {
-                        let mut file = crate::content::Provider::open(self.store(), &desc)?;
-                        docker::diff_id_of(&mut file, c).map_err(failed)?
-                    }
-                };
+                // The bytes already read, then the rest of the same file.
+                let mut whole = std::io::Read::chain(&head[..], &mut file);
+                let diff_id =
+                    docker::layer_diff_id(&mut whole, compression, digest).map_err(failed)?;
                 Ok(Layer {
                     digest: digest.clone(),
                     size: *size,

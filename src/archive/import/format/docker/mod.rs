@@ -272,7 +272,7 @@ impl ArchiveStream {
             Found::File(f) => {
                 let diff_id = match &f.body {
                     Body::Memory(b) => self.diff_id(&f.digest, || {
-                        uncompressed_digest(&mut &b[..], f.compression, &f.digest)
+                        docker::layer_diff_id(&mut &b[..], f.compression, &f.digest)
                     }),
                     Body::Stored => {
                         self.stored_diff_id(intake, &f.digest, f.size, f.compression)?
@@ -312,7 +312,7 @@ impl ArchiveStream {
             return Ok(known.clone());
         }
         let mut file = intake.open(&Descriptor::new("", digest.clone(), size))?;
-        Ok(self.diff_id(digest, || uncompressed_digest(&mut file, c, digest)))
+        Ok(self.diff_id(digest, || docker::layer_diff_id(&mut file, c, digest)))
     }
 
     /// The diff_id of compressed layer `digest`, worked out by `compute` the first time.
@@ -509,21 +509,5 @@ fn named<'a>(
         vec![unnamed]
     } else {
         out
-    }
-}
-
-/// The diff_id of a layer: its own digest when it is not compressed, else the hash of what
-/// it decompresses to.
-fn uncompressed_digest(
-    r: &mut dyn Read,
-    c: Compression,
-    digest: &Digest,
-) -> std::result::Result<Digest, String> {
-    match c {
-        Compression::None => Ok(digest.clone()),
-        Compression::Gzip | Compression::Zstd => {
-            docker::diff_id_of(r, c).map_err(|e| format!("cannot decompress it: {e}"))
-        }
-        other => Err(other.layer_media_type().err().unwrap_or_default()),
     }
 }
