@@ -85,6 +85,17 @@ impl Reference {
         }
     }
 
+    /// This name once its content `old` is rewritten as `new` (a conversion of media types):
+    /// a name pinned to `old` names `new`; any other stays as it is.
+    pub fn follow(&self, old: &Digest, new: &Digest) -> Result<Reference, ReferenceError> {
+        match &self.target {
+            Target::Digest(d) if d == old && old != new => {
+                Reference::digested(&self.repository, new.clone())
+            }
+            _ => Ok(self.clone()),
+        }
+    }
+
     pub fn tag(&self) -> Option<&str> {
         match &self.target {
             Target::Tag(t) => Some(t),

@@ -23,7 +23,6 @@ use crate::error::{Error, IoContext, Result};
 use crate::layout::Entry;
 use crate::oci::{Descriptor, PlatformSpec};
 use crate::progress::Progress;
-use crate::reference::{Reference, Target};
 use crate::store::{Lease, WHOLE};
 
 pub use dest::{send, Destination, Images, Order};
@@ -140,14 +139,8 @@ pub fn convert_to_oci(
 /// `e` pointing at its converted target `new` (its media type, digest and size; the rest of
 /// the record's descriptor kept). A name pinned to the old digest names the new one.
 fn converted_entry(e: &Entry, new: &Descriptor) -> Result<Entry> {
-    let name = match e.name.target() {
-        Target::Digest(d) if *d == e.target.digest && new.digest != e.target.digest => {
-            Reference::digested(e.name.repository(), new.digest.clone())?
-        }
-        _ => e.name.clone(),
-    };
     Ok(Entry {
-        name,
+        name: e.name.follow(&e.target.digest, &new.digest)?,
         target: Descriptor {
             media_type: new.media_type.clone(),
             digest: new.digest.clone(),

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::oci::{Descriptor, ImageIndex, OnMissing, ANNOTATION_IMAGE_NAME};
-use crate::reference::{check_repository, Reference, Target};
+use crate::reference::{check_repository, Reference};
 use crate::store::gc::{remove_unneeded, TakeBack};
 use crate::store::{now_ms, Store};
 
@@ -316,15 +316,10 @@ fn to_oci(store: &Store, intake: &Intake<'_>, mut index: ImageIndex) -> Result<I
     let mut put = |d: &Descriptor, bytes: &[u8]| intake.put(&d.digest, bytes);
     for d in &mut index.manifests {
         let mut new = crate::convert::to_oci(store, &mut put, d)?;
-        if new.digest != d.digest {
-            if let Some(name) = new.annotations.get_mut(ANNOTATION_IMAGE_NAME) {
-                let pinned = name
-                    .parse::<Reference>()
-                    .ok()
-                    .filter(|r| matches!(r.target(), Target::Digest(x) if *x == d.digest));
-                if let Some(r) = pinned {
-                    *name = Reference::digested(r.repository(), new.digest.clone())?.to_string();
-                }
+        if let Some(name) = new.annotations.get_mut(ANNOTATION_IMAGE_NAME) {
+            // A name that does not parse is left for `register` to refuse, in its own words.
+            if let Ok(r) = name.parse::<Reference>() {
+                *name = r.follow(&d.digest, &new.digest)?.to_string();
             }
         }
         *d = new;
