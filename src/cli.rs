@@ -135,6 +135,10 @@ pub enum Command {
         /// Threads serving the kernel's requests [default: twice the cores, at least 4]
         #[arg(long, value_name = "N", help_heading = "Mount options")]
         threads: Option<std::num::NonZeroUsize>,
+        /// Hash every blob on its first open in this mount, even one the store recorded as
+        /// verified and unchanged since (by default those are served without hashing)
+        #[arg(long, help_heading = "Mount options")]
+        verify_reads: bool,
     },
     /// Remove the blobs no image needs (nor an untagged signature or SBOM of one, nor an
     /// import or mount in progress), and abandoned ingests; print what was freed
@@ -342,6 +346,7 @@ impl Cli {
                 read_only,
                 no_passthrough,
                 threads,
+                verify_reads,
             } => {
                 let options = MountOptions {
                     allow_other,
@@ -349,7 +354,7 @@ impl Cli {
                     passthrough: !no_passthrough,
                     threads: threads.map(std::num::NonZeroUsize::get),
                 };
-                mount(store, &mountpoint, &options)
+                mount(store, &mountpoint, &options, verify_reads)
             }
             Command::Gc {
                 dry_run,
@@ -481,7 +486,12 @@ fn remove(catalog: &dyn Catalog, refs: &[String]) -> Result<()> {
 }
 
 /// `layoutfs mount`: serves until unmounted.
-fn mount(store: Store, mountpoint: &std::path::Path, options: &MountOptions) -> Result<()> {
+fn mount(
+    store: Store,
+    mountpoint: &std::path::Path,
+    options: &MountOptions,
+    verify_reads: bool,
+) -> Result<()> {
     let abandoned = if store.is_read_only() {
         0
     } else {
@@ -490,9 +500,29 @@ fn mount(store: Store, mountpoint: &std::path::Path, options: &MountOptions) -> 
     if abandoned > 0 {
         tracing::info!("removed {abandoned} ingests of processes that are gone");
     }
-    let read_only = options.read_only;
-    let fs = Fs::new(std::sync::Arc::new(store), FsOptions { read_only });
+    tracing::info!("{}", verify_mode(&store, verify_reads));
+    let fs_options = FsOptions {
+        read_only: options.read_only,
+        verify_reads,
+    };
+    let fs = Fs::new(std::sync::Arc::new(store), fs_options);
     fuse::mount(fs, mountpoint, options)
+}
+
+/// How the mount checks blobs, for its first log line (the README's trust model).
+fn verify_mode(store: &Store, verify_reads: bool) -> String {
+    use crate::store::verified::Sealing;
+    if verify_reads {
+        return "blobs: every blob hashed on its first open (--verify-reads)".into();
+    }
+    match store.verified().sealing() {
+        Sealing::Verity => "blobs: verified at commit and sealed with fs-verity: the kernel \
+                            checks every read; others hashed on first open"
+            .into(),
+        Sealing::Identity => "blobs: verified at commit, served unhashed while their file is \
+                              unchanged (no fs-verity here); others hashed on first open"
+            .into(),
+    }
 }
 
 /// `layoutfs tag SOURCE TARGET`.

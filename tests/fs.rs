@@ -149,7 +149,13 @@ fn bad_paths_and_writes_get_the_right_errno() {
     }
     let idx = h.walk("busybox/index.json").unwrap().ino;
     let blob = h.walk(&format!("busybox/{}", d.blob_path())).unwrap().ino;
-    let ro = Fs::new(h.store.clone(), FsOptions { read_only: true });
+    let ro = Fs::new(
+        h.store.clone(),
+        FsOptions {
+            read_only: true,
+            ..FsOptions::default()
+        },
+    );
     let ro_walk = |path: &str| {
         let mut ino = layoutfs::fs::root_ino();
         for c in path.split('/') {

@@ -832,7 +832,7 @@ fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
             })
             .unwrap();
     }
-    assert_eq!(edit_db(&db, ""), 5);
+    assert_eq!(edit_db(&db, ""), 6);
     let s = open(&dir);
     assert_eq!(s.records().repositories().unwrap(), ["new"]);
     s.records()
@@ -861,16 +861,16 @@ fn a_database_of_a_newer_schema_is_refused_and_left_as_it_is() {
     drop(open(t.path()));
     let db = t.path().join("store").join("meta.db");
     assert_eq!(
-        edit_db(&db, "DROP TABLE repositories; PRAGMA user_version = 6;"),
-        6
+        edit_db(&db, "DROP TABLE repositories; PRAGMA user_version = 7;"),
+        7
     );
     let e = Records::open(&db).err().expect("a newer schema opened");
-    assert!(e.to_string().contains("newer layoutfs (schema 6)"), "{e}");
+    assert!(e.to_string().contains("newer layoutfs (schema 7)"), "{e}");
     let e = Store::open(&t.path().join("store"))
         .err()
         .expect("a newer store opened");
-    assert!(e.to_string().contains("newer layoutfs (schema 6)"), "{e}");
-    assert_eq!(edit_db(&db, ""), 6);
+    assert!(e.to_string().contains("newer layoutfs (schema 7)"), "{e}");
+    assert_eq!(edit_db(&db, ""), 7);
     assert!(
         !has_repositories_table(&db),
         "a refused database was changed"

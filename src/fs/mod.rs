@@ -171,6 +171,8 @@ enum Handle {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FsOptions {
     pub read_only: bool,
+    /// Hash every blob on its first open, whatever the store recorded (`fs::verify`).
+    pub verify_reads: bool,
 }
 
 /// The filesystem over one store.
@@ -217,7 +219,7 @@ impl Fs {
             lease,
             views: Views::new(store, write.clone()),
             inodes: Inodes::new(),
-            verifier: Verifier::default(),
+            verifier: Verifier::new(options.verify_reads),
             handles: Mutex::new(HashMap::new()),
             blob_files: Mutex::new(HashMap::new()),
             mtimes: Mutex::new(HashMap::new()),
@@ -789,6 +791,12 @@ impl Fs {
         let file = Arc::new(checked);
         files.insert(ino, Arc::downgrade(&file));
         Ok(file)
+    }
+
+    /// How many blobs this mount hashed on open, rather than trusting the store's record of
+    /// their verification (for tests and logs).
+    pub fn blobs_hashed(&self) -> u64 {
+        self.verifier.hashed()
     }
 
     /// How many blob inodes hold an open store file (for tests and logs).

@@ -107,7 +107,15 @@ impl Upload {
                 )),
             ));
         }
-        self.0.commit_as(expected, size)
+        let placed = self.0.commit_as(expected, size)?;
+        if placed {
+            // The mount commits one blob at a time: its verified record goes now (a failure
+            // only means a later reader hashes it).
+            if let Err(e) = store.flush_verified() {
+                tracing::warn!("blob {expected}: verified, not recorded: {e}");
+            }
+        }
+        Ok(placed)
     }
 }
 

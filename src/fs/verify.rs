@@ -1,14 +1,21 @@
 //! Blobs are checked when they are opened, so the mount never serves wrong bytes: the store file
-//! must exist, be a regular file of the descriptor's size and hash to its digest. The hash is
-//! computed once per blob per mount and remembered with the file's identity (device, inode,
-//! size, mtime, ctime); a file replaced or modified since is hashed again. Opens of one blob
-//! wait for a single check; different blobs are checked in parallel.
+//! must exist, be a regular file of the descriptor's size and hold the content its digest
+//! names. What the store verified before is trusted while its file is unchanged: a blob the
+//! store recorded as verified (at commit, by fsck, by an earlier mount; see
+//! `store::verified`) whose file has the recorded identity (inode, size, ctime, mtime, and the
+//! fs-verity measurement where the blob was sealed) is served without hashing it. Any other is
+//! hashed on its first open, and recorded when it matches. With `verify_reads`
+//! (`mount --verify-reads`) every blob is hashed on its first open in the mount, whatever the
+//! records say. Either way the result is remembered for the mount's life with the file's
+//! identity (device, inode, size, mtime, ctime); a file replaced or modified since is checked
+//! again. Opens of one blob wait for a single check; different blobs are checked in parallel.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -16,6 +23,8 @@ use parking_lot::Mutex;
 use crate::content::Provider;
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::store::verified::Identity as Verified;
+use crate::store::Store;
 
 use super::error::{FsError, FsResult};
 
@@ -49,11 +58,30 @@ type Slot = Arc<Mutex<Option<Identity>>>;
 #[derive(Default)]
 pub struct Verifier {
     checked: Mutex<HashMap<Digest, Slot>>,
+    /// Hash every blob on its first open, whatever the store recorded.
+    verify_reads: bool,
+    /// Blobs hashed so far (for tests and logs).
+    hashed: AtomicU64,
 }
 
 impl Verifier {
+    /// A verifier that trusts the store's records of what it verified, or, with
+    /// `verify_reads`, hashes every blob on its first open.
+    pub fn new(verify_reads: bool) -> Verifier {
+        Verifier {
+            checked: Mutex::default(),
+            verify_reads,
+            hashed: AtomicU64::new(0),
+        }
+    }
+
+    /// How many blobs were hashed (not trusted from the store's records) so far.
+    pub fn hashed(&self) -> u64 {
+        self.hashed.load(Ordering::Relaxed)
+    }
+
     /// Opens the blob `digest` of `size` bytes, checked.
-    pub fn open(&self, store: &dyn Provider, digest: &Digest, size: u64) -> FsResult<File> {
+    pub fn open(&self, store: &Store, digest: &Digest, size: u64) -> FsResult<File> {
         let damaged = |message: String| FsError::Damaged {
             digest: digest.clone(),
             message,
@@ -87,11 +115,31 @@ impl Verifier {
         if *done == Some(id) {
             return Ok(file);
         }
+        if !self.verify_reads {
+            match store.verified().trusts(digest, &file) {
+                Ok(true) => {
+                    *done = Some(id);
+                    return Ok(file);
+                }
+                Ok(false) => {}
+                // The records cannot be read: hash it, as with no record.
+                Err(e) => tracing::warn!("blob {digest}: {e}"),
+            }
+        }
+        self.hashed.fetch_add(1, Ordering::Relaxed);
         let found = hash_file(&file, digest).map_err(|e| FsError::Store(Error::io(&path, e)))?;
         if found != *digest {
             return Err(damaged(format!(
                 "content in the store does not match its digest (found {found})"
             )));
+        }
+        if !store.is_read_only() {
+            if let Err(e) = store
+                .verified()
+                .record(store.root(), digest, Verified::of(&meta))
+            {
+                tracing::warn!("blob {digest}: verified, not recorded: {e}");
+            }
         }
         *done = Some(id);
         Ok(file)

@@ -28,6 +28,7 @@ use crate::progress::Progress;
 use crate::reference::Reference;
 
 use super::check::{self, BlobFile};
+use super::verified::Identity;
 use super::{
     adopted_in, clear_adopted, ensure_dir, Store, COPY_CHUNK, PRIVATE_DIR_MODE, QUARANTINE_DIR,
 };
@@ -332,8 +333,12 @@ fn rehash_all(
                         return;
                     };
                     match hash_file(store, digest, &mut buf, &progress) {
-                        Ok((found, _)) if found == *digest => {}
-                        Ok((found, file)) => {
+                        Ok((found, _, identity)) if found == *digest => {
+                            if !store.is_read_only() {
+                                store.verified().note(digest, identity, store.root());
+                            }
+                        }
+                        Ok((found, file, _)) => {
                             out.lock()
                                 .insert(digest.clone(), Hashed::Mismatch(found, file));
                         }
@@ -349,7 +354,17 @@ fn rehash_all(
         }
     });
     progress.finish();
-    Ok(out.into_inner())
+    let out = out.into_inner();
+    // What hashed right is recorded as verified (later mounts trust it while unchanged); what
+    // did not is forgotten, so no reader trusts a record of it.
+    let wrong: Vec<Digest> = out.keys().cloned().collect();
+    let recorded = store
+        .flush_verified()
+        .and_then(|()| store.verified().forget(&wrong));
+    if let Err(e) = recorded {
+        tracing::warn!("verified records not updated: {e}");
+    }
+    Ok(out)
 }
 
 fn hash_file(
@@ -357,12 +372,13 @@ fn hash_file(
     digest: &Digest,
     buf: &mut [u8],
     progress: &Progress,
-) -> io::Result<(Digest, (u64, u64))> {
+) -> io::Result<(Digest, (u64, u64), Identity)> {
     let file = store.open_blob_file(digest)?;
+    // Taken before hashing: a change while it is read leaves a record no file matches.
     let meta = file.metadata()?;
     let found =
         crate::digest::hash_file(digest.algorithm(), &file, None, buf, |n| progress.add(n))?;
-    Ok((found, (meta.dev(), meta.ino())))
+    Ok((found, (meta.dev(), meta.ino()), Identity::of(&meta)))
 }
 
 /// Moves a blob to `quarantine/<alg>/<hex>`, replacing an earlier quarantined copy, if the

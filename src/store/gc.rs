@@ -211,6 +211,8 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
         }
         // Where a removed blob was seen on a registry is of no use to a push any more.
         records::forget_origins_in(&tx, report.blobs.iter().map(|(d, _)| d))?;
+        // Nor what was verified of it: a blob made again is another file.
+        super::verified::forget_in(&tx, report.blobs.iter().map(|(d, _)| d))?;
         tx.commit()?;
     }
     Ok(report)

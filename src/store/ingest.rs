@@ -26,6 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result, StoreProblem};
 
+use super::verified::{Identity, Verified};
 use super::{caller, check_meta, Kind, Store};
 
 /// Mode of a committed blob: read-only for everyone.
@@ -409,8 +410,15 @@ fn writing(blob: String, data: &Path, source: io::Error) -> Error {
 
 /// Moves `file`, the verified content of `expected` at `data`, into the store at `root`: fsync,
 /// mode 0444, rename unless the blob is there already, fsync of the directory. Returns false
-/// when the blob was already there (the data is left for the caller to remove).
-pub(super) fn place(root: &Path, file: &File, data: &Path, expected: &Digest) -> Result<bool> {
+/// when the blob was already there (the data is left for the caller to remove). A blob placed
+/// is noted in `verified` with the identity of its file there.
+pub(super) fn place(
+    root: &Path,
+    file: &File,
+    data: &Path,
+    expected: &Digest,
+    verified: &Verified,
+) -> Result<bool> {
     let target = root.join(expected.blob_path());
     if fs::symlink_metadata(&target).is_ok() {
         return Ok(false);
@@ -434,6 +442,7 @@ pub(super) fn place(root: &Path, file: &File, data: &Path, expected: &Digest) ->
             ));
         }
         sync_dir(target.parent().unwrap_or(Path::new(".")))?;
+        verified.note(expected, Identity::of(&there), root);
     }
     Ok(placed)
 }

@@ -17,6 +17,7 @@ pub mod gc;
 mod ingest;
 mod leases;
 mod records;
+pub mod verified;
 mod writer;
 
 use std::fs::{self, File, OpenOptions};
@@ -86,6 +87,8 @@ pub struct Store {
     root: PathBuf,
     records: Records,
     leases: Arc<Leases>,
+    /// What this handle verified and has still to record, and the records (see `verified`).
+    verified: Arc<verified::Verified>,
     read_only: bool,
     adopted: Option<Adopted>,
     /// (device, inode) of `meta.db` once opened: a database deleted or replaced since is
@@ -146,10 +149,12 @@ impl Store {
             let records = Records::open_in_store(&db, &count).map_err(named)?;
             (records, Leases::open(&db).map_err(named)?)
         };
+        let verified = Arc::new(verified::Verified::new(&root, read_only));
         let mut store = Store {
             root,
             records,
             leases: Arc::new(leases),
+            verified,
             read_only,
             adopted: None,
             db_identity: identity(&db)?,
@@ -220,6 +225,22 @@ impl Store {
 
     pub fn records(&self) -> &Records {
         &self.records
+    }
+
+    /// What the store knows it verified (see `verified`).
+    pub fn verified(&self) -> &verified::Verified {
+        &self.verified
+    }
+
+    /// The same, for a writer that outlives a borrow of the store.
+    pub(crate) fn verified_handle(&self) -> Arc<verified::Verified> {
+        self.verified.clone()
+    }
+
+    /// Writes the verified records of the blobs placed so far through this handle (one
+    /// transaction; sealed with fs-verity first where the filesystem has it).
+    pub fn flush_verified(&self) -> Result<()> {
+        self.verified.flush(&self.root)
     }
 
     /// Starts a lease: what it holds, gc keeps (see `leases`).

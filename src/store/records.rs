@@ -24,8 +24,8 @@ pub(super) const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The pause before retrying what SQLite refused as BUSY without waiting.
 const BUSY_RETRY: Duration = Duration::from_millis(5);
 /// Schema version kept in `PRAGMA user_version` (3 added the `state` table, 4 the
-/// `repositories` table, 5 the `origins` table).
-const SCHEMA_VERSION: i64 = 5;
+/// `repositories` table, 5 the `origins` table, 6 the `verified` table of `store::verified`).
+const SCHEMA_VERSION: i64 = 6;
 /// The schema that added the `repositories` table.
 const KEPT_SCHEMA: i64 = 4;
 /// The schema that added the `origins` table.
@@ -70,6 +70,14 @@ CREATE TABLE IF NOT EXISTS origins (
     repository TEXT NOT NULL,
     seen       INTEGER NOT NULL,
     PRIMARY KEY (digest, registry, repository)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS verified (
+    digest   TEXT PRIMARY KEY,
+    ino      INTEGER NOT NULL,
+    size     INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    verity   BLOB
 ) WITHOUT ROWID;
 ";
 

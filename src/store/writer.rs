@@ -40,6 +40,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::digest::{hash_file, hash_into, Algorithm, Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
@@ -48,6 +49,7 @@ use super::ingest::{
     check_digest, check_size, new_ingest, open_kept, place, start_writeback, KeptIngest,
     COPY_CHUNK, DATA_FILE, WRITEBACK_STEP,
 };
+use super::verified::Verified;
 use super::Store;
 
 /// Alignment of offsets, lengths and memory for O_DIRECT writes (a page: enough for every
@@ -95,6 +97,8 @@ pub struct BlobWriter {
     /// The descriptor of a kept ingest's directory, holding its lock while the writer lives;
     /// None for a temporary ingest.
     kept: Option<File>,
+    /// Where a blob placed is noted as verified (the store's, see `store::verified`).
+    verified: Arc<Verified>,
 }
 
 /// What dropping a writer does with its ingest directory.
@@ -155,6 +159,7 @@ impl BlobWriter {
             flushed_to: 0,
             on_drop: OnDrop::Remove,
             kept: None,
+            verified: store.verified_handle(),
         };
         // Dropped on an error, `w` removes the directory.
         let meta = file.metadata().at(&w.data)?;
@@ -187,6 +192,7 @@ impl BlobWriter {
             flushed_to: meta.len(),
             on_drop: OnDrop::KeepPartial,
             kept: Some(lock),
+            verified: store.verified_handle(),
         };
         if w.len > size {
             // Not a prefix of this blob: start over.
@@ -463,7 +469,7 @@ impl BlobWriter {
                 )),
             ));
         }
-        let placed = place(&self.root, file, &self.data, &found)?;
+        let placed = place(&self.root, file, &self.data, &found, &self.verified)?;
         Ok((found, placed))
     }
 
