@@ -670,7 +670,7 @@ fn a_store_on_a_read_only_filesystem_keeps_the_read_contracts_and_refuses_writes
             })
             .unwrap();
     }
-    remount(&dir, "ro");
+    tmpfs.remount("ro");
     let s = Store::open_with(&dir.join("store"), Access::Read).unwrap();
     assert!(s.is_read_only());
     assert_eq!(s.records().repositories().unwrap(), ["ro-kept"]);
@@ -683,20 +683,6 @@ fn a_store_on_a_read_only_filesystem_keeps_the_read_contracts_and_refuses_writes
     assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
     drop(s);
     drop(tmpfs);
-}
-
-/// Remounts the filesystem at `dir` with `how` (`ro` or `rw`).
-fn remount(dir: &Path, how: &str) {
-    let out = Command::new("mount")
-        .args(["-o", &format!("remount,{how}")])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Runs `sql` on a store's `meta.db` behind layoutfs's back, and returns its schema version.
@@ -781,7 +767,7 @@ fn kept_repositories_survive_reopening_and_every_handle_sees_each_change() {
 fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("fs");
-    let _tmpfs = Tmpfs::mount(&dir, 16);
+    let tmpfs = Tmpfs::mount(&dir, 16);
     let (desc, data) = json_blob(31);
     let db = dir.join("store").join("meta.db");
     {
@@ -796,7 +782,7 @@ fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
     assert_eq!(edit_db(&db, old), 3);
     assert!(!has_repositories_table(&db));
     // Read on a read-only filesystem: the images, and no kept repository.
-    remount(&dir, "ro");
+    tmpfs.remount("ro");
     {
         let s = Store::open_with(&dir.join("store"), Access::Read).unwrap();
         assert!(s.is_read_only());
@@ -815,7 +801,7 @@ fn a_schema_3_database_is_read_as_it_is_and_upgraded_when_written() {
             desc
         );
     }
-    remount(&dir, "rw");
+    tmpfs.remount("rw");
     // Opened to write: upgraded in place, its images kept, the records not taken for lost.
     {
         let s = open(&dir);

@@ -201,7 +201,7 @@ fn gc_forgets_the_records_of_the_blobs_it_removes() {
 fn a_store_on_a_read_only_filesystem_still_trusts_its_records() {
     let t = tempfile::tempdir().unwrap();
     let dir = t.path().join("ro");
-    let _tmpfs = common::Tmpfs::mount(&dir, 64);
+    let tmpfs = common::Tmpfs::mount(&dir, 64);
     let root = dir.join("store");
     {
         let store = Arc::new(Store::open(&root).unwrap());
@@ -212,16 +212,7 @@ fn a_store_on_a_read_only_filesystem_still_trusts_its_records() {
         };
         import(&h, "app", 1, 7);
     }
-    let out = std::process::Command::new("mount")
-        .args(["-o", "remount,ro"])
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    tmpfs.remount("ro");
     let ro = Arc::new(Store::open_with(&root, Access::Read).unwrap());
     assert!(ro.is_read_only());
     let view = Harness {

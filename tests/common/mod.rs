@@ -379,8 +379,13 @@ impl Tmpfs {
 
     /// Gives the filesystem a new size (space freed, as a user would free it).
     pub fn resize(&self, mib: u64) {
+        self.remount(&format!("size={mib}m"));
+    }
+
+    /// Mounts it again with `options` (`ro`, `rw`, `size=…`).
+    pub fn remount(&self, options: &str) {
         sh(Command::new("mount")
-            .args(["-o", &format!("remount,size={mib}m")])
+            .args(["-o", &format!("remount,{options}")])
             .arg(&self.0));
     }
 }
