@@ -43,7 +43,9 @@ const CHECKS: &[&str] = &[
     "user-blobs-stay-0444",
 ];
 
-/// How long the VM may run (TCG on 2 cores takes about 1.5 minutes).
+/// How long the VM may run. Under TCG with the debug binary it ran 107-124 s on 2 shared, busy
+/// cores; fetching the kernel package first adds about 35 s, and a /dev/kvm whose guests hang
+/// costs the script's 60 s wait before it falls back to TCG.
 const VM_TIMEOUT: Duration = Duration::from_secs(420);
 
 /// The layouts the VM imports (`import/`: layers of 1, 2 and 3 MiB, so Merkle trees of more
