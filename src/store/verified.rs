@@ -156,7 +156,18 @@ impl Verified {
                 match seal_blob(&path, noted.ino) {
                     Ok(Some(row)) => rows.push((digest, row)),
                     Ok(None) => {}
-                    Err(e) => tracing::warn!("{}: not sealed with fs-verity: {e}", path.display()),
+                    Err(e) => {
+                        // Not sealed: still recorded by its identity (as with no fs-verity),
+                        // so later mounts do not hash it again.
+                        tracing::warn!("{}: not sealed with fs-verity: {e}", path.display());
+                        rows.push((
+                            digest,
+                            Record {
+                                identity: noted,
+                                verity: None,
+                            },
+                        ));
+                    }
                 }
             } else {
                 rows.push((
@@ -328,11 +339,29 @@ fn seal_blob(path: &Path, ino: u64) -> io::Result<Option<Record>> {
     match enable_verity(&file) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        // FS_IOC_ENABLE_VERITY wants write permission on the inode (through a read-only
+        // descriptor): a blob is 0444, which stops every owner but root. The owner lends
+        // itself u+w for the call; once sealed no one can open the file for writing.
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => enable_verity_as_owner(&file)?,
         Err(e) => return Err(e),
     }
     let verity = measure(&file)?;
     let identity = Identity::of(&file.metadata()?);
     Ok(Some(Record { identity, verity }))
+}
+
+/// Seals `file` (a blob of mode 0444 owned by this process's user) with its owner's write
+/// bit set for the call, then restores its mode.
+fn enable_verity_as_owner(file: &File) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata()?.permissions().mode() & 0o7777;
+    file.set_permissions(std::fs::Permissions::from_mode(mode | 0o200))?;
+    let sealed = enable_verity(file);
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    match sealed {
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        r => r,
+    }
 }
 
 /// `struct fsverity_enable_arg` of linux/fsverity.h.
