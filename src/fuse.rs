@@ -387,7 +387,8 @@ impl Filesystem for Adapter {
         reply.ok();
     }
 
-    /// fsync commits like close: a committed blob is durable (the store fsyncs it).
+    /// fsync commits like close: a committed blob is durable (the store fsyncs it); a file
+    /// that stays an upload is synced to the disk.
     fn fsync(
         &self,
         req: &Request,
@@ -396,7 +397,7 @@ impl Filesystem for Adapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.flush(fh.0, process_of(req)) {
+        match self.fs.fsync(fh.0, process_of(req)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", &e)),
         }

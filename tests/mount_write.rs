@@ -644,3 +644,179 @@ fn a_pending_repository_shows_a_layout_and_cp_r_with_index_json_first_still_work
     drop(m);
     store_is_clean(&env);
 }
+
+/// Files written at once by `many_concurrent_large_uploads_keep_the_daemon_small`, and the
+/// size of each.
+const CONCURRENT_UPLOADS: usize = 8;
+const UPLOAD_MIB: usize = 32;
+/// The daemon's peak resident memory allowed while they are written: it keeps no bytes of an
+/// upload, so this does not grow with their size or number (about 18 MiB after `cp -r` of
+/// the 2 GiB bench layout; 256 MiB are written here).
+const DAEMON_PEAK_RSS_KIB: u64 = 64 << 10;
+
+/// `mib` MiB that differ from file to file and from MiB to MiB.
+fn pattern(seed: usize, mib: usize) -> Vec<u8> {
+    (0..(mib << 20) as u64)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) >> 11) as u8) ^ seed as u8)
+        .collect()
+}
+
+/// Writes `data` into `path` in 1 MiB writes (as cp does), whatever happens: returns the
+/// file and the first error.
+fn write_mib_chunks(path: &Path, data: &[u8]) -> (fs::File, std::io::Result<()>) {
+    use std::io::Write;
+    let mut f = fs::File::create(path).unwrap();
+    let r = data.chunks(1 << 20).try_for_each(|c| f.write_all(c));
+    (f, r)
+}
+
+#[test]
+fn many_concurrent_large_uploads_keep_the_daemon_small() {
+    let env = Env::new();
+    let m = Mounted::start(&env, "mnt", &[]);
+    fs::create_dir_all(m.path("up/blobs/sha256")).unwrap();
+    std::thread::scope(|s| {
+        for i in 0..CONCURRENT_UPLOADS {
+            let path = m.path(&format!("up/blobs/sha256/.tmp-{i}"));
+            s.spawn(move || {
+                let data = pattern(i, UPLOAD_MIB);
+                let (f, r) = write_mib_chunks(&path, &data);
+                r.unwrap();
+                // fsync of a file that stays an upload waits for its bytes (and succeeds).
+                f.sync_all().unwrap();
+                drop(f);
+                let back = fs::read(&path).unwrap();
+                assert!(back == data, "{}: read back differs", path.display());
+            });
+        }
+    });
+    let status = fs::read_to_string(format!("/proc/{}/status", m.pid())).unwrap();
+    let peak: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(
+        peak < DAEMON_PEAK_RSS_KIB,
+        "the daemon peaked at {peak} KiB writing {CONCURRENT_UPLOADS} files of {UPLOAD_MIB} MiB"
+    );
+    drop(m);
+}
+
+/// Room on the tmpfs under `ShortDisk`'s loop device, the size of its ext4 filesystem, and the
+/// bytes written into it by `a_failed_writeback_fails_fsync_close_and_rename`: the writes fit
+/// the filesystem, not the disk under it.
+const SHORT_DISK_ROOM_MIB: u64 = 48;
+const SHORT_DISK_FS_MIB: u64 = 512;
+const SHORT_WRITE_MIB: usize = 96;
+
+/// An ext4 filesystem on a loop device whose backing file sits on a tmpfs too small for it:
+/// writes succeed into the page cache and fail when written back (the loop device gets ENOSPC
+/// from the tmpfs and reports EIO), as a failing disk does. Unmounted and detached on drop.
+struct ShortDisk {
+    dir: PathBuf,
+    device: String,
+    _room: Tmpfs,
+}
+
+impl ShortDisk {
+    fn new(env: &Env) -> ShortDisk {
+        let room = Tmpfs::mount(&env.path("room"), SHORT_DISK_ROOM_MIB);
+        let image = env.path("room/disk.img");
+        fs::File::create(&image)
+            .unwrap()
+            .set_len(SHORT_DISK_FS_MIB << 20)
+            .unwrap();
+        sh(Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "lazy_itable_init=0,lazy_journal_init=0"])
+            .arg(&image));
+        let device = sh(Command::new("losetup").args(["-f", "--show"]).arg(&image))
+            .trim()
+            .to_owned();
+        let dir = env.path("disk");
+        fs::create_dir_all(&dir).unwrap();
+        let disk = ShortDisk {
+            dir,
+            device,
+            _room: room,
+        };
+        sh(Command::new("mount").arg(&disk.device).arg(&disk.dir));
+        disk
+    }
+}
+
+impl Drop for ShortDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.dir).status();
+        let _ = Command::new("losetup").arg("-d").arg(&self.device).status();
+    }
+}
+
+/// The errno of `r`, which must be an error.
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>, what: &str) -> i32 {
+    let e = r.expect_err(what);
+    e.raw_os_error().unwrap_or_else(|| panic!("{what}: {e}"))
+}
+
+#[test]
+fn a_failed_writeback_fails_fsync_close_and_rename() {
+    require("mkfs.ext4");
+    require("losetup");
+    let mut env = Env::new();
+    let disk = ShortDisk::new(&env);
+    env.store = disk.dir.join("store");
+    let m = Mounted::start(&env, "mnt", &[]);
+    fs::create_dir_all(m.path("r/blobs/sha256")).unwrap();
+    let data = pattern(1, SHORT_WRITE_MIB);
+    let hex = sha256_hex(&data);
+    let io_errors = [libc::EIO, libc::ENOSPC];
+
+    // A temporary file: every write succeeds (into the page cache); the fsync reports the
+    // failed writeback, and so do a later write, the close and a rename onto its blob name.
+    let tmp = m.path("r/blobs/sha256/.tmp");
+    let (mut f, r) = write_mib_chunks(&tmp, &data);
+    r.unwrap();
+    let e = errno_of(f.sync_all(), "fsync after a failed writeback");
+    assert!(io_errors.contains(&e), "fsync: errno {e}");
+    let e = errno_of(
+        std::io::Write::write_all(&mut f, b"more"),
+        "a write after it",
+    );
+    assert!(io_errors.contains(&e), "write: errno {e}");
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    // SAFETY: `fd` is the descriptor just taken from `f`, closed once here.
+    let closed = unsafe { libc::close(fd) };
+    assert_eq!(closed, -1, "close after a failed writeback");
+    let e = std::io::Error::last_os_error().raw_os_error().unwrap();
+    assert!(io_errors.contains(&e), "close: errno {e}");
+    let e = errno_of(
+        fs::rename(&tmp, m.path(&format!("r/blobs/sha256/{hex}"))),
+        "rename onto the blob name",
+    );
+    assert!(io_errors.contains(&e), "rename: errno {e}");
+
+    // At its blob name: the close (which commits) reports it.
+    let (f, r) = write_mib_chunks(&m.path(&format!("r/blobs/sha256/{hex}")), &data);
+    if let Err(e) = r {
+        assert!(io_errors.contains(&e.raw_os_error().unwrap()), "write: {e}");
+    }
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(f);
+    // SAFETY: as above.
+    let closed = unsafe { libc::close(fd) };
+    assert_eq!(closed, -1, "close of a blob whose writeback failed");
+    assert!(env.images().is_empty());
+    assert!(
+        !env.store.join(format!("blobs/sha256/{hex}")).exists(),
+        "a blob whose bytes did not reach the disk was placed"
+    );
+    drop(m);
+}
+
+/// The sha256 of `data` in hex.
+fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1119,7 +1119,7 @@ fn a_resumed_write_continues_from_what_a_dropped_abandoned_or_killed_writer_kept
                 "{case}: starts where it was left"
             );
             if direct {
-                w = w.direct();
+                w = w.hash_behind();
             }
             assert!(finish(w, &data, 1 << 20), "{case}");
             assert_eq!(fs::read(s.blob_path(&d)).unwrap(), data, "{case}");

@@ -1,12 +1,17 @@
 //! An upload: the bytes of a file written into the mount, in one of the store's ingest
-//! writers (`store::BlobWriter`, made `direct`: large writes hashed on a second thread and,
-//! when aligned, written with O_DIRECT). Whatever name the file has, its bytes stay in the
+//! writers (`store::BlobWriter`, made `hash_behind`: what large writes append is hashed on a
+//! thread of its own, read back from the file, while the next writes arrive). Writes go to the page cache and the kernel is asked to write them back every few
+//! MiB, so the disk works while the next writes arrive (as import's writes do); an fsync that
+//! commits nothing waits for them (`sync`), and a commit fsyncs, so a failed writeback is
+//! reported to the writer there. Whatever name the file has, its bytes stay in the
 //! ingest until it is committed as a blob (verified against the digest its name gives), read
 //! as `index.json` or `oci-layout`, or dropped. Writes out of order are allowed; the digest is
 //! then computed from the file. Dropping an upload removes its ingest. An upload nothing has
 //! open (a temporary file after close) is parked: its descriptors are closed and the file is
 //! opened again at the next access, so that thousands of temporary files hold no descriptor of
-//! the daemon's. What is the mount's own here: reading a small file whole (`read_small`).
+//! the daemon's. The daemon keeps no bytes of an upload in memory, so its memory does not grow
+//! with the size or the number of files written. What is the mount's own here: reading a small
+//! file whole (`read_small`).
 
 use std::io;
 
@@ -19,7 +24,7 @@ pub struct Upload(BlobWriter);
 impl Upload {
     /// A new, empty upload in `store`; `alg` is the hash kept while it is written.
     pub fn new(store: &Store, alg: Algorithm) -> Result<Upload> {
-        Ok(Upload(store.ingest_unnamed(alg)?.direct()))
+        Ok(Upload(store.ingest_unnamed(alg)?.hash_behind()))
     }
 
     /// Drops the upload but leaves its ingest directory, as a process that died would: the
@@ -49,6 +54,12 @@ impl Upload {
     /// Writes `buf` at `offset`. After an error the upload is not to be committed.
     pub fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
         self.0.write_at(offset, buf)
+    }
+
+    /// Waits until the bytes written are on the disk; a failed writeback is reported here.
+    /// After an error the upload is not to be committed.
+    pub fn sync(&mut self) -> Result<()> {
+        self.0.sync()
     }
 
     pub fn read_at(&mut self, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<()> {
@@ -147,7 +158,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn large_aligned_writes_go_direct_and_commit_whole() {
+    fn large_writes_in_order_commit_whole() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path()).unwrap();
         let content: Vec<u8> = (0..(2u32 << 20) + 100)

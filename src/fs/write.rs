@@ -52,7 +52,7 @@ use super::moves::Moved;
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
-use super::state::{RepoState, ScratchKind, Shared, SharedUpload, WriteState};
+use super::state::{RepoState, ScratchKind, Shared, SharedUpload, WriteState, Writing};
 use super::upload::Upload;
 use super::view::LAYOUT_NAMES;
 
@@ -538,12 +538,7 @@ impl super::Fs {
             }
         }
         let mut w = shared.lock();
-        if let Some((errno, message)) = &w.failed {
-            return Err(FsError::WriteFailed {
-                errno: *errno,
-                message: message.clone(),
-            });
-        }
+        earlier_failure(&w)?;
         let upload = w
             .upload
             .as_mut()
@@ -551,10 +546,7 @@ impl super::Fs {
         let written = upload.write_at(offset, data);
         shared.touch(upload.len());
         if let Err(e) = written {
-            let e = FsError::from(e);
-            w.upload = None;
-            w.failed = Some((e.errno(), format!("an earlier write failed: {e}")));
-            return Err(e);
+            return Err(failed(&mut w, e.into(), "an earlier write"));
         }
         w.dirty = true;
         drop(w);
@@ -614,17 +606,33 @@ impl super::Fs {
         };
         {
             let w = shared.lock();
-            if let Some((errno, message)) = &w.failed {
-                return Err(FsError::WriteFailed {
-                    errno: *errno,
-                    message: message.clone(),
-                });
-            }
+            earlier_failure(&w)?;
             if !w.dirty {
                 return Ok(());
             }
         }
         self.finish(ino, &shared, pid, false)
+    }
+
+    /// An fsync of `fh`: acts on what was written as a close does (a blob is committed, and the
+    /// commit fsyncs it), then waits until what stays an upload (a temporary file, `index.json`,
+    /// `oci-layout`) is on the disk. A failed writeback fails this fsync, and the upload is
+    /// dropped as after a failed write: later writes, closes and renames of the file fail too.
+    pub fn fsync(&self, fh: u64, pid: u32) -> FsResult<()> {
+        self.flush(fh, pid)?;
+        let shared = match self.upload_handle(fh) {
+            Ok((_, shared)) => shared,
+            Err(FsError::NotPermitted(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let mut w = shared.lock();
+        let Some(upload) = w.upload.as_mut() else {
+            return Ok(());
+        };
+        if let Err(e) = upload.sync() {
+            return Err(failed(&mut w, e.into(), "an earlier writeback"));
+        }
+        Ok(())
     }
 
     /// Acts on what was written to `ino`; `last_close` when nothing will write it again
@@ -1011,6 +1019,8 @@ impl super::Fs {
             // A docker archive's manifest.json may name what is below it now.
             return self.written_in(newparent, newname, pid);
         };
+        // What was written is lost (a failed write or writeback): no name makes it a blob.
+        earlier_failure(&shared.lock())?;
         match &target {
             Node::AlgDir(repo, alg) => {
                 check_blob_name(repo, *alg, newname)?;
@@ -1367,6 +1377,26 @@ impl super::Fs {
 /// taken while nothing was written (dd creates the file, then closes a first descriptor before
 /// writing through its duplicate), and on a mismatch the upload stays: the error goes to this
 /// close, and later writes through another descriptor may still complete it.
+/// Records that what was written to an upload is lost (`what` failed with `e`): the upload is
+/// dropped, giving its space back, and every later write, close, fsync or rename of the file
+/// fails with the same error. Returns `e`.
+fn failed(w: &mut Writing, e: FsError, what: &str) -> FsError {
+    w.upload = None;
+    w.failed = Some((e.errno(), format!("{what} failed: {e}")));
+    e
+}
+
+/// The error of an earlier failed write or writeback of an upload, if one failed.
+fn earlier_failure(w: &Writing) -> FsResult<()> {
+    match &w.failed {
+        Some((errno, message)) => Err(FsError::WriteFailed {
+            errno: *errno,
+            message: message.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 fn take_verified(shared: &Shared, digest: &Digest, size: Option<u64>) -> FsResult<Option<Upload>> {
     let mut w = shared.lock();
     let Some(u) = w.upload.as_mut() else {

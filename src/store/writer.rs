@@ -13,12 +13,14 @@
 //!   file read-only, renames it into `blobs/` without replacing and checks that what went
 //!   there is the file written. Nothing is under `blobs/` before that. A write past the
 //!   expected size fails at once.
-//! - Direct writes (`direct`, for the mount): a large write in order is hashed on a second
-//!   thread while it is written, and a large page-aligned one goes through a second descriptor
-//!   opened with O_DIRECT, from a page-aligned buffer of this thread's, instead of into newly
-//!   allocated page cache. Where the filesystem refuses O_DIRECT (tmpfs) the writer writes
-//!   buffered from then on. Buffered writes of a writer that is not direct (import's) ask the
-//!   kernel to start writeback every `WRITEBACK_STEP`, so that the fsync at commit finds little left.
+//! - Writes are buffered, and every `WRITEBACK_STEP` bytes the kernel is asked to start writing
+//!   them back (`start_writeback`, sync_file_range without waiting), so that the disk works while
+//!   the next writes arrive and the fsync at commit finds little left. A writer made
+//!   `hash_behind` (the mount's) hashes what large writes append on a thread of its own, reading
+//!   it back from the file while the next writes arrive (`writer::hash_behind`). (The mount's
+//!   large writes went through O_DIRECT before: each then waited for the disk, one at a time,
+//!   and `cp -r` into the mount could not keep the disk busy.) A failed writeback is reported
+//!   by the fsync at commit, or by `sync` (an fsync through the mount).
 //! - Parking: `park` closes the descriptors of a writer nothing uses (a temporary file after
 //!   close); the next access opens the data file again, never through a link, and refuses a
 //!   file that is not the one it created.
@@ -35,7 +37,6 @@
 //! A writer carries what it needs of the store (its root) and borrows nothing, so the mount
 //! keeps thousands of them in its tables.
 
-use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -45,6 +46,10 @@ use std::sync::Arc;
 use crate::digest::{hash_file, hash_into, Algorithm, Digest, Hasher};
 use crate::error::{Error, IoContext, Result};
 
+mod hash_behind;
+
+use hash_behind::HashBehind;
+
 use super::ingest::{
     check_digest, check_size, new_ingest, open_kept, place, start_writeback, KeptIngest,
     COPY_CHUNK, DATA_FILE, WRITEBACK_STEP,
@@ -52,23 +57,9 @@ use super::ingest::{
 use super::verified::Verified;
 use super::Store;
 
-/// Alignment of offsets, lengths and memory for O_DIRECT writes (a page: enough for every
-/// logical block size in use).
-const DIRECT_ALIGN: usize = 4096;
-
-/// Writes at least this large are hashed on a second thread while they are written by a
-/// `direct` writer (below it, starting the thread costs more than it saves), and go through
-/// O_DIRECT when aligned.
-const PARALLEL_HASH_MIN: usize = 256 << 10;
-
-/// One page of a page-aligned buffer for O_DIRECT writes.
-#[repr(C, align(4096))]
-struct Page([u8; DIRECT_ALIGN]);
-
-thread_local! {
-    /// The aligned buffer of this thread's O_DIRECT writes, grown to the largest write.
-    static DIRECT_BUF: RefCell<Vec<Page>> = const { RefCell::new(Vec::new()) };
-}
+/// A `hash_behind` writer starts hashing on a thread of its own at an append at least this
+/// large (below it, starting the thread costs more than it saves).
+const HASH_BEHIND_MIN: usize = 256 << 10;
 
 /// One blob being written (see the module doc).
 pub struct BlobWriter {
@@ -81,10 +72,14 @@ pub struct BlobWriter {
     identity: (u64, u64),
     /// The data file, read and write; None while parked.
     file: Option<File>,
-    direct: Direct,
+    /// What large writes append is hashed on a thread of its own (`behind`).
+    hash_behind: bool,
     alg: Algorithm,
-    /// Running hash of bytes 0..len, while every write has continued where the last ended.
+    /// Running hash of bytes 0..len, while every write has continued where the last ended;
+    /// None too while `behind` has it.
     hasher: Option<Hasher>,
+    /// The running hash continued on its own thread: it covers 0..len once finished.
+    behind: Option<HashBehind>,
     /// The digest of the content read from the file, until the content changes.
     hashed: Option<Digest>,
     len: u64,
@@ -112,27 +107,6 @@ enum OnDrop {
     Leave,
 }
 
-/// The O_DIRECT side of a writer.
-#[derive(Default)]
-struct Direct {
-    /// Large writes are hashed on a second thread and, when aligned, written through `file`.
-    enabled: bool,
-    /// The data file opened with O_DIRECT: None where the filesystem refuses it, after it
-    /// failed once, and while parked.
-    file: Option<File>,
-    /// Whether O_DIRECT is worth opening again after a park (it worked when last tried).
-    works: bool,
-}
-
-/// How a write reached the file.
-#[derive(PartialEq, Eq)]
-enum Wrote {
-    Direct,
-    Buffered,
-    /// Buffered after the filesystem refused O_DIRECT for it.
-    Refused,
-}
-
 impl BlobWriter {
     /// A new, empty writer in `store`'s ingest area, hashing with `alg`, that must become the
     /// blob `expected` (of `size` bytes, when known), or is named by its hash when None.
@@ -150,7 +124,8 @@ impl BlobWriter {
             data,
             identity: (0, 0),
             file: None,
-            direct: Direct::default(),
+            hash_behind: false,
+            behind: None,
             alg,
             hasher: Some(alg.hasher()),
             hashed: None,
@@ -183,7 +158,8 @@ impl BlobWriter {
             data,
             identity: (meta.dev(), meta.ino()),
             file: Some(file),
-            direct: Direct::default(),
+            hash_behind: false,
+            behind: None,
             alg,
             hasher: None,
             hashed: None,
@@ -207,14 +183,27 @@ impl BlobWriter {
         Ok(w)
     }
 
-    /// Makes the writer fast for large writes from the mount: those in order are hashed on a
-    /// second thread while written, and page-aligned ones go through O_DIRECT where the
-    /// filesystem has it.
-    pub fn direct(mut self) -> BlobWriter {
-        self.direct.enabled = true;
-        self.direct.file = open_direct(&self.data, self.identity);
-        self.direct.works = self.direct.file.is_some();
+    /// Makes the writer fast for large writes from the mount: what they append is hashed on a
+    /// thread of its own while the next writes arrive.
+    pub fn hash_behind(mut self) -> BlobWriter {
+        self.hash_behind = true;
         self
+    }
+
+    /// Takes the running hash back from the thread hashing behind the writes, once it has
+    /// hashed all they appended (None: the digest is to come from the file).
+    fn settle_hash(&mut self) {
+        if let Some(b) = self.behind.take() {
+            self.hasher = b.finish();
+        }
+    }
+
+    /// Drops the running hash: the content is no longer what was appended in order.
+    fn drop_hash(&mut self) {
+        if let Some(b) = self.behind.take() {
+            b.cancel();
+        }
+        self.hasher = None;
     }
 
     /// What errors call this blob.
@@ -261,8 +250,9 @@ impl BlobWriter {
 
     /// Closes the writer's descriptors; the next access opens the data file again.
     pub fn park(&mut self) {
+        // The hashing thread holds a descriptor of its own.
+        self.settle_hash();
         self.file = None;
-        self.direct.file = None;
     }
 
     /// Whether the writer holds no descriptor now.
@@ -291,10 +281,6 @@ impl BlobWriter {
                 )),
             ));
         }
-        if self.direct.works {
-            self.direct.file = open_direct(&self.data, self.identity);
-            self.direct.works = self.direct.file.is_some();
-        }
         self.file = Some(file);
         Ok(())
     }
@@ -322,44 +308,63 @@ impl BlobWriter {
     }
 
     /// Writes `buf` at `offset`. A write that continues where the last ended extends the
-    /// running hash; any other makes the digest come from the file. After an error the content
-    /// is unknown: the writer is to be dropped (a commit would hash the file).
+    /// running hash (hashed behind the writes, for a `hash_behind` writer's large ones); any
+    /// other makes the digest come from the file. After an error the content is unknown: the
+    /// writer is to be dropped (a commit would hash the file).
     pub fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
         let end = self.end_of(offset, buf.len())?;
         self.open()?;
-        let hasher = self.hasher.take().filter(|_| offset == self.len);
-        let large = self.direct.enabled && buf.len() >= PARALLEL_HASH_MIN;
-        let file = self.opened()?;
-        let direct = self.direct.file.as_ref().filter(|_| {
-            large && offset % DIRECT_ALIGN as u64 == 0 && buf.len() % DIRECT_ALIGN == 0
-        });
-        let write = || write_to(file, direct, buf, offset);
-        let (hasher, wrote) = match hasher {
-            Some(h) if large => hash_beside(h, buf, write),
-            Some(mut h) => {
-                h.update(buf);
-                (Some(h), write())
-            }
-            None => (None, write()),
-        };
+        let append = offset == self.len;
+        if !append {
+            self.drop_hash();
+        }
         self.hashed = None;
-        let wrote = wrote.map_err(|e| self.write_error(e))?;
-        self.hasher = hasher;
-        if wrote == Wrote::Refused {
-            // The filesystem refused O_DIRECT: buffered from now on.
-            self.direct.file = None;
-            self.direct.works = false;
+        if let Err(e) = self.opened()?.write_all_at(buf, offset) {
+            self.drop_hash();
+            return Err(self.write_error(e));
         }
         self.len = self.len.max(end);
-        // A direct writer (the mount's) leaves writeback to the kernel: its large writes skip
-        // the page cache, and asking for writeback behind its small ones made `cp -r` into the
-        // mount slower (median of 5: 8.29 s against 7.11 s before; 7.18 s against 7.42 s
-        // without it).
-        if !self.direct.enabled && end >= self.flushed_to.saturating_add(WRITEBACK_STEP) {
+        if append {
+            self.hash_appended(offset, end, buf)?;
+        }
+        if end >= self.flushed_to.saturating_add(WRITEBACK_STEP) {
             start_writeback(self.opened()?, self.flushed_to, end - self.flushed_to);
             self.flushed_to = end;
         }
         Ok(())
+    }
+
+    /// Adds `buf`, just appended at `offset..end`, to the running hash: behind the writes
+    /// when a thread hashes them or one starts now, else here.
+    fn hash_appended(&mut self, offset: u64, end: u64, buf: &[u8]) -> Result<()> {
+        if let Some(b) = &self.behind {
+            if b.advance(end) {
+                return Ok(());
+            }
+            // It ended, idle: take the hash back (it covers 0..offset) and go on here.
+            self.settle_hash();
+        } else if self.hash_behind && buf.len() >= HASH_BEHIND_MIN {
+            let file = self
+                .file
+                .as_ref()
+                .ok_or_else(|| Error::io(&self.data, io::Error::other("the ingest is parked")))?;
+            self.behind = HashBehind::start(file, &mut self.hasher, offset, end);
+            if self.behind.is_some() {
+                return Ok(());
+            }
+        }
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(buf);
+        }
+        Ok(())
+    }
+
+    /// Waits until what was written is on the disk (an fsync through the mount of a file not
+    /// committed by it). A writeback that failed since the last check is reported here, as
+    /// after a failed write: the writer is then to be dropped.
+    pub fn sync(&mut self) -> Result<()> {
+        self.open()?;
+        self.opened()?.sync_data().map_err(|e| self.write_error(e))
     }
 
     /// Appends bytes at the end (`len`).
@@ -380,13 +385,15 @@ impl BlobWriter {
     pub fn truncate(&mut self, size: u64) -> Result<()> {
         self.end_of(size, 0)?;
         self.open()?;
+        if size != self.len {
+            self.drop_hash();
+        }
         self.opened()?
             .set_len(size)
             .map_err(|e| self.write_error(e))?;
         if size == 0 {
+            self.drop_hash();
             self.hasher = Some(self.alg.hasher());
-        } else if size != self.len {
-            self.hasher = None;
         }
         self.hashed = None;
         self.flushed_to = self.flushed_to.min(size);
@@ -397,6 +404,7 @@ impl BlobWriter {
     /// The digest of the content with `alg`: the running hash when it covers the content,
     /// else read from the file.
     pub fn digest(&mut self, alg: Algorithm) -> Result<Digest> {
+        self.settle_hash();
         if let Some(h) = self.hasher.as_ref().filter(|h| h.algorithm() == alg) {
             return Ok(h.clone().finish());
         }
@@ -511,85 +519,6 @@ fn identity(file: &File) -> io::Result<(u64, u64)> {
     file.metadata().map(|m| (m.dev(), m.ino()))
 }
 
-/// The data file at `data` opened again with O_DIRECT, where the filesystem allows it and it
-/// is still the file `expected` names.
-fn open_direct(data: &Path, expected: (u64, u64)) -> Option<File> {
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT | libc::O_NOFOLLOW)
-        .open(data)
-        .ok()
-        .filter(|f| identity(f).ok() == Some(expected))
-}
-
-/// Writes `buf` at `offset`: through `direct` when given (O_DIRECT; the caller checked the
-/// alignment), else buffered; buffered too when the filesystem refuses O_DIRECT for it.
-fn write_to(file: &File, direct: Option<&File>, buf: &[u8], offset: u64) -> io::Result<Wrote> {
-    if let Some(d) = direct {
-        if write_direct(d, buf, offset)? {
-            return Ok(Wrote::Direct);
-        }
-        file.write_all_at(buf, offset)?;
-        return Ok(Wrote::Refused);
-    }
-    file.write_all_at(buf, offset).map(|()| Wrote::Buffered)
-}
-
-/// Runs `write` while `buf` is hashed into `h` on a second thread, so that a large write pays
-/// for the slower of the two, not both. Gives the hasher back, or None when the hash could not
-/// be finished (no thread, or it panicked): the digest then comes from the file.
-fn hash_beside(
-    mut h: Hasher,
-    buf: &[u8],
-    write: impl FnOnce() -> io::Result<Wrote>,
-) -> (Option<Hasher>, io::Result<Wrote>) {
-    std::thread::scope(|s| {
-        let hashing = std::thread::Builder::new()
-            .name("hash".into())
-            .spawn_scoped(s, move || {
-                h.update(buf);
-                h
-            });
-        let wrote = write();
-        match hashing {
-            Ok(t) => (t.join().ok(), wrote),
-            Err(e) => {
-                tracing::debug!("hashing from the file at commit: no thread ({e})");
-                (None, wrote)
-            }
-        }
-    })
-}
-
-/// Writes `buf` (a whole number of pages, at a page offset) through the O_DIRECT descriptor
-/// `file`, copied into this thread's aligned buffer. Ok(false) when the filesystem refuses
-/// O_DIRECT here (EINVAL), or the write is not aligned: nothing was written, and the caller
-/// writes it buffered.
-fn write_direct(file: &File, buf: &[u8], offset: u64) -> io::Result<bool> {
-    if buf.len() % DIRECT_ALIGN != 0 || offset % DIRECT_ALIGN as u64 != 0 {
-        return Ok(false);
-    }
-    DIRECT_BUF.with(|cell| {
-        let mut pages = cell.borrow_mut();
-        let n = buf.len() / DIRECT_ALIGN;
-        if pages.len() < n {
-            pages.resize_with(n, || Page([0; DIRECT_ALIGN]));
-        }
-        // SAFETY: `Page` is a C-layout array of bytes with no padding, and the vector's pages
-        // are contiguous, so its first `n` pages are `n * DIRECT_ALIGN` initialised bytes,
-        // borrowed mutably and only here.
-        let bytes = unsafe {
-            std::slice::from_raw_parts_mut(pages.as_mut_ptr().cast::<u8>(), n * DIRECT_ALIGN)
-        };
-        bytes.copy_from_slice(buf);
-        match file.write_all_at(bytes, offset) {
-            Ok(()) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
-            Err(e) => Err(e),
-        }
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,8 +566,8 @@ mod tests {
     const KIB: usize = 1 << 10;
     const MIB: usize = 1 << 20;
 
-    /// (chunk size, order of the chunks, direct): in order, reversed, shuffled, with a chunk
-    /// written twice; small buffered writes and large direct ones (parallel hash, O_DIRECT).
+    /// (chunk size, order of the chunks, parallel hash): in order, reversed, shuffled, with a
+    /// chunk written twice; small writes and large ones (hashed on a second thread).
     const ORDERS: [(usize, &[usize], bool); 7] = [
         (64 * KIB, &[0, 1, 2, 3], false),
         (64 * KIB, &[3, 2, 1, 0], false),
@@ -651,9 +580,9 @@ mod tests {
 
     #[test]
     fn writes_in_any_order_commit_with_the_content_digest() {
-        for (chunk, order, direct) in ORDERS {
+        for (chunk, order, parallel) in ORDERS {
             let data = content(3 * chunk + 100);
-            let case = format!("chunks of {chunk} in order {order:?}, direct {direct}");
+            let case = format!("chunks of {chunk} in order {order:?}, parallel hash {parallel}");
             // Expected up front, given at commit, named by its hash (sha512: not the running
             // hash's algorithm for the upload-like writer).
             for how in 0..3 {
@@ -663,8 +592,8 @@ mod tests {
                     0 => s.ingest(&d, Some(data.len() as u64)).unwrap(),
                     _ => s.ingest_unnamed(Algorithm::Sha256).unwrap(),
                 };
-                if direct {
-                    w = w.direct();
+                if parallel {
+                    w = w.hash_behind();
                 }
                 write_chunks(&mut w, &data, chunk, order);
                 assert_eq!(w.len(), data.len() as u64, "{case}");
@@ -687,7 +616,7 @@ mod tests {
         for alg in Algorithm::ALL {
             let (_t, s) = store();
             let data = content(200 * KIB + 7);
-            let mut w = s.ingest_unnamed(alg).unwrap().direct();
+            let mut w = s.ingest_unnamed(alg).unwrap().hash_behind();
             write_chunks(&mut w, &data, 50 * KIB, &[4, 0, 3, 1, 2]);
             let (d, placed) = w.commit_named().unwrap();
             assert_eq!(d, Digest::of(alg, &data));
@@ -718,7 +647,7 @@ mod tests {
             let expected = if how == 2 { &wrong512 } else { &wrong };
             let mut w = match how {
                 0 => s.ingest(expected, None).unwrap(),
-                _ => s.ingest_unnamed(Algorithm::Sha256).unwrap().direct(),
+                _ => s.ingest_unnamed(Algorithm::Sha256).unwrap().hash_behind(),
             };
             write_chunks(&mut w, &data, 100 * KIB, order);
             let err = match how {
@@ -816,18 +745,18 @@ mod tests {
         let (_t, s) = store();
         let data = content(3 * MIB);
         let d = Digest::of(Algorithm::Sha256, &data);
-        let mut w = s.ingest_unnamed(Algorithm::Sha256).unwrap().direct();
+        let mut w = s.ingest_unnamed(Algorithm::Sha256).unwrap().hash_behind();
         w.write_at(0, &data[..MIB]).unwrap();
         w.park();
         assert!(w.is_parked());
-        // Reads and writes open it again, O_DIRECT too (the hash stays a running one).
+        // Reads and writes open it again (the hash stays a running one).
         let mut back = Vec::new();
         w.read_at(MIB as u64 - 5, 10, &mut back).unwrap();
         assert_eq!(back, &data[MIB - 5..MIB]);
         assert!(!w.is_parked());
         w.park();
         w.write_at(MIB as u64, &data[MIB..]).unwrap();
-        assert!(w.hasher.is_some() && w.direct.file.is_some());
+        assert!(w.behind.is_some() && w.file.is_some());
         w.park();
         assert!(w.commit_as(&d, Some(data.len() as u64)).unwrap());
         assert_eq!(std::fs::read(s.blob_path(&d)).unwrap(), data);
@@ -876,7 +805,7 @@ mod tests {
     #[test]
     fn a_dropped_writer_removes_its_ingest_and_an_abandoned_one_leaves_it() {
         let (_t, s) = store();
-        let mut w = s.ingest_unnamed(Algorithm::Sha256).unwrap().direct();
+        let mut w = s.ingest_unnamed(Algorithm::Sha256).unwrap().hash_behind();
         w.write_at(0, b"data").unwrap();
         drop(w);
         assert_eq!(ingests_in(&s), 0);
