@@ -1,8 +1,11 @@
 //! What the mount shows, computed from the image records and the store: a snapshot of the
 //! directory tree (which repository paths exist) rebuilt when the records change, and, per
-//! repository, its layout view (`index.json` bytes and the blobs reachable from its images),
-//! computed lazily the first time the repository is looked at and kept while its images stay
-//! the same. Startup reads the records only; no manifest is read until its repository is.
+//! repository, its layout view (`index.json` bytes and the blobs reachable from its images, with
+//! their sizes), computed lazily the first time the repository is looked at and kept while its
+//! images stay the same, in a cache bounded by `MAX_VIEWS` and `MAX_VIEW_WEIGHT` (least
+//! recently used first out). A view shares its images with the snapshot (`Arc<[Entry]>`), so
+//! a repository's images are held once. Startup reads the records only; no manifest is read
+//! until its repository is.
 //!
 //! Changes made by other processes are noticed through SQLite's `data_version`, checked at most
 //! every `REFRESH_INTERVAL`, so an image imported, tagged or removed elsewhere shows within it.
@@ -33,6 +36,15 @@ use crate::oci::{Descriptor, OnMissing};
 use crate::store::{Image, Store};
 
 use super::error::{FsError, FsResult};
+
+/// At most this many repository views are kept (the least recently used go first): each holds
+/// its images, `index.json` and blob list, and a walk of every repository (`ls -lR`) would
+/// otherwise keep them all. A view dropped is computed again when its repository is next
+/// looked at (the kernel keeps what it looked up: that is rare).
+pub const MAX_VIEWS: usize = 512;
+/// And at most this many images and blobs in all the views kept (the last one used is always
+/// kept, however big).
+pub const MAX_VIEW_WEIGHT: usize = 1 << 18;
 
 /// How often the records are checked for changes made by other processes.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
@@ -74,7 +86,8 @@ impl Default for DirInfo {
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     dirs: HashMap<String, DirInfo>,
-    repos: HashMap<String, Vec<Entry>>,
+    /// Each repository's images, shared with its view (`RepoView::entries`): not copied.
+    repos: HashMap<String, Arc<[Entry]>>,
 }
 
 /// What the mount itself adds to the records: directories made with mkdir that only lead to
@@ -106,6 +119,7 @@ impl Snapshot {
         before: Option<&Snapshot>,
     ) -> Snapshot {
         let mut s = Snapshot::default();
+        let mut repos: HashMap<String, Vec<Entry>> = HashMap::new();
         s.dirs.insert(String::new(), DirInfo::default());
         let now = SystemTime::now();
         let since = |path: &str| {
@@ -118,7 +132,7 @@ impl Snapshot {
             let updated = UNIX_EPOCH + Duration::from_millis(i.updated.max(0) as u64);
             let repo = i.name.repository().to_owned();
             s.add_dir(&repo, true, updated);
-            s.repos.entry(repo).or_default().push(Entry {
+            repos.entry(repo).or_default().push(Entry {
                 name: i.name,
                 target: i.target,
             });
@@ -126,7 +140,10 @@ impl Snapshot {
         for e in extra.pending.values().flatten() {
             let repo = e.name.repository().to_owned();
             s.add_dir(&repo, true, now);
-            s.repos.entry(repo).or_default().push(e.clone());
+            repos.entry(repo).or_default().push(e.clone());
+        }
+        for (repo, entries) in repos {
+            s.repos.insert(repo, Arc::from(entries));
         }
         for repo in kept {
             s.add_kept(repo, since(repo));
@@ -167,7 +184,9 @@ impl Snapshot {
                 }
                 None if repository => {
                     dir.repository = true;
-                    self.repos.entry(path.clone()).or_default();
+                    self.repos
+                        .entry(path.clone())
+                        .or_insert_with(|| Arc::from(Vec::new()));
                 }
                 None => {}
             }
@@ -229,28 +248,58 @@ impl Snapshot {
     }
 
     pub fn entries(&self, repo: &str) -> Option<&[Entry]> {
-        self.repos.get(repo).map(Vec::as_slice)
+        self.repos.get(repo).map(|e| &**e)
     }
+
+    /// The images of `repo`, shared.
+    pub fn shared_entries(&self, repo: &str) -> Option<&Arc<[Entry]>> {
+        self.repos.get(repo)
+    }
+}
+
+/// What a repository view keeps of a blob: its size (all that lookup, stat and listing need).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobSize {
+    pub size: u64,
 }
 
 /// One repository as a layout.
 #[derive(Debug)]
 pub struct RepoView {
-    pub entries: Vec<Entry>,
+    /// The images, shared with the snapshot it was built from.
+    pub entries: Arc<[Entry]>,
     pub index: Arc<[u8]>,
-    /// The blobs reachable from the entries that are in the store.
-    pub blobs: BTreeMap<Digest, Descriptor>,
+    /// The blobs reachable from the entries that are in the store, with their sizes.
+    pub blobs: Arc<BTreeMap<Digest, BlobSize>>,
 }
 
 impl RepoView {
-    pub fn build(store: &dyn Provider, entries: Vec<Entry>) -> Result<RepoView> {
-        let blobs = layout::blobs(store, &entries, OnMissing::Skip)?;
+    pub fn build(store: &dyn Provider, entries: Arc<[Entry]>) -> Result<RepoView> {
+        let blobs = layout::blobs(store, &entries, OnMissing::Skip)?
+            .into_iter()
+            .map(|(d, desc): (Digest, Descriptor)| (d, BlobSize { size: desc.size }))
+            .collect();
         let index = Arc::from(layout::index_json(&entries));
         Ok(RepoView {
             entries,
             index,
-            blobs,
+            blobs: Arc::new(blobs),
         })
+    }
+
+    /// The same view for `entries`, equal to its own (from a newer snapshot): the snapshot's
+    /// copy is kept, the older one let go.
+    fn with_entries(&self, entries: Arc<[Entry]>) -> RepoView {
+        RepoView {
+            entries,
+            index: self.index.clone(),
+            blobs: self.blobs.clone(),
+        }
+    }
+
+    /// What the view weighs in the cache (`MAX_VIEW_WEIGHT`).
+    fn weight(&self) -> usize {
+        self.entries.len() + self.blobs.len()
     }
 
     /// The algorithm directories under `blobs/`: sha256 always (as every layout has it), and
@@ -267,7 +316,64 @@ struct State {
     /// `data_version` when the snapshot was built; None forces a rebuild.
     version: Option<i64>,
     checked: Option<Instant>,
-    repos: HashMap<String, Arc<RepoView>>,
+    repos: HashMap<String, Cached>,
+    /// Counts uses of views, for the least recently used to go first.
+    tick: u64,
+    /// The weight of the views kept (`RepoView::weight`).
+    weight: usize,
+}
+
+struct Cached {
+    view: Arc<RepoView>,
+    used: u64,
+}
+
+impl State {
+    /// Keeps `view` of `repo`, dropping the least recently used views past the bounds.
+    fn keep(&mut self, repo: &str, view: Arc<RepoView>) {
+        self.tick += 1;
+        self.weight += view.weight();
+        let cached = Cached {
+            view,
+            used: self.tick,
+        };
+        if let Some(old) = self.repos.insert(repo.to_owned(), cached) {
+            self.weight -= old.view.weight();
+        }
+        if self.repos.len() <= MAX_VIEWS && self.weight <= MAX_VIEW_WEIGHT {
+            return;
+        }
+        // A quarter of the bound goes at once, so that each eviction's sort is paid rarely.
+        let mut by_use: Vec<(u64, String)> = self
+            .repos
+            .iter()
+            .map(|(name, c)| (c.used, name.clone()))
+            .collect();
+        by_use.sort_unstable();
+        let keep_views = MAX_VIEWS - MAX_VIEWS / 4;
+        let keep_weight = MAX_VIEW_WEIGHT - MAX_VIEW_WEIGHT / 4;
+        for (used, name) in by_use {
+            if used == self.tick || (self.repos.len() <= keep_views && self.weight <= keep_weight) {
+                break;
+            }
+            if let Some(gone) = self.repos.remove(&name) {
+                self.weight -= gone.view.weight();
+            }
+        }
+    }
+
+    /// Keeps only the views `f` allows (by repository and view), their weight with them.
+    fn retain(&mut self, mut f: impl FnMut(&str, &mut Arc<RepoView>) -> bool) {
+        let mut weight = 0;
+        self.repos.retain(|name, c| {
+            let keep = f(name, &mut c.view);
+            if keep {
+                weight += c.view.weight();
+            }
+            keep
+        });
+        self.weight = weight;
+    }
 }
 
 /// The live view of one store.
@@ -288,6 +394,8 @@ impl Views {
                 version: None,
                 checked: None,
                 repos: HashMap::new(),
+                tick: 0,
+                weight: 0,
             }),
             built: AtomicUsize::new(0),
             additions,
@@ -315,9 +423,15 @@ impl Views {
                 &extra,
                 Some(&st.snapshot),
             );
-            // Keep the views of repositories whose images did not change.
-            st.repos
-                .retain(|name, view| snapshot.entries(name) == Some(view.entries.as_slice()));
+            // Keep the views of repositories whose images did not change, sharing the new
+            // snapshot's copy of them.
+            st.retain(|name, view| match snapshot.shared_entries(name) {
+                Some(e) if **e == *view.entries => {
+                    *view = Arc::new(view.with_entries(e.clone()));
+                    true
+                }
+                _ => false,
+            });
             st.snapshot = Arc::new(snapshot);
             st.version = Some(version);
             tracing::debug!(version, "records changed; tree rebuilt");
@@ -351,7 +465,7 @@ impl Views {
 
     /// Drops the cached view of `repo`, whose blobs changed without its images changing.
     pub fn forget_repo(&self, repo: &str) {
-        self.state.lock().repos.remove(repo);
+        self.state.lock().retain(|name, _| name != repo);
     }
 
     /// Forgets what was read, so that the next call reads the records again (after this
@@ -367,18 +481,29 @@ impl Views {
         self.built.load(Ordering::Relaxed)
     }
 
+    /// How many repository views are kept now (at most `MAX_VIEWS`).
+    pub fn kept(&self) -> usize {
+        self.state.lock().repos.len()
+    }
+
     /// The layout view of `repo`, or None if no image has that repository.
     pub fn repo(&self, repo: &str) -> FsResult<Option<Arc<RepoView>>> {
         let snapshot = self.snapshot()?;
-        let Some(entries) = snapshot.entries(repo) else {
+        let Some(entries) = snapshot.shared_entries(repo) else {
             return Ok(None);
         };
-        if let Some(v) = self.state.lock().repos.get(repo) {
-            if v.entries == entries {
-                return Ok(Some(v.clone()));
+        {
+            let mut st = self.state.lock();
+            st.tick += 1;
+            let tick = st.tick;
+            if let Some(c) = st.repos.get_mut(repo) {
+                if Arc::ptr_eq(&c.view.entries, entries) || *c.view.entries == **entries {
+                    c.used = tick;
+                    return Ok(Some(c.view.clone()));
+                }
             }
         }
-        let view = RepoView::build(&*self.store, entries.to_vec()).map_err(|source| {
+        let view = RepoView::build(&*self.store, entries.clone()).map_err(|source| {
             FsError::Repository {
                 repository: repo.to_owned(),
                 source,
@@ -386,10 +511,7 @@ impl Views {
         })?;
         self.built.fetch_add(1, Ordering::Relaxed);
         let view = Arc::new(view);
-        self.state
-            .lock()
-            .repos
-            .insert(repo.to_owned(), view.clone());
+        self.state.lock().keep(repo, view.clone());
         Ok(Some(view))
     }
 }
