@@ -1,11 +1,14 @@
 //! What the mount shows, computed from the image records and the store: a snapshot of the
-//! directory tree (which repository paths exist) rebuilt when the records change, and, per
+//! directory tree (which repository paths exist, and how many images each has: one grouped
+//! query over the records' repository index, no descriptor parsed) rebuilt when the records
+//! change, and, per
 //! repository, its layout view (`index.json` bytes and the blobs reachable from its images, with
 //! their sizes), computed lazily the first time the repository is looked at and kept while its
 //! images stay the same, in a cache bounded by `MAX_VIEWS` and `MAX_VIEW_WEIGHT` (least
-//! recently used first out). A view shares its images with the snapshot (`Arc<[Entry]>`), so
-//! a repository's images are held once. Startup reads the records only; no manifest is read
-//! until its repository is.
+//! recently used first out). A view reads its repository's records when it is computed; every
+//! view is dropped when the records change (the tree does not hold the images to tell which
+//! repositories changed), and computed again when its repository is next looked at. Startup
+//! reads the summary only; no image record or manifest is read until its repository is.
 //!
 //! Changes made by other processes are noticed through SQLite's `data_version`, checked at most
 //! every `REFRESH_INTERVAL`, so an image imported, tagged or removed elsewhere shows within it.
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use crate::content::{Catalog, Provider};
+use crate::content::Provider;
 use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
 use crate::layout::{self, Entry};
@@ -86,8 +89,22 @@ impl Default for DirInfo {
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     dirs: HashMap<String, DirInfo>,
-    /// Each repository's images, shared with its view (`RepoView::entries`): not copied.
-    repos: HashMap<String, Arc<[Entry]>>,
+    /// What each repository has of images (not the images themselves: a view reads them).
+    repos: HashMap<String, RepoImages>,
+}
+
+/// What the tree knows of a repository's images: how many are registered (their records are
+/// read when its view is computed), and the mount's pending ones.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RepoImages {
+    pub registered: usize,
+    pub pending: Vec<Entry>,
+}
+
+impl RepoImages {
+    pub fn is_empty(&self) -> bool {
+        self.registered == 0 && self.pending.is_empty()
+    }
 }
 
 /// What the mount itself adds to the records: directories made with mkdir that only lead to
@@ -106,20 +123,27 @@ pub trait Additions: Send + Sync {
 
 impl Snapshot {
     pub fn build(images: Vec<Image>) -> Snapshot {
-        Self::build_with(images, &[], &Extra::default(), None)
+        let mut by_repo: BTreeMap<String, (usize, i64)> = BTreeMap::new();
+        for i in images {
+            let r = by_repo.entry(i.name.repository().to_owned()).or_default();
+            r.0 += 1;
+            r.1 = r.1.max(i.updated);
+        }
+        let summaries = by_repo.into_iter().map(|(r, (n, u))| (r, n, u)).collect();
+        Self::build_with(summaries, &[], &Extra::default(), None)
     }
 
-    /// The tree of `images`, the repositories `kept` and what the mount adds (`extra`). A kept
+    /// The tree of the repositories with images (`summaries`: name, how many, latest update in
+    /// milliseconds), the repositories `kept` and what the mount adds (`extra`). A kept
     /// repository or a directory made with mkdir has no time in the records: it keeps the one
     /// it had in `before` (the tree this one replaces), else it is new now.
     pub fn build_with(
-        images: Vec<Image>,
+        summaries: Vec<(String, usize, i64)>,
         kept: &[String],
         extra: &Extra,
         before: Option<&Snapshot>,
     ) -> Snapshot {
         let mut s = Snapshot::default();
-        let mut repos: HashMap<String, Vec<Entry>> = HashMap::new();
         s.dirs.insert(String::new(), DirInfo::default());
         let now = SystemTime::now();
         let since = |path: &str| {
@@ -128,22 +152,15 @@ impl Snapshot {
                 .filter(|d| d.kept || d.made)
                 .map_or(now, |d| d.updated)
         };
-        for i in images {
-            let updated = UNIX_EPOCH + Duration::from_millis(i.updated.max(0) as u64);
-            let repo = i.name.repository().to_owned();
+        for (repo, count, updated) in summaries {
+            let updated = UNIX_EPOCH + Duration::from_millis(updated.max(0) as u64);
             s.add_dir(&repo, true, updated);
-            repos.entry(repo).or_default().push(Entry {
-                name: i.name,
-                target: i.target,
-            });
+            s.repos.entry(repo).or_default().registered = count;
         }
         for e in extra.pending.values().flatten() {
             let repo = e.name.repository().to_owned();
             s.add_dir(&repo, true, now);
-            repos.entry(repo).or_default().push(e.clone());
-        }
-        for (repo, entries) in repos {
-            s.repos.insert(repo, Arc::from(entries));
+            s.repos.entry(repo).or_default().pending.push(e.clone());
         }
         for repo in kept {
             s.add_kept(repo, since(repo));
@@ -184,9 +201,7 @@ impl Snapshot {
                 }
                 None if repository => {
                     dir.repository = true;
-                    self.repos
-                        .entry(path.clone())
-                        .or_insert_with(|| Arc::from(Vec::new()));
+                    self.repos.entry(path.clone()).or_default();
                 }
                 None => {}
             }
@@ -247,12 +262,8 @@ impl Snapshot {
         self.dirs.get(path)
     }
 
-    pub fn entries(&self, repo: &str) -> Option<&[Entry]> {
-        self.repos.get(repo).map(|e| &**e)
-    }
-
-    /// The images of `repo`, shared.
-    pub fn shared_entries(&self, repo: &str) -> Option<&Arc<[Entry]>> {
+    /// What `repo` has of images, if it is a repository.
+    pub fn images(&self, repo: &str) -> Option<&RepoImages> {
         self.repos.get(repo)
     }
 }
@@ -266,7 +277,7 @@ pub struct BlobSize {
 /// One repository as a layout.
 #[derive(Debug)]
 pub struct RepoView {
-    /// The images, shared with the snapshot it was built from.
+    /// The images: the records of the repository, then its pending images.
     pub entries: Arc<[Entry]>,
     pub index: Arc<[u8]>,
     /// The blobs reachable from the entries that are in the store, with their sizes.
@@ -285,16 +296,6 @@ impl RepoView {
             index,
             blobs: Arc::new(blobs),
         })
-    }
-
-    /// The same view for `entries`, equal to its own (from a newer snapshot): the snapshot's
-    /// copy is kept, the older one let go.
-    fn with_entries(&self, entries: Arc<[Entry]>) -> RepoView {
-        RepoView {
-            entries,
-            index: self.index.clone(),
-            blobs: self.blobs.clone(),
-        }
     }
 
     /// What the view weighs in the cache (`MAX_VIEW_WEIGHT`).
@@ -321,6 +322,9 @@ struct State {
     tick: u64,
     /// The weight of the views kept (`RepoView::weight`).
     weight: usize,
+    /// Counts the times every view was dropped (the records changed): a view computed from
+    /// records read before is not kept.
+    generation: u64,
 }
 
 struct Cached {
@@ -362,17 +366,11 @@ impl State {
         }
     }
 
-    /// Keeps only the views `f` allows (by repository and view), their weight with them.
-    fn retain(&mut self, mut f: impl FnMut(&str, &mut Arc<RepoView>) -> bool) {
-        let mut weight = 0;
-        self.repos.retain(|name, c| {
-            let keep = f(name, &mut c.view);
-            if keep {
-                weight += c.view.weight();
-            }
-            keep
-        });
-        self.weight = weight;
+    /// Drops every view (the records changed: any repository's images may have).
+    fn drop_views(&mut self) {
+        self.repos.clear();
+        self.weight = 0;
+        self.generation += 1;
     }
 }
 
@@ -396,6 +394,7 @@ impl Views {
                 repos: HashMap::new(),
                 tick: 0,
                 weight: 0,
+                generation: 0,
             }),
             built: AtomicUsize::new(0),
             additions,
@@ -412,26 +411,20 @@ impl Views {
         if st.checked.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
             return Ok(st.snapshot.clone());
         }
-        let records: &dyn Catalog = self.store.records();
+        let records = self.store.records();
         let version = records.version()?;
         st.checked = Some(Instant::now());
         if st.version != Some(version) {
             let extra = self.additions.additions();
             let snapshot = Snapshot::build_with(
-                records.list()?,
+                records.repository_summaries()?,
                 &records.repositories()?,
                 &extra,
                 Some(&st.snapshot),
             );
-            // Keep the views of repositories whose images did not change, sharing the new
-            // snapshot's copy of them.
-            st.retain(|name, view| match snapshot.shared_entries(name) {
-                Some(e) if **e == *view.entries => {
-                    *view = Arc::new(view.with_entries(e.clone()));
-                    true
-                }
-                _ => false,
-            });
+            // Views are computed again as their repositories are looked at (the snapshot no
+            // longer holds the images to tell which changed).
+            st.drop_views();
             st.snapshot = Arc::new(snapshot);
             st.version = Some(version);
             tracing::debug!(version, "records changed; tree rebuilt");
@@ -465,7 +458,12 @@ impl Views {
 
     /// Drops the cached view of `repo`, whose blobs changed without its images changing.
     pub fn forget_repo(&self, repo: &str) {
-        self.state.lock().retain(|name, _| name != repo);
+        let mut st = self.state.lock();
+        if let Some(gone) = st.repos.remove(repo) {
+            st.weight -= gone.view.weight();
+        }
+        // A view being computed meanwhile may have read the blobs before the change.
+        st.generation += 1;
     }
 
     /// Forgets what was read, so that the next call reads the records again (after this
@@ -489,21 +487,35 @@ impl Views {
     /// The layout view of `repo`, or None if no image has that repository.
     pub fn repo(&self, repo: &str) -> FsResult<Option<Arc<RepoView>>> {
         let snapshot = self.snapshot()?;
-        let Some(entries) = snapshot.shared_entries(repo) else {
+        let Some(images) = snapshot.images(repo) else {
             return Ok(None);
         };
-        {
+        let generation = {
             let mut st = self.state.lock();
             st.tick += 1;
             let tick = st.tick;
             if let Some(c) = st.repos.get_mut(repo) {
-                if Arc::ptr_eq(&c.view.entries, entries) || *c.view.entries == **entries {
-                    c.used = tick;
-                    return Ok(Some(c.view.clone()));
-                }
+                c.used = tick;
+                return Ok(Some(c.view.clone()));
             }
-        }
-        let view = RepoView::build(&*self.store, entries.clone()).map_err(|source| {
+            st.generation
+        };
+        let repository = |source| FsError::Repository {
+            repository: repo.to_owned(),
+            source,
+        };
+        let mut entries: Vec<Entry> = if images.registered > 0 {
+            let records = self.store.records().of_repository(repo);
+            records
+                .map_err(repository)?
+                .into_iter()
+                .map(Entry::from)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        entries.extend(images.pending.iter().cloned());
+        let view = RepoView::build(&*self.store, Arc::from(entries)).map_err(|source| {
             FsError::Repository {
                 repository: repo.to_owned(),
                 source,
@@ -511,7 +523,10 @@ impl Views {
         })?;
         self.built.fetch_add(1, Ordering::Relaxed);
         let view = Arc::new(view);
-        self.state.lock().keep(repo, view.clone());
+        let mut st = self.state.lock();
+        if st.generation == generation {
+            st.keep(repo, view.clone());
+        }
         Ok(Some(view))
     }
 }
@@ -559,7 +574,7 @@ mod tests {
         assert_eq!(alpine.children.iter().collect::<Vec<_>>(), ["sub"]);
         assert!(s.dir("docker.io/library/alpine/sub").unwrap().repository);
         assert!(s.dir("docker.io/library/alpin").is_none());
-        assert_eq!(s.entries("busybox").unwrap().len(), 2);
-        assert!(s.entries("docker.io").is_none());
+        assert_eq!(s.images("busybox").unwrap().registered, 2);
+        assert!(s.images("docker.io").is_none());
     }
 }
