@@ -97,6 +97,10 @@ struct Slot {
     node: Node,
     /// References the kernel holds (entries it was handed, less what it forgot).
     lookups: u64,
+    /// The kernel forgot every reference it was handed: the number may be freed. A number
+    /// the mount gave out for its own use and never handed to the kernel is kept (the mount's
+    /// own callers may hold it, as before lookup counts).
+    forgotten: bool,
 }
 
 #[derive(Default)]
@@ -191,6 +195,7 @@ impl Inodes {
                 Slot {
                     node: root.clone(),
                     lookups: 0,
+                    forgotten: false,
                 },
             );
             t.map(&root, h, ROOT_INO);
@@ -220,6 +225,7 @@ impl Inodes {
         if let Some(ino) = t.find(node, h) {
             if let Some(s) = t.slots.get_mut(&ino) {
                 s.lookups = s.lookups.saturating_add(lookups);
+                s.forgotten &= lookups == 0;
             }
             return ino;
         }
@@ -229,6 +235,7 @@ impl Inodes {
             Slot {
                 node: node.clone(),
                 lookups,
+                forgotten: false,
             },
         );
         t.map(node, h, ino);
@@ -260,6 +267,7 @@ impl Inodes {
         match self.table.write().slots.get_mut(&ino) {
             Some(s) => {
                 s.lookups = s.lookups.saturating_add(1);
+                s.forgotten = false;
                 true
             }
             None => false,
@@ -272,14 +280,20 @@ impl Inodes {
         let mut t = self.table.write();
         let s = t.slots.get_mut(&ino)?;
         s.lookups = s.lookups.saturating_sub(n);
+        s.forgotten = s.lookups == 0;
         (s.lookups == 0 && ino != ROOT_INO).then(|| s.node.clone())
     }
 
-    /// Frees `ino` if the kernel holds no reference to it (none was counted since `forget`
-    /// said so); true if it was freed. The root is never freed.
+    /// Frees `ino` if the kernel forgot every reference to it (none was counted since
+    /// `forget` said so); true if it was freed. The root, and a number never handed to the
+    /// kernel, are never freed.
     pub fn free(&self, ino: u64) -> bool {
         let mut t = self.table.write();
-        if ino == ROOT_INO || t.slots.get(&ino).is_none_or(|s| s.lookups > 0) {
+        if ino == ROOT_INO
+            || t.slots
+                .get(&ino)
+                .is_none_or(|s| s.lookups > 0 || !s.forgotten)
+        {
             return false;
         }
         let Some(slot) = t.slots.remove(&ino) else {
@@ -473,6 +487,10 @@ mod tests {
         assert!(!inodes.free(12345));
         assert!(inodes.add_lookup(ROOT_INO));
         assert!(!inodes.add_lookup(12345));
+        // A number the mount gave out for its own use, never handed to the kernel, stays.
+        let own = inodes.ino(&Node::Index(Arc::from("own")));
+        assert!(!inodes.free(own));
+        assert!(inodes.node(own).is_some());
     }
 
     #[test]

@@ -384,8 +384,8 @@ impl Fs {
         }
     }
 
-    /// Frees inode `ino` if the kernel holds no reference to it and nothing pins it (after
-    /// what pinned it went: a last handle closed).
+    /// Frees inode `ino` if the kernel forgot every reference to it and nothing pins it
+    /// (after what pinned it went: a last handle closed).
     fn free_if_unused(&self, ino: u64) {
         if self.inodes.lookups(ino) != Some(0) {
             return;
