@@ -158,6 +158,23 @@ impl Table {
     }
 }
 
+/// Below this many slots of capacity the maps are left as they are.
+const SHRINK_FROM: usize = 1024;
+
+impl Table {
+    /// Gives the maps' memory back once they are mostly empty (the kernel dropped its cache):
+    /// a hash map keeps its capacity otherwise. Each shrink halves what is left at least four
+    /// times over, so its rehash is paid for by the frees before it.
+    fn shrink(&mut self) {
+        let len = self.slots.len();
+        if self.slots.capacity() > SHRINK_FROM && len * 4 < self.slots.capacity() {
+            self.slots.shrink_to(len * 2);
+            self.by_hash.shrink_to(self.by_hash.len() * 2);
+            self.overflow.shrink_to(self.overflow.len() * 2);
+        }
+    }
+}
+
 /// A node's home number from its hash: never 0 or the root's, below 2^63.
 fn home(h: u64) -> u64 {
     (h & INO_MASK).max(FIRST_INO)
@@ -301,6 +318,7 @@ impl Inodes {
         };
         let h = (self.hash)(&slot.node);
         t.unmap(&slot.node, h, ino);
+        t.shrink();
         true
     }
 
@@ -590,6 +608,11 @@ mod tests {
             assert!(inodes.free(*ino));
         }
         assert_eq!(inodes.len(), 1);
+        let capacity = inodes.table.read().slots.capacity();
+        assert!(
+            capacity <= SHRINK_FROM,
+            "the maps shrank with the frees: {capacity}"
+        );
         let again: Vec<u64> = blobs.iter().map(|n| inodes.entry(n)).collect();
         assert_eq!(first, again);
     }
