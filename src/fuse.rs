@@ -20,9 +20,9 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
     IoctlFlags, KernelConfig, LockOwner, MountOption, OpenFlags, PollEvents, PollFlags,
-    PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyIoctl, ReplyOpen, ReplyPoll, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    SessionACL, TimeOrNow, WriteFlags,
+    PollNotifier, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyPoll, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, SessionACL, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 use tracing::{debug, error, info, instrument, warn};
@@ -41,6 +41,12 @@ const MAX_BACKGROUND: u16 = 64;
 /// How long the daemon's exit may spend removing temporary files' ingests; the rest is left
 /// as a dead process's, removed by the next mount or gc.
 const EXIT_BUDGET: Duration = Duration::from_millis(300);
+/// Every this many forgets, the heap's free memory is given back to the system.
+const TRIM_EVERY_FORGETS: u64 = 16 * 1024;
+/// malloc arenas at most: each session thread would otherwise get its own, and the nodes and
+/// views they allocate would leave every arena fragmented (glibc allows 8 per core).
+#[cfg(target_env = "gnu")]
+const MALLOC_ARENAS: i32 = 2;
 /// Session threads when not given: enough that a slow blob check does not stall the rest.
 const MIN_THREADS: usize = 4;
 
@@ -76,6 +82,8 @@ struct Adapter {
     /// Passthrough was asked for and the kernel offers it; cleared on the first failure.
     passthrough: AtomicBool,
     backing: Mutex<Backing>,
+    /// Forgets served, to give freed memory back every `TRIM_EVERY_FORGETS`.
+    forgets: std::sync::atomic::AtomicU64,
     /// What unmounts the session, filled once it exists; taken when the session ends.
     unmounter: Arc<Mutex<Option<fuser::SessionUnmounter>>>,
 }
@@ -173,6 +181,11 @@ impl Filesystem for Adapter {
         // O_TRUNC arrives with the open (which starts a fresh upload) instead of as a separate
         // setattr of size 0 on a file that may be an immutable blob.
         let _ = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC);
+        // `ls -l` of a directory in one request per directory, not a lookup per entry: the
+        // kernel asks readdirplus for a listing's first part, and for the rest when the
+        // entries were looked up (stat) after the first (its "auto" heuristic).
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         info!(
             passthrough = self.passthrough.load(Ordering::Relaxed),
             "mounted"
@@ -223,11 +236,9 @@ impl Filesystem for Adapter {
 
     #[instrument(level = "debug", skip_all, fields(parent = parent.0, ?name))]
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let found = if self.read_only {
-            self.fs.lookup(parent.0, name)
-        } else {
-            self.fs.lookup_as(parent.0, name, &|| process_of(req))
-        };
+        let pid = || process_of(req);
+        let viewer: Option<&dyn Fn() -> u32> = (!self.read_only).then_some(&pid);
+        let found = self.fs.lookup_entry(parent.0, name, viewer);
         match found {
             Ok(a) => {
                 reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
@@ -238,6 +249,20 @@ impl Filesystem for Adapter {
                 }
                 reply.error(errno("lookup", &e))
             }
+        }
+    }
+
+    /// The kernel dropped `nlookup` references to `ino`: the core frees it at none (see
+    /// `Fs::forget`). fuser's default batch forget calls this for each inode of a batch.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+        debug!(ino = ino.0, nlookup, live = self.fs.inode_count(), "forget");
+        // After many forgets (the kernel dropping its cache), the freed memory goes back to
+        // the system, not only to the allocator.
+        if self.forgets.fetch_add(1, Ordering::Relaxed) % TRIM_EVERY_FORGETS
+            == TRIM_EVERY_FORGETS - 1
+        {
+            trim_heap();
         }
     }
 
@@ -439,6 +464,61 @@ impl Filesystem for Adapter {
         }
     }
 
+    /// Entries with their attributes: each (but `.` and `..`) counts as a lookup in the core.
+    #[instrument(level = "debug", skip_all, fields(ino = ino.0, offset))]
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let added = self
+            .fs
+            .readdirplus(fh.0, offset, |next, e, attr| match attr {
+                Some(a) => reply.add(
+                    INodeNo(a.ino),
+                    next,
+                    &e.name,
+                    &a.entry_ttl.min(a.attr_ttl),
+                    &file_attr(a),
+                    Generation(0),
+                ),
+                // Gone since opendir: its name alone, with no inode the kernel would hold.
+                None => {
+                    let gone = FileAttr {
+                        ino: INodeNo(0),
+                        ..file_attr(&crate::fs::Attr {
+                            ino: 0,
+                            kind: e.kind,
+                            size: 0,
+                            blocks: 0,
+                            perm: 0,
+                            nlink: 0,
+                            mtime: std::time::UNIX_EPOCH,
+                            uid: 0,
+                            gid: 0,
+                            attr_ttl: Duration::ZERO,
+                            entry_ttl: Duration::ZERO,
+                        })
+                    };
+                    reply.add(
+                        INodeNo(0),
+                        next,
+                        &e.name,
+                        &Duration::ZERO,
+                        &gone,
+                        Generation(0),
+                    )
+                }
+            });
+        match added {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("readdirplus", &e)),
+        }
+    }
+
     fn releasedir(
         &self,
         _req: &Request,
@@ -462,7 +542,9 @@ impl Filesystem for Adapter {
         reply.ok();
     }
 
-    /// No extended attributes: the layout is plain files.
+    /// No extended attributes: the layout is plain files. ENOSYS makes the kernel stop asking
+    /// and answer EOPNOTSUPP itself: `ls -l` asks two (ACL, SELinux label) of every file, and
+    /// each was a round trip to the daemon.
     fn getxattr(
         &self,
         _req: &Request,
@@ -471,7 +553,7 @@ impl Filesystem for Adapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::NO_XATTR);
+        reply.error(Errno::ENOSYS);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -545,7 +627,10 @@ impl Filesystem for Adapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let r = name_str(name).and_then(|n| self.fs.mkdir_as(parent.0, n, process_of(req)));
+        let r = name_str(name).and_then(|n| {
+            let made = || self.fs.mkdir_as(parent.0, n, process_of(req));
+            self.fs.with_entry(made, |a| a.ino)
+        });
         match r {
             Ok(a) => {
                 reply.entry_with_ttls(&a.attr_ttl, &a.entry_ttl, &file_attr(&a), Generation(0))
@@ -584,7 +669,8 @@ impl Filesystem for Adapter {
             let t = target.to_str().ok_or_else(|| {
                 FsError::Invalid(format!("symlink {n:?}: its target {target:?} is not UTF-8"))
             })?;
-            self.fs.symlink(parent.0, n, t, process_of(req))
+            let made = || self.fs.symlink(parent.0, n, t, process_of(req));
+            self.fs.with_entry(made, |a| a.ino)
         });
         match r {
             Ok(a) => {
@@ -650,7 +736,11 @@ impl Filesystem for Adapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match name_str(name).and_then(|n| self.fs.create(parent.0, n)) {
+        let created = name_str(name).and_then(|n| {
+            self.fs
+                .with_entry(|| self.fs.create(parent.0, n), |(a, _)| a.ino)
+        });
+        match created {
             Ok((a, opened)) => reply.created(
                 &a.attr_ttl,
                 &file_attr(&a),
@@ -709,6 +799,7 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<()> {
 /// `fusermount3 -u`, SIGINT or SIGTERM).
 pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     check_mountpoint(mountpoint)?;
+    limit_arenas();
     raise_nofile_limit();
     let signals = block_signals();
     let mut config = fuser::Config::default();
@@ -736,6 +827,7 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
         read_only: options.read_only,
         passthrough: AtomicBool::new(options.passthrough),
         backing: Mutex::new(Backing::default()),
+        forgets: std::sync::atomic::AtomicU64::new(0),
         unmounter: Arc::new(Mutex::new(None)),
     };
     let unmounter_slot = adapter.unmounter.clone();
@@ -777,6 +869,25 @@ pub fn mount(fs: Fs, mountpoint: &Path, options: &MountOptions) -> Result<()> {
     session.run().map_err(|e| Error::io(mountpoint, e))?;
     info!("unmounted {}", mountpoint.display());
     Ok(())
+}
+
+/// Caps malloc's arenas (`MALLOC_ARENAS`) before the session threads start.
+fn limit_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a tunable of the allocator; no thread allocates concurrently
+    // with a change of M_ARENA_MAX in a way that matters (it bounds arenas made later).
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+    }
+}
+
+/// Gives the heap's free memory back to the system.
+fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Unmounts, trying again for a moment while the kernel calls the mount busy: a file closed

@@ -327,7 +327,7 @@ impl super::Fs {
         // Walked here, not read from the view's blobs: a blob committed through another
         // repository (a pending image's manifest) changes what the images need without
         // changing the images, so the view may be older than the store.
-        for e in &view.entries {
+        for e in view.entries.iter() {
             let closure =
                 oci::closure(self.store(), &e.target, oci::OnMissing::Skip).map_err(|source| {
                     FsError::Repository {

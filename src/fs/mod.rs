@@ -159,12 +159,29 @@ enum Handle {
         file: Arc<File>,
     },
     Bytes(Arc<[u8]>),
-    Dir(Arc<Vec<DirEntry>>),
+    Dir(Arc<Listing>),
     /// A file open for writing: its upload, shared with its scratch entry if it has one.
     Upload {
         ino: u64,
         shared: Shared,
     },
+}
+
+impl Handle {
+    /// The inode a handle keeps from being freed (see `Fs::pinned`).
+    fn ino(&self) -> Option<u64> {
+        match self {
+            Handle::Blob { ino, .. } | Handle::Upload { ino, .. } => Some(*ino),
+            Handle::Bytes(_) | Handle::Dir(_) => None,
+        }
+    }
+}
+
+/// An open directory's entries, read at opendir, with the node of each (None for `..` of a
+/// temporary directory, known by number only) for readdirplus to count and describe.
+pub(crate) struct Listing {
+    entries: Vec<DirEntry>,
+    nodes: Vec<Option<Node>>,
 }
 
 /// How the mount behaves.
@@ -181,6 +198,11 @@ pub struct Fs {
     inodes: Inodes,
     verifier: Verifier,
     handles: Mutex<HashMap<u64, Handle>>,
+    /// How many open handles each inode has (`Handle::ino`): such an inode is never freed.
+    open_inos: Mutex<HashMap<u64, u32>>,
+    /// Held (shared) from a write that hands the kernel an entry (create, mkdir, symlink) until
+    /// its lookup is counted, and (exclusive) by `forget`: a number is never freed between.
+    entries: parking_lot::RwLock<()>,
     /// The store file behind each blob inode while any open of it lasts: one descriptor per
     /// blob, for reads and passthrough alike, however many opens; dropped with the last.
     blob_files: Mutex<HashMap<u64, std::sync::Weak<File>>>,
@@ -221,6 +243,8 @@ impl Fs {
             inodes: Inodes::new(),
             verifier: Verifier::new(options.verify_reads),
             handles: Mutex::new(HashMap::new()),
+            open_inos: Mutex::new(HashMap::new()),
+            entries: parking_lot::RwLock::new(()),
             blob_files: Mutex::new(HashMap::new()),
             mtimes: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -262,15 +286,35 @@ impl Fs {
         self.lookup_in(parent, name, Viewer::Process(pid))
     }
 
+    /// Looks `name` up in `parent` for the mount's own use: no lookup counted.
     pub(crate) fn lookup_in(&self, parent: u64, name: &OsStr, viewer: Viewer) -> FsResult<Attr> {
+        let child = self.child(parent, name, viewer)?;
+        let ino = self.inodes.ino(&child);
+        self.attr(ino, &child)
+    }
+
+    /// Looks `name` up in `parent` for the kernel, which is handed the entry: one lookup is
+    /// counted on it (see `forget`). `pid` gives the process when asked (None: any reader).
+    pub fn lookup_entry(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        pid: Option<&dyn Fn() -> u32>,
+    ) -> FsResult<Attr> {
+        let viewer = pid.map_or(Viewer::Reader, Viewer::Process);
+        let child = self.child(parent, name, viewer)?;
+        let ino = self.inodes.entry(&child);
+        self.attr(ino, &child).inspect_err(|_| self.forget(ino, 1))
+    }
+
+    /// The node `name` in `parent` stands for.
+    fn child(&self, parent: u64, name: &OsStr, viewer: Viewer) -> FsResult<Node> {
         let name = name.to_str().ok_or(FsError::NotFound)?;
         let scratch = self.write.lock().lookup(parent, name);
         if let Some(id) = scratch {
-            let child = Node::Scratch(id);
-            let ino = self.inodes.ino(&child);
-            return self.attr(ino, &child);
+            return Ok(Node::Scratch(id));
         }
-        let child = match self.node(parent)? {
+        Ok(match self.node(parent)? {
             Node::Dir(path) => {
                 let snapshot = self.views.snapshot()?;
                 let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
@@ -303,8 +347,7 @@ impl Fs {
             Node::AlgDir(repo, alg) => {
                 let digest = Digest::from_parts(alg.name(), name).map_err(|_| FsError::NotFound)?;
                 let size = self
-                    .visible_blobs(&repo, alg)?
-                    .remove(&digest)
+                    .visible_blob(&repo, &digest)?
                     .ok_or(FsError::NotFound)?;
                 Node::Blob(digest, size)
             }
@@ -316,9 +359,84 @@ impl Fs {
                 }
             }
             Node::LayoutFile(_) | Node::Index(_) | Node::Blob(..) => return Err(FsError::NotDir),
-        };
-        let ino = self.inodes.ino(&child);
-        self.attr(ino, &child)
+        })
+    }
+
+    /// The kernel dropped `n` references to inode `ino` (FUSE forget): at none left the
+    /// number is freed unless something else pins it (`pinned`). A node freed and looked up
+    /// again gets the same number (see `inode`).
+    pub fn forget(&self, ino: u64, n: u64) {
+        let _entries = self.entries.write();
+        self.forget_locked(ino, n);
+    }
+
+    /// `forget` of many inodes at once (FUSE batch forget).
+    pub fn batch_forget(&self, nodes: impl IntoIterator<Item = (u64, u64)>) {
+        let _entries = self.entries.write();
+        for (ino, n) in nodes {
+            self.forget_locked(ino, n);
+        }
+    }
+
+    fn forget_locked(&self, ino: u64, n: u64) {
+        if let Some(node) = self.inodes.forget(ino, n) {
+            if !self.pinned(ino, &node) {
+                self.inodes.free(ino);
+            }
+        }
+    }
+
+    /// Frees inode `ino` if the kernel forgot every reference to it and nothing pins it
+    /// (after what pinned it went: a last handle closed).
+    fn free_if_unused(&self, ino: u64) {
+        if self.inodes.lookups(ino) != Some(0) {
+            return;
+        }
+        let _entries = self.entries.write();
+        if let Some(node) = self.inodes.node(ino) {
+            if self.inodes.lookups(ino) == Some(0) && !self.pinned(ino, &node) {
+                self.inodes.free(ino);
+            }
+        }
+    }
+
+    /// Whether inode `ino` (standing for `node`) must keep its number though the kernel forgot
+    /// it: the root; an open handle on it; a time set on it; a temporary entry still alive, or
+    /// a directory with temporary entries in it (the write state names them by number).
+    fn pinned(&self, ino: u64, node: &Node) -> bool {
+        if ino == ROOT_INO
+            || self.open_inos.lock().contains_key(&ino)
+            || self.blob_files.lock().contains_key(&ino)
+            || self.mtimes.lock().contains_key(&ino)
+        {
+            return true;
+        }
+        let w = self.write.lock();
+        w.has_children(ino) || matches!(node, Node::Scratch(id) if w.scratch.contains_key(id))
+    }
+
+    /// Runs `f`, a write that hands the kernel an entry (create, mkdir, symlink), and counts
+    /// one lookup on the inode `ino_of` names in its result, with no forget between.
+    pub fn with_entry<T>(
+        &self,
+        f: impl FnOnce() -> FsResult<T>,
+        ino_of: impl FnOnce(&T) -> u64,
+    ) -> FsResult<T> {
+        let _entries = self.entries.read();
+        let r = f()?;
+        self.inodes.add_lookup(ino_of(&r));
+        Ok(r)
+    }
+
+    /// The references the kernel holds to `ino` by the counts (None: not live; for tests).
+    pub fn lookups(&self, ino: u64) -> Option<u64> {
+        self.inodes.lookups(ino)
+    }
+
+    /// Live inode numbers (the root included): what the kernel still holds, and what the mount
+    /// pins (for tests and logs).
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
     }
 
     /// The algorithm directories of `repo`, by the rule (`WriteState::algorithms`).
@@ -524,73 +642,128 @@ impl Fs {
     }
 
     fn opendir_in(&self, ino: u64, viewer: Viewer) -> FsResult<u64> {
-        let entries = self.dir_entries(ino, viewer)?;
-        Ok(self.add_handle(Handle::Dir(Arc::new(entries))))
+        let listing = self.dir_entries(ino, viewer)?;
+        Ok(self.add_handle(Handle::Dir(Arc::new(listing))))
     }
 
     /// The entries of an open directory from `offset` on; an entry's offset is its index + 1.
     pub fn readdir(&self, fh: u64, offset: u64) -> FsResult<Vec<DirEntry>> {
-        let handles = self.handles.lock();
-        match handles.get(&fh) {
-            Some(Handle::Dir(entries)) => Ok(entries
-                .iter()
-                .skip(usize::try_from(offset).unwrap_or(usize::MAX))
-                .cloned()
-                .collect()),
+        let listing = self.listing(fh)?;
+        Ok(listing
+            .entries
+            .iter()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .cloned()
+            .collect())
+    }
+
+    /// Readdirplus: hands `add` each entry of an open directory from `offset` on with its
+    /// attributes, until it says its buffer is full (true, the entry not taken). Each entry
+    /// taken but `.` and `..` hands the kernel a reference, counted as a lookup. An entry
+    /// gone since opendir is passed with no attributes (the kernel then only lists its name).
+    pub fn readdirplus(
+        &self,
+        fh: u64,
+        offset: u64,
+        mut add: impl FnMut(u64, &DirEntry, Option<&Attr>) -> bool,
+    ) -> FsResult<()> {
+        let listing = self.listing(fh)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let rows = listing.entries.iter().zip(&listing.nodes).enumerate();
+        for (i, (e, node)) in rows.skip(start) {
+            let next = i as u64 + 1;
+            let dots = e.name == "." || e.name == "..";
+            let attr = match node {
+                Some(node) if !dots => {
+                    let ino = self.inodes.entry(node);
+                    match self.attr(ino, node) {
+                        Ok(a) => Some(a),
+                        Err(_) => {
+                            self.forget(ino, 1);
+                            None
+                        }
+                    }
+                }
+                _ => self.getattr(e.ino).ok(),
+            };
+            if add(next, e, attr.as_ref()) {
+                if let (Some(a), false) = (&attr, dots) {
+                    self.forget(a.ino, 1);
+                }
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn listing(&self, fh: u64) -> FsResult<Arc<Listing>> {
+        match self.handles.lock().get(&fh) {
+            Some(Handle::Dir(listing)) => Ok(listing.clone()),
             Some(_) => Err(FsError::NotDir),
             None => Err(FsError::BadHandle(fh)),
         }
     }
 
-    pub(super) fn dir_entries(&self, ino: u64, viewer: Viewer) -> FsResult<Vec<DirEntry>> {
+    /// A directory's entries. Their numbers are the ones they have, or would get (`peek`):
+    /// a listing assigns none, so the table holds only what the kernel looks up.
+    pub(super) fn dir_entries(&self, ino: u64, viewer: Viewer) -> FsResult<Listing> {
         let node = self.node(ino)?;
-        let dir = |name: &str, node: Node| DirEntry {
-            ino: self.inodes.ino(&node),
-            kind: Kind::Dir,
-            name: name.to_owned(),
+        let mut out = Listing {
+            entries: Vec::new(),
+            nodes: Vec::new(),
         };
-        let file = |name: &str, node: Node| DirEntry {
-            ino: self.inodes.ino(&node),
-            kind: Kind::File,
-            name: name.to_owned(),
+        let push = |out: &mut Listing, name: &str, kind: Kind, node: Node| {
+            out.entries.push(DirEntry {
+                ino: self.inodes.peek(&node),
+                kind,
+                name: name.to_owned(),
+            });
+            out.nodes.push(Some(node));
         };
-        let mut out = Vec::new();
         match node {
             Node::Dir(path) => {
                 let snapshot = self.views.snapshot()?;
                 let info = snapshot.dir(&path).ok_or(FsError::NotFound)?;
-                out.push(dir(".", Node::Dir(path.clone())));
-                out.push(dir("..", Node::Dir(parent_path(&path))));
+                push(&mut out, ".", Kind::Dir, Node::Dir(path.clone()));
+                push(&mut out, "..", Kind::Dir, Node::Dir(parent_path(&path)));
                 // index.json first: `rm -r` removes in this order, and a blob an image needs
                 // may be unlinked only once index.json (and so every image) is gone.
                 if self.layout_visible(&snapshot, &path, "index.json", viewer) {
-                    out.push(file("index.json", Node::Index(path.clone())));
+                    push(
+                        &mut out,
+                        "index.json",
+                        Kind::File,
+                        Node::Index(path.clone()),
+                    );
                 }
                 if self.layout_visible(&snapshot, &path, "oci-layout", viewer) {
-                    out.push(file("oci-layout", Node::LayoutFile(path.clone())));
+                    let n = Node::LayoutFile(path.clone());
+                    push(&mut out, "oci-layout", Kind::File, n);
                 }
                 if self.layout_visible(&snapshot, &path, "blobs", viewer) {
-                    out.push(dir("blobs", Node::Blobs(path.clone())));
+                    push(&mut out, "blobs", Kind::Dir, Node::Blobs(path.clone()));
                 }
                 for c in &info.children {
                     if info.repository && LAYOUT_NAMES.contains(&c.as_str()) {
                         continue;
                     }
-                    out.push(dir(c, Node::Dir(child_path(&path, c))));
+                    push(&mut out, c, Kind::Dir, Node::Dir(child_path(&path, c)));
                 }
             }
             Node::Blobs(repo) => {
-                out.push(dir(".", Node::Blobs(repo.clone())));
-                out.push(dir("..", Node::Dir(repo.clone())));
+                push(&mut out, ".", Kind::Dir, Node::Blobs(repo.clone()));
+                push(&mut out, "..", Kind::Dir, Node::Dir(repo.clone()));
                 for alg in self.algorithms(&repo, viewer)? {
-                    out.push(dir(alg.name(), Node::AlgDir(repo.clone(), alg)));
+                    let n = Node::AlgDir(repo.clone(), alg);
+                    push(&mut out, alg.name(), Kind::Dir, n);
                 }
             }
             Node::AlgDir(repo, alg) => {
-                out.push(dir(".", Node::AlgDir(repo.clone(), alg)));
-                out.push(dir("..", Node::Blobs(repo.clone())));
+                push(&mut out, ".", Kind::Dir, Node::AlgDir(repo.clone(), alg));
+                push(&mut out, "..", Kind::Dir, Node::Blobs(repo.clone()));
                 for (digest, size) in self.visible_blobs(&repo, alg)? {
-                    out.push(file(digest.hex(), Node::Blob(digest.clone(), size)));
+                    let name = digest.hex().to_owned();
+                    push(&mut out, &name, Kind::File, Node::Blob(digest, size));
                 }
             }
             Node::Scratch(id) => {
@@ -601,12 +774,13 @@ impl Fs {
                 }
                 let parent = s.parent;
                 drop(w);
-                out.push(dir(".", Node::Scratch(id)));
-                out.push(DirEntry {
+                push(&mut out, ".", Kind::Dir, Node::Scratch(id));
+                out.entries.push(DirEntry {
                     ino: parent,
                     kind: Kind::Dir,
                     name: "..".into(),
                 });
+                out.nodes.push(None);
             }
             Node::LayoutFile(_) | Node::Index(_) | Node::Blob(..) => return Err(FsError::NotDir),
         }
@@ -616,7 +790,7 @@ impl Fs {
 
     /// Adds to a listing of directory `ino` what was written there: temporary files and
     /// directories, and blobs committed (which take the place of a name listed already).
-    fn add_written(&self, ino: u64, out: &mut Vec<DirEntry>) {
+    fn add_written(&self, ino: u64, out: &mut Listing) {
         let w = self.write.lock();
         for (name, id) in w.children(ino) {
             let kind = match w.scratch.get(&id).map(|s| &s.kind) {
@@ -624,20 +798,37 @@ impl Fs {
                 Some(ScratchKind::Link(_)) => Kind::Symlink,
                 _ => Kind::File,
             };
+            let node = Node::Scratch(id);
             let entry = DirEntry {
-                ino: self.inodes.ino(&Node::Scratch(id)),
+                ino: self.inodes.peek(&node),
                 kind,
                 name,
             };
-            match out.iter_mut().find(|e| e.name == entry.name) {
-                Some(e) => *e = entry,
-                None => out.push(entry),
+            match out.entries.iter().position(|e| e.name == entry.name) {
+                Some(i) => {
+                    out.entries[i] = entry;
+                    out.nodes[i] = Some(node);
+                }
+                None => {
+                    out.entries.push(entry);
+                    out.nodes.push(Some(node));
+                }
             }
         }
     }
 
     pub fn releasedir(&self, fh: u64) {
         self.handles.lock().remove(&fh);
+    }
+
+    /// The size of blob `digest` if `repo`'s `blobs/<alg>/` lists it: one look in the
+    /// repository's view, not a listing of it.
+    fn visible_blob(&self, repo: &str, digest: &Digest) -> FsResult<Option<u64>> {
+        let view = self.repo(repo)?;
+        let Some(size) = view.blobs.get(digest).map(|d| d.size) else {
+            return Ok(None);
+        };
+        Ok(self.write.lock().listed(repo, digest).then_some(size))
     }
 
     /// Opens a file; `flags` are open(2)'s, `pid` the opening process.
@@ -746,6 +937,7 @@ impl Fs {
 
     pub fn release(&self, fh: u64) {
         let handle = self.handles.lock().remove(&fh);
+        let ino = handle.as_ref().and_then(Handle::ino);
         match handle {
             Some(Handle::Upload { ino, shared }) => self.release_upload(ino, &shared),
             Some(Handle::Blob { ino, file, .. }) => {
@@ -756,6 +948,22 @@ impl Fs {
                 }
             }
             _ => {}
+        }
+        if let Some(ino) = ino {
+            let last = {
+                let mut open = self.open_inos.lock();
+                let n = open.get_mut(&ino).map(|n| {
+                    *n -= 1;
+                    *n
+                });
+                if n == Some(0) {
+                    open.remove(&ino);
+                }
+                n == Some(0)
+            };
+            if last {
+                self.free_if_unused(ino);
+            }
         }
     }
 
@@ -810,6 +1018,11 @@ impl Fs {
         self.views.built()
     }
 
+    /// How many repository views are kept now (bounded: `view::MAX_VIEWS`).
+    pub fn repo_views_kept(&self) -> usize {
+        self.views.kept()
+    }
+
     /// The number of open files and directories (for tests and logs).
     pub fn open_handles(&self) -> usize {
         self.handles.lock().len()
@@ -841,6 +1054,9 @@ impl Fs {
 
     fn add_handle(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        if let Some(ino) = h.ino() {
+            *self.open_inos.lock().entry(ino).or_default() += 1;
+        }
         self.handles.lock().insert(fh, h);
         fh
     }

@@ -13,6 +13,9 @@
 //! # Locks
 //! Every lock of the filesystem core, in the order they are taken: a lock is only ever taken
 //! while holding none, or only locks above it in this list.
+//! 0. `Fs::entries`: held shared across a write that hands the kernel an entry (create, mkdir,
+//!    symlink) until its lookup is counted, and exclusive by `forget`, so that no number is
+//!    freed between; never taken twice by one thread (nothing under it forgets or releases).
 //! 1. `Fs::write_lock`: serialises every change of image records and pending images, and the
 //!    renames of repositories; held across store I/O. Lookup, getattr and readdir never take it.
 //!    Who named a repository before taking it names it again under it, from the inode (a
@@ -22,8 +25,8 @@
 //!    the records are read to rebuild the snapshot, never while a view is built.
 //! 3. `Fs::write` (this `WriteState`): memory only; never held across I/O, a call into the
 //!    views, or while waiting for an upload.
-//! 4. Leaves, under which nothing is taken: `Inodes::table`, `Fs::handles`, `Fs::blob_files`,
-//!    `Fs::mtimes`, the verifier's table.
+//! 4. Leaves, under which nothing is taken: `Inodes::table`, `Fs::handles`, `Fs::open_inos`,
+//!    `Fs::blob_files`, `Fs::mtimes`, the verifier's table.
 //!
 //! An upload's own lock (`SharedUpload::lock`) is apart: it is taken with no other lock held,
 //! and nothing is taken under it. A write holds it across its disk write and hash, so what a

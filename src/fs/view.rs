@@ -1,8 +1,14 @@
 //! What the mount shows, computed from the image records and the store: a snapshot of the
-//! directory tree (which repository paths exist) rebuilt when the records change, and, per
-//! repository, its layout view (`index.json` bytes and the blobs reachable from its images),
-//! computed lazily the first time the repository is looked at and kept while its images stay
-//! the same. Startup reads the records only; no manifest is read until its repository is.
+//! directory tree (which repository paths exist, and how many images each has: one grouped
+//! query over the records' repository index, no descriptor parsed) rebuilt when the records
+//! change, and, per
+//! repository, its layout view (`index.json` bytes and the blobs reachable from its images, with
+//! their sizes), computed lazily the first time the repository is looked at and kept while its
+//! images stay the same, in a cache bounded by `MAX_VIEWS` and `MAX_VIEW_WEIGHT` (least
+//! recently used first out). A view reads its repository's records when it is computed; every
+//! view is dropped when the records change (the tree does not hold the images to tell which
+//! repositories changed), and computed again when its repository is next looked at. Startup
+//! reads the summary only; no image record or manifest is read until its repository is.
 //!
 //! Changes made by other processes are noticed through SQLite's `data_version`, checked at most
 //! every `REFRESH_INTERVAL`, so an image imported, tagged or removed elsewhere shows within it.
@@ -25,7 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
-use crate::content::{Catalog, Provider};
+use crate::content::Provider;
 use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
 use crate::layout::{self, Entry};
@@ -33,6 +39,15 @@ use crate::oci::{Descriptor, OnMissing};
 use crate::store::{Image, Store};
 
 use super::error::{FsError, FsResult};
+
+/// At most this many repository views are kept (the least recently used go first): each holds
+/// its images, `index.json` and blob list, and a walk of every repository (`ls -lR`) would
+/// otherwise keep them all. A view dropped is computed again when its repository is next
+/// looked at (the kernel keeps what it looked up: that is rare).
+pub const MAX_VIEWS: usize = 512;
+/// And at most this many images and blobs in all the views kept (the last one used is always
+/// kept, however big).
+pub const MAX_VIEW_WEIGHT: usize = 1 << 18;
 
 /// How often the records are checked for changes made by other processes.
 pub const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
@@ -74,7 +89,22 @@ impl Default for DirInfo {
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     dirs: HashMap<String, DirInfo>,
-    repos: HashMap<String, Vec<Entry>>,
+    /// What each repository has of images (not the images themselves: a view reads them).
+    repos: HashMap<String, RepoImages>,
+}
+
+/// What the tree knows of a repository's images: how many are registered (their records are
+/// read when its view is computed), and the mount's pending ones.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RepoImages {
+    pub registered: usize,
+    pub pending: Vec<Entry>,
+}
+
+impl RepoImages {
+    pub fn is_empty(&self) -> bool {
+        self.registered == 0 && self.pending.is_empty()
+    }
 }
 
 /// What the mount itself adds to the records: directories made with mkdir that only lead to
@@ -93,14 +123,22 @@ pub trait Additions: Send + Sync {
 
 impl Snapshot {
     pub fn build(images: Vec<Image>) -> Snapshot {
-        Self::build_with(images, &[], &Extra::default(), None)
+        let mut by_repo: BTreeMap<String, (usize, i64)> = BTreeMap::new();
+        for i in images {
+            let r = by_repo.entry(i.name.repository().to_owned()).or_default();
+            r.0 += 1;
+            r.1 = r.1.max(i.updated);
+        }
+        let summaries = by_repo.into_iter().map(|(r, (n, u))| (r, n, u)).collect();
+        Self::build_with(summaries, &[], &Extra::default(), None)
     }
 
-    /// The tree of `images`, the repositories `kept` and what the mount adds (`extra`). A kept
+    /// The tree of the repositories with images (`summaries`: name, how many, latest update in
+    /// milliseconds), the repositories `kept` and what the mount adds (`extra`). A kept
     /// repository or a directory made with mkdir has no time in the records: it keeps the one
     /// it had in `before` (the tree this one replaces), else it is new now.
     pub fn build_with(
-        images: Vec<Image>,
+        summaries: Vec<(String, usize, i64)>,
         kept: &[String],
         extra: &Extra,
         before: Option<&Snapshot>,
@@ -114,19 +152,15 @@ impl Snapshot {
                 .filter(|d| d.kept || d.made)
                 .map_or(now, |d| d.updated)
         };
-        for i in images {
-            let updated = UNIX_EPOCH + Duration::from_millis(i.updated.max(0) as u64);
-            let repo = i.name.repository().to_owned();
+        for (repo, count, updated) in summaries {
+            let updated = UNIX_EPOCH + Duration::from_millis(updated.max(0) as u64);
             s.add_dir(&repo, true, updated);
-            s.repos.entry(repo).or_default().push(Entry {
-                name: i.name,
-                target: i.target,
-            });
+            s.repos.entry(repo).or_default().registered = count;
         }
         for e in extra.pending.values().flatten() {
             let repo = e.name.repository().to_owned();
             s.add_dir(&repo, true, now);
-            s.repos.entry(repo).or_default().push(e.clone());
+            s.repos.entry(repo).or_default().pending.push(e.clone());
         }
         for repo in kept {
             s.add_kept(repo, since(repo));
@@ -228,29 +262,45 @@ impl Snapshot {
         self.dirs.get(path)
     }
 
-    pub fn entries(&self, repo: &str) -> Option<&[Entry]> {
-        self.repos.get(repo).map(Vec::as_slice)
+    /// What `repo` has of images, if it is a repository.
+    pub fn images(&self, repo: &str) -> Option<&RepoImages> {
+        self.repos.get(repo)
     }
+}
+
+/// What a repository view keeps of a blob: its size (all that lookup, stat and listing need).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobSize {
+    pub size: u64,
 }
 
 /// One repository as a layout.
 #[derive(Debug)]
 pub struct RepoView {
-    pub entries: Vec<Entry>,
+    /// The images: the records of the repository, then its pending images.
+    pub entries: Arc<[Entry]>,
     pub index: Arc<[u8]>,
-    /// The blobs reachable from the entries that are in the store.
-    pub blobs: BTreeMap<Digest, Descriptor>,
+    /// The blobs reachable from the entries that are in the store, with their sizes.
+    pub blobs: Arc<BTreeMap<Digest, BlobSize>>,
 }
 
 impl RepoView {
-    pub fn build(store: &dyn Provider, entries: Vec<Entry>) -> Result<RepoView> {
-        let blobs = layout::blobs(store, &entries, OnMissing::Skip)?;
+    pub fn build(store: &dyn Provider, entries: Arc<[Entry]>) -> Result<RepoView> {
+        let blobs = layout::blobs(store, &entries, OnMissing::Skip)?
+            .into_iter()
+            .map(|(d, desc): (Digest, Descriptor)| (d, BlobSize { size: desc.size }))
+            .collect();
         let index = Arc::from(layout::index_json(&entries));
         Ok(RepoView {
             entries,
             index,
-            blobs,
+            blobs: Arc::new(blobs),
         })
+    }
+
+    /// What the view weighs in the cache (`MAX_VIEW_WEIGHT`).
+    fn weight(&self) -> usize {
+        self.entries.len() + self.blobs.len()
     }
 
     /// The algorithm directories under `blobs/`: sha256 always (as every layout has it), and
@@ -267,7 +317,61 @@ struct State {
     /// `data_version` when the snapshot was built; None forces a rebuild.
     version: Option<i64>,
     checked: Option<Instant>,
-    repos: HashMap<String, Arc<RepoView>>,
+    repos: HashMap<String, Cached>,
+    /// Counts uses of views, for the least recently used to go first.
+    tick: u64,
+    /// The weight of the views kept (`RepoView::weight`).
+    weight: usize,
+    /// Counts the times every view was dropped (the records changed): a view computed from
+    /// records read before is not kept.
+    generation: u64,
+}
+
+struct Cached {
+    view: Arc<RepoView>,
+    used: u64,
+}
+
+impl State {
+    /// Keeps `view` of `repo`, dropping the least recently used views past the bounds.
+    fn keep(&mut self, repo: &str, view: Arc<RepoView>) {
+        self.tick += 1;
+        self.weight += view.weight();
+        let cached = Cached {
+            view,
+            used: self.tick,
+        };
+        if let Some(old) = self.repos.insert(repo.to_owned(), cached) {
+            self.weight -= old.view.weight();
+        }
+        if self.repos.len() <= MAX_VIEWS && self.weight <= MAX_VIEW_WEIGHT {
+            return;
+        }
+        // A quarter of the bound goes at once, so that each eviction's sort is paid rarely.
+        let mut by_use: Vec<(u64, String)> = self
+            .repos
+            .iter()
+            .map(|(name, c)| (c.used, name.clone()))
+            .collect();
+        by_use.sort_unstable();
+        let keep_views = MAX_VIEWS - MAX_VIEWS / 4;
+        let keep_weight = MAX_VIEW_WEIGHT - MAX_VIEW_WEIGHT / 4;
+        for (used, name) in by_use {
+            if used == self.tick || (self.repos.len() <= keep_views && self.weight <= keep_weight) {
+                break;
+            }
+            if let Some(gone) = self.repos.remove(&name) {
+                self.weight -= gone.view.weight();
+            }
+        }
+    }
+
+    /// Drops every view (the records changed: any repository's images may have).
+    fn drop_views(&mut self) {
+        self.repos.clear();
+        self.weight = 0;
+        self.generation += 1;
+    }
 }
 
 /// The live view of one store.
@@ -288,6 +392,9 @@ impl Views {
                 version: None,
                 checked: None,
                 repos: HashMap::new(),
+                tick: 0,
+                weight: 0,
+                generation: 0,
             }),
             built: AtomicUsize::new(0),
             additions,
@@ -304,20 +411,20 @@ impl Views {
         if st.checked.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
             return Ok(st.snapshot.clone());
         }
-        let records: &dyn Catalog = self.store.records();
+        let records = self.store.records();
         let version = records.version()?;
         st.checked = Some(Instant::now());
         if st.version != Some(version) {
             let extra = self.additions.additions();
             let snapshot = Snapshot::build_with(
-                records.list()?,
+                records.repository_summaries()?,
                 &records.repositories()?,
                 &extra,
                 Some(&st.snapshot),
             );
-            // Keep the views of repositories whose images did not change.
-            st.repos
-                .retain(|name, view| snapshot.entries(name) == Some(view.entries.as_slice()));
+            // Views are computed again as their repositories are looked at (the snapshot no
+            // longer holds the images to tell which changed).
+            st.drop_views();
             st.snapshot = Arc::new(snapshot);
             st.version = Some(version);
             tracing::debug!(version, "records changed; tree rebuilt");
@@ -351,7 +458,12 @@ impl Views {
 
     /// Drops the cached view of `repo`, whose blobs changed without its images changing.
     pub fn forget_repo(&self, repo: &str) {
-        self.state.lock().repos.remove(repo);
+        let mut st = self.state.lock();
+        if let Some(gone) = st.repos.remove(repo) {
+            st.weight -= gone.view.weight();
+        }
+        // A view being computed meanwhile may have read the blobs before the change.
+        st.generation += 1;
     }
 
     /// Forgets what was read, so that the next call reads the records again (after this
@@ -367,18 +479,43 @@ impl Views {
         self.built.load(Ordering::Relaxed)
     }
 
+    /// How many repository views are kept now (at most `MAX_VIEWS`).
+    pub fn kept(&self) -> usize {
+        self.state.lock().repos.len()
+    }
+
     /// The layout view of `repo`, or None if no image has that repository.
     pub fn repo(&self, repo: &str) -> FsResult<Option<Arc<RepoView>>> {
         let snapshot = self.snapshot()?;
-        let Some(entries) = snapshot.entries(repo) else {
+        let Some(images) = snapshot.images(repo) else {
             return Ok(None);
         };
-        if let Some(v) = self.state.lock().repos.get(repo) {
-            if v.entries == entries {
-                return Ok(Some(v.clone()));
+        let generation = {
+            let mut st = self.state.lock();
+            st.tick += 1;
+            let tick = st.tick;
+            if let Some(c) = st.repos.get_mut(repo) {
+                c.used = tick;
+                return Ok(Some(c.view.clone()));
             }
-        }
-        let view = RepoView::build(&*self.store, entries.to_vec()).map_err(|source| {
+            st.generation
+        };
+        let repository = |source| FsError::Repository {
+            repository: repo.to_owned(),
+            source,
+        };
+        let mut entries: Vec<Entry> = if images.registered > 0 {
+            let records = self.store.records().of_repository(repo);
+            records
+                .map_err(repository)?
+                .into_iter()
+                .map(Entry::from)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        entries.extend(images.pending.iter().cloned());
+        let view = RepoView::build(&*self.store, Arc::from(entries)).map_err(|source| {
             FsError::Repository {
                 repository: repo.to_owned(),
                 source,
@@ -386,10 +523,10 @@ impl Views {
         })?;
         self.built.fetch_add(1, Ordering::Relaxed);
         let view = Arc::new(view);
-        self.state
-            .lock()
-            .repos
-            .insert(repo.to_owned(), view.clone());
+        let mut st = self.state.lock();
+        if st.generation == generation {
+            st.keep(repo, view.clone());
+        }
         Ok(Some(view))
     }
 }
@@ -437,7 +574,7 @@ mod tests {
         assert_eq!(alpine.children.iter().collect::<Vec<_>>(), ["sub"]);
         assert!(s.dir("docker.io/library/alpine/sub").unwrap().repository);
         assert!(s.dir("docker.io/library/alpin").is_none());
-        assert_eq!(s.entries("busybox").unwrap().len(), 2);
-        assert!(s.entries("docker.io").is_none());
+        assert_eq!(s.images("busybox").unwrap().registered, 2);
+        assert!(s.images("docker.io").is_none());
     }
 }

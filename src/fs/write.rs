@@ -300,7 +300,9 @@ impl super::Fs {
         };
         let empty = dir.kept
             && dir.children.is_empty()
-            && snapshot.entries(path).is_none_or(<[Entry]>::is_empty);
+            && snapshot
+                .images(path)
+                .is_none_or(super::view::RepoImages::is_empty);
         let w = self.write.lock();
         Ok(empty && !w.has_children(ino) && w.repo(path).is_some_and(|r| r.untouched_by(pid)))
     }
@@ -851,7 +853,7 @@ impl super::Fs {
                 }
                 let snapshot = self.views.snapshot()?;
                 let dir = snapshot.dir(&path).ok_or(FsError::NotFound)?;
-                let images = snapshot.entries(&path).is_some_and(|e| !e.is_empty());
+                let images = snapshot.images(&path).is_some_and(|e| !e.is_empty());
                 let written = self
                     .write
                     .lock()
@@ -889,7 +891,7 @@ impl super::Fs {
         let images = self
             .views
             .snapshot()?
-            .entries(repo)
+            .images(repo)
             .is_some_and(|e| !e.is_empty());
         if !images {
             return Ok(true);

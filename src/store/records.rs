@@ -480,6 +480,24 @@ impl Records {
         )
     }
 
+    /// Each repository with images: its name, how many, and the latest update (milliseconds
+    /// since the epoch), by name. One pass over the repository index, no descriptor parsed: what
+    /// the mount's tree needs (its views read `of_repository` when a repository is looked at).
+    pub fn repository_summaries(&self) -> Result<Vec<(String, usize, i64)>> {
+        let conn = self.conn.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT repository, COUNT(*), MAX(updated) FROM images GROUP BY repository ORDER BY repository",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<(String, i64, i64)>>>()?;
+        Ok(rows
+            .into_iter()
+            .filter(|(name, _, _)| check_repository(name).is_ok())
+            .map(|(name, n, updated)| (name, usize::try_from(n).unwrap_or(0), updated))
+            .collect())
+    }
+
     /// The images of one repository, sorted by name.
     pub fn of_repository(&self, repository: &str) -> Result<Vec<Image>> {
         self.query(

@@ -31,6 +31,14 @@ impl Mounted {
         Self::start_with(env, name, extra, |_| {})
     }
 
+    /// Like `start`, with the daemon's log filtered by `filter` (`LAYOUTFS_LOG`).
+    pub fn start_logging(env: &Env, name: &str, extra: &[&str], filter: &str) -> Mounted {
+        let filter = filter.to_owned();
+        Self::start_with(env, name, extra, move |cmd| {
+            cmd.env("LAYOUTFS_LOG", filter);
+        })
+    }
+
     /// Like `start`, with the daemon's soft limit on open descriptors lowered to `soft` (as a
     /// login shell's usual 1024), to see the daemon raise it.
     pub fn start_with_nofile(env: &Env, name: &str, extra: &[&str], soft: u64) -> Mounted {
