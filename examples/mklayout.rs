@@ -5,6 +5,8 @@
 //! `mklayout --scale N DIR` makes the synthetic store of issue 16 (see `tests/common/scale.rs`):
 //! N small images in N/10 repositories `r00000`.. tagged `t0`..`t9`, sharing eight 4 KiB layers,
 //! as one layout at DIR, or as layouts `DIR/part-000`.. over 50,000 images; prints their paths.
+//! `mklayout --scale-store N STORE` writes the same images straight into a new store (blob files
+//! and one transaction of names; no import: for the scale bench at sizes import is slow at).
 
 #[path = "../tests/common/gen.rs"]
 mod gen;
@@ -56,6 +58,20 @@ fn scale(n: &str, dir: &str) -> ExitCode {
     }
 }
 
+fn scale_store(n: &str, dir: &str) -> ExitCode {
+    let Ok(n) = n.parse::<u64>() else {
+        eprintln!("mklayout: {n:?} is not a number of images");
+        return ExitCode::from(2);
+    };
+    match scale::write_store(Path::new(dir), n) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mklayout: {dir}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if let [flag, n, dir] = args.as_slice() {
@@ -64,6 +80,9 @@ fn main() -> ExitCode {
         }
         if flag == "--scale" {
             return scale(n, dir);
+        }
+        if flag == "--scale-store" {
+            return scale_store(n, dir);
         }
     }
     let (Some(dir), Some(tag)) = (args.first(), args.get(1)) else {

@@ -73,15 +73,20 @@ pub fn write_layout(dir: &Path, first: u64, count: u64) -> io::Result<()> {
     let blobs = dir.join("blobs").join(Algorithm::Sha256.name());
     fs::create_dir_all(&blobs)?;
     fs::write(dir.join("oci-layout"), oci::layout_file_bytes())?;
+    let index = write_images(&blobs, first, count)?;
+    fs::write(dir.join("index.json"), ImageIndex::new(index).to_bytes())
+}
+
+/// Writes the blobs of images `first..first+count` (and the layer pool) into `blobs` (a
+/// `blobs/sha256` directory) and returns their `index.json` entries, in order.
+pub fn write_images(blobs: &Path, first: u64, count: u64) -> io::Result<Vec<Descriptor>> {
     let mut pool = Vec::new();
     for l in 0..LAYER_POOL {
-        let mut rng = SplitMix(POOL_SEED + l);
-        let mut bytes = vec![0u8; LAYER_SIZE];
-        for c in bytes.chunks_mut(8) {
-            c.copy_from_slice(&rng.next().to_le_bytes()[..c.len()]);
-        }
-        let d = put(&blobs, &bytes)?;
-        pool.push(Descriptor::new(oci::MEDIA_OCI_LAYER, d, LAYER_SIZE as u64));
+        pool.push(Descriptor::new(
+            oci::MEDIA_OCI_LAYER,
+            put(blobs, &pool_layer(l))?,
+            LAYER_SIZE as u64,
+        ));
     }
     let mut index = Vec::with_capacity(count as usize);
     for i in first..first + count {
@@ -94,7 +99,7 @@ pub fn write_layout(dir: &Path, first: u64, count: u64) -> io::Result<()> {
         let config = serde_json::to_vec(&config).map_err(io::Error::other)?;
         let config = Descriptor::new(
             oci::MEDIA_OCI_CONFIG,
-            put(&blobs, &config)?,
+            put(blobs, &config)?,
             config.len() as u64,
         );
         let manifest = serde_json::json!({
@@ -104,7 +109,7 @@ pub fn write_layout(dir: &Path, first: u64, count: u64) -> io::Result<()> {
         let manifest = serde_json::to_vec(&manifest).map_err(io::Error::other)?;
         let mut d = Descriptor::new(
             oci::MEDIA_OCI_MANIFEST,
-            put(&blobs, &manifest)?,
+            put(blobs, &manifest)?,
             manifest.len() as u64,
         );
         d.annotations.insert(
@@ -115,7 +120,17 @@ pub fn write_layout(dir: &Path, first: u64, count: u64) -> io::Result<()> {
             .insert(oci::ANNOTATION_REF_NAME.into(), tag(i));
         index.push(d);
     }
-    fs::write(dir.join("index.json"), ImageIndex::new(index).to_bytes())
+    Ok(index)
+}
+
+/// The bytes of pool layer `l`: the same in every layout, so parts and stores share them.
+pub fn pool_layer(l: u64) -> Vec<u8> {
+    let mut rng = SplitMix(POOL_SEED + l);
+    let mut bytes = vec![0u8; LAYER_SIZE];
+    for c in bytes.chunks_mut(8) {
+        c.copy_from_slice(&rng.next().to_le_bytes()[..c.len()]);
+    }
+    bytes
 }
 
 /// A small fast generator of the pool's bytes (SplitMix64).
@@ -129,4 +144,24 @@ impl SplitMix {
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
+}
+
+/// Writes the `n`-image store straight into the store at `root` (not through import: for
+/// benches and tests of everything but import): the blob files, then every name in one
+/// transaction. The store is opened (so `meta.db` exists) before any blob is written, so it
+/// is not taken for a store whose records were lost.
+pub fn write_store(root: &Path, n: u64) -> layoutfs::error::Result<()> {
+    let store = layoutfs::store::Store::open(root)?;
+    let blobs = root.join("blobs").join(Algorithm::Sha256.name());
+    let index = write_images(&blobs, 0, n).map_err(|e| layoutfs::error::Error::io(&blobs, e))?;
+    let mut names = Vec::with_capacity(index.len());
+    for (i, d) in index.iter().enumerate() {
+        let name = format!("{}:{}", repo(i as u64), tag(i as u64));
+        let name: layoutfs::reference::Reference = name.parse()?;
+        names.push((
+            name,
+            Descriptor::new(d.media_type.clone(), d.digest.clone(), d.size),
+        ));
+    }
+    store.records().put(&names)
 }
