@@ -22,7 +22,7 @@ use super::{Store, BLOBS_DIR};
 /// How many walks (or sizes) a cache keeps before it starts again: bounds its memory (a few
 /// MiB) whatever the number of images, and still spares the repeated walk of a target named
 /// several times in a row (the tags of one repository come together in name order).
-pub const CACHE_ENTRIES: usize = 4096;
+pub const CACHE_ENTRIES: usize = 1024;
 
 /// A file under `blobs/`.
 #[derive(Debug, Clone)]
