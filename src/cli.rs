@@ -1,7 +1,7 @@
 //! The command line: one enum of subcommands whose doc comments are the help, and what each
 //! subcommand does with the store. Errors come back as `Error` for `main` to print as one line.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -11,8 +11,7 @@ use serde::Serialize;
 use crate::archive::export::{convert_to_oci, ArchiveFormat};
 use crate::archive::import::ImportOptions;
 use crate::archive::{self, ExportOptions, Plan, Source};
-use crate::content::{Catalog, Change, Provider};
-use crate::digest::Digest;
+use crate::content::{Catalog, Change};
 use crate::error::StoreProblem;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, FsOptions};
@@ -337,7 +336,7 @@ impl Cli {
                 };
                 export(&store, &refs, output.as_deref(), &opts, format, oci)
             }
-            Command::Images { format } => list_images(store.records(), &store, format),
+            Command::Images { format } => list_images(&store, format),
             Command::Repositories { format } => list_repositories(store.records(), format),
             Command::Rm { refs } => remove(store.records(), &refs),
             Command::Mount {
@@ -764,21 +763,37 @@ struct ImageRow {
     updated: String,
 }
 
-fn list_images(catalog: &dyn Catalog, blobs: &dyn Provider, format: Format) -> Result<()> {
-    let mut rows = Vec::new();
-    // Each target is walked once, however many names it has: (size, complete, missing).
-    let mut walked: HashMap<(Digest, String), (u64, bool, usize)> = HashMap::new();
-    for img in catalog.list()? {
-        let key = (img.target.digest.clone(), img.target.media_type.clone());
-        let (size, complete, missing) = *walked.entry(key).or_insert_with(|| {
-            let c = check::walk(blobs, &img.target);
+fn list_images(store: &Store, format: Format) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    // The width of the name column, known before the first row is printed.
+    let w = match format {
+        Format::Table => check::longest_name(store)?.max(4),
+        Format::Json => 0,
+    };
+    if format == Format::Table {
+        writeln!(
+            out,
+            "{:w$}  {:71}  {:>10}  {:10}  CREATED",
+            "NAME", "DIGEST", "SIZE", "COMPLETE"
+        )
+        .map_err(stdout_err)?;
+    }
+    // One record at a time; a target named several times in a row is walked once, the layers
+    // images share are looked up once: (size, complete, missing).
+    let src = check::LeafSizes::new(store);
+    let mut walked: check::WalkCache<(u64, bool, usize)> = check::WalkCache::default();
+    let mut json = JsonArray::default();
+    check::each_image(store, |img| {
+        let (size, complete, missing) = *walked.get_or(&img.target, || {
+            let c = check::walk(&src, &img.target);
             (
                 c.present.values().map(|d| d.size).sum(),
                 c.is_complete(),
                 c.missing.len(),
             )
         });
-        rows.push(ImageRow {
+        let r = ImageRow {
             name: img.name.to_string(),
             digest: img.target.digest.to_string(),
             media_type: img.target.media_type.clone(),
@@ -787,20 +802,10 @@ fn list_images(catalog: &dyn Catalog, blobs: &dyn Provider, format: Format) -> R
             missing,
             created: rfc3339(img.created),
             updated: rfc3339(img.updated),
-        });
-    }
-    let mut out = std::io::stdout().lock();
-    match format {
-        Format::Json => print_json(&mut out, &rows)?,
-        Format::Table => {
-            let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(4);
-            writeln!(
-                out,
-                "{:w$}  {:71}  {:>10}  {:10}  CREATED",
-                "NAME", "DIGEST", "SIZE", "COMPLETE"
-            )
-            .map_err(stdout_err)?;
-            for r in &rows {
+        };
+        match format {
+            Format::Json => json.push(&mut out, &r),
+            Format::Table => {
                 let complete = match (r.complete, r.missing) {
                     (true, _) => "yes".to_owned(),
                     (false, 0) => "damaged".to_owned(),
@@ -814,11 +819,39 @@ fn list_images(catalog: &dyn Catalog, blobs: &dyn Provider, format: Format) -> R
                     human(r.size),
                     r.created
                 )
-                .map_err(stdout_err)?;
+                .map_err(stdout_err)
             }
         }
+    })?;
+    if format == Format::Json {
+        json.finish(&mut out)?;
     }
-    Ok(())
+    out.flush().map_err(stdout_err)
+}
+
+/// A JSON array written one element at a time, as `print_json` writes a whole one.
+#[derive(Default)]
+struct JsonArray {
+    started: bool,
+}
+
+impl JsonArray {
+    fn push(&mut self, out: &mut impl Write, row: &impl Serialize) -> Result<()> {
+        let v = serde_json::to_string_pretty(row).map_err(|e| Error::Invalid(e.to_string()))?;
+        let sep = if self.started { ",\n" } else { "[\n" };
+        self.started = true;
+        write!(out, "{sep}").map_err(stdout_err)?;
+        for (i, line) in v.lines().enumerate() {
+            let nl = if i == 0 { "" } else { "\n" };
+            write!(out, "{nl}  {line}").map_err(stdout_err)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self, out: &mut impl Write) -> Result<()> {
+        let end = if self.started { "\n]\n" } else { "[]\n" };
+        write!(out, "{end}").map_err(stdout_err)
+    }
 }
 
 /// Writes `rows` as pretty JSON and a newline.

@@ -27,7 +27,7 @@ use crate::oci::{self, Descriptor, Kind, MAX_JSON_SIZE};
 use crate::progress::Progress;
 use crate::reference::Reference;
 
-use super::check::{self, BlobFile};
+use super::check::{self, BlobFile, BlobKey};
 use super::verified::Identity;
 use super::{
     adopted_in, clear_adopted, ensure_dir, Store, COPY_CHUNK, PRIVATE_DIR_MODE, QUARANTINE_DIR,
@@ -137,13 +137,15 @@ pub struct FsckReport {
 
 pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
     let mut report = FsckReport::default();
+    // Every blob of the store, as bytes (`BlobKey`): a third of the memory of `Digest`s.
     let mut blobs = Vec::new();
-    for f in check::blob_files(store)? {
+    check::each_blob_file(store, |f| {
         match f {
-            BlobFile::Blob { digest, size } => blobs.push((digest, size)),
+            BlobFile::Blob { digest, size } => blobs.push((BlobKey::of(&digest), size)),
             BlobFile::Stray { path, why } => report.problems.push(Problem::Stray { path, why }),
         }
-    }
+        Ok(())
+    })?;
     report.blobs = blobs.len();
     report.bytes = blobs.iter().map(|(_, s)| s).sum();
 
@@ -151,7 +153,8 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
     check_records_lost(store, opts, &blobs, &hashed, &mut report)?;
     let mut needs = walk_images(store, &hashed, &mut report)?;
 
-    for (digest, _) in &blobs {
+    for (key, _) in &blobs {
+        let digest = &key.digest();
         match hashed.get(digest) {
             Some(Hashed::Mismatch(found, hashed_file)) => {
                 let mut images = names(digest, &needs.needed_by);
@@ -191,6 +194,10 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
             images: images.into_iter().collect(),
         });
     }
+    // The list of every blob is not needed by gc's own walk: freed first, the two peaks
+    // do not add up.
+    drop(blobs);
+    drop(hashed);
     let dry = super::gc::GcOptions {
         dry_run: true,
         ..Default::default()
@@ -207,7 +214,7 @@ pub fn fsck(store: &Store, opts: &FsckOptions) -> Result<FsckReport> {
 fn check_records_lost(
     store: &Store,
     opts: &FsckOptions,
-    blobs: &[(Digest, u64)],
+    blobs: &[(BlobKey, u64)],
     hashed: &BTreeMap<Digest, Hashed>,
     report: &mut FsckReport,
 ) -> Result<()> {
@@ -218,11 +225,12 @@ fn check_records_lost(
         blobs: adopted.blobs,
     });
     if opts.repair {
-        let sound: Vec<&(Digest, u64)> = blobs
+        let sound: Vec<(Digest, u64)> = blobs
             .iter()
+            .map(|(k, size)| (k.digest(), *size))
             .filter(|(d, _)| !hashed.contains_key(d))
             .collect();
-        let found = roots(store, &sound)?;
+        let found = roots(store, &sound.iter().collect::<Vec<_>>())?;
         store.records().put(&found)?;
         clear_adopted(&store.connect()?)?;
         report.recovered = found.into_iter().map(|(name, _)| name).collect();
@@ -230,7 +238,9 @@ fn check_records_lost(
     Ok(())
 }
 
-/// Which images need each blob, and what their walks found missing or damaged.
+/// Which images need each blob that failed its re-hash, and what the walks found missing or
+/// damaged: only what is wrong is kept per name, so the memory follows the problems, not the
+/// store (a layer 100,000 images share is not listed with their names).
 #[derive(Default)]
 struct Needs {
     needed_by: BTreeMap<Digest, BTreeSet<String>>,
@@ -238,19 +248,18 @@ struct Needs {
     damaged: BTreeMap<Digest, (String, BTreeSet<String>)>,
 }
 
-/// Walks every image (each target once, however many names it has), counting the images
-/// broken and the names pinned to other content.
+/// Walks every image, one record at a time (a target named several times in a row walked
+/// once), counting the images broken and the names pinned to other content.
 fn walk_images(
     store: &Store,
     hashed: &BTreeMap<Digest, Hashed>,
     report: &mut FsckReport,
 ) -> Result<Needs> {
     let mut needs = Needs::default();
-    let images = store.records().list()?;
-    report.images = images.len();
-    let mut walked: std::collections::HashMap<(Digest, String), check::Closure> =
-        std::collections::HashMap::new();
-    for img in &images {
+    let src = check::LeafSizes::new(store);
+    let mut walked: check::WalkCache<check::Closure> = check::WalkCache::default();
+    check::each_image(store, |img| {
+        report.images += 1;
         let name = img.name.to_string();
         if img.name.check_target(&img.target.digest).is_err() {
             report.problems.push(Problem::Misnamed {
@@ -258,21 +267,20 @@ fn walk_images(
                 target: img.target.digest.clone(),
             });
         }
-        let key = (img.target.digest.clone(), img.target.media_type.clone());
-        let c = walked
-            .entry(key)
-            .or_insert_with(|| check::walk(store, &img.target));
+        let c = walked.get_or(&img.target, || check::walk(&src, &img.target));
         let mut broken = !c.is_complete();
         for d in c.present.keys() {
-            needs
-                .needed_by
-                .entry(d.clone())
-                .or_default()
-                .insert(name.clone());
-            broken |= matches!(
+            if matches!(
                 hashed.get(d),
                 Some(Hashed::Mismatch(..) | Hashed::Failed(_))
-            );
+            ) {
+                broken = true;
+                needs
+                    .needed_by
+                    .entry(d.clone())
+                    .or_default()
+                    .insert(name.clone());
+            }
         }
         // A platform's manifest an index lists and the store lacks is a platform a pull left
         // out (see `Closure::left_out`): not a problem of the store.
@@ -291,7 +299,8 @@ fn walk_images(
             entry.1.insert(name.clone());
         }
         report.broken_images += usize::from(broken);
-    }
+        Ok(())
+    })?;
     Ok(needs)
 }
 
@@ -311,10 +320,10 @@ enum Hashed {
 /// Hashes every blob on `threads` threads, largest first; returns only what is wrong.
 fn rehash_all(
     store: &Store,
-    blobs: &[(Digest, u64)],
+    blobs: &[(BlobKey, u64)],
     threads: Option<usize>,
 ) -> Result<BTreeMap<Digest, Hashed>> {
-    let mut jobs: Vec<&(Digest, u64)> = blobs.iter().collect();
+    let mut jobs: Vec<&(BlobKey, u64)> = blobs.iter().collect();
     jobs.sort_by_key(|(_, s)| std::cmp::Reverse(*s));
     let total = jobs.iter().map(|(_, s)| s).sum();
     let progress = Progress::bytes("checking", Some(total));
@@ -329,9 +338,10 @@ fn rehash_all(
             s.spawn(|| {
                 let mut buf = vec![0u8; COPY_CHUNK];
                 while !stop.load(Ordering::Relaxed) {
-                    let Some((digest, _)) = queue.lock().next() else {
+                    let Some((key, _)) = queue.lock().next() else {
                         return;
                     };
+                    let digest = &key.digest();
                     match hash_file(store, digest, &mut buf, &progress) {
                         Ok((found, _, identity)) if found == *digest => {
                             if !store.is_read_only() {

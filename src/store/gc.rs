@@ -29,7 +29,7 @@ use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::oci::{self, Descriptor, Kind, MAX_JSON_SIZE};
 
-use super::check::{self, BlobFile};
+use super::check::{self, BlobFile, BlobKey};
 use super::ingest::{process_alive, sweep_kept, sweepable, IngestKind, KeptSweep, DATA_FILE};
 use super::leases;
 use super::records::{self, now_ms};
@@ -181,21 +181,25 @@ fn collect(store: &Store, opts: &GcOptions, scope: &Scope<'_>) -> Result<GcRepor
     }
     let (void, leased) = mark_leases(&tx, opts, scope)?;
     report.leases = void.len();
-    let mut keep = leased.clone();
+    // Sets of every blob of a large store: as bytes (`BlobKey`), not strings.
+    let mut keep: HashSet<BlobKey> = leased.iter().map(BlobKey::of).collect();
     mark_records(store, &tx, scope, &mut keep)?;
 
     // What is on disk, and the untagged images whose subject is kept.
+    let placed = match scope {
+        Scope::Only(t) => Some(t.placed),
+        Scope::All { .. } => None,
+    };
     let mut on_disk = Vec::new();
-    for f in check::blob_files(store)? {
+    check::each_blob_file(store, |f| {
         if let BlobFile::Blob { digest, size } = f {
-            on_disk.push((digest, size));
+            if placed.is_none_or(|p| p.contains(&digest)) {
+                on_disk.push((BlobKey::of(&digest), size));
+            }
         }
-    }
-    let mut present_subjects = false;
-    if let Scope::Only(t) = scope {
-        on_disk.retain(|(d, _)| t.placed.contains(d));
-        present_subjects = t.keep_referrers;
-    }
+        Ok(())
+    })?;
+    let present_subjects = matches!(scope, Scope::Only(t) if t.keep_referrers);
     mark_referrers(store, &on_disk, &mut keep, present_subjects);
     sweep_blobs(store, opts, on_disk, &keep, &mut report)?;
     report.leased = leased
@@ -245,51 +249,55 @@ fn mark_leases(
     Ok((void, held))
 }
 
-/// Adds to `keep` the closure of every record (each target walked once, however many names
-/// it has), or of those changed since an import began; fails, removing nothing, when a
-/// closure cannot be told.
+/// Adds to `keep` the closure of every record (one record at a time; a target named several
+/// times in a row walked once, the layers images share looked up once), or of those changed
+/// since an import began; fails, removing nothing, when a closure cannot be told.
 fn mark_records(
     store: &Store,
     tx: &rusqlite::Transaction<'_>,
     scope: &Scope<'_>,
-    keep: &mut HashSet<Digest>,
+    keep: &mut HashSet<BlobKey>,
 ) -> Result<()> {
     let since = match scope {
         Scope::All { .. } => i64::MIN,
         Scope::Only(t) => t.since_ms.saturating_sub(RECORD_CLOCK_MARGIN_MS),
     };
-    let mut walked: HashSet<(Digest, String)> = HashSet::new();
-    for (name, json) in records::changed_since_in(tx, since)? {
-        let target: Descriptor = serde_json::from_str(&json)
+    let src = check::LeafSizes::new(store);
+    let mut walked: check::WalkCache<()> = check::WalkCache::default();
+    records::each_changed_since_in(tx, since, |name, json| {
+        let target: Descriptor = serde_json::from_str(json)
             .map_err(|e| Error::Invalid(format!("gc: image record {name:?}: {e}")))?;
-        if !walked.insert((target.digest.clone(), target.media_type.clone())) {
-            continue;
+        let mut fresh = false;
+        walked.get_or(&target, || fresh = true);
+        if !fresh {
+            return Ok(());
         }
-        let c = check::walk(store, &target);
+        let c = check::walk(&src, &target);
         if c.has_unknown_children() {
             return Err(Error::Invalid(format!(
                 "gc: image {name}: {}: nothing was removed (run layoutfs fsck; re-import or remove the image)",
                 c.first_problem().unwrap_or_default()
             )));
         }
-        keep.extend(c.present.into_keys());
-    }
-    Ok(())
+        keep.extend(c.present.keys().map(BlobKey::of));
+        Ok(())
+    })
 }
 
 /// Removes (or, dry, lists) the blobs of `on_disk` that are not in `keep`.
 fn sweep_blobs(
     store: &Store,
     opts: &GcOptions,
-    on_disk: Vec<(Digest, u64)>,
-    keep: &HashSet<Digest>,
+    on_disk: Vec<(BlobKey, u64)>,
+    keep: &HashSet<BlobKey>,
     report: &mut GcReport,
 ) -> Result<()> {
-    for (digest, size) in on_disk {
-        if keep.contains(&digest) {
+    for (key, size) in on_disk {
+        if keep.contains(&key) {
             report.kept += 1;
             continue;
         }
+        let digest = key.digest();
         if !opts.dry_run {
             let path = store.blob_path(&digest);
             match fs::remove_file(&path) {
@@ -309,15 +317,16 @@ fn sweep_blobs(
 /// and each at most once.
 fn mark_referrers(
     store: &Store,
-    on_disk: &[(Digest, u64)],
-    keep: &mut HashSet<Digest>,
+    on_disk: &[(BlobKey, u64)],
+    keep: &mut HashSet<BlobKey>,
     present_subjects: bool,
 ) {
     let mut referrers: HashMap<Digest, (Descriptor, Digest)> = HashMap::new();
-    for (digest, size) in on_disk {
-        if keep.contains(digest) || *size > MAX_JSON_SIZE || *size < 2 {
+    for (key, size) in on_disk {
+        if keep.contains(key) || *size > MAX_JSON_SIZE || *size < 2 {
             continue;
         }
+        let digest = &key.digest();
         let Some(bytes) = read_small_file(store, digest, *size) else {
             continue;
         };
@@ -340,7 +349,7 @@ fn mark_referrers(
         let ready: Vec<Digest> = referrers
             .iter()
             .filter(|(_, (_, subject))| {
-                keep.contains(subject)
+                keep.contains(&BlobKey::of(subject))
                     || (present_subjects
                         && !referrers.contains_key(subject)
                         && store.has_blob(subject).unwrap_or(false))
@@ -352,8 +361,8 @@ fn mark_referrers(
         }
         for d in ready {
             if let Some((desc, _)) = referrers.remove(&d) {
-                keep.extend(check::walk(store, &desc).present.into_keys());
-                keep.insert(d);
+                keep.extend(check::walk(store, &desc).present.keys().map(BlobKey::of));
+                keep.insert(BlobKey::of(&d));
             }
         }
     }

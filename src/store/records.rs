@@ -573,8 +573,6 @@ impl RawImage {
     }
 }
 
-/// The (name, descriptor JSON) of the records changed at or after `since_ms`, read in `tx`
-/// (gc's view: `i64::MIN` for all of them).
 /// Forgets where `digests` were seen on registries, in gc's transaction (gc removed them).
 pub(super) fn forget_origins_in<'a>(
     tx: &rusqlite::Transaction<'_>,
@@ -587,13 +585,44 @@ pub(super) fn forget_origins_in<'a>(
     Ok(())
 }
 
-pub(super) fn changed_since_in(
+/// Runs `f` on every image record read through `conn`, sorted by name, one row at a time:
+/// what walks them all without holding them all (100,000 records are tens of MiB as `Image`s).
+pub(super) fn for_each_in(conn: &Connection, mut f: impl FnMut(Image) -> Result<()>) -> Result<()> {
+    let mut stmt =
+        conn.prepare("SELECT name, descriptor, created, updated FROM images ORDER BY name")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        f(row_to_raw(row)?.parse()?)?;
+    }
+    Ok(())
+}
+
+/// The number of characters of the longest image name (0 with no image).
+pub(super) fn longest_name_in(conn: &Connection) -> Result<usize> {
+    let n: i64 = conn.query_row(
+        "SELECT coalesce(max(length(name)), 0) FROM images",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// Runs `f` on the (name, descriptor JSON) of each record changed at or after `since_ms`,
+/// read in `tx` one row at a time, sorted by name (gc's view: `i64::MIN` for all of them).
+pub(super) fn each_changed_since_in(
     tx: &rusqlite::Transaction<'_>,
     since_ms: i64,
-) -> rusqlite::Result<Vec<(String, String)>> {
-    let mut stmt = tx.prepare("SELECT name, descriptor FROM images WHERE updated >= ?1")?;
-    let rows = stmt.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    rows.collect()
+    mut f: impl FnMut(&str, &str) -> Result<()>,
+) -> Result<()> {
+    let mut stmt =
+        tx.prepare("SELECT name, descriptor FROM images WHERE updated >= ?1 ORDER BY name")?;
+    let mut rows = stmt.query([since_ms])?;
+    while let Some(r) = rows.next()? {
+        let name: String = r.get(0)?;
+        let json: String = r.get(1)?;
+        f(&name, &json)?;
+    }
+    Ok(())
 }
 
 /// Milliseconds since the epoch, as records and leases keep time.
