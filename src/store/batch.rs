@@ -3,8 +3,9 @@
 //! as any commit checks it (size, digest, the data file holding exactly what was checked),
 //! made read-only and left in its ingest, "staged" (a batch's writers share one ingest
 //! directory, `ingest/<pid>-<n>-<nanoseconds>/<n>`: a directory made and removed per blob cost
-//! more than the fsyncs saved, on this disk). A flush (`Batch::finish`, or on its own
-//! once `BATCH_BLOBS` blobs or `BATCH_BYTES` bytes are staged) then, in this order:
+//! more than the fsyncs saved, on this disk). A flush (`Batch::finish`, or on its own once
+//! `BATCH_BLOBS` blobs, `BATCH_BYTES` bytes or `BATCH_KEPT` resumed writers are staged) then,
+//! in this order:
 //!
 //! 1. one `syncfs(2)` of the store's filesystem: every staged file's bytes (and mode) are
 //!    durable. (Measured here against fsyncs issued from 8 and 16 threads over 5,000 files of
@@ -22,8 +23,9 @@
 //! While staged, a blob is the batch's: the batch answers for it as a `BlobSource` and
 //! `Provider` (from its ingest, already verified), and a second writer of the same digest is
 //! dropped. A batch dropped unflushed drops its staged writers (their ingests go; a resumed
-//! writer's kept bytes stay for the next resume). The caller's lease must hold every digest
-//! it commits (as import's `Intake` does before asking the store): once renamed, gc keeps it.
+//! writer's kept bytes stay for the next resume). The batch's lease (`Store::batch`) holds
+//! every staged digest before the flush renames it, so gc keeps it; a caller still holds a
+//! digest before it asks whether the store has it (as import's `Intake` does).
 //!
 //! `PAUSE_ENV` (tests only) stops the process at a named point so that a test can kill it
 //! there: `staged` (before the syncfs), `renaming` (after the first rename of a flush of two
@@ -53,6 +55,10 @@ pub const BATCH_BLOBS: usize = 8192;
 /// what one syncfs waits for at most (writeback of large blobs starts while they are written).
 pub const BATCH_BYTES: u64 = 1 << 30;
 
+/// Staged writers of kept ingests (a resumable pull's) after which a batch flushes on its own:
+/// each holds its ingest's lock descriptor until placed (a common limit is 1,024 open files).
+pub const BATCH_KEPT: usize = 256;
+
 /// Environment variable naming a point where the process stops (tests kill it there).
 pub const PAUSE_ENV: &str = "LAYOUTFS_TEST_PAUSE_AT";
 
@@ -78,6 +84,8 @@ struct Staged {
 struct State {
     staged: BTreeMap<Digest, Staged>,
     staged_bytes: u64,
+    /// How many of `staged` are writers of kept ingests.
+    staged_kept: usize,
     /// Algorithms whose `blobs/<alg>/` held a blob the batch's caller was told is there.
     relied: BTreeSet<Algorithm>,
     /// Every blob this batch placed (renamed into `blobs/` itself), with its size.
@@ -136,9 +144,13 @@ impl<'a> Batch<'a> {
             w.spent(false);
             return Ok((digest, false));
         }
+        st.staged_kept += usize::from(w.is_kept());
         st.staged.insert(digest.clone(), Staged { writer: w, size });
         st.staged_bytes += size;
-        if st.staged.len() >= BATCH_BLOBS || st.staged_bytes >= BATCH_BYTES {
+        if st.staged.len() >= BATCH_BLOBS
+            || st.staged_bytes >= BATCH_BYTES
+            || st.staged_kept >= BATCH_KEPT
+        {
             self.flush(&mut st)?;
         }
         Ok((digest, true))
@@ -189,6 +201,7 @@ impl<'a> Batch<'a> {
     fn flush(&self, st: &mut State) -> Result<()> {
         let staged = std::mem::take(&mut st.staged);
         st.staged_bytes = 0;
+        st.staged_kept = 0;
         let mut dirs: BTreeSet<Algorithm> = std::mem::take(&mut st.relied);
         if staged.is_empty() && dirs.is_empty() {
             return Ok(());

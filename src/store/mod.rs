@@ -30,7 +30,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, IoContext, Result, StoreProblem};
 use crate::oci::{self, BlobSource, Descriptor};
 
-pub use batch::{pause_point, Batch, BATCH_BLOBS, BATCH_BYTES, PAUSE_ENV};
+pub use batch::{pause_point, Batch, BATCH_BLOBS, BATCH_BYTES, BATCH_KEPT, PAUSE_ENV};
 pub use ingest::{
     process_alive, remove_abandoned, sync_dir, BLOB_MODE, COPY_CHUNK, DATA_FILE, RESUME_KEEP,
 };
