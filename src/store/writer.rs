@@ -515,11 +515,15 @@ impl BlobWriter {
     /// Checks the content as a commit does and makes the data file read-only (mode 0444),
     /// then parks the writer, for a batch (`batch.rs`) to place later; returns the digest. A
     /// resumed writer whose digest is wrong drops its bytes, as at commit.
-    pub(super) fn check_staged(&mut self) -> Result<Digest> {
+    /// With `sync`, its bytes are made durable here too (fsync), so that the batch need not.
+    pub(super) fn check_staged(&mut self, sync: bool) -> Result<Digest> {
         let checked = self.check().and_then(|found| {
-            self.opened()?
-                .set_permissions(std::fs::Permissions::from_mode(BLOB_MODE))
+            let file = self.opened()?;
+            file.set_permissions(std::fs::Permissions::from_mode(BLOB_MODE))
                 .at(&self.data)?;
+            if sync {
+                file.sync_all().map_err(|e| self.write_error(e))?;
+            }
             Ok(found)
         });
         if self.on_drop == OnDrop::KeepPartial
