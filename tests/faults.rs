@@ -362,3 +362,96 @@ fn full_disk_error(err: &str, what: &str) {
     );
     assert!(!err.contains("corrupt"), "{what}: blames the input: {err}");
 }
+
+/// Where `layoutfs import` stops when asked (`LAYOUTFS_TEST_PAUSE_AT`), in its batch's order:
+/// every blob written and checked but not yet synced nor placed; after the first rename into
+/// `blobs/` of several; everything durable and placed, nothing registered yet.
+const PAUSE_POINTS: [&str; 3] = ["staged", "renaming", "registering"];
+
+/// Runs `cmd` (an import) stopped at `point`, waits until it says it is there and kills it
+/// with SIGKILL.
+fn import_killed_at(mut cmd: Command, point: &str) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .env("LAYOUTFS_TEST_PAUSE_AT", point)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let said = lines.find_map(|l| l.ok().filter(|l| l.contains("paused at")));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let status = child.wait().unwrap();
+    assert_eq!(
+        said.as_deref(),
+        Some(format!("layoutfs: paused at {point}").as_str()),
+        "{point}: {status}"
+    );
+}
+
+#[test]
+fn import_killed_inside_its_batch_registers_nothing_and_places_only_whole_blobs() {
+    let env = Env::new();
+    let dir = two_image_layout(&env, "big", 3, 1);
+    let tar = env.path("big.tar");
+    tar_dir(&dir, &tar);
+    let both = ["big:1".to_owned(), "big:2".to_owned()];
+    let (reference, all_blobs) = {
+        let clean = Env::new();
+        clean.ok(&["import", dir.to_str().unwrap()]);
+        let exports: Vec<Vec<u8>> = both.iter().map(|n| export(&clean, n).unwrap()).collect();
+        (exports, blob_files(&clean.store))
+    };
+    for (round, point) in PAUSE_POINTS.iter().enumerate() {
+        for how in ["dir", "archive", "stdin"] {
+            let cmd = match how {
+                "dir" => env.cmd(&["import", dir.to_str().unwrap()]),
+                "archive" => env.cmd(&["import", tar.to_str().unwrap()]),
+                _ => {
+                    let mut c = env.cmd(&["import", "--name", "big", "-"]);
+                    c.stdin(fs::File::open(&tar).unwrap());
+                    c
+                }
+            };
+            import_killed_at(cmd, point);
+            let case = format!("killed at {point}, {how}");
+            assert!(
+                names(&env).is_empty(),
+                "{case}: registered {:?}",
+                names(&env)
+            );
+            // What is under blobs/ is whole: fsck re-hashes every blob; and only blobs of
+            // the import, of their full size.
+            fsck_clean(&env);
+            let found = blob_files(&env.store);
+            for (name, size) in &found {
+                assert_eq!(all_blobs.get(name), Some(size), "{case}: {name}");
+            }
+            match round {
+                0 => assert!(
+                    found.is_empty(),
+                    "{case}: placed before the sync: {found:?}"
+                ),
+                1 => assert!(
+                    !found.is_empty() && found.len() < all_blobs.len(),
+                    "{case}: {} of {} placed",
+                    found.len(),
+                    all_blobs.len()
+                ),
+                _ => assert_eq!(found, all_blobs, "{case}: all placed before registering"),
+            }
+            // A second import completes over what the killed one left, as from a clean store.
+            env.ok(&["import", dir.to_str().unwrap()]);
+            assert_eq!(names(&env), both, "{case}");
+            for (n, want) in both.iter().zip(&reference) {
+                assert!(export(&env, n).unwrap() == *want, "{case}: {n} differs");
+            }
+            fsck_clean(&env);
+            env.ok(&["rm", "big"]);
+            env.ok(&["gc", "--grace", "0"]);
+            assert!(blob_files(&env.store).is_empty(), "{case}");
+            assert_eq!(ingests(&env.store), 0, "{case}");
+        }
+    }
+}

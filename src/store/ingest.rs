@@ -159,14 +159,7 @@ pub(super) fn sweepable(entry: &fs::DirEntry) -> std::result::Result<IngestKind,
 /// for one blob's bytes. The id starts with this process's pid, so that a later process can
 /// tell abandoned ingests.
 pub(super) fn new_ingest(root: &Path) -> Result<(PathBuf, File)> {
-    let id = process_unique_id(&NEXT_ID);
-    let dir = root.join(super::INGEST_DIR).join(id);
-    // Private whatever the umask (it can only take bits away): no one else may replace the
-    // data file between its check and its rename into place.
-    fs::DirBuilder::new()
-        .mode(INGEST_ENTRY_MODE)
-        .create(&dir)
-        .at(&dir)?;
+    let dir = new_ingest_dir(root)?;
     let data = dir.join(DATA_FILE);
     match create_data(&data) {
         Ok(f) => Ok((dir, f)),
@@ -175,6 +168,28 @@ pub(super) fn new_ingest(root: &Path) -> Result<(PathBuf, File)> {
             Err(Error::io(data, e))
         }
     }
+}
+
+/// Creates an empty `ingest/<id>/` (0700) in the store at `root`, named as `new_ingest`'s: a
+/// temporary ingest of this process. A batch holds the data files of all its blobs in one
+/// (`new_data_in`), swept as one when the process is gone.
+pub(super) fn new_ingest_dir(root: &Path) -> Result<PathBuf> {
+    let id = process_unique_id(&NEXT_ID);
+    let dir = root.join(super::INGEST_DIR).join(id);
+    // Private whatever the umask (it can only take bits away): no one else may replace the
+    // data file between its check and its rename into place.
+    fs::DirBuilder::new()
+        .mode(INGEST_ENTRY_MODE)
+        .create(&dir)
+        .at(&dir)?;
+    Ok(dir)
+}
+
+/// Creates the data file `<dir>/<n>` (empty, 0600) in a batch's ingest directory `dir`.
+pub(super) fn new_data_in(dir: &Path, n: u64) -> Result<(PathBuf, File)> {
+    let data = dir.join(n.to_string());
+    let file = create_data(&data).at(&data)?;
+    Ok((data, file))
 }
 
 /// Creates an ingest's data file, empty, 0600 (less the umask), where nothing is.
@@ -410,8 +425,9 @@ fn writing(blob: String, data: &Path, source: io::Error) -> Error {
 
 /// Moves `file`, the verified content of `expected` at `data`, into the store at `root`: fsync,
 /// mode 0444, rename unless the blob is there already, fsync of the directory. Returns false
-/// when the blob was already there (the data is left for the caller to remove). A blob placed
-/// is noted in `verified` with the identity of its file there.
+/// when the blob was already there (the data is left for the caller to remove). One blob's
+/// way (the mount's uploads, a lone writer); import places many at once (`batch.rs`). A blob
+/// placed is noted in `verified` with the identity of its file there.
 pub(super) fn place(
     root: &Path,
     file: &File,
@@ -427,24 +443,42 @@ pub(super) fn place(
         .map_err(|e| writing(format!("blob {expected}"), data, e))?;
     file.set_permissions(Permissions::from_mode(BLOB_MODE))
         .at(data)?;
-    let placed = rename_no_replace(data, &target).at(&target)?;
-    if placed {
-        // What went into place must be the file that was written and checked.
-        let written = file.metadata().at(data)?;
-        let there = fs::symlink_metadata(&target).at(&target)?;
-        if (there.dev(), there.ino()) != (written.dev(), written.ino()) {
-            return Err(Error::io(
-                &target,
-                io::Error::other(format!(
-                    "not the file written and checked for blob {expected} (its ingest was \
-                     replaced): left for fsck"
-                )),
-            ));
-        }
-        sync_dir(target.parent().unwrap_or(Path::new(".")))?;
-        verified.note(expected, Identity::of(&there), root);
+    let written = file.metadata().at(data)?;
+    let Some(there) = move_into_place(root, data, expected, (written.dev(), written.ino()))? else {
+        return Ok(false);
+    };
+    sync_dir(target.parent().unwrap_or(Path::new(".")))?;
+    verified.note(expected, Identity::of(&there), root);
+    Ok(true)
+}
+
+/// Renames `data`, the checked content of `expected` whose file is `identity` (device,
+/// inode), to `blobs/<alg>/<hex>` in the store at `root` unless the blob is there, and checks
+/// that what went there is that file. Some(its metadata there) when it renamed, None when the blob was
+/// there (`data` is left for the caller). The data must be durable, and its mode 0444,
+/// before: a crash must never leave a torn blob in place.
+pub(super) fn move_into_place(
+    root: &Path,
+    data: &Path,
+    expected: &Digest,
+    identity: (u64, u64),
+) -> Result<Option<fs::Metadata>> {
+    let target = root.join(expected.blob_path());
+    if !rename_no_replace(data, &target).at(&target)? {
+        return Ok(None);
     }
-    Ok(placed)
+    // What went into place must be the file that was written and checked.
+    let there = fs::symlink_metadata(&target).at(&target)?;
+    if (there.dev(), there.ino()) != identity {
+        return Err(Error::io(
+            &target,
+            io::Error::other(format!(
+                "not the file written and checked for blob {expected} (its ingest was \
+                 replaced): left for fsck"
+            )),
+        ));
+    }
+    Ok(Some(there))
 }
 
 /// Removes the ingests of processes that are gone (killed mid-write): their data can never be

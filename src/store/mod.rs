@@ -11,6 +11,7 @@
 //! creates get fixed modes whatever the umask. A store on a read-only filesystem opens for
 //! reading only (`Access::Read`), without leases.
 
+pub mod batch;
 pub mod check;
 pub mod fsck;
 pub mod gc;
@@ -30,6 +31,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, IoContext, Result, StoreProblem};
 use crate::oci::{self, BlobSource, Descriptor};
 
+pub use batch::{pause_point, Batch, BATCH_BLOBS, BATCH_BYTES, BATCH_KEPT, PAUSE_ENV};
 pub use ingest::{
     process_alive, remove_abandoned, sync_dir, BLOB_MODE, COPY_CHUNK, DATA_FILE, RESUME_KEEP,
 };

@@ -12,7 +12,9 @@
 //!   hash (`commit_named`). Size and digest are checked first; then `place` fsyncs, makes the
 //!   file read-only, renames it into `blobs/` without replacing and checks that what went
 //!   there is the file written. Nothing is under `blobs/` before that. A write past the
-//!   expected size fails at once.
+//!   expected size fails at once. A writer of a batch (`batch.rs`, import's) is checked the
+//!   same way but staged (`check_staged`): the batch makes many durable at once and places
+//!   them; its writers share one ingest directory (`start_in`), each removing only its file.
 //! - Writes are buffered, and every `WRITEBACK_STEP` bytes the kernel is asked to start writing
 //!   them back (`start_writeback`, sync_file_range without waiting), so that the disk works while
 //!   the next writes arrive and the fsync at commit finds little left. A writer made
@@ -39,7 +41,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -51,8 +53,8 @@ mod hash_behind;
 use hash_behind::HashBehind;
 
 use super::ingest::{
-    check_digest, check_size, new_ingest, open_kept, place, start_writeback, KeptIngest,
-    COPY_CHUNK, DATA_FILE, WRITEBACK_STEP,
+    check_digest, check_size, new_data_in, new_ingest, open_kept, place, start_writeback,
+    KeptIngest, BLOB_MODE, COPY_CHUNK, DATA_FILE, WRITEBACK_STEP,
 };
 use super::verified::Verified;
 use super::Store;
@@ -105,6 +107,8 @@ enum OnDrop {
     KeepPartial,
     /// Leaves it as it is (`abandon`).
     Leave,
+    /// Removes the data file only: a writer of a batch's shared ingest directory.
+    RemoveFile,
 }
 
 impl BlobWriter {
@@ -118,6 +122,40 @@ impl BlobWriter {
     ) -> Result<BlobWriter> {
         let (dir, file) = new_ingest(store.root())?;
         let data = dir.join(DATA_FILE);
+        BlobWriter::with_file(
+            store,
+            (dir, data, file),
+            alg,
+            expected,
+            size,
+            OnDrop::Remove,
+        )
+    }
+
+    /// A new, empty writer as `start` makes, whose data file is `<dir>/<n>` in a batch's
+    /// ingest directory `dir` (see `batch.rs`): dropped, it removes only its data file.
+    pub(super) fn start_in(
+        store: &Store,
+        dir: &Path,
+        n: u64,
+        alg: Algorithm,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+    ) -> Result<BlobWriter> {
+        let (data, file) = new_data_in(dir, n)?;
+        let parts = (dir.to_owned(), data, file);
+        BlobWriter::with_file(store, parts, alg, expected, size, OnDrop::RemoveFile)
+    }
+
+    /// A writer of the new, empty data file `file` at `data` in ingest directory `dir`.
+    fn with_file(
+        store: &Store,
+        (dir, data, file): (PathBuf, PathBuf, File),
+        alg: Algorithm,
+        expected: Option<&Digest>,
+        size: Option<u64>,
+        on_drop: OnDrop,
+    ) -> Result<BlobWriter> {
         let mut w = BlobWriter {
             root: store.root().to_owned(),
             dir,
@@ -132,11 +170,11 @@ impl BlobWriter {
             len: 0,
             expected: expected.map(|d| (d.clone(), size)),
             flushed_to: 0,
-            on_drop: OnDrop::Remove,
+            on_drop,
             kept: None,
             verified: store.verified_handle(),
         };
-        // Dropped on an error, `w` removes the directory.
+        // Dropped on an error, `w` removes what it made.
         let meta = file.metadata().at(&w.data)?;
         w.identity = (meta.dev(), meta.ino());
         w.file = Some(file);
@@ -456,6 +494,20 @@ impl BlobWriter {
 
     /// `commit_named`, but for what happens to the ingest.
     fn check_and_place(&mut self) -> Result<(Digest, bool)> {
+        let found = self.check()?;
+        let placed = place(
+            &self.root,
+            self.opened()?,
+            &self.data,
+            &found,
+            &self.verified,
+        )?;
+        Ok((found, placed))
+    }
+
+    /// Checks the content as a commit does (size, digest, and a data file holding exactly the
+    /// bytes checked), leaving the file open; returns its digest.
+    fn check(&mut self) -> Result<Digest> {
         let found = match self.expected.clone() {
             Some((expected, size)) => {
                 self.verify(&expected, size)?;
@@ -477,8 +529,51 @@ impl BlobWriter {
                 )),
             ));
         }
-        let placed = place(&self.root, file, &self.data, &found, &self.verified)?;
-        Ok((found, placed))
+        Ok(found)
+    }
+
+    /// Checks the content as a commit does and makes the data file read-only (mode 0444),
+    /// then parks the writer, for a batch (`batch.rs`) to place later; returns the digest. A
+    /// resumed writer whose digest is wrong drops its bytes, as at commit.
+    /// With `sync`, its bytes are made durable here too (fsync), so that the batch need not.
+    pub(super) fn check_staged(&mut self, sync: bool) -> Result<Digest> {
+        let checked = self.check().and_then(|found| {
+            let file = self.opened()?;
+            file.set_permissions(std::fs::Permissions::from_mode(BLOB_MODE))
+                .at(&self.data)?;
+            if sync {
+                file.sync_all().map_err(|e| self.write_error(e))?;
+            }
+            Ok(found)
+        });
+        if self.on_drop == OnDrop::KeepPartial
+            && matches!(checked, Err(Error::DigestMismatch { .. }))
+        {
+            self.on_drop = OnDrop::Remove;
+        }
+        let found = checked?;
+        self.park();
+        Ok(found)
+    }
+
+    /// The ingest's data file.
+    pub(super) fn data_path(&self) -> &Path {
+        &self.data
+    }
+
+    /// (device, inode) of the data file as created.
+    pub(super) fn identity(&self) -> (u64, u64) {
+        self.identity
+    }
+
+    /// Marks a staged writer spent: its blob was placed (its data file is gone), or found
+    /// there; dropping it removes what is left of its ingest.
+    pub(super) fn spent(&mut self, placed: bool) {
+        self.on_drop = match self.on_drop {
+            OnDrop::RemoveFile if placed => OnDrop::Leave,
+            OnDrop::RemoveFile => OnDrop::RemoveFile,
+            _ => OnDrop::Remove,
+        };
     }
 
     /// Drops the writer but leaves its ingest directory, as a process that died would: the
@@ -499,6 +594,10 @@ impl Drop for BlobWriter {
             OnDrop::Remove => true,
             OnDrop::KeepPartial => self.len == 0,
             OnDrop::Leave => false,
+            OnDrop::RemoveFile => {
+                let _ = std::fs::remove_file(&self.data);
+                false
+            }
         };
         if !remove {
             return;

@@ -1,18 +1,19 @@
-//! Where an import's blobs go: the content store's `Ingester`, each blob held by the
+//! Where an import's blobs go: a `store::Batch` of the content store, each blob held by the
 //! import's lease before the store is asked whether it has it (so a gc in another process
 //! keeps it), and what was placed counted, so that a failed import can take it back. Formats
-//! and pulls write through this and nothing else.
+//! and pulls write through this and nothing else. A committed blob is staged in the batch
+//! (checked, not yet durable nor under `blobs/`), seen through this as if stored, and placed
+//! durably by `finish`, which the import calls before it registers anything (see
+//! `store::batch`), or by the batch on its own when enough is staged.
 
 use std::collections::HashSet;
 use std::io::Read;
-
-use parking_lot::Mutex;
 
 use crate::content::{Ingester, Provider, Writer};
 use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
 use crate::oci::Descriptor;
-use crate::store::{Lease, WHOLE};
+use crate::store::{Batch, Lease, WHOLE};
 
 /// The blobs an import placed (they were not in the store before).
 #[derive(Debug, Default)]
@@ -23,11 +24,10 @@ pub(super) struct Written {
 }
 
 impl Written {
-    fn add(&mut self, placed: bool, digest: &Digest, size: u64) {
-        if placed {
+    fn add(&mut self, digest: &Digest, size: u64) {
+        if self.placed.insert(digest.clone()) {
             self.count += 1;
             self.bytes += size;
-            self.placed.insert(digest.clone());
         }
     }
 
@@ -41,26 +41,28 @@ impl Written {
 
 /// The store an import writes into, seen through the content interfaces.
 pub struct Intake<'a> {
+    batch: &'a Batch<'a>,
     ingester: &'a dyn Ingester,
     provider: &'a dyn Provider,
     lease: &'a Lease,
-    written: Mutex<Written>,
 }
 
 impl<'a> Intake<'a> {
-    /// Writes through `ingester` and looks through `provider` (the same store), holding
-    /// every blob met in `lease`.
-    pub fn new(
-        ingester: &'a dyn Ingester,
-        provider: &'a dyn Provider,
-        lease: &'a Lease,
-    ) -> Intake<'a> {
+    /// Writes into `batch` and looks through it (staged blobs, then its store), holding every
+    /// blob met in `lease` (the batch's own).
+    pub fn new(batch: &'a Batch<'a>, lease: &'a Lease) -> Intake<'a> {
         Intake {
-            ingester,
-            provider,
+            batch,
+            ingester: batch,
+            provider: batch,
             lease,
-            written: Mutex::new(Written::default()),
         }
+    }
+
+    /// Makes every blob committed so far durable and places it (`Batch::finish`): call it
+    /// before registering anything that refers to them, or reading them from the store.
+    pub fn finish(&self) -> Result<()> {
+        self.batch.finish()
     }
 
     /// Holds `digest` for the import: call it before `has`.
@@ -98,10 +100,10 @@ impl<'a> Intake<'a> {
         self.ingester.resume(digest, size)
     }
 
-    /// Commits `w` (checking its size and digest) and counts it if it was placed now.
-    pub fn commit(&self, w: Box<dyn Writer + '_>, digest: &Digest, size: u64) -> Result<()> {
-        let placed = w.commit()?;
-        self.written.lock().add(placed, digest, size);
+    /// Commits `w` (checking its size and digest) into the batch: placed by its next flush,
+    /// unless the store has it. `digest` and `size` are what `w` must be.
+    pub fn commit(&self, w: Box<dyn Writer + '_>, _digest: &Digest, _size: u64) -> Result<()> {
+        w.commit()?;
         Ok(())
     }
 
@@ -135,7 +137,8 @@ impl<'a> Intake<'a> {
     /// archive, whose name is not its digest); returns its digest and size. The blob is
     /// held as soon as it is named, not before: if the store already had it, unreferenced,
     /// a gc in that moment may remove it, and the import then fails when `register` checks
-    /// the closure; it never registers a broken image.
+    /// the closure; it never registers a broken image. (One it stages is held by the batch
+    /// before it is placed.)
     pub fn copy_unnamed(
         &self,
         alg: Algorithm,
@@ -145,13 +148,17 @@ impl<'a> Intake<'a> {
         let mut w = self.ingester.ingest_unnamed(alg)?;
         w.copy_from(r, what, &mut |_| {})?;
         let size = w.written();
-        let (digest, placed) = w.commit_named()?;
+        let (digest, _) = w.commit_named()?;
         self.hold(&digest)?;
-        self.written.lock().add(placed, &digest, size);
         Ok((digest, size))
     }
 
+    /// The blobs the import placed (its batch's), however it ended.
     pub(super) fn into_written(self) -> Written {
-        self.written.into_inner()
+        let mut written = Written::default();
+        for (digest, size) in self.batch.placed() {
+            written.add(&digest, size);
+        }
+        written
     }
 }

@@ -24,7 +24,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::oci::{Descriptor, ImageIndex, OnMissing, ANNOTATION_IMAGE_NAME};
 use crate::reference::{check_repository, Reference};
 use crate::store::gc::{remove_unneeded, TakeBack};
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, pause_point, Store};
 
 use format::docker::ArchiveStream;
 use format::oci::{Layout, LayoutStream};
@@ -235,17 +235,22 @@ pub fn import_named(
     // are registered: a gc in another process keeps them (see store::leases).
     let lease = store.lease()?;
     let since_ms = now_ms();
-    let intake = Intake::new(store, store, &lease);
+    let batch = store.batch(Some(&lease))?;
+    let intake = Intake::new(&batch, &lease);
     let on_missing = match &input {
         Input::Blobs { on_missing, .. } => *on_missing,
         _ => OnMissing::Fail,
     };
+    // The blobs are durable and in place before the conversion reads them from the store, and
+    // all of them before anything is registered (see store::batch).
     let result = read(input, &intake)
         .and_then(|index| match naming.oci {
-            true => to_oci(store, &intake, index),
+            true => intake.finish().and_then(|()| to_oci(store, &intake, index)),
             false => Ok(index),
         })
         .and_then(|index| {
+            intake.finish()?;
+            pause_point("registering");
             register(
                 store,
                 store.records(),
