@@ -385,19 +385,8 @@ impl Provider for Batch<'_> {
             return self.store.open_blob(desc);
         };
         drop(st);
-        let file = opened.at(format!("staged blob {}", desc.digest))?;
-        let size = file
-            .metadata()
-            .at(format!("staged blob {}", desc.digest))?
-            .len();
-        if size != desc.size {
-            return Err(Error::SizeMismatch {
-                digest: desc.digest.clone(),
-                expected: desc.size,
-                found: size,
-            });
-        }
-        Ok(file)
+        let at = format!("staged blob {}", desc.digest);
+        super::sized(opened.at(&at)?, desc, &at)
     }
 
     fn open_file(&self, digest: &Digest) -> io::Result<File> {
@@ -476,11 +465,7 @@ mod tests {
     use super::*;
     use std::fs;
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let t = tempfile::tempdir().unwrap();
-        let s = Store::open(&t.path().join("store")).unwrap();
-        (t, s)
-    }
+    use crate::store::tests::store;
 
     #[test]
     fn staged_blobs_are_seen_through_the_batch_and_placed_at_finish() {

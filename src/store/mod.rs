@@ -297,16 +297,21 @@ impl Store {
                 },
                 _ => Error::io(&path, e),
             })?;
-        let size = file.metadata().at(&path)?.size();
-        if size != desc.size {
-            return Err(Error::SizeMismatch {
-                digest: desc.digest.clone(),
-                expected: desc.size,
-                found: size,
-            });
-        }
-        Ok(file)
+        sized(file, desc, &path.display().to_string())
     }
+}
+
+/// `file`, the blob `desc` names, if it is `desc.size` bytes (`at` names it in errors).
+pub(crate) fn sized(file: File, desc: &Descriptor, at: &str) -> Result<File> {
+    let size = file.metadata().at(at)?.size();
+    if size != desc.size {
+        return Err(Error::SizeMismatch {
+            digest: desc.digest.clone(),
+            expected: desc.size,
+            found: size,
+        });
+    }
+    Ok(file)
 }
 
 impl BlobSource for Store {
@@ -596,7 +601,8 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn store() -> (tempfile::TempDir, Store) {
+    /// A new store in a temporary directory (for the store's unit tests).
+    pub(crate) fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("store")).unwrap();
         (dir, s)

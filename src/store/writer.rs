@@ -623,11 +623,7 @@ mod tests {
     use super::*;
     use crate::store::{BLOBS_DIR, INGEST_DIR};
 
-    fn store() -> (tempfile::TempDir, Store) {
-        let t = tempfile::tempdir().unwrap();
-        let s = Store::open(&t.path().join("store")).unwrap();
-        (t, s)
-    }
+    use crate::store::tests::store;
 
     /// `n` bytes that differ from chunk to chunk, so that a wrong order hashes differently.
     fn content(n: usize) -> Vec<u8> {
