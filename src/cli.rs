@@ -499,29 +499,12 @@ fn mount(
     if abandoned > 0 {
         tracing::info!("removed {abandoned} ingests of processes that are gone");
     }
-    tracing::info!("{}", verify_mode(&store, verify_reads));
     let fs_options = FsOptions {
         read_only: options.read_only,
         verify_reads,
     };
     let fs = Fs::new(std::sync::Arc::new(store), fs_options);
     fuse::mount(fs, mountpoint, options)
-}
-
-/// How the mount checks blobs, for its first log line (the README's trust model).
-fn verify_mode(store: &Store, verify_reads: bool) -> String {
-    use crate::store::verified::Sealing;
-    if verify_reads {
-        return "blobs: every blob hashed on its first open (--verify-reads)".into();
-    }
-    match store.verified().sealing() {
-        Sealing::Verity => "blobs: verified at commit and sealed with fs-verity: the kernel \
-                            checks every read; others hashed on first open"
-            .into(),
-        Sealing::Identity => "blobs: verified at commit, served unhashed while their file is \
-                              unchanged (no fs-verity here); others hashed on first open"
-            .into(),
-    }
 }
 
 /// `layoutfs tag SOURCE TARGET`.

@@ -190,6 +190,7 @@ impl Filesystem for Adapter {
             passthrough = self.passthrough.load(Ordering::Relaxed),
             "mounted"
         );
+        info!("{}", self.fs.blob_checks());
         Ok(())
     }
 

@@ -1001,6 +1001,11 @@ impl Fs {
         Ok(file)
     }
 
+    /// How this mount checks blobs, for its log (the README's trust model).
+    pub fn blob_checks(&self) -> &'static str {
+        self.verifier.mode(self.store())
+    }
+
     /// How many blobs this mount hashed on open, rather than trusting the store's record of
     /// their verification (for tests and logs).
     pub fn blobs_hashed(&self) -> u64 {

@@ -75,6 +75,24 @@ impl Verifier {
         }
     }
 
+    /// How blobs are checked, in a line for the mount's log.
+    pub fn mode(&self, store: &Store) -> &'static str {
+        use crate::store::verified::Sealing;
+        if self.verify_reads {
+            return "blobs: every blob hashed on its first open (--verify-reads)";
+        }
+        match store.verified().sealing() {
+            Sealing::Verity => {
+                "blobs: verified at commit and sealed with fs-verity: the kernel checks every \
+                 read; others hashed on first open"
+            }
+            Sealing::Identity => {
+                "blobs: verified at commit, served unhashed while their file is unchanged (no \
+                 fs-verity here); others hashed on first open"
+            }
+        }
+    }
+
     /// How many blobs were hashed (not trusted from the store's records) so far.
     pub fn hashed(&self) -> u64 {
         self.hashed.load(Ordering::Relaxed)
