@@ -75,7 +75,11 @@ fn every_blob_committed_is_recorded_with_its_files_identity() {
         assert_eq!(rec.identity, Identity::of(&meta), "{d}");
         assert_eq!(rec.identity.size, meta.size());
         let f = h.store.open_blob_file(d).unwrap();
-        assert!(h.store.verified().trusts(d, &f).unwrap());
+        assert!(h
+            .store
+            .verified()
+            .trusts(d, &f, &f.metadata().unwrap())
+            .unwrap());
     }
 }
 
@@ -125,7 +129,11 @@ fn a_blob_changed_in_place_at_the_same_size_is_hashed_and_refused() {
     assert_eq!(h.fs.blobs_hashed(), 1);
     // Its record does not match the file any more, whatever is asked.
     let f = h.store.open_blob_file(&digest).unwrap();
-    assert!(!h.store.verified().trusts(&digest, &f).unwrap());
+    assert!(!h
+        .store
+        .verified()
+        .trusts(&digest, &f, &f.metadata().unwrap())
+        .unwrap());
 }
 
 #[test]

@@ -200,12 +200,7 @@ impl Verified {
         }
         self.with_conn(|conn| {
             let tx = conn.unchecked_transaction()?;
-            {
-                let mut del = tx.prepare_cached("DELETE FROM verified WHERE digest = ?1")?;
-                for d in digests {
-                    del.execute([d.to_string()])?;
-                }
-            }
+            forget_in(&tx, digests.iter())?;
             tx.commit()
         })
     }
@@ -240,12 +235,12 @@ impl Verified {
     /// Whether `file` (the blob `digest`, opened never through a link) still holds what was
     /// verified: its identity is the one recorded and, when the record has an fs-verity
     /// measurement, the file is sealed with that measurement.
-    pub fn trusts(&self, digest: &Digest, file: &File) -> Result<bool> {
+    /// `meta` is the file's metadata, as the caller read it from the open file.
+    pub fn trusts(&self, digest: &Digest, file: &File, meta: &Metadata) -> Result<bool> {
         let Some(record) = self.lookup(digest)? else {
             return Ok(false);
         };
-        let meta = file.metadata().map_err(|e| Error::io(&self.db, e))?;
-        if Identity::of(&meta) != record.identity {
+        if Identity::of(meta) != record.identity {
             return Ok(false);
         }
         match record.verity {

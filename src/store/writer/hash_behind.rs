@@ -238,7 +238,6 @@ fn run(shared: &Shared, file: &File, slot: Slot) {
 mod tests {
     use super::*;
     use crate::digest::{Algorithm, Digest};
-    use crate::store::Store;
 
     const MIB: usize = 1 << 20;
 
@@ -251,8 +250,7 @@ mod tests {
 
     #[test]
     fn more_writers_than_threads_all_hash_right() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let (_tmp, store) = crate::store::tests::store();
         let writers = 2 * MAX_RUNNING + 1;
         std::thread::scope(|s| {
             for i in 0..writers {
@@ -282,8 +280,7 @@ mod tests {
 
     #[test]
     fn a_rewrite_or_truncate_behind_the_hash_makes_it_come_from_the_file() {
-        let tmp = tempfile::tempdir().unwrap();
-        let store = Store::open(&tmp.path().join("store")).unwrap();
+        let (_tmp, store) = crate::store::tests::store();
         let mut data = content(3 * MIB, 1);
         // A rewrite of the middle while the first bytes may still be hashed behind.
         let mut w = store
