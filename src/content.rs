@@ -5,18 +5,46 @@
 //! what an earlier writer of a digest left), and a
 //! `Catalog` keeps the image records (name -> target descriptor, with a change counter).
 //!
-//! The local store implements all three (`Store`, its `Records`). Export and the mount's
-//! verifier take a `Provider`; the mount's views read a `Catalog`. A registry-backed provider
-//! or a read-only catalog plugs in here.
+//! The mount asks for a little more, and takes it as one `Content`: blobs written at any
+//! offset and named at commit (`Draft`, the bytes of a file copied in), a `Lease` that keeps
+//! what it holds from gc, what the provider verified before (`Provider::trusts`), and the
+//! space left. The local store implements all of them (`Store`, its `Records`, its `Lease`);
+//! import, export, the registry commands and the mount's core take the interfaces, and
+//! tests/common/memory.rs is a second implementation that the conformance suite
+//! (tests/store.rs) and the mount's core tests (tests/fs_memory.rs) run against. A
+//! registry-backed provider or a read-only catalog plugs in here.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io::{self, Read};
+use std::time::SystemTime;
 
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::oci::{BlobSource, Descriptor};
 use crate::reference::Reference;
-use crate::store::{BlobWriter, Image, Records, Store, COPY_CHUNK};
+pub use crate::store::Image;
+use crate::store::{BlobWriter, Records, Store, COPY_CHUNK};
+
+/// What a provider can tell of a stored blob without reading it (containerd's `Info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Info {
+    pub size: u64,
+    /// 512-byte blocks it takes on the disk.
+    pub blocks: u64,
+    /// When it was stored.
+    pub modified: SystemTime,
+}
+
+/// How a provider's earlier checks let a reader skip hashing a blob (`Provider::trust`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Nothing is recorded: every blob is hashed on its first open.
+    None,
+    /// A blob verified at commit is trusted while its file is unchanged.
+    Identity,
+    /// Besides, sealed blobs are checked by the kernel on every read (fs-verity).
+    Verity,
+}
 
 /// Where blobs come from. `BlobSource` gives `blob_size` and `read_small` (whole, verified).
 pub trait Provider: BlobSource + Send + Sync {
@@ -26,6 +54,34 @@ pub trait Provider: BlobSource + Send + Sync {
     fn open_file(&self, digest: &Digest) -> io::Result<File>;
     /// Where blob `digest` lives, for messages.
     fn locate(&self, digest: &Digest) -> String;
+
+    /// Size, blocks and time of blob `digest`; None when it is not there. By default from
+    /// `blob_size` alone.
+    fn info(&self, digest: &Digest) -> Result<Option<Info>> {
+        Ok(self.blob_size(digest)?.map(|size| Info {
+            size,
+            blocks: size.div_ceil(512),
+            modified: SystemTime::UNIX_EPOCH,
+        }))
+    }
+
+    /// What the provider's records let a reader trust (by default nothing).
+    fn trust(&self) -> Trust {
+        Trust::None
+    }
+
+    /// Whether the provider verified blob `digest` before and `file` (opened by `open_file`,
+    /// whose metadata is `meta`) is still what it verified: then a reader need not hash it.
+    /// By default no.
+    fn trusts(&self, _digest: &Digest, _file: &File, _meta: &Metadata) -> Result<bool> {
+        Ok(false)
+    }
+
+    /// Tells the provider that a reader hashed `file` (metadata `meta`) and found it to be
+    /// blob `digest`, for the next reader to trust. By default forgotten.
+    fn note_verified(&self, _digest: &Digest, _meta: &Metadata) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// One blob being written: hashed as it goes, checked and made visible at commit. A writer
@@ -71,6 +127,39 @@ pub trait Writer: Send {
     }
 }
 
+/// A blob being drafted: a file written at any offset, read back, truncated, and committed as
+/// the blob it is verified against at the end (the bytes of a file copied into the mount,
+/// whose name says its digest, or says nothing). Its bytes are the ingester's, not the
+/// caller's memory. Dropped without a commit it leaves nothing behind.
+pub trait Draft: Send {
+    /// Writes `buf` at `offset`. After an error the draft is not to be committed.
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()>;
+    /// Reads up to `size` bytes at `offset` into `buf` (cleared first).
+    fn read_at(&mut self, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<()>;
+    fn truncate(&mut self, size: u64) -> Result<()>;
+    fn len(&self) -> u64;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Waits until what was written is durable; a failed writeback is reported here.
+    fn sync(&mut self) -> Result<()>;
+    /// Lets go of what the draft holds open (descriptors) until its next use.
+    fn park(&mut self);
+    /// Whether it holds nothing open now.
+    fn is_parked(&self) -> bool;
+    /// The digest of the content with `alg`.
+    fn digest(&mut self, alg: Algorithm) -> Result<Digest>;
+    /// Checks the content against blob `expected` (and `size` bytes, when given), leaving the
+    /// draft as it is.
+    fn verify(&mut self, expected: &Digest, size: Option<u64>) -> Result<()>;
+    /// Verifies the content as blob `expected` (and `size` bytes, when given) and makes it
+    /// visible. Ok(false): it was there already. The draft is spent either way.
+    fn commit(self: Box<Self>, expected: &Digest, size: Option<u64>) -> Result<bool>;
+    /// Drops the draft but may leave its bytes for the ingester to clear later, as a process
+    /// that died would (an exit that does not wait for the disk).
+    fn abandon(self: Box<Self>);
+}
+
 /// Where blobs go.
 pub trait Ingester: Send + Sync {
     /// A writer of a blob that must hash to `expected` (and be `size` bytes, if known).
@@ -87,6 +176,93 @@ pub trait Ingester: Send + Sync {
     /// that finds the digest wrong drops them too, so the try after starts at 0. While a live
     /// writer holds them: an ordinary writer starting at 0. An ingester may always start at 0.
     fn resume(&self, expected: &Digest, size: u64) -> Result<Box<dyn Writer + '_>>;
+}
+
+/// A lease: the blobs it holds stay (a gc does not remove them) until their holder is
+/// released or the lease dropped. Hold a digest before asking whether the blob is there.
+pub trait Lease: Send + Sync {
+    /// Holds `digests` under `holder` (holding one again is harmless).
+    fn hold(&self, holder: &str, digests: &[&Digest]) -> Result<()>;
+    /// Releases what `holder` holds.
+    fn release(&self, holder: &str) -> Result<()>;
+    /// Releases what every holder whose name starts with `prefix` holds.
+    fn release_prefix(&self, prefix: &str) -> Result<()>;
+}
+
+/// Blobs seen through a lease: every blob looked up is held (under `holder`) before the
+/// source is asked whether it has it, so a walk through it leaves everything it found held.
+pub struct Held<'a> {
+    pub source: &'a dyn BlobSource,
+    pub lease: &'a dyn Lease,
+    pub holder: &'a str,
+}
+
+impl BlobSource for Held<'_> {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.lease.hold(self.holder, &[digest])?;
+        self.source.blob_size(digest)
+    }
+
+    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        self.source.read_small(desc)
+    }
+}
+
+/// Room left where the content is kept (statfs).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Everything a mount asks of a store: its blobs, new ones (`Draft`s), its records, leases,
+/// and room. What the mount's core (`fs::Fs`) takes.
+pub trait Content: Provider + Ingester {
+    /// The image records.
+    fn catalog(&self) -> &dyn Catalog;
+    /// A new, empty draft hashed with `alg` as it is written in order. It must not borrow
+    /// the content: a mount keeps it across requests.
+    fn draft(&self, alg: Algorithm) -> Result<Box<dyn Draft>>;
+    /// A new lease, released when dropped.
+    fn lease(&self) -> Result<Box<dyn Lease>>;
+    /// Whether nothing can be written (every write then fails).
+    fn is_read_only(&self) -> bool;
+    /// Room left where blobs are kept.
+    fn space(&self) -> io::Result<Space>;
+}
+
+/// One repository of a catalog as a directory listing needs it: its name, how many images,
+/// and the latest update (milliseconds since the epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub repository: String,
+    pub images: usize,
+    pub updated: i64,
+}
+
+/// Groups sorted `images` into the summaries of their repositories.
+pub fn summarize(images: &[Image]) -> Vec<Summary> {
+    let mut out: Vec<Summary> = Vec::new();
+    let mut by_repo: std::collections::BTreeMap<&str, (usize, i64)> = Default::default();
+    for i in images {
+        let e = by_repo.entry(i.name.repository()).or_insert((0, i64::MIN));
+        e.0 += 1;
+        e.1 = e.1.max(i.updated);
+    }
+    for (repository, (images, updated)) in by_repo {
+        out.push(Summary {
+            repository: repository.to_owned(),
+            images,
+            updated,
+        });
+    }
+    out
 }
 
 /// One change of the records, made in one transaction: images removed then registered, and
@@ -119,6 +295,11 @@ pub trait Catalog: Send + Sync {
     fn version(&self) -> Result<i64>;
     /// Makes `change`, all or nothing.
     fn apply(&self, change: &Change) -> Result<()>;
+    /// Each repository with images, by name (by default from `list`; a large catalog answers
+    /// without reading its records whole).
+    fn summaries(&self) -> Result<Vec<Summary>> {
+        Ok(summarize(&self.list()?))
+    }
     /// In one transaction: removes `remove` and registers `put`.
     fn update(&self, put: &[(Reference, Descriptor)], remove: &[Reference]) -> Result<()> {
         self.apply(&Change {
@@ -140,6 +321,79 @@ impl Provider for Store {
 
     fn locate(&self, digest: &Digest) -> String {
         self.blob_path(digest).display().to_string()
+    }
+
+    fn info(&self, digest: &Digest) -> Result<Option<Info>> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.blob_path(digest);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => Ok(Some(Info {
+                size: m.size(),
+                blocks: m.blocks(),
+                modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+            })),
+            Ok(_) => Err(Error::io(&path, io::Error::other("not a regular file"))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(path, e)),
+        }
+    }
+
+    fn trust(&self) -> Trust {
+        match self.verified().sealing() {
+            crate::store::verified::Sealing::Verity => Trust::Verity,
+            crate::store::verified::Sealing::Identity => Trust::Identity,
+        }
+    }
+
+    fn trusts(&self, digest: &Digest, file: &File, meta: &Metadata) -> Result<bool> {
+        self.verified().trusts(digest, file, meta)
+    }
+
+    /// Recorded (not on a read-only store, whose records cannot change).
+    fn note_verified(&self, digest: &Digest, meta: &Metadata) -> Result<()> {
+        if self.is_read_only() {
+            return Ok(());
+        }
+        let identity = crate::store::verified::Identity::of(meta);
+        Store::verified(self).record(self.root(), digest, identity)
+    }
+}
+
+impl Content for Store {
+    fn catalog(&self) -> &dyn Catalog {
+        self.records()
+    }
+
+    /// A writer of the store (`BlobWriter`) hashing what large writes append on a thread of
+    /// its own (`hash_behind`).
+    fn draft(&self, alg: Algorithm) -> Result<Box<dyn Draft>> {
+        Ok(Box::new(self.ingest_unnamed(alg)?.hash_behind()))
+    }
+
+    fn lease(&self) -> Result<Box<dyn Lease>> {
+        Ok(Box::new(Store::lease(self)?))
+    }
+
+    fn is_read_only(&self) -> bool {
+        Store::is_read_only(self)
+    }
+
+    fn space(&self) -> io::Result<Space> {
+        crate::store::space(self.root())
+    }
+}
+
+impl Lease for crate::store::Lease {
+    fn hold(&self, holder: &str, digests: &[&Digest]) -> Result<()> {
+        crate::store::Lease::hold(self, holder, digests.iter().copied())
+    }
+
+    fn release(&self, holder: &str) -> Result<()> {
+        crate::store::Lease::release(self, holder)
+    }
+
+    fn release_prefix(&self, prefix: &str) -> Result<()> {
+        crate::store::Lease::release_prefix(self, prefix)
     }
 }
 
@@ -194,5 +448,10 @@ impl Catalog for Records {
 
     fn apply(&self, change: &Change) -> Result<()> {
         Records::apply(self, change)
+    }
+
+    /// One grouped query: no descriptor parsed.
+    fn summaries(&self) -> Result<Vec<Summary>> {
+        Records::repository_summaries(self)
     }
 }

@@ -29,7 +29,7 @@ use crate::content::Change;
 use crate::digest::{Algorithm, Digest};
 use crate::docker::{self, Compression, Item, Layer, Links, MANIFEST_FILE, MAX_MANIFEST_SIZE};
 use crate::error::Error;
-use crate::oci::{self, BlobSource, Descriptor};
+use crate::oci::{self, Descriptor};
 use crate::reference::Reference;
 
 use super::error::{FsError, FsResult};
@@ -288,7 +288,7 @@ impl super::Fs {
                 let Ok(digest) = Digest::from_parts(alg, hex) else {
                     return Ok(None);
                 };
-                let size = self.store().blob_size(&digest)?;
+                let size = self.content().blob_size(&digest)?;
                 Ok(size.map(|size| Found::Blob(digest, size)))
             }
         }
@@ -355,7 +355,7 @@ impl super::Fs {
                     .into());
                 }
                 let desc = Descriptor::new(oci::MEDIA_OCI_CONFIG, digest.clone(), *size);
-                Ok(self.store().read_small(&desc)?)
+                Ok(self.content().read_small(&desc)?)
             }
         }
     }
@@ -383,7 +383,7 @@ impl super::Fs {
             }
             Found::Blob(digest, size) => {
                 let desc = Descriptor::new(oci::MEDIA_OCI_LAYER, digest.clone(), *size);
-                let mut file = crate::content::Provider::open(self.store(), &desc)?;
+                let mut file = crate::content::Provider::open(self.content(), &desc)?;
                 let mut reader = std::io::Read::take(&mut file, Compression::SNIFF_LEN as u64);
                 std::io::Read::read_to_end(&mut reader, &mut head)
                     .map_err(|e| failed(e.to_string()))?;
@@ -450,7 +450,7 @@ impl super::Fs {
                     let digest = upload.digest(Algorithm::Sha256)?;
                     let size = upload.len();
                     self.hold(&holder, &digest)?;
-                    upload.commit(self.store(), &digest, Some(size))?;
+                    upload.commit(&digest, Some(size))?;
                     if let Some(s) = self.write.lock().scratch.get_mut(id) {
                         s.kind = ScratchKind::Committed(digest, size);
                     }
@@ -467,10 +467,10 @@ impl super::Fs {
             writer_holder(self.repo_id_at(&mut w, repo_ino), pid)
         };
         for m in made {
-            let mut upload = Upload::new(self.store(), Algorithm::Sha256)?;
+            let mut upload = Upload::new(self.content(), Algorithm::Sha256)?;
             upload.write_at(0, &m.manifest)?;
             self.hold(&holder, &m.desc.digest)?;
-            upload.commit(self.store(), &m.desc.digest, Some(m.desc.size))?;
+            upload.commit(&m.desc.digest, Some(m.desc.size))?;
         }
         Ok(())
     }
@@ -484,7 +484,7 @@ impl super::Fs {
         };
         let mut put: Vec<(Reference, Descriptor)> = Vec::new();
         for m in made {
-            let missing = missing_blobs(self.store(), &m.desc)?;
+            let missing = missing_blobs(self.content(), &m.desc)?;
             if let Some(d) = missing.first() {
                 return Err(bad(
                     &repo,
@@ -502,7 +502,7 @@ impl super::Fs {
                 }
             }
         }
-        self.store().records().apply(&Change {
+        self.content().catalog().apply(&Change {
             put: &put,
             keep: &[repo.to_string()],
             ..Change::default()

@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::content::Change;
+use crate::content::Held;
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::{self, Entry};
 use crate::oci::{self, BlobSource, Descriptor, ImageIndex};
 use crate::reference::{check_tag, Reference};
-use crate::store::Held;
 
 use super::error::{FsError, FsResult};
 use super::inode::Node;
@@ -94,7 +94,7 @@ impl super::Fs {
     /// Holds `digest` in the mount's lease before it is committed (or found in the store).
     pub(super) fn hold(&self, holder: &str, digest: &Digest) -> Result<()> {
         match &self.lease {
-            Some(lease) => lease.hold(holder, [digest]),
+            Some(lease) => lease.hold(holder, &[digest]),
             None => Ok(()),
         }
     }
@@ -113,11 +113,11 @@ impl super::Fs {
     pub(super) fn held<'a>(&'a self, holder: &'a str) -> Box<dyn BlobSource + 'a> {
         match &self.lease {
             Some(lease) => Box::new(Held {
-                store: self.store(),
-                lease,
+                source: self.content(),
+                lease: &**lease,
                 holder,
             }),
-            None => Box::new(self.store()),
+            None => Box::new(self.content()),
         }
     }
 
@@ -130,7 +130,7 @@ impl super::Fs {
             return Err(FsError::NotFound);
         };
         let desired = parse_index(&repo, bytes)?;
-        let records = self.store().records();
+        let records = self.content().catalog();
         let registered: BTreeSet<Reference> = records
             .of_repository(&repo)?
             .into_iter()
@@ -242,7 +242,7 @@ impl super::Fs {
             // A manifest that arrived makes its layers known: their sizes are wanted now.
             return self.refresh_wanted();
         }
-        self.store().records().put(&put)?;
+        self.content().catalog().update(&put, &[])?;
         for (name, _) in &put {
             tracing::info!("{name} registered: its last blob arrived");
         }
@@ -257,7 +257,7 @@ impl super::Fs {
         let pending: Vec<Entry> = self.write.lock().pending().cloned().collect();
         let mut wanted = HashMap::new();
         for e in &pending {
-            for d in missing_blobs(self.store(), &e.target)? {
+            for d in missing_blobs(self.content(), &e.target)? {
                 wanted.insert(d.digest, d.size);
             }
         }
@@ -275,14 +275,14 @@ impl super::Fs {
     /// `Fs::write_lock` held by the caller, which named `repo` under it.
     pub(super) fn clear_repo(&self, repo: &str) -> FsResult<()> {
         let names: Vec<Reference> = self
-            .store()
-            .records()
+            .content()
+            .catalog()
             .of_repository(repo)?
             .into_iter()
             .map(|i| i.name)
             .collect();
         // The repository stays, with no image, until removed.
-        self.store().records().apply(&Change {
+        self.content().catalog().apply(&Change {
             remove: &names,
             keep: &[repo.to_owned()],
             ..Change::default()
@@ -328,13 +328,12 @@ impl super::Fs {
         // repository (a pending image's manifest) changes what the images need without
         // changing the images, so the view may be older than the store.
         for e in view.entries.iter() {
-            let closure =
-                oci::closure(self.store(), &e.target, oci::OnMissing::Skip).map_err(|source| {
-                    FsError::Repository {
-                        repository: repo.to_owned(),
-                        source,
-                    }
-                })?;
+            let closure = oci::closure(self.content(), &e.target, oci::OnMissing::Skip).map_err(
+                |source| FsError::Repository {
+                    repository: repo.to_owned(),
+                    source,
+                },
+            )?;
             if closure.contains_key(digest) {
                 return Ok(Some(e.name.clone()));
             }

@@ -41,10 +41,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use crate::content::Content;
 use crate::digest::{Algorithm, Digest};
 use crate::error::Error;
 use crate::oci;
-use crate::store::Store;
 
 pub use error::{FsError, FsResult};
 use inode::{Inodes, Node, ROOT_INO};
@@ -138,17 +138,7 @@ pub struct Opened {
 }
 
 /// Filesystem statistics (of the store's filesystem).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Statfs {
-    pub blocks: u64,
-    pub bfree: u64,
-    pub bavail: u64,
-    pub files: u64,
-    pub ffree: u64,
-    pub bsize: u32,
-    pub namelen: u32,
-    pub frsize: u32,
-}
+pub type Statfs = crate::content::Space;
 
 enum Handle {
     Blob {
@@ -221,17 +211,18 @@ pub struct Fs {
     write_lock: Mutex<()>,
     /// What keeps blobs written through a writable mount, and those of pending images, from
     /// a gc before an image record holds them (see `fs::write`).
-    lease: Option<crate::store::Lease>,
+    lease: Option<Box<dyn crate::content::Lease>>,
 }
 
 impl Fs {
-    pub fn new(store: Arc<Store>, options: FsOptions) -> Fs {
+    /// The mount's core over `content` (the local store, or any other `Content`).
+    pub fn new(content: Arc<dyn Content>, options: FsOptions) -> Fs {
         // SAFETY: geteuid and getegid have no preconditions.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let lease = if options.read_only {
             None
         } else {
-            store
+            content
                 .lease()
                 .map_err(|e| tracing::warn!("no lease: a gc may remove blobs being copied in: {e}"))
                 .ok()
@@ -239,7 +230,7 @@ impl Fs {
         let write = Arc::new(Mutex::new(WriteState::default()));
         Fs {
             lease,
-            views: Views::new(store, write.clone()),
+            views: Views::new(content, write.clone()),
             inodes: Inodes::new(),
             verifier: Verifier::new(options.verify_reads),
             handles: Mutex::new(HashMap::new()),
@@ -258,8 +249,9 @@ impl Fs {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        self.views.store()
+    /// The store the mount shows.
+    pub fn content(&self) -> &dyn Content {
+        self.views.content()
     }
 
     /// Forgets the cached view of the records (after this process changed them).
@@ -530,10 +522,9 @@ impl Fs {
             }
             Node::Blob(digest, size) => {
                 // Blocks and times from the store's file; if it vanished, reads say so.
-                let path = self.store().blob_path(digest);
-                let (blocks, mtime) = match std::fs::symlink_metadata(path) {
-                    Ok(m) => (m.blocks(), m.modified().unwrap_or(UNIX_EPOCH)),
-                    Err(_) => (size.div_ceil(STAT_BLOCK), UNIX_EPOCH),
+                let (blocks, mtime) = match self.content().info(digest) {
+                    Ok(Some(i)) => (i.blocks, i.modified),
+                    Ok(None) | Err(_) => (size.div_ceil(STAT_BLOCK), UNIX_EPOCH),
                 };
                 Attr {
                     blocks,
@@ -927,7 +918,7 @@ impl Fs {
                             message: format!("store file shorter than {total} bytes"),
                         }
                     } else {
-                        FsError::Store(Error::io(self.store().blob_path(&digest), e))
+                        FsError::Store(Error::io(self.content().locate(&digest), e))
                     }
                 })?;
             }
@@ -989,7 +980,7 @@ impl Fs {
     /// Opens blob inode `ino`, checked: the descriptor already open for it when it is the
     /// same store file, else the one just checked (which the next opens share).
     fn open_blob(&self, ino: u64, digest: &Digest, size: u64) -> FsResult<Arc<File>> {
-        let checked = self.verifier.open(self.store(), digest, size)?;
+        let checked = self.verifier.open(self.content(), digest, size)?;
         let mut files = self.blob_files.lock();
         if let Some(open) = files.get(&ino).and_then(std::sync::Weak::upgrade) {
             if same_file(&open, &checked) {
@@ -1003,7 +994,7 @@ impl Fs {
 
     /// How this mount checks blobs, for its log (the README's trust model).
     pub fn blob_checks(&self) -> &'static str {
-        self.verifier.mode(self.store())
+        self.verifier.mode(self.content())
     }
 
     /// How many blobs this mount hashed on open, rather than trusting the store's record of
@@ -1034,27 +1025,9 @@ impl Fs {
     }
 
     pub fn statfs(&self) -> FsResult<Statfs> {
-        let root = self.store().root();
-        let c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
-            .map_err(|e| FsError::Store(Error::io(root, std::io::Error::other(e))))?;
-        // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-            return Err(FsError::Store(Error::io(
-                root,
-                std::io::Error::last_os_error(),
-            )));
-        }
-        Ok(Statfs {
-            blocks: st.f_blocks,
-            bfree: st.f_bfree,
-            bavail: st.f_bavail,
-            files: st.f_files,
-            ffree: st.f_ffree,
-            bsize: st.f_bsize as u32,
-            namelen: st.f_namemax as u32,
-            frsize: st.f_frsize as u32,
-        })
+        self.content()
+            .space()
+            .map_err(|e| FsError::Store(Error::io("the store's filesystem", e)))
     }
 
     fn add_handle(&self, h: Handle) -> u64 {

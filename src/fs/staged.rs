@@ -168,7 +168,7 @@ impl super::Fs {
             };
             let size = upload.len();
             self.hold(&writer_holder(repo_id, pid), digest)?;
-            upload.commit(self.store(), digest, wanted.get(digest).copied())?;
+            upload.commit(digest, wanted.get(digest).copied())?;
             if let Some(s) = self.write.lock().scratch.get_mut(&f.id) {
                 s.kind = ScratchKind::Committed(digest.clone(), size);
             }

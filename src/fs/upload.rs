@@ -1,9 +1,10 @@
-//! An upload: the bytes of a file written into the mount, in one of the store's ingest
-//! writers (`store::BlobWriter`, made `hash_behind`: what large writes append is hashed on a
-//! thread of its own, read back from the file, while the next writes arrive). Writes go to the page cache and the kernel is asked to write them back every few
-//! MiB, so the disk works while the next writes arrive (as import's writes do); an fsync that
-//! commits nothing waits for them (`sync`), and a commit fsyncs, so a failed writeback is
-//! reported to the writer there. Whatever name the file has, its bytes stay in the
+//! An upload: the bytes of a file written into the mount, in a `content::Draft` of the store
+//! (the local store's is one of its ingest writers, `store::BlobWriter`, made `hash_behind`:
+//! what large writes append is hashed on a thread of its own, read back from the file, while
+//! the next writes arrive; writes go to the page cache and the kernel is asked to write them
+//! back every few MiB, so the disk works while the next writes arrive, as import's writes do).
+//! An fsync that commits nothing waits for them (`sync`), and a commit makes the blob durable,
+//! so a failed writeback is reported to the writer there. Whatever name the file has, its bytes stay in the
 //! ingest until it is committed as a blob (verified against the digest its name gives), read
 //! as `index.json` or `oci-layout`, or dropped. Writes out of order are allowed; the digest is
 //! then computed from the file. Dropping an upload removes its ingest. An upload nothing has
@@ -15,20 +16,20 @@
 
 use std::io;
 
+use crate::content::{Content, Draft};
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
-use crate::store::{BlobWriter, Store};
 
-pub struct Upload(BlobWriter);
+pub struct Upload(Box<dyn Draft>);
 
 impl Upload {
-    /// A new, empty upload in `store`; `alg` is the hash kept while it is written.
-    pub fn new(store: &Store, alg: Algorithm) -> Result<Upload> {
-        Ok(Upload(store.ingest_unnamed(alg)?.hash_behind()))
+    /// A new, empty upload in `content`; `alg` is the hash kept while it is written.
+    pub fn new(content: &dyn Content, alg: Algorithm) -> Result<Upload> {
+        Ok(Upload(content.draft(alg)?))
     }
 
-    /// Drops the upload but leaves its ingest directory, as a process that died would: the
-    /// next mount, or gc, removes it (the daemon's exit does not wait for the disk).
+    /// Drops the upload but may leave its bytes, as a process that died would: the next
+    /// mount, or gc, removes them (the daemon's exit does not wait for the disk).
     pub fn abandon(self) {
         self.0.abandon();
     }
@@ -105,28 +106,10 @@ impl Upload {
         self.0.verify(expected, size)
     }
 
-    /// Verifies the content as the blob `expected` and moves it into `store`, the store the
-    /// upload was made in. Returns false when the store had it already. The upload is spent
-    /// either way.
-    pub fn commit(self, store: &Store, expected: &Digest, size: Option<u64>) -> Result<bool> {
-        if self.0.store_root() != store.root() {
-            return Err(Error::io(
-                store.root(),
-                io::Error::other(format!(
-                    "blob {expected}: an upload of the store at {} committed into another",
-                    self.0.store_root().display()
-                )),
-            ));
-        }
-        let placed = self.0.commit_as(expected, size)?;
-        if placed {
-            // The mount commits one blob at a time: its verified record goes now (a failure
-            // only means a later reader hashes it).
-            if let Err(e) = store.flush_verified() {
-                tracing::warn!("blob {expected}: verified, not recorded: {e}");
-            }
-        }
-        Ok(placed)
+    /// Verifies the content as the blob `expected` and makes it a blob of the store it was
+    /// made in. Returns false when the store had it already. The upload is spent either way.
+    pub fn commit(self, expected: &Digest, size: Option<u64>) -> Result<bool> {
+        self.0.commit(expected, size)
     }
 }
 
@@ -156,6 +139,7 @@ impl io::Read for UploadReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
 
     #[test]
     fn large_writes_in_order_commit_whole() {
@@ -172,7 +156,7 @@ mod tests {
         let mut back = Vec::new();
         u.read_at((1 << 20) - 10, 20, &mut back).unwrap();
         assert_eq!(back, &content[(1 << 20) - 10..(1 << 20) + 10]);
-        assert!(u.commit(&store, &d, Some(content.len() as u64)).unwrap());
+        assert!(u.commit(&d, Some(content.len() as u64)).unwrap());
         assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), content);
     }
 
@@ -191,27 +175,27 @@ mod tests {
         let mut back = Vec::new();
         u.read_at(4990, 20, &mut back).unwrap();
         assert_eq!(back, &content[4990..5010]);
-        assert!(u.commit(&store, &d, Some(content.len() as u64)).unwrap());
+        assert!(u.commit(&d, Some(content.len() as u64)).unwrap());
         assert_eq!(std::fs::read(store.blob_path(&d)).unwrap(), content);
 
         // In order again: already there.
         let mut u = Upload::new(&store, Algorithm::Sha256).unwrap();
         u.write_at(0, &content).unwrap();
-        assert!(!u.commit(&store, &d, None).unwrap());
+        assert!(!u.commit(&d, None).unwrap());
 
         // Wrong bytes, wrong size, truncated: nothing enters the store, nothing is left.
         let other = Digest::of(Algorithm::Sha256, b"other");
         let mut u = Upload::new(&store, Algorithm::Sha256).unwrap();
         u.write_at(0, &content).unwrap();
         assert!(matches!(
-            u.commit(&store, &other, None),
+            u.commit(&other, None),
             Err(Error::DigestMismatch { .. })
         ));
         let mut u = Upload::new(&store, Algorithm::Sha256).unwrap();
         u.write_at(0, &content).unwrap();
         u.truncate(10).unwrap();
         assert!(matches!(
-            u.commit(&store, &d, Some(content.len() as u64)),
+            u.commit(&d, Some(content.len() as u64)),
             Err(Error::SizeMismatch { .. })
         ));
         assert!(!store.blob_path(&other).exists());

@@ -20,11 +20,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::content::Provider;
+use crate::content::{Provider, Trust};
 use crate::digest::Digest;
 use crate::error::Error;
-use crate::store::verified::Identity as Verified;
-use crate::store::Store;
 
 use super::error::{FsError, FsResult};
 
@@ -76,17 +74,19 @@ impl Verifier {
     }
 
     /// How blobs are checked, in a line for the mount's log.
-    pub fn mode(&self, store: &Store) -> &'static str {
-        use crate::store::verified::Sealing;
+    pub fn mode(&self, store: &dyn Provider) -> &'static str {
         if self.verify_reads {
             return "blobs: every blob hashed on its first open (--verify-reads)";
         }
-        match store.verified().sealing() {
-            Sealing::Verity => {
+        match store.trust() {
+            Trust::None => {
+                "blobs: every blob hashed on its first open (the store keeps no records)"
+            }
+            Trust::Verity => {
                 "blobs: verified at commit and sealed with fs-verity: the kernel checks every \
                  read; others hashed on first open"
             }
-            Sealing::Identity => {
+            Trust::Identity => {
                 "blobs: verified at commit, served unhashed while their file is unchanged (no \
                  fs-verity here); others hashed on first open"
             }
@@ -99,7 +99,7 @@ impl Verifier {
     }
 
     /// Opens the blob `digest` of `size` bytes, checked.
-    pub fn open(&self, store: &Store, digest: &Digest, size: u64) -> FsResult<File> {
+    pub fn open(&self, store: &dyn Provider, digest: &Digest, size: u64) -> FsResult<File> {
         let damaged = |message: String| FsError::Damaged {
             digest: digest.clone(),
             message,
@@ -134,7 +134,7 @@ impl Verifier {
             return Ok(file);
         }
         if !self.verify_reads {
-            match store.verified().trusts(digest, &file, &meta) {
+            match store.trusts(digest, &file, &meta) {
                 Ok(true) => {
                     *done = Some(id);
                     return Ok(file);
@@ -151,13 +151,8 @@ impl Verifier {
                 "content in the store does not match its digest (found {found})"
             )));
         }
-        if !store.is_read_only() {
-            if let Err(e) = store
-                .verified()
-                .record(store.root(), digest, Verified::of(&meta))
-            {
-                tracing::warn!("blob {digest}: verified, not recorded: {e}");
-            }
+        if let Err(e) = store.note_verified(digest, &meta) {
+            tracing::warn!("blob {digest}: verified, not recorded: {e}");
         }
         *done = Some(id);
         Ok(file)

@@ -31,12 +31,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use crate::content::Image;
 use crate::content::Provider;
+use crate::content::{summarize, Content, Summary};
 use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
 use crate::layout::{self, Entry};
 use crate::oci::{Descriptor, OnMissing};
-use crate::store::{Image, Store};
 
 use super::error::{FsError, FsResult};
 
@@ -123,14 +124,7 @@ pub trait Additions: Send + Sync {
 
 impl Snapshot {
     pub fn build(images: Vec<Image>) -> Snapshot {
-        let mut by_repo: BTreeMap<String, (usize, i64)> = BTreeMap::new();
-        for i in images {
-            let r = by_repo.entry(i.name.repository().to_owned()).or_default();
-            r.0 += 1;
-            r.1 = r.1.max(i.updated);
-        }
-        let summaries = by_repo.into_iter().map(|(r, (n, u))| (r, n, u)).collect();
-        Self::build_with(summaries, &[], &Extra::default(), None)
+        Self::build_with(summarize(&images), &[], &Extra::default(), None)
     }
 
     /// The tree of the repositories with images (`summaries`: name, how many, latest update in
@@ -138,7 +132,7 @@ impl Snapshot {
     /// repository or a directory made with mkdir has no time in the records: it keeps the one
     /// it had in `before` (the tree this one replaces), else it is new now.
     pub fn build_with(
-        summaries: Vec<(String, usize, i64)>,
+        summaries: Vec<Summary>,
         kept: &[String],
         extra: &Extra,
         before: Option<&Snapshot>,
@@ -152,10 +146,15 @@ impl Snapshot {
                 .filter(|d| d.kept || d.made)
                 .map_or(now, |d| d.updated)
         };
-        for (repo, count, updated) in summaries {
+        for Summary {
+            repository: repo,
+            images,
+            updated,
+        } in summaries
+        {
             let updated = UNIX_EPOCH + Duration::from_millis(updated.max(0) as u64);
             s.add_dir(&repo, true, updated);
-            s.repos.entry(repo).or_default().registered = count;
+            s.repos.entry(repo).or_default().registered = images;
         }
         for e in extra.pending.values().flatten() {
             let repo = e.name.repository().to_owned();
@@ -376,7 +375,7 @@ impl State {
 
 /// The live view of one store.
 pub struct Views {
-    store: Arc<Store>,
+    content: Arc<dyn Content>,
     state: Mutex<State>,
     additions: Arc<dyn Additions>,
     /// Repository views computed so far (each reads that repository's manifests).
@@ -384,9 +383,9 @@ pub struct Views {
 }
 
 impl Views {
-    pub fn new(store: Arc<Store>, additions: Arc<dyn Additions>) -> Views {
+    pub fn new(content: Arc<dyn Content>, additions: Arc<dyn Additions>) -> Views {
         Views {
-            store,
+            content,
             state: Mutex::new(State {
                 snapshot: Arc::new(Snapshot::default()),
                 version: None,
@@ -401,8 +400,9 @@ impl Views {
         }
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The store the views show.
+    pub fn content(&self) -> &dyn Content {
+        &*self.content
     }
 
     /// The current tree, rebuilt first if the records changed since it was built.
@@ -411,13 +411,13 @@ impl Views {
         if st.checked.is_some_and(|t| t.elapsed() < REFRESH_INTERVAL) {
             return Ok(st.snapshot.clone());
         }
-        let records = self.store.records();
+        let records = self.content.catalog();
         let version = records.version()?;
         st.checked = Some(Instant::now());
         if st.version != Some(version) {
             let extra = self.additions.additions();
             let snapshot = Snapshot::build_with(
-                records.repository_summaries()?,
+                records.summaries()?,
                 &records.repositories()?,
                 &extra,
                 Some(&st.snapshot),
@@ -505,7 +505,7 @@ impl Views {
             source,
         };
         let mut entries: Vec<Entry> = if images.registered > 0 {
-            let records = self.store.records().of_repository(repo);
+            let records = self.content.catalog().of_repository(repo);
             records
                 .map_err(repository)?
                 .into_iter()
@@ -515,7 +515,7 @@ impl Views {
             Vec::new()
         };
         entries.extend(images.pending.iter().cloned());
-        let view = RepoView::build(&*self.store, Arc::from(entries)).map_err(|source| {
+        let view = RepoView::build(&*self.content, Arc::from(entries)).map_err(|source| {
             FsError::Repository {
                 repository: repo.to_owned(),
                 source,

@@ -339,7 +339,7 @@ impl super::Fs {
         change: &Change,
         patch: impl FnOnce(&mut super::view::Snapshot),
     ) -> FsResult<()> {
-        let records = self.store().records();
+        let records = self.content().catalog();
         let before = records.version()?;
         records.apply(change)?;
         let after = records.version()?;
@@ -416,7 +416,7 @@ impl super::Fs {
             Node::Dir(_) | Node::Blobs(_) | Node::Scratch(_) => Algorithm::Sha256,
             _ => return Err(FsError::NotDir),
         };
-        let shared = SharedUpload::new(Upload::new(self.store(), alg)?);
+        let shared = SharedUpload::new(Upload::new(self.content(), alg)?);
         let id = self.add_scratch(parent, name, ScratchKind::File(shared.clone()));
         let child = Node::Scratch(id);
         let ino = self.inodes.ino(&child);
@@ -455,14 +455,14 @@ impl super::Fs {
                     // Written again (skopeo rewrites a manifest it finds): a new upload,
                     // verified against the same name when it is closed.
                     Err((digest, _)) => {
-                        let w = SharedUpload::new(Upload::new(self.store(), digest.algorithm())?);
+                        let w = SharedUpload::new(Upload::new(self.content(), digest.algorithm())?);
                         w.lock().dirty = false;
                         w
                     }
                 }
             }
             Node::Index(repo) | Node::LayoutFile(repo) => {
-                let mut upload = Upload::new(self.store(), Algorithm::Sha256)?;
+                let mut upload = Upload::new(self.content(), Algorithm::Sha256)?;
                 if !truncate {
                     let current = match node {
                         Node::Index(_) => self.repo(repo)?.index.to_vec(),
@@ -475,7 +475,7 @@ impl super::Fs {
                 w
             }
             Node::Blob(digest, _) => {
-                let w = SharedUpload::new(Upload::new(self.store(), digest.algorithm())?);
+                let w = SharedUpload::new(Upload::new(self.content(), digest.algorithm())?);
                 w.lock().dirty = false;
                 w
             }
@@ -503,15 +503,15 @@ impl super::Fs {
         truncate: bool,
     ) -> FsResult<Shared> {
         use std::os::unix::fs::FileExt;
-        let mut upload = Upload::new(self.store(), Algorithm::Sha256)?;
+        let mut upload = Upload::new(self.content(), Algorithm::Sha256)?;
         if !truncate {
-            let file = self.verifier.open(self.store(), digest, size)?;
+            let file = self.verifier.open(self.content(), digest, size)?;
             let mut buf = vec![0u8; REOPEN_CHUNK];
             let mut at = 0;
             while at < size {
                 let n = (size - at).min(REOPEN_CHUNK as u64) as usize;
                 file.read_exact_at(&mut buf[..n], at)
-                    .map_err(|e| Error::io(self.store().blob_path(digest), e))?;
+                    .map_err(|e| Error::io(self.content().locate(digest), e))?;
                 upload.write_at(at, &buf[..n])?;
                 at += n as u64;
             }
@@ -674,7 +674,7 @@ impl super::Fs {
             Node::Blob(digest, size) => {
                 if let Some(u) = take_verified(shared, &digest, Some(size))? {
                     self.hold(&writer_holder(None, pid), &digest)?;
-                    u.commit(self.store(), &digest, Some(size))?;
+                    u.commit(&digest, Some(size))?;
                 }
                 Ok(())
             }
@@ -708,7 +708,7 @@ impl super::Fs {
         };
         let size = upload.len();
         self.hold(&writer_holder(repo_id, pid), digest)?;
-        if let Err(e) = upload.commit(self.store(), digest, wanted) {
+        if let Err(e) = upload.commit(digest, wanted) {
             // Nothing entered the store (a full disk), and the name holds nothing: it is gone.
             self.remove_scratch(id);
             return Err(e.into());
@@ -1044,7 +1044,7 @@ impl super::Fs {
                     if let Some(upload) = upload {
                         let size = upload.len();
                         self.hold(&writer_holder(repo_id, pid), &digest)?;
-                        upload.commit(self.store(), &digest, wanted)?;
+                        upload.commit(&digest, wanted)?;
                         let mut w = self.write.lock();
                         if let Some(s) = w.scratch.get_mut(&id) {
                             s.kind = ScratchKind::Committed(digest.clone(), size);
@@ -1162,7 +1162,7 @@ impl super::Fs {
         self.write.lock().check_rename(from, to)?;
         let mut put = Vec::new();
         let mut remove = Vec::new();
-        for image in self.store().records().list()? {
+        for image in self.content().catalog().list()? {
             if let Some(repo) = moved(image.name.repository()) {
                 put.push((
                     image.name.with_repository(&repo).map_err(Error::from)?,
@@ -1171,7 +1171,7 @@ impl super::Fs {
                 remove.push(image.name);
             }
         }
-        let records = self.store().records();
+        let records = self.content().catalog();
         let (mut forget, mut keep) = (Vec::new(), Vec::new());
         for repo in records.repositories()? {
             if let Some(new) = moved(&repo) {

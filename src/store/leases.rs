@@ -21,11 +21,9 @@ use rusqlite::{params, Connection, TransactionBehavior};
 
 use crate::digest::Digest;
 use crate::error::Result;
-use crate::oci::{BlobSource, Descriptor};
 
 use super::ingest::process_unique_id;
 use super::records::{now_ms, write_flags, BUSY_TIMEOUT};
-use super::Store;
 
 /// The holder label of a lease that holds everything under one name (an import, an export).
 pub const WHOLE: &str = "";
@@ -160,25 +158,6 @@ impl Drop for Lease {
             // The rows stay until gc finds their process gone: blobs are kept, not lost.
             tracing::warn!("lease {}: could not release it: {e}", self.id);
         }
-    }
-}
-
-/// The store seen through a lease: every blob looked up is held (under `holder`) before the
-/// store is asked whether it has it, so a walk through it leaves everything it found held.
-pub struct Held<'a> {
-    pub store: &'a Store,
-    pub lease: &'a Lease,
-    pub holder: &'a str,
-}
-
-impl BlobSource for Held<'_> {
-    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        self.lease.hold(self.holder, [digest])?;
-        self.store.blob_size(digest)
-    }
-
-    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
-        self.store.read_small(desc)
     }
 }
 

@@ -35,7 +35,7 @@ pub use batch::{pause_point, Batch, BATCH_BLOBS, BATCH_BYTES, BATCH_KEPT, PAUSE_
 pub use ingest::{
     process_alive, remove_abandoned, sync_dir, BLOB_MODE, COPY_CHUNK, DATA_FILE, RESUME_KEEP,
 };
-pub use leases::{Held, Lease, Leases, WHOLE};
+pub use leases::{Lease, Leases, WHOLE};
 pub use records::{check_record, now_ms, Image, Records};
 pub use writer::BlobWriter;
 
@@ -353,6 +353,27 @@ pub(crate) fn adopted_in(conn: &rusqlite::Connection) -> rusqlite::Result<Option
 /// Clears the adoption mark (the user said the store's blobs may be judged by its records).
 pub(crate) fn clear_adopted(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     records::clear_adopted_mark(conn)
+}
+
+/// Room on the filesystem that holds `root` (statvfs).
+pub fn space(root: &Path) -> io::Result<crate::content::Space> {
+    let c =
+        std::ffi::CString::new(root.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: statvfs writes into the zeroed struct we pass; the path is NUL-terminated.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(crate::content::Space {
+        blocks: st.f_blocks,
+        bfree: st.f_bfree,
+        bavail: st.f_bavail,
+        files: st.f_files,
+        ffree: st.f_ffree,
+        bsize: st.f_bsize as u32,
+        namelen: st.f_namemax as u32,
+        frsize: st.f_frsize as u32,
+    })
 }
 
 /// Opens a file of the store for reading without following a link in its last component: a

@@ -483,7 +483,7 @@ impl Records {
     /// Each repository with images: its name, how many, and the latest update (milliseconds
     /// since the epoch), by name. One pass over the repository index, no descriptor parsed: what
     /// the mount's tree needs (its views read `of_repository` when a repository is looked at).
-    pub fn repository_summaries(&self) -> Result<Vec<(String, usize, i64)>> {
+    pub fn repository_summaries(&self) -> Result<Vec<crate::content::Summary>> {
         let conn = self.conn.lock();
         let mut stmt = conn.prepare_cached(
             "SELECT repository, COUNT(*), MAX(updated) FROM images GROUP BY repository ORDER BY repository",
@@ -494,7 +494,11 @@ impl Records {
         Ok(rows
             .into_iter()
             .filter(|(name, _, _)| check_repository(name).is_ok())
-            .map(|(name, n, updated)| (name, usize::try_from(n).unwrap_or(0), updated))
+            .map(|(repository, n, updated)| crate::content::Summary {
+                repository,
+                images: usize::try_from(n).unwrap_or(0),
+                updated,
+            })
             .collect())
     }
 

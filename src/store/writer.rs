@@ -588,6 +588,63 @@ impl BlobWriter {
     }
 }
 
+/// The mount's uploads: a writer of the store written at any offset. A commit that places
+/// the blob writes its verified record at once (the mount commits one blob at a time; a
+/// failure only means a later reader hashes it).
+impl crate::content::Draft for BlobWriter {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+        BlobWriter::write_at(self, offset, buf)
+    }
+
+    fn read_at(&mut self, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<()> {
+        BlobWriter::read_at(self, offset, size, buf)
+    }
+
+    fn truncate(&mut self, size: u64) -> Result<()> {
+        BlobWriter::truncate(self, size)
+    }
+
+    fn len(&self) -> u64 {
+        BlobWriter::len(self)
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        BlobWriter::sync(self)
+    }
+
+    fn park(&mut self) {
+        BlobWriter::park(self)
+    }
+
+    fn is_parked(&self) -> bool {
+        BlobWriter::is_parked(self)
+    }
+
+    fn digest(&mut self, alg: Algorithm) -> Result<Digest> {
+        BlobWriter::digest(self, alg)
+    }
+
+    fn verify(&mut self, expected: &Digest, size: Option<u64>) -> Result<()> {
+        BlobWriter::verify(self, expected, size)
+    }
+
+    fn commit(self: Box<Self>, expected: &Digest, size: Option<u64>) -> Result<bool> {
+        let verified = self.verified.clone();
+        let root = self.root.clone();
+        let placed = self.commit_as(expected, size)?;
+        if placed {
+            if let Err(e) = verified.flush(&root) {
+                tracing::warn!("blob {expected}: verified, not recorded: {e}");
+            }
+        }
+        Ok(placed)
+    }
+
+    fn abandon(self: Box<Self>) {
+        BlobWriter::abandon(*self)
+    }
+}
+
 impl Drop for BlobWriter {
     fn drop(&mut self) {
         let remove = match self.on_drop {
