@@ -15,7 +15,10 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 
-use common::core::Harness;
+use common::core::{Backend, Harness};
+
+/// The core over any store: the model runs against the local store and content in memory.
+type H = Harness<dyn Backend>;
 use common::gen::{LayoutBuilder, SplitMix};
 use layoutfs::fs::{DirEntry, FsError, Kind};
 use layoutfs::oci::{self, Descriptor, ImageIndex};
@@ -81,7 +84,7 @@ struct Fixture {
 
 impl Fixture {
     /// Four small images; images 0 and 2 share a layer.
-    fn new(h: &Harness) -> Fixture {
+    fn new(h: &H) -> Fixture {
         let dir = h.tmp.path().join("src");
         let b = LayoutBuilder::new(&dir);
         let shared = b.add_random_layer(700, 1);
@@ -346,19 +349,14 @@ impl Model<'_> {
 // ---------------------------------------------------------------------------------------------
 // Driving the core
 
-fn lookup_v(
-    h: &Harness,
-    parent: u64,
-    name: &str,
-    v: Viewer,
-) -> Result<layoutfs::fs::Attr, FsError> {
+fn lookup_v(h: &H, parent: u64, name: &str, v: Viewer) -> Result<layoutfs::fs::Attr, FsError> {
     match v {
         Viewer::Reader => h.fs.lookup(parent, OsStr::new(name)),
         Viewer::Pid(pid) => h.fs.lookup_as(parent, OsStr::new(name), &|| pid),
     }
 }
 
-fn walk_v(h: &Harness, path: &str, v: Viewer) -> Result<u64, FsError> {
+fn walk_v(h: &H, path: &str, v: Viewer) -> Result<u64, FsError> {
     let mut ino = layoutfs::fs::root_ino();
     for c in path.split('/').filter(|c| !c.is_empty()) {
         ino = lookup_v(h, ino, c, v)?.ino;
@@ -366,7 +364,7 @@ fn walk_v(h: &Harness, path: &str, v: Viewer) -> Result<u64, FsError> {
     Ok(ino)
 }
 
-fn list_v(h: &Harness, ino: u64, v: Viewer) -> Result<Vec<DirEntry>, FsError> {
+fn list_v(h: &H, ino: u64, v: Viewer) -> Result<Vec<DirEntry>, FsError> {
     let fh = match v {
         Viewer::Reader => h.fs.opendir(ino)?,
         Viewer::Pid(pid) => h.fs.opendir_as(ino, &|| pid)?,
@@ -385,7 +383,7 @@ fn split(path: &str) -> (&str, &str) {
 
 /// Writes `bytes` at `path` as process `pid` does with cp: lookup, open with O_TRUNC or
 /// create, writes, close; the first error, and the handle is always released.
-fn put(h: &Harness, path: &str, bytes: &[u8], pid: u32) -> Result<(), FsError> {
+fn put(h: &H, path: &str, bytes: &[u8], pid: u32) -> Result<(), FsError> {
     let (parent, name) = split(path);
     let p = walk_v(h, parent, Viewer::Pid(pid))?;
     let fh = match lookup_v(h, p, name, Viewer::Pid(pid)) {
@@ -408,7 +406,7 @@ fn put(h: &Harness, path: &str, bytes: &[u8], pid: u32) -> Result<(), FsError> {
 
 /// `rm -r` as process `v`: each entry in readdir's order, depth first, then the directory.
 /// `after` is called after each unlink and rmdir (to check the tree while it is removed).
-fn rm_r(h: &Harness, parent: u64, name: &str, v: Viewer, after: &dyn Fn()) -> Result<(), FsError> {
+fn rm_r(h: &H, parent: u64, name: &str, v: Viewer, after: &dyn Fn()) -> Result<(), FsError> {
     let ino = lookup_v(h, parent, name, v)?.ino;
     for e in list_v(h, ino, v)? {
         match e.kind {
@@ -483,7 +481,7 @@ impl Names {
 }
 
 struct Run<'a> {
-    h: &'a Harness,
+    h: &'a H,
     fx: &'a Fixture,
     names: &'a Names,
     /// Files other runs hold open (when this run checks for all of them).
@@ -1159,7 +1157,7 @@ impl Run<'_> {
         }
         let h = self.h;
         let (reg, pending) = self.m.images();
-        let records = h.store.records().list().unwrap();
+        let records = h.store.catalog().list().unwrap();
         let mut got: Vec<(String, String)> = records
             .iter()
             .map(|i| (i.name.to_string(), i.target.digest.hex().to_owned()))
@@ -1177,7 +1175,7 @@ impl Run<'_> {
         }
         // Every registered image's closure is in the store.
         for i in &records {
-            let missing = layoutfs::fs::write::missing_blobs(&*h.store, &i.target).unwrap();
+            let missing = layoutfs::fs::write::missing_blobs(h.fs.content(), &i.target).unwrap();
             if !missing.is_empty() {
                 self.fail(format!(
                     "{} registered with {} blob(s) missing",
@@ -1186,12 +1184,7 @@ impl Run<'_> {
                 ));
             }
         }
-        let store: BTreeSet<String> = std::fs::read_dir(h.store.root().join("blobs/sha256"))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect()
-            })
-            .unwrap_or_default();
+        let store = h.store.blob_hexes();
         if store != self.m.store {
             self.fail(format!(
                 "store: {store:?}\nthe model says: {:?}",
@@ -1511,8 +1504,8 @@ impl Run<'_> {
     }
 }
 
-fn run(seed: u64) {
-    let h = Harness::new();
+fn run(new: fn() -> H, seed: u64) {
+    let h = new();
     let fx = Fixture::new(&h);
     let names = Names::single();
     let mut r = Run {
@@ -1550,9 +1543,20 @@ fn random_writes_keep_the_mount_consistent_with_the_model() {
     eprintln!("seed {seed} (replay with LAYOUTFS_TEST_SEED={seed})");
     let start = std::time::Instant::now();
     for i in 0..RUNS {
-        run(seed.wrapping_add(i));
+        run(H::local, seed.wrapping_add(i));
     }
     eprintln!("{RUNS} runs of {STEPS} steps in {:?}", start.elapsed());
+}
+
+/// The same model over content held in memory (tests/common/memory.rs): the mount's core
+/// asks nothing of the local store that the content interfaces do not say.
+#[test]
+fn random_writes_over_content_in_memory_keep_the_mount_consistent_with_the_model() {
+    let seed = common::seed();
+    eprintln!("seed {seed} (replay with LAYOUTFS_TEST_SEED={seed})");
+    for i in 0..RUNS {
+        run(H::in_memory, seed.wrapping_add(i));
+    }
 }
 
 /// What a concurrent run hands over at a quiescent point: its repositories, the blobs it
@@ -1564,7 +1568,7 @@ type Handover = (BTreeMap<String, RepoM>, BTreeSet<String>, bool);
 /// counts open handles) waits for the pass to end. Returns the operations made and the
 /// slowest getattr.
 fn stat_walk(
-    h: &Harness,
+    h: &H,
     stop: &std::sync::atomic::AtomicBool,
     gate: &std::sync::RwLock<()>,
 ) -> (usize, std::time::Duration) {
@@ -1594,7 +1598,7 @@ fn stat_walk(
 /// One concurrent run: `ROUNDS` rounds of `ROUND_STEPS` steps in its own repositories, handing
 /// its model over and waiting at the barrier after each.
 fn concurrent_run(
-    h: &Harness,
+    h: &H,
     fx: &Fixture,
     i: usize,
     seed: u64,
@@ -1641,7 +1645,7 @@ fn concurrent_run(
 }
 
 /// At a quiescent point: the runs' models merged into one, checked as a single run's is.
-fn check_merged(h: &Harness, fx: &Fixture, handed: &[std::sync::Mutex<Handover>], round: usize) {
+fn check_merged(h: &H, fx: &Fixture, handed: &[std::sync::Mutex<Handover>], round: usize) {
     let names = Names::single();
     let mut merged = Run {
         h,
@@ -1690,26 +1694,31 @@ fn concurrent_writers_and_a_stat_walk_keep_the_mount_consistent() {
         Err(_) => CONCURRENT_SEEDS.to_vec(),
     };
     for seed in seeds {
-        concurrent_writers_with(seed);
+        concurrent_writers_with(H::local, seed);
     }
+}
+
+#[test]
+fn concurrent_writers_over_content_in_memory_keep_the_mount_consistent() {
+    concurrent_writers_with(H::in_memory, CONCURRENT_SEEDS[0]);
 }
 
 #[test]
 #[ignore = "known gap: a path directory left by two processes' mkdir -p, rmdir and mv shows blobs/ (README)"]
 fn concurrent_writers_known_failures() {
     for seed in CONCURRENT_KNOWN_FAILURES {
-        concurrent_writers_with(seed);
+        concurrent_writers_with(H::local, seed);
     }
 }
 
-fn concurrent_writers_with(seed: u64) {
+fn concurrent_writers_with(new: fn() -> H, seed: u64) {
     // Each run writes, renames and removes in repositories of its own while a reader walks
     // the whole tree; at the end of every round all stop, and the merged models are checked.
     eprintln!("seed {seed} (replay with LAYOUTFS_TEST_SEED={seed})");
     let (done, finished) = std::sync::mpsc::channel();
     // Detached: a deadlock must fail the test, not hang it.
     std::thread::spawn(move || {
-        let h = Harness::new();
+        let h = new();
         let fx = Fixture::new(&h);
         let barrier = std::sync::Barrier::new(THREADS + 1);
         let handed: Vec<std::sync::Mutex<Handover>> =
@@ -1754,7 +1763,7 @@ fn concurrent_writers_with(seed: u64) {
 
 /// Repository `a` made by the maker with `blobs/sha256/` holding one blob written there;
 /// returns the inode of `a` and the blob's hex.
-fn repo_with_one_blob(h: &Harness, fx: &Fixture) -> (u64, String) {
+fn repo_with_one_blob(h: &H, fx: &Fixture) -> (u64, String) {
     let hex = fx.images[1].blobs[2].clone();
     h.fs.mkdir_as(layoutfs::fs::root_ino(), "a", MAKER).unwrap();
     let a = walk_v(h, "a", Viewer::Reader).unwrap();
@@ -1765,7 +1774,7 @@ fn repo_with_one_blob(h: &Harness, fx: &Fixture) -> (u64, String) {
 }
 
 /// Makes `a/blobs/sha256` again (after an rmdir that should have failed) and lists it.
-fn remake_and_list(h: &Harness, a: u64) -> Vec<String> {
+fn remake_and_list(h: &H, a: u64) -> Vec<String> {
     let blobs = match h.fs.mkdir_as(a, "blobs", MAKER) {
         Ok(attr) => attr.ino,
         Err(_) => walk_v(h, "a/blobs", Viewer::Reader).unwrap(),
@@ -1776,7 +1785,7 @@ fn remake_and_list(h: &Harness, a: u64) -> Vec<String> {
 
 #[test]
 fn rmdir_of_a_repository_that_lists_files_is_enotempty() {
-    let h = Harness::new();
+    let h = H::local();
     let fx = Fixture::new(&h);
     let root = layoutfs::fs::root_ino();
     let (_, hex) = repo_with_one_blob(&h, &fx);
@@ -1804,7 +1813,7 @@ fn rmdir_of_a_repository_that_lists_files_is_enotempty() {
 
 #[test]
 fn rmdir_of_blobs_holding_sha256_is_enotempty() {
-    let h = Harness::new();
+    let h = H::local();
     let fx = Fixture::new(&h);
     let (a, _) = repo_with_one_blob(&h, &fx);
     assert_eq!(h.list("a/blobs").unwrap(), ["sha256"]);
@@ -1825,7 +1834,7 @@ fn rmdir_of_blobs_holding_sha256_is_enotempty() {
 
 #[test]
 fn a_removed_pending_image_still_limits_writes() {
-    let h = Harness::new();
+    let h = H::local();
     let fx = Fixture::new(&h);
     let root = layoutfs::fs::root_ino();
     let manifest = fx.images[1].manifest.clone();
@@ -1852,7 +1861,7 @@ fn a_removed_pending_image_still_limits_writes() {
 
 #[test]
 fn a_layer_is_needed_once_the_manifest_arrives_through_another_repository() {
-    let h = Harness::new();
+    let h = H::local();
     let fx = Fixture::new(&h);
     let root = layoutfs::fs::root_ino();
     let img = &fx.images[1];

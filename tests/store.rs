@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 use common::layout_dir::LayoutDir;
 use common::memory::Memory;
 use common::Tmpfs;
-use layoutfs::content::{Catalog, Change, Ingester, Provider};
+use layoutfs::content::{Catalog, Change, Content, Ingester, Provider};
 use layoutfs::digest::{Algorithm, Digest};
 use layoutfs::error::Error;
 use layoutfs::oci::{Descriptor, MAX_JSON_SIZE};
@@ -595,6 +595,92 @@ fn read_only_catalog_contract(what: &str, c: &dyn Catalog, m: &Descriptor) {
     assert_eq!(c.repositories().unwrap(), kept, "{what}");
 }
 
+/// What every `Content` does beyond its provider and ingester: drafts written in any order,
+/// read back, truncated, verified and committed (or refused, leaving nothing visible), blob
+/// info, leases and room.
+fn content_contract(what: &str, c: &dyn Content) {
+    for alg in Algorithm::ALL {
+        let data = bytes(2 << 20, 70 + alg as u8);
+        let d = Digest::of(alg, &data);
+        let len = data.len() as u64;
+        // Out of order, with a rewrite and a read back.
+        let mut w = c.draft(alg).unwrap();
+        assert!(w.is_empty(), "{what}");
+        let half = data.len() / 2;
+        w.write_at(half as u64, &data[half..]).unwrap();
+        w.write_at(0, &vec![0xa5; half]).unwrap();
+        let mut back = Vec::new();
+        w.read_at(10, 20, &mut back).unwrap();
+        assert_eq!(back, vec![0xa5; 20], "{what}: read back");
+        w.write_at(0, &data[..half]).unwrap();
+        assert_eq!(w.len(), len, "{what}");
+        assert_eq!(w.digest(alg).unwrap(), d, "{what}: digest");
+        w.verify(&d, Some(len)).unwrap();
+        assert!(w.verify(&d, Some(len + 1)).is_err(), "{what}: size");
+        // A read past the end is short, not an error.
+        w.read_at(len - 5, 100, &mut back).unwrap();
+        assert_eq!(back, &data[data.len() - 5..], "{what}: short read");
+        w.sync().unwrap();
+        w.park();
+        assert_eq!(
+            c.blob_size(&d).unwrap(),
+            None,
+            "{what}: visible before commit"
+        );
+        assert!(w.commit(&d, Some(len)).unwrap(), "{what}: placed");
+        let info = c.info(&d).unwrap().unwrap();
+        assert_eq!(info.size, len, "{what}: info");
+        assert!(
+            info.blocks * 512 >= len || info.blocks == 0,
+            "{what}: blocks"
+        );
+        provider_contract(
+            what,
+            c,
+            &[(Descriptor::new(LAYER, d.clone(), len), data.clone())],
+        );
+        // In order again: already there.
+        let mut w = c.draft(alg).unwrap();
+        w.write_at(0, &data).unwrap();
+        assert!(!w.commit(&d, None).unwrap(), "{what}: placed twice");
+
+        // Wrong content, truncated content, a draft dropped: nothing becomes visible.
+        let other = Digest::of(alg, b"other content");
+        let mut w = c.draft(alg).unwrap();
+        w.write_at(0, &data).unwrap();
+        let e = w.commit(&other, None).unwrap_err();
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{what}: {e}");
+        let mut w = c.draft(alg).unwrap();
+        w.write_at(0, &data).unwrap();
+        w.truncate(10).unwrap();
+        assert_eq!(w.len(), 10, "{what}");
+        let e = w.commit(&d, Some(len)).unwrap_err();
+        assert!(matches!(e, Error::SizeMismatch { .. }), "{what}: {e}");
+        let mut w = c.draft(alg).unwrap();
+        w.write_at(0, b"other content").unwrap();
+        drop(w);
+        assert_eq!(
+            c.blob_size(&other).unwrap(),
+            None,
+            "{what}: a refused draft"
+        );
+        assert_eq!(c.info(&other).unwrap(), None, "{what}: info of nothing");
+    }
+    // Leases hold and release; dropping one lets go of everything.
+    let lease = c.lease().unwrap();
+    let d = Digest::of(Algorithm::Sha256, what.as_bytes());
+    lease.hold("a", &[&d]).unwrap();
+    lease.hold("a", &[&d]).unwrap();
+    lease.hold("p 1 x", &[&d]).unwrap();
+    lease.release("a").unwrap();
+    lease.release_prefix("p 1 ").unwrap();
+    lease.release("nobody").unwrap();
+    drop(lease);
+    let room = c.space().unwrap();
+    assert!(room.blocks > 0 && room.bsize > 0, "{what}: {room:?}");
+    assert!(!c.is_read_only(), "{what}");
+}
+
 #[test]
 fn the_local_store_keeps_the_content_contracts() {
     let t = tempfile::tempdir().unwrap();
@@ -603,6 +689,7 @@ fn the_local_store_keeps_the_content_contracts() {
     ingester_contract("store", &s, &s);
     catalog_contract("store", s.records());
     repositories_contract("store", s.records());
+    content_contract("store", &s);
     // What the contracts leave on disk: read-only blob files, and no ingest.
     for alg in Algorithm::ALL {
         for e in fs::read_dir(s.root().join(BLOBS_DIR).join(alg.name())).unwrap() {
@@ -620,6 +707,8 @@ fn content_in_memory_keeps_the_content_contracts() {
     ingester_contract("memory", &m, &m);
     catalog_contract("memory", &m);
     repositories_contract("memory", &m);
+    content_contract("memory", &m);
+    assert_eq!(m.held(), 0, "a dropped lease holds nothing");
 }
 
 #[test]

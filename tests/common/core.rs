@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use layoutfs::content::Content;
 use layoutfs::fs::{Attr, Fs, FsError, FsOptions, Kind};
 use layoutfs::store::Store;
+
+use super::memory::Memory;
 
 use super::gen::LayoutBuilder;
 
@@ -18,10 +21,60 @@ const READ_SIZE: u32 = 64 << 10;
 /// Bytes per write call, as cp issues them.
 const CHUNK: usize = 64 << 10;
 
-pub struct Harness {
+/// The core over a store of type `C`: the local `Store` (most tests), or `dyn Backend`, any
+/// implementation of the content interfaces (the local store or content in memory), for the
+/// tests that run against each.
+pub struct Harness<C: ?Sized = Store> {
     pub tmp: tempfile::TempDir,
-    pub store: Arc<Store>,
+    pub store: Arc<C>,
     pub fs: Fs,
+}
+
+/// What the core's tests ask of a store besides what the mount takes: the blobs it holds.
+pub trait Backend: Content {
+    /// The hex digests of its sha256 blobs.
+    fn blob_hexes(&self) -> BTreeSet<String>;
+}
+
+impl Backend for Store {
+    fn blob_hexes(&self) -> BTreeSet<String> {
+        std::fs::read_dir(self.root().join("blobs/sha256"))
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl Backend for Memory {
+    fn blob_hexes(&self) -> BTreeSet<String> {
+        self.digests()
+            .into_iter()
+            .filter(|d| d.algorithm() == layoutfs::digest::Algorithm::Sha256)
+            .map(|d| d.hex().to_owned())
+            .collect()
+    }
+}
+
+impl Harness<dyn Backend> {
+    /// The core over the local store, seen only through the content interfaces.
+    pub fn local() -> Harness<dyn Backend> {
+        let tmp = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Backend> = Arc::new(Store::open(&tmp.path().join("store")).unwrap());
+        Harness::over(tmp, store)
+    }
+
+    /// The core over content held in memory (tests/common/memory.rs).
+    pub fn in_memory() -> Harness<dyn Backend> {
+        Harness::over(tempfile::tempdir().unwrap(), Arc::new(Memory::new()))
+    }
+
+    fn over(tmp: tempfile::TempDir, store: Arc<dyn Backend>) -> Harness<dyn Backend> {
+        let content: Arc<dyn Content> = store.clone();
+        let fs = Fs::new(content, FsOptions::default());
+        Harness { tmp, store, fs }
+    }
 }
 
 impl Harness {
@@ -32,6 +85,73 @@ impl Harness {
         Harness { tmp, store, fs }
     }
 
+    pub fn images(&self) -> Vec<String> {
+        image_names(&self.store)
+    }
+
+    /// Imports `src` as `filler` and gives its first image `n` more names: many records, so
+    /// that what lists or rewrites them all (a rename's records I/O) takes a while.
+    pub fn fill_records(&self, src: &Path, n: usize) {
+        let imported = layoutfs::archive::import::import(
+            &self.store,
+            &layoutfs::archive::import::Source::Dir(src.to_owned()),
+            Some("filler"),
+        )
+        .unwrap();
+        let target = self
+            .store
+            .records()
+            .get(&imported.names[0])
+            .unwrap()
+            .unwrap()
+            .target;
+        let filler: Vec<_> = (0..n)
+            .map(|i| (format!("filler{i}:t").parse().unwrap(), target.clone()))
+            .collect();
+        self.store.records().put(&filler).unwrap();
+    }
+
+    /// A gc in another process, with no grace for anything abandoned: the blobs it removed.
+    pub fn gc_now(&self) -> Vec<String> {
+        let options = layoutfs::store::gc::GcOptions {
+            dry_run: false,
+            grace: std::time::Duration::ZERO,
+        };
+        let other = Store::open(self.store.root()).unwrap();
+        let report = layoutfs::store::gc::gc(&other, &options).unwrap();
+        report
+            .blobs
+            .iter()
+            .map(|(d, _)| d.hex().to_owned())
+            .collect()
+    }
+
+    pub fn store_blobs(&self) -> BTreeSet<String> {
+        self.store.blob_hexes()
+    }
+
+    pub fn ingests(&self) -> usize {
+        std::fs::read_dir(self.store.root().join("ingest"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    pub fn import_dir(&self, src: &std::path::Path, repo: &str) {
+        layoutfs::archive::import::import(
+            &self.store,
+            &layoutfs::archive::import::Source::Dir(src.to_owned()),
+            Some(repo),
+        )
+        .unwrap();
+        self.fs.invalidate();
+    }
+
+    pub fn kept(&self) -> Vec<String> {
+        self.store.records().repositories().unwrap()
+    }
+}
+
+impl<C: ?Sized> Harness<C> {
     /// Looks `path` up component by component from the root.
     pub fn walk(&self, path: &str) -> Result<Attr, FsError> {
         let mut attr = self.fs.getattr(layoutfs::fs::root_ino())?;
@@ -68,9 +188,7 @@ impl Harness {
         self.fs.release(opened.fh);
         result
     }
-}
 
-impl Harness {
     /// A layout of `images` small images tagged t0, t1...; returns its directory.
     pub fn layout(&self, name: &str, images: usize, seed: u64) -> std::path::PathBuf {
         let dir = self.tmp.path().join(name);
@@ -151,77 +269,6 @@ impl Harness {
         }
         Ok(())
     }
-
-    pub fn images(&self) -> Vec<String> {
-        image_names(&self.store)
-    }
-
-    /// Imports `src` as `filler` and gives its first image `n` more names: many records, so
-    /// that what lists or rewrites them all (a rename's records I/O) takes a while.
-    pub fn fill_records(&self, src: &Path, n: usize) {
-        let imported = layoutfs::archive::import::import(
-            &self.store,
-            &layoutfs::archive::import::Source::Dir(src.to_owned()),
-            Some("filler"),
-        )
-        .unwrap();
-        let target = self
-            .store
-            .records()
-            .get(&imported.names[0])
-            .unwrap()
-            .unwrap()
-            .target;
-        let filler: Vec<_> = (0..n)
-            .map(|i| (format!("filler{i}:t").parse().unwrap(), target.clone()))
-            .collect();
-        self.store.records().put(&filler).unwrap();
-    }
-
-    /// A gc in another process, with no grace for anything abandoned: the blobs it removed.
-    pub fn gc_now(&self) -> Vec<String> {
-        let options = layoutfs::store::gc::GcOptions {
-            dry_run: false,
-            grace: std::time::Duration::ZERO,
-        };
-        let other = Store::open(self.store.root()).unwrap();
-        let report = layoutfs::store::gc::gc(&other, &options).unwrap();
-        report
-            .blobs
-            .iter()
-            .map(|(d, _)| d.hex().to_owned())
-            .collect()
-    }
-
-    pub fn store_blobs(&self) -> BTreeSet<String> {
-        std::fs::read_dir(self.store.root().join("blobs/sha256"))
-            .map(|d| {
-                d.map(|e| e.unwrap().file_name().into_string().unwrap())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    pub fn ingests(&self) -> usize {
-        std::fs::read_dir(self.store.root().join("ingest"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-
-    pub fn import_dir(&self, src: &std::path::Path, repo: &str) {
-        layoutfs::archive::import::import(
-            &self.store,
-            &layoutfs::archive::import::Source::Dir(src.to_owned()),
-            Some(repo),
-        )
-        .unwrap();
-        self.fs.invalidate();
-    }
-
-    pub fn kept(&self) -> Vec<String> {
-        self.store.records().repositories().unwrap()
-    }
-
     /// `rm -r path` as coreutils does it: readdir, unlink files, recurse into directories,
     /// rmdir. Returns the first error.
     pub fn rm_r(&self, path: &str) -> Result<(), FsError> {
@@ -240,7 +287,7 @@ impl Harness {
     }
 }
 
-impl Harness {
+impl<C: ?Sized> Harness<C> {
     /// `ln -s target path`.
     pub fn symlink(&self, path: &str, target: &str) -> Result<Attr, FsError> {
         let (parent, name) = self.split(path);

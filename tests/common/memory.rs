@@ -1,7 +1,9 @@
 //! Content held in memory: a second implementation of the content interfaces (`Provider`,
-//! `Ingester`, `Catalog`), built only from their contracts, so that the conformance suite in
-//! tests/store.rs tests the contracts and not one store's accidents. Blobs are served as
-//! memfd files, so `open` gives a real `File` as the store's does.
+//! `Ingester`, `Catalog`, and `Content` with its `Draft`s and `Lease`s), built only from their
+//! contracts, so that the conformance suite in tests/store.rs tests the contracts and not one
+//! store's accidents, and the mount's core runs over it (tests/fs_memory.rs). Blobs are served
+//! as memfd files, so `open` gives a real `File` as the store's does. Nothing is ever removed
+//! (there is no gc), so a lease only records what it holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
@@ -12,16 +14,23 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use layoutfs::content::{Catalog, Change, Ingester, Provider, Writer};
+use layoutfs::content::{
+    Catalog, Change, Content, Draft, Ingester, Lease, Provider, Space, Writer,
+};
 use layoutfs::digest::{Algorithm, Digest, Hasher};
 use layoutfs::error::{Error, Result};
 use layoutfs::oci::{self, BlobSource, Descriptor};
 use layoutfs::reference::{check_repository, Reference, ReferenceError};
 use layoutfs::store::{check_bytes, check_record, now_ms, Image};
 
+type Blobs = Arc<Mutex<HashMap<Digest, Arc<Vec<u8>>>>>;
+
 #[derive(Default)]
 pub struct Memory {
-    blobs: Mutex<HashMap<Digest, Arc<Vec<u8>>>>,
+    blobs: Blobs,
+    /// What the leases hold: (lease, holder, digest).
+    held: Arc<Mutex<BTreeSet<(u64, String, Digest)>>>,
+    leases: AtomicI64,
     images: Mutex<BTreeMap<String, Image>>,
     repositories: Mutex<BTreeSet<String>>,
     version: AtomicI64,
@@ -30,6 +39,186 @@ pub struct Memory {
 impl Memory {
     pub fn new() -> Memory {
         Memory::default()
+    }
+
+    /// Every blob's digest.
+    pub fn digests(&self) -> Vec<Digest> {
+        self.blobs.lock().keys().cloned().collect()
+    }
+
+    /// How many (holder, digest) pairs the leases hold now.
+    pub fn held(&self) -> usize {
+        self.held.lock().len()
+    }
+}
+
+/// A blob being drafted, its bytes in memory.
+struct MemoryDraft {
+    blobs: Blobs,
+    bytes: Vec<u8>,
+}
+
+impl MemoryDraft {
+    fn check(&self, expected: &Digest, size: Option<u64>) -> Result<()> {
+        let len = self.bytes.len() as u64;
+        if let Some(size) = size.filter(|s| *s != len) {
+            return Err(Error::SizeMismatch {
+                digest: expected.clone(),
+                expected: size,
+                found: len,
+            });
+        }
+        let found = Digest::of(expected.algorithm(), &self.bytes);
+        if found != *expected {
+            return Err(Error::DigestMismatch {
+                expected: expected.clone(),
+                found,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Draft for MemoryDraft {
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
+        let start = usize::try_from(offset).map_err(|_| Error::Invalid("offset".into()))?;
+        let end = start + buf.len();
+        if self.bytes.len() < end {
+            self.bytes.resize(end, 0);
+        }
+        self.bytes[start..end].copy_from_slice(buf);
+        Ok(())
+    }
+
+    fn read_at(&mut self, offset: u64, size: u32, buf: &mut Vec<u8>) -> Result<()> {
+        buf.clear();
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(self.bytes.len());
+        let end = start.saturating_add(size as usize).min(self.bytes.len());
+        buf.extend_from_slice(&self.bytes[start..end]);
+        Ok(())
+    }
+
+    fn truncate(&mut self, size: u64) -> Result<()> {
+        self.bytes.resize(
+            usize::try_from(size).map_err(|_| Error::Invalid("size".into()))?,
+            0,
+        );
+        Ok(())
+    }
+
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    fn park(&mut self) {}
+
+    fn is_parked(&self) -> bool {
+        true
+    }
+
+    fn digest(&mut self, alg: Algorithm) -> Result<Digest> {
+        Ok(Digest::of(alg, &self.bytes))
+    }
+
+    fn verify(&mut self, expected: &Digest, size: Option<u64>) -> Result<()> {
+        self.check(expected, size)
+    }
+
+    fn commit(self: Box<Self>, expected: &Digest, size: Option<u64>) -> Result<bool> {
+        self.check(expected, size)?;
+        let mut blobs = self.blobs.lock();
+        if blobs.contains_key(expected) {
+            return Ok(false);
+        }
+        blobs.insert(expected.clone(), Arc::new(self.bytes));
+        Ok(true)
+    }
+
+    fn abandon(self: Box<Self>) {}
+}
+
+/// A lease of content in memory: records what it holds, and lets go when dropped.
+struct MemoryLease {
+    id: u64,
+    held: Arc<Mutex<BTreeSet<(u64, String, Digest)>>>,
+}
+
+impl Lease for MemoryLease {
+    fn hold(&self, holder: &str, digests: &[&Digest]) -> Result<()> {
+        let mut held = self.held.lock();
+        for d in digests {
+            held.insert((self.id, holder.to_owned(), (*d).clone()));
+        }
+        Ok(())
+    }
+
+    fn release(&self, holder: &str) -> Result<()> {
+        self.held
+            .lock()
+            .retain(|(id, h, _)| *id != self.id || h != holder);
+        Ok(())
+    }
+
+    fn release_prefix(&self, prefix: &str) -> Result<()> {
+        self.held
+            .lock()
+            .retain(|(id, h, _)| *id != self.id || !h.starts_with(prefix));
+        Ok(())
+    }
+}
+
+impl Drop for MemoryLease {
+    fn drop(&mut self) {
+        self.held.lock().retain(|(id, _, _)| *id != self.id);
+    }
+}
+
+impl Content for Memory {
+    fn catalog(&self) -> &dyn Catalog {
+        self
+    }
+
+    /// Hashed at the end whatever `alg` is: nothing is gained by hashing bytes in memory
+    /// as they come.
+    fn draft(&self, _alg: Algorithm) -> Result<Box<dyn Draft>> {
+        Ok(Box::new(MemoryDraft {
+            blobs: self.blobs.clone(),
+            bytes: Vec::new(),
+        }))
+    }
+
+    fn lease(&self) -> Result<Box<dyn Lease>> {
+        Ok(Box::new(MemoryLease {
+            id: self.leases.fetch_add(1, Ordering::SeqCst) as u64,
+            held: self.held.clone(),
+        }))
+    }
+
+    fn is_read_only(&self) -> bool {
+        false
+    }
+
+    /// What is stored, as used blocks of 4 KiB, with plenty free.
+    fn space(&self) -> io::Result<Space> {
+        let used: u64 = self.blobs.lock().values().map(|b| b.len() as u64).sum();
+        let total = (1u64 << 40) / 4096;
+        let blocks_used = used.div_ceil(4096);
+        Ok(Space {
+            blocks: total,
+            bfree: total - blocks_used,
+            bavail: total - blocks_used,
+            files: 1 << 20,
+            ffree: (1 << 20) - self.blobs.lock().len() as u64,
+            bsize: 4096,
+            namelen: 255,
+            frsize: 4096,
+        })
     }
 }
 
