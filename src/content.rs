@@ -178,6 +178,9 @@ pub trait Ingester: Send + Sync {
     fn resume(&self, expected: &Digest, size: u64) -> Result<Box<dyn Writer + '_>>;
 }
 
+/// The holder of what a lease holds for the whole of its life.
+pub const WHOLE: &str = "";
+
 /// A lease: the blobs it holds stay (a gc does not remove them) until their holder is
 /// released or the lease dropped. Hold a digest before asking whether the blob is there.
 pub trait Lease: Send + Sync {

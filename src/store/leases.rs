@@ -25,9 +25,6 @@ use crate::error::Result;
 use super::ingest::process_unique_id;
 use super::records::{now_ms, write_flags, BUSY_TIMEOUT};
 
-/// The holder label of a lease that holds everything under one name (an import, an export).
-pub const WHOLE: &str = "";
-
 static NEXT_LEASE: AtomicU64 = AtomicU64::new(0);
 
 /// The lease connection of one store. Leases need no durability (a lease of a process that

@@ -31,11 +31,12 @@ use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, IoContext, Result, StoreProblem};
 use crate::oci::{self, BlobSource, Descriptor};
 
+pub use crate::content::WHOLE;
 pub use batch::{pause_point, Batch, BATCH_BLOBS, BATCH_BYTES, BATCH_KEPT, PAUSE_ENV};
 pub use ingest::{
     process_alive, remove_abandoned, sync_dir, BLOB_MODE, COPY_CHUNK, DATA_FILE, RESUME_KEEP,
 };
-pub use leases::{Lease, Leases, WHOLE};
+pub use leases::{Lease, Leases};
 pub use records::{check_record, now_ms, Image, Records};
 pub use writer::BlobWriter;
 

@@ -17,13 +17,13 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use crate::content::{Ingester, Provider};
+use crate::content::{Lease, WHOLE};
 use crate::convert;
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::layout::Entry;
 use crate::oci::{Descriptor, PlatformSpec};
 use crate::progress::Progress;
-use crate::store::{Lease, WHOLE};
 
 pub use dest::{send, Destination, Images, Order};
 pub use docker::{docker_image_name, MAX_MANIFEST_JSON_SIZE};
@@ -79,7 +79,7 @@ impl Plan {
     /// Holds every blob of the archive in `lease` and checks that each is there with its
     /// size: after this, a gc in another process cannot take one away mid-stream, so an
     /// export fails before its first byte or not at all.
-    pub fn hold(&self, store: &dyn Provider, lease: &Lease) -> Result<()> {
+    pub fn hold(&self, store: &dyn Provider, lease: &dyn Lease) -> Result<()> {
         self.shipment.hold(store, lease)
     }
 
@@ -109,11 +109,11 @@ impl Plan {
 pub fn convert_to_oci(
     from: &dyn Provider,
     into: &dyn Ingester,
-    lease: &Lease,
+    lease: &dyn Lease,
     entries: &[Entry],
 ) -> Result<Vec<Entry>> {
     let mut put = |d: &Descriptor, bytes: &[u8]| -> Result<()> {
-        lease.hold(WHOLE, [&d.digest])?;
+        lease.hold(WHOLE, &[&d.digest])?;
         let mut w = into.ingest(&d.digest, Some(d.size))?;
         w.write_all(bytes)?;
         w.commit().map(|_| ())

@@ -6,11 +6,11 @@
 use std::collections::{BTreeMap, HashSet};
 
 use crate::content::Provider;
+use crate::content::{Lease, WHOLE};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::{self, Entry};
 use crate::oci::{self, Descriptor, Kind, OnMissing, PlatformSpec};
-use crate::store::{Lease, WHOLE};
 
 use super::dest::{Images, Order};
 use super::docker;
@@ -74,8 +74,8 @@ impl Shipment {
     /// Holds every blob in `lease` and checks that each is in `from` with its size: after
     /// this, a gc in another process cannot take one away mid-stream, so an export fails
     /// before its first byte or not at all.
-    pub fn hold(&self, from: &dyn Provider, lease: &Lease) -> Result<()> {
-        lease.hold(WHOLE, self.blobs.keys())?;
+    pub fn hold(&self, from: &dyn Provider, lease: &dyn Lease) -> Result<()> {
+        lease.hold(WHOLE, &self.blobs.keys().collect::<Vec<_>>())?;
         for d in self.blobs.values() {
             match from.blob_size(&d.digest)? {
                 Some(size) if size == d.size => {}
