@@ -294,11 +294,18 @@ impl Cli {
             Command::Logout { registry } => return commands::logout(registry),
             _ => {}
         }
+        let store = self.open_store()?;
+        warn_if_adopted(&store, &self.command);
+        run_in(store, self.command)
+    }
+
+    /// Opens the store `--store` names, or the default one.
+    fn open_store(&self) -> Result<Store> {
         let root = match &self.store {
             Some(s) => s.clone(),
             None => Store::default_root()?,
         };
-        let store = Store::open_with(&root, self.access()).map_err(|e| match e {
+        Store::open_with(&root, self.access()).map_err(|e| match e {
             Error::Store {
                 path,
                 problem: StoreProblem::NotADirectory,
@@ -306,118 +313,150 @@ impl Cli {
                 Error::Invalid(format!("--store {}: not a directory", root.display()))
             }
             e => e,
-        })?;
-        warn_if_adopted(&store, &self.command);
-        match self.command {
-            Command::Import { name, oci, source } => {
-                let opts = ImportOptions {
-                    name: name.as_deref(),
-                    oci,
-                };
-                import(&store, &opts, &source)
-            }
-            Command::Export {
-                output,
-                format,
+        })
+    }
+}
+
+/// Runs `command` on `store`: one function per subcommand (the local ones here).
+fn run_in(store: Store, command: Command) -> Result<()> {
+    match command {
+        Command::Import { name, oci, source } => import(
+            &store,
+            &ImportOptions {
+                name: name.as_deref(),
+                oci,
+            },
+            &source,
+        ),
+        Command::Export {
+            output,
+            format,
+            platform,
+            docker_manifest,
+            oci,
+            verify,
+            refs,
+        } => {
+            let opts = ExportOptions {
                 platform,
                 docker_manifest,
-                oci,
                 verify,
-                refs,
-            } => {
-                let opts = ExportOptions {
-                    platform,
-                    docker_manifest,
-                    verify,
-                };
-                let format = match format {
-                    ArchiveKind::Oci => ArchiveFormat::Oci,
-                    ArchiveKind::Docker => ArchiveFormat::Docker,
-                };
-                export(&store, &refs, output.as_deref(), &opts, format, oci)
-            }
-            Command::Images { format } => list_images(&store, format),
-            Command::Repositories { format } => list_repositories(store.records(), format),
-            Command::Rm { refs } => remove(store.records(), &refs),
-            Command::Mount {
-                mountpoint,
+            };
+            export(&store, &refs, output.as_deref(), &opts, format.into(), oci)
+        }
+        Command::Images { format } => list_images(&store, format),
+        Command::Repositories { format } => list_repositories(store.records(), format),
+        Command::Rm { refs } => remove(store.records(), &refs),
+        Command::Gc {
+            dry_run,
+            force,
+            grace,
+        } => collect(&store, &GcOptions { dry_run, grace }, force),
+        Command::Fsck { repair } => print_fsck(&fsck::fsck(
+            &store,
+            &FsckOptions {
+                repair,
+                threads: None,
+            },
+        )?),
+        Command::Tag { source, target } => tag(store.records(), &source, &target),
+        other => serve(store, other),
+    }
+}
+
+/// Runs the commands that serve the store (mount) or talk to registries (pull, push).
+fn serve(store: Store, command: Command) -> Result<()> {
+    match command {
+        Command::Mount {
+            mountpoint,
+            allow_other,
+            read_only,
+            no_passthrough,
+            threads,
+            verify_reads,
+        } => {
+            let options = MountOptions {
                 allow_other,
                 read_only,
-                no_passthrough,
-                threads,
-                verify_reads,
-            } => {
-                let options = MountOptions {
-                    allow_other,
-                    read_only,
-                    passthrough: !no_passthrough,
-                    threads: threads.map(std::num::NonZeroUsize::get),
-                };
-                mount(store, &mountpoint, &options, verify_reads)
-            }
-            Command::Gc {
-                dry_run,
-                force,
-                grace,
-            } => {
-                let opts = GcOptions { dry_run, grace };
-                let report = if force {
-                    gc::gc_forced(&store, &opts)?
-                } else {
-                    gc::gc(&store, &opts)?
-                };
-                print_gc(&report, dry_run)
-            }
-            Command::Fsck { repair } => {
-                let opts = FsckOptions {
-                    repair,
-                    threads: None,
-                };
-                print_fsck(&fsck::fsck(&store, &opts)?)
-            }
-            Command::Tag { source, target } => tag(store.records(), &source, &target),
-            Command::Pull {
-                platform,
-                all_platforms,
+                passthrough: !no_passthrough,
+                threads: threads.map(std::num::NonZeroUsize::get),
+            };
+            mount(store, &mountpoint, &options, verify_reads)
+        }
+        Command::Pull {
+            platform,
+            all_platforms,
+            name,
+            referrers,
+            plain_http,
+            format,
+            refs,
+        } => {
+            let opts = PullOptions {
+                platforms: platforms(platform, all_platforms),
                 name,
                 referrers,
-                plain_http,
-                format,
-                refs,
-            } => {
-                let platforms = match (platform, all_platforms) {
-                    (_, true) => Platforms::All,
-                    (Some(p), false) => Platforms::Only(p),
-                    (None, false) => Platforms::This,
-                };
-                let opts = PullOptions {
-                    platforms,
-                    name,
-                    referrers,
-                };
-                commands::pull(&store, &refs, &opts, plain_http, format == Format::Json)
-            }
-            Command::Push {
-                plain_http,
+            };
+            commands::pull(&store, &refs, &opts, plain_http, format == Format::Json)
+        }
+        Command::Push {
+            plain_http,
+            referrers,
+            format,
+            source,
+            dest,
+        } => {
+            let images = resolve(store.records(), std::slice::from_ref(&source))?;
+            let json = format == Format::Json;
+            commands::push(
+                &store,
+                &images,
+                dest.as_deref(),
                 referrers,
-                format,
-                source,
-                dest,
-            } => {
-                let images = resolve(store.records(), std::slice::from_ref(&source))?;
-                commands::push(
-                    &store,
-                    &images,
-                    dest.as_deref(),
-                    referrers,
-                    plain_http,
-                    format == Format::Json,
-                )
-            }
-            // Handled before the store is opened.
-            Command::Login { .. } | Command::Logout { .. } => Ok(()),
+                plain_http,
+                json,
+            )
+        }
+        // Handled before the store is opened.
+        Command::Login { .. } | Command::Logout { .. } => Ok(()),
+        // Handled by `run_in`, which sends only the others here.
+        Command::Import { .. }
+        | Command::Export { .. }
+        | Command::Images { .. }
+        | Command::Repositories { .. }
+        | Command::Rm { .. }
+        | Command::Gc { .. }
+        | Command::Fsck { .. }
+        | Command::Tag { .. } => unreachable!("run_in runs the local commands"),
+    }
+}
+
+impl From<ArchiveKind> for ArchiveFormat {
+    fn from(kind: ArchiveKind) -> ArchiveFormat {
+        match kind {
+            ArchiveKind::Oci => ArchiveFormat::Oci,
+            ArchiveKind::Docker => ArchiveFormat::Docker,
         }
     }
+}
+
+/// Which platforms `pull --platform P` / `--all-platforms` ask for.
+fn platforms(platform: Option<PlatformSpec>, all: bool) -> Platforms {
+    match (platform, all) {
+        (_, true) => Platforms::All,
+        (Some(p), false) => Platforms::Only(p),
+        (None, false) => Platforms::This,
+    }
+}
+
+/// `layoutfs gc`: collects (`--force`: in spite of lost records) and prints what it did.
+fn collect(store: &Store, opts: &GcOptions, force: bool) -> Result<()> {
+    let report = if force {
+        gc::gc_forced(store, opts)?
+    } else {
+        gc::gc(store, opts)?
+    };
+    print_gc(&report, opts.dry_run)
 }
 
 /// `layoutfs import`: prints the names registered.

@@ -758,13 +758,7 @@ impl Fs {
                 }
             }
             Node::Scratch(id) => {
-                let w = self.write.lock();
-                let s = w.scratch.get(&id).ok_or(FsError::NotFound)?;
-                if !matches!(s.kind, ScratchKind::Dir) {
-                    return Err(FsError::NotDir);
-                }
-                let parent = s.parent;
-                drop(w);
+                let parent = self.scratch_dir_parent(id)?;
                 push(&mut out, ".", Kind::Dir, Node::Scratch(id));
                 out.entries.push(DirEntry {
                     ino: parent,
@@ -777,6 +771,16 @@ impl Fs {
         }
         self.add_written(ino, &mut out);
         Ok(out)
+    }
+
+    /// The parent inode of scratch directory `id`.
+    fn scratch_dir_parent(&self, id: u64) -> FsResult<u64> {
+        let w = self.write.lock();
+        let s = w.scratch.get(&id).ok_or(FsError::NotFound)?;
+        if !matches!(s.kind, ScratchKind::Dir) {
+            return Err(FsError::NotDir);
+        }
+        Ok(s.parent)
     }
 
     /// Adds to a listing of directory `ino` what was written there: temporary files and
