@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::archive::export::{convert_to_oci, ArchiveFormat};
 use crate::archive::import::ImportOptions;
 use crate::archive::{self, ExportOptions, Plan, Source};
-use crate::content::{Catalog, Change};
+use crate::content::{Catalog, Change, Content};
 use crate::error::StoreProblem;
 use crate::error::{Error, Result};
 use crate::fs::{Fs, FsOptions};
@@ -480,21 +480,21 @@ fn import(store: &Store, opts: &ImportOptions<'_>, source: &std::path::Path) -> 
 
 /// `layoutfs export`: every blob is held and checked before the first byte is written.
 fn export(
-    store: &Store,
+    store: &dyn Content,
     refs: &[String],
     output: Option<&std::path::Path>,
     opts: &ExportOptions,
     format: ArchiveFormat,
     oci: bool,
 ) -> Result<()> {
-    let images = resolve(store.records(), refs)?;
+    let images = resolve(store.catalog(), refs)?;
     let mut entries: Vec<Entry> = images.into_iter().map(Entry::from).collect();
     let lease = store.lease()?;
     if oci {
-        entries = convert_to_oci(store, store, &lease, &entries)?;
+        entries = convert_to_oci(store, store, &*lease, &entries)?;
     }
     let plan = Plan::with_format(store, &entries, opts, format)?;
-    plan.hold(store, &lease)?;
+    plan.hold(store, &*lease)?;
     let out = archive::open_output(output)?;
     let progress = Progress::bytes("exporting", Some(plan.blob_bytes()));
     plan.write(store, &out, opts.verify, &progress)?;

@@ -184,6 +184,8 @@ pub const WHOLE: &str = "";
 /// A lease: the blobs it holds stay (a gc does not remove them) until their holder is
 /// released or the lease dropped. Hold a digest before asking whether the blob is there.
 pub trait Lease: Send + Sync {
+    /// Names the lease (a gc told to ignore one lease is told this).
+    fn id(&self) -> &str;
     /// Holds `digests` under `holder` (holding one again is harmless).
     fn hold(&self, holder: &str, digests: &[&Digest]) -> Result<()>;
     /// Releases what `holder` holds.
@@ -209,6 +211,126 @@ impl BlobSource for Held<'_> {
     fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
         self.source.read_small(desc)
     }
+}
+
+/// Where one import writes its blobs: they are checked as they arrive and seen by its
+/// `Provider` as stored, and become durable and visible to others at `finish` at the latest,
+/// which the import calls before it registers anything that refers to them.
+pub trait Staging: Provider + Ingester {
+    /// Makes every blob committed so far durable and visible.
+    fn finish(&self) -> Result<()>;
+    /// The blobs placed through this staging that the content did not have before, with
+    /// their sizes (what a failed import takes back).
+    fn placed(&self) -> Vec<(Digest, u64)>;
+}
+
+/// The staging of a content that has none of its own: every commit goes straight into it,
+/// durable and visible at once; `finish` has nothing to do.
+pub struct Direct<'a, C: Provider + Ingester + ?Sized> {
+    content: &'a C,
+    placed: parking_lot::Mutex<Vec<(Digest, u64)>>,
+}
+
+impl<'a, C: Provider + Ingester + ?Sized> Direct<'a, C> {
+    pub fn new(content: &'a C) -> Direct<'a, C> {
+        Direct {
+            content,
+            placed: parking_lot::Mutex::default(),
+        }
+    }
+
+    fn recording<'w>(&'w self, inner: Box<dyn Writer + 'w>) -> Box<dyn Writer + 'w> {
+        Box::new(Recording {
+            inner,
+            placed: &self.placed,
+        })
+    }
+}
+
+/// A writer of a `Direct` staging: what its commit places is noted.
+struct Recording<'w> {
+    inner: Box<dyn Writer + 'w>,
+    placed: &'w parking_lot::Mutex<Vec<(Digest, u64)>>,
+}
+
+impl Writer for Recording<'_> {
+    fn write_all(&mut self, buf: &[u8]) -> Result<()> {
+        self.inner.write_all(buf)
+    }
+
+    fn written(&self) -> u64 {
+        self.inner.written()
+    }
+
+    fn commit_named(self: Box<Self>) -> Result<(Digest, bool)> {
+        let size = self.inner.written();
+        let (digest, placed) = self.inner.commit_named()?;
+        if placed {
+            self.placed.lock().push((digest.clone(), size));
+        }
+        Ok((digest, placed))
+    }
+}
+
+impl<C: Provider + Ingester + ?Sized> BlobSource for Direct<'_, C> {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        self.content.blob_size(digest)
+    }
+
+    fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
+        self.content.read_small(desc)
+    }
+}
+
+impl<C: Provider + Ingester + ?Sized> Provider for Direct<'_, C> {
+    fn open(&self, desc: &Descriptor) -> Result<File> {
+        self.content.open(desc)
+    }
+
+    fn open_file(&self, digest: &Digest) -> io::Result<File> {
+        self.content.open_file(digest)
+    }
+
+    fn locate(&self, digest: &Digest) -> String {
+        self.content.locate(digest)
+    }
+}
+
+impl<C: Provider + Ingester + ?Sized> Ingester for Direct<'_, C> {
+    fn ingest(&self, expected: &Digest, size: Option<u64>) -> Result<Box<dyn Writer + '_>> {
+        Ok(self.recording(self.content.ingest(expected, size)?))
+    }
+
+    fn ingest_unnamed(&self, alg: Algorithm) -> Result<Box<dyn Writer + '_>> {
+        Ok(self.recording(self.content.ingest_unnamed(alg)?))
+    }
+
+    fn resume(&self, expected: &Digest, size: u64) -> Result<Box<dyn Writer + '_>> {
+        Ok(self.recording(self.content.resume(expected, size)?))
+    }
+}
+
+impl<C: Provider + Ingester + ?Sized> Staging for Direct<'_, C> {
+    fn finish(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn placed(&self) -> Vec<(Digest, u64)> {
+        self.placed.lock().clone()
+    }
+}
+
+/// What an import takes back (`Content::take_back`).
+pub struct TakeBack<'a> {
+    /// Blobs the import placed: the content did not have them before it.
+    pub placed: &'a std::collections::HashSet<Digest>,
+    /// The import's own lease (`Lease::id`), which holds nothing here.
+    pub own: &'a str,
+    /// When the import began (`store::now_ms`).
+    pub since_ms: i64,
+    /// Keep a placed referrer (a manifest with a `subject`) whose subject the content has, as
+    /// a successful import does for the signatures an archive carries; gc judges it later.
+    pub keep_referrers: bool,
 }
 
 /// Room left where the content is kept (statfs).
@@ -238,6 +360,25 @@ pub trait Content: Provider + Ingester {
     fn is_read_only(&self) -> bool;
     /// Room left where blobs are kept.
     fn space(&self) -> io::Result<Space>;
+    /// Where an import holding `lease` writes its blobs.
+    fn staging<'a>(&'a self, lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>>;
+    /// Removes those of `t.placed` that nothing needs (no image, no other lease): how an
+    /// import takes back the blobs it placed and no image of it reaches, or all of them when
+    /// it failed. Returns what was removed. By default nothing (content that never removes
+    /// a blob keeps them).
+    fn take_back(&self, _t: &TakeBack<'_>) -> Result<Vec<(Digest, u64)>> {
+        Ok(Vec::new())
+    }
+    /// Notes that `digests` were seen in `repository` of `registry` (pulled from or pushed
+    /// there), for a later push to mount them from there (containerd keeps these as the
+    /// `containerd.io/distribution.source` labels of its content). By default forgotten.
+    fn note_sources(&self, _registry: &str, _repository: &str, _digests: &[Digest]) -> Result<()> {
+        Ok(())
+    }
+    /// The repositories of `registry` where blob `digest` was seen, the latest first.
+    fn sources(&self, _digest: &Digest, _registry: &str) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// One repository of a catalog as a directory listing needs it: its name, how many images,
@@ -384,9 +525,32 @@ impl Content for Store {
     fn space(&self) -> io::Result<Space> {
         crate::store::space(self.root())
     }
+
+    /// A `store::Batch`: staged in one ingest directory, placed with one syncfs.
+    fn staging<'a>(&'a self, lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>> {
+        Ok(Box::new(self.batch(Some(lease))?))
+    }
+
+    /// A gc of the blobs `t` names (`store::gc::remove_unneeded`).
+    fn take_back(&self, t: &TakeBack<'_>) -> Result<Vec<(Digest, u64)>> {
+        Ok(crate::store::gc::remove_unneeded(self, t)?.blobs)
+    }
+
+    /// The records' `origins` table (gc deletes a removed blob's rows).
+    fn note_sources(&self, registry: &str, repository: &str, digests: &[Digest]) -> Result<()> {
+        self.records().note_origins(registry, repository, digests)
+    }
+
+    fn sources(&self, digest: &Digest, registry: &str) -> Result<Vec<String>> {
+        self.records().origins(digest, registry)
+    }
 }
 
 impl Lease for crate::store::Lease {
+    fn id(&self) -> &str {
+        crate::store::Lease::id(self)
+    }
+
     fn hold(&self, holder: &str, digests: &[&Digest]) -> Result<()> {
         crate::store::Lease::hold(self, holder, digests.iter().copied())
     }

@@ -27,7 +27,7 @@ impl Harness {
         for i in 0..images {
             b.small_image(&format!("t{i}"), 2, 4096 + i as u64, seed + i as u64);
         }
-        archive::import(&self.store, &Source::Dir(dir), Some(repo)).unwrap();
+        archive::import(&*self.store, &Source::Dir(dir), Some(repo)).unwrap();
     }
 
     /// Another process's view of the store: its changes reach the mount through the records.

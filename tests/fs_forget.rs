@@ -29,7 +29,7 @@ fn store_of(h: &Harness, repos: usize, tags: usize) {
             b.tag(&m, Some(&format!("t{t}")));
         }
         b.write_index();
-        archive::import(&h.store, &Source::Dir(dir), Some(&format!("r{r}"))).unwrap();
+        archive::import(&*h.store, &Source::Dir(dir), Some(&format!("r{r}"))).unwrap();
     }
 }
 

@@ -433,7 +433,7 @@ fn a_repository_imported_elsewhere_is_removed_in_any_order() {
         let h = Harness::new();
         let src = h.layout("src", 1, 21);
         layoutfs::archive::import(
-            &h.store,
+            &*h.store,
             &layoutfs::archive::Source::Dir(src.clone()),
             Some("r"),
         )

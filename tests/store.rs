@@ -675,6 +675,29 @@ fn content_contract(what: &str, c: &dyn Content) {
     lease.release("a").unwrap();
     lease.release_prefix("p 1 ").unwrap();
     lease.release("nobody").unwrap();
+    assert!(!lease.id().is_empty(), "{what}");
+    // An import's staging: a blob committed there is seen through it at once, by the content
+    // after `finish` at the latest, and counted as placed; one the content had is not.
+    let staging = c.staging(&*lease).unwrap();
+    let data = bytes(100_000, 99);
+    let d = Digest::of(Algorithm::Sha256, &data);
+    assert!(
+        ingest(&*staging, &d, Some(data.len() as u64), &data),
+        "{what}"
+    );
+    assert_eq!(
+        staging.blob_size(&d).unwrap(),
+        Some(data.len() as u64),
+        "{what}"
+    );
+    let had = json_blob(200).1;
+    let had_d = Digest::of(Algorithm::Sha256, &had);
+    assert!(ingest(c, &had_d, None, &had), "{what}");
+    ingest(&*staging, &had_d, None, &had);
+    staging.finish().unwrap();
+    assert_eq!(c.blob_size(&d).unwrap(), Some(data.len() as u64), "{what}");
+    assert_eq!(staging.placed(), vec![(d, data.len() as u64)], "{what}");
+    drop(staging);
     drop(lease);
     let room = c.space().unwrap();
     assert!(room.blocks > 0 && room.bsize > 0, "{what}: {room:?}");

@@ -48,7 +48,7 @@ fn import(h: &Harness, repo: &str, images: usize, seed: u64) {
     for i in 0..images {
         b.small_image(&format!("t{i}"), 2, 4096 + i as u64, seed + i as u64);
     }
-    archive::import(&h.store, &Source::Dir(dir), Some(repo)).unwrap();
+    archive::import(&*h.store, &Source::Dir(dir), Some(repo)).unwrap();
     h.store.flush_verified().unwrap();
     h.fs.invalidate();
 }

@@ -7,14 +7,14 @@ use std::io::{BufRead, IsTerminal, Write};
 use serde::Serialize;
 
 use crate::cli::{print_json, stdout_err};
+use crate::content::{Content, Image};
 use crate::error::{Error, Result};
-use crate::store::{Image, Store};
 
 use super::{Options, PullOptions, RemoteRef};
 
 /// `layoutfs pull`: prints each name stored (or, with `json`, what was pulled).
 pub fn pull(
-    store: &Store,
+    store: &dyn Content,
     refs: &[String],
     opts: &PullOptions,
     plain_http: bool,
@@ -60,7 +60,7 @@ pub fn pull(
 
 /// `layoutfs push`: prints each destination (or, with `json`, what was sent).
 pub fn push(
-    store: &Store,
+    store: &dyn Content,
     images: &[Image],
     dest: Option<&str>,
     referrers: bool,

@@ -17,8 +17,8 @@ use std::sync::Arc;
 
 use oci_client::secrets::RegistryAuth;
 
+use crate::content::{Content, Image};
 use crate::error::{Error, Result};
-use crate::store::{Image, Store};
 
 pub use client::{Options, Remote};
 pub use name::RemoteRef;
@@ -27,7 +27,7 @@ pub use push::Pushed;
 
 /// Pulls each of `refs` into `store`, one after another.
 pub fn pull(
-    store: &Store,
+    store: &dyn Content,
     refs: &[RemoteRef],
     opts: &PullOptions,
     net: &Options,
@@ -62,7 +62,7 @@ pub fn pull(
 /// image takes `dest`'s tag; several keep their own tags (the caller refuses a `dest` with a
 /// tag for several).
 pub fn push(
-    store: &Store,
+    store: &dyn Content,
     images: &[Image],
     dest: Option<&RemoteRef>,
     referrers: bool,

@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use crate::archive::import::pull::Blobs;
 use crate::archive::import::{import_from, Imported, Input};
+use crate::content::Content;
 use crate::digest::{Algorithm, Digest};
 use crate::error::{Error, Result};
 use crate::oci::{
@@ -24,7 +25,6 @@ use crate::oci::{
     ANNOTATION_REF_NAME, MEDIA_OCI_INDEX as OCI_INDEX, MEDIA_OCI_MANIFEST,
 };
 use crate::reference::{check_repository, Reference, Target};
-use crate::store::Store;
 
 use super::client::{backoff, one_line, retry, Failure, Fetched, Remote, MANIFEST_TYPES, TRIES};
 use super::name::RemoteRef;
@@ -71,7 +71,7 @@ pub struct Pulled {
 
 /// Pulls `rref` from `remote` into `store`.
 pub fn pull(
-    store: &Store,
+    store: &dyn Content,
     remote: &Remote,
     rref: &RemoteRef,
     opts: &PullOptions,
@@ -128,12 +128,10 @@ pub fn pull(
 
 /// Notes where the blobs of the image came from, so that a push to another repository of the
 /// registry mounts them rather than sending them again. A failure only costs that.
-fn note_origins(store: &Store, remote: &Remote, rref: &RemoteRef, top: &Descriptor) {
+fn note_origins(store: &dyn Content, remote: &Remote, rref: &RemoteRef, top: &Descriptor) {
     let noted = oci::closure(store, top, OnMissing::SkipPlatforms).and_then(|c| {
         let digests: Vec<Digest> = c.into_keys().collect();
-        store
-            .records()
-            .note_origins(&remote.registry, rref.repository(), &digests)
+        store.note_sources(&remote.registry, rref.repository(), &digests)
     });
     if let Err(e) = noted {
         tracing::warn!("{rref}: noting where its blobs came from: {e}");

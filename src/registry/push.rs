@@ -18,13 +18,13 @@ use tokio::task::JoinHandle;
 
 use crate::archive::export::{send, Destination, ExportOptions, Images, Order, Shipment};
 use crate::content::Provider;
+use crate::content::{Content, Image};
 use crate::digest::Digest;
 use crate::error::{Error, Result};
 use crate::layout::Entry;
-use crate::oci::{self, BlobSource, Descriptor, ImageIndex, Kind, MEDIA_OCI_INDEX as OCI_INDEX};
+use crate::oci::{self, Descriptor, ImageIndex, Kind, MEDIA_OCI_INDEX as OCI_INDEX};
 use crate::progress::Progress;
 use crate::reference::Target;
-use crate::store::{Image, Store};
 
 use super::client::{retry, Failure, Remote};
 use super::name::RemoteRef;
@@ -54,7 +54,7 @@ pub struct Pushed {
 /// Pushes `images` (of one repository's worth of destination) to `dest`'s repository: each
 /// tagged with `dest`'s tag when it has one (one image), else its own tag, else by digest.
 pub fn push(
-    store: &Store,
+    store: &dyn Content,
     remote: Arc<Remote>,
     images: &[Image],
     dest: &RemoteRef,
@@ -70,7 +70,7 @@ pub fn push(
     entries.extend(referrers.iter().cloned());
     let shipment = Shipment::new(store, &entries, &ExportOptions::default())?;
     let lease = store.lease()?;
-    shipment.hold(store, &lease)?;
+    shipment.hold(store, &*lease)?;
     let mut tags: BTreeMap<String, (Digest, Option<String>)> = BTreeMap::new();
     for i in images {
         let tag = match (dest.tag(), dest.digest()) {
@@ -100,10 +100,7 @@ pub fn push(
     let mut pushed = to.pushed;
     pushed.referrers = referrers.len();
     let sent: Vec<Digest> = shipment.digests().cloned().collect();
-    if let Err(e) = store
-        .records()
-        .note_origins(&remote.registry, dest.repository(), &sent)
-    {
+    if let Err(e) = store.note_sources(&remote.registry, dest.repository(), &sent) {
         tracing::warn!("{dest}: noting where its blobs are: {e}");
     }
     if !referrers.is_empty() {
@@ -114,7 +111,7 @@ pub fn push(
 
 /// The store's untagged images of the pushed images' repositories whose `subject` is in the
 /// pushed images' closures (signatures, SBOMs), as entries.
-fn referrers_in_store(store: &Store, images: &[Image]) -> Result<Vec<Entry>> {
+fn referrers_in_store(store: &dyn Content, images: &[Image]) -> Result<Vec<Entry>> {
     let entries: Vec<Entry> = images.iter().cloned().map(Entry::from).collect();
     let closure: HashSet<Digest> = crate::layout::blobs(store, &entries, oci::OnMissing::Fail)?
         .into_keys()
@@ -122,7 +119,7 @@ fn referrers_in_store(store: &Store, images: &[Image]) -> Result<Vec<Entry>> {
     let repos: HashSet<&str> = images.iter().map(|i| i.name.repository()).collect();
     let mut out = Vec::new();
     for repo in repos {
-        for img in store.records().of_repository(repo)? {
+        for img in store.catalog().of_repository(repo)? {
             if !matches!(img.name.target(), Target::Digest(_))
                 || closure.contains(&img.target.digest)
             {
@@ -137,7 +134,7 @@ fn referrers_in_store(store: &Store, images: &[Image]) -> Result<Vec<Entry>> {
 }
 
 /// The digest a manifest's `subject` names, if it has one.
-fn subject_of(store: &Store, desc: &Descriptor) -> Result<Option<Digest>> {
+fn subject_of(store: &dyn Content, desc: &Descriptor) -> Result<Option<Digest>> {
     if oci::kind_of(&desc.media_type) == Kind::Leaf {
         return Ok(None);
     }
@@ -147,7 +144,7 @@ fn subject_of(store: &Store, desc: &Descriptor) -> Result<Option<Digest>> {
 /// On a registry without the referrers API, adds each referrer to the index tagged
 /// `<alg>-<hex>` of its subject (the OCI 1.1 fallback a client keeps up to date).
 fn update_referrers_tags(
-    store: &Store,
+    store: &dyn Content,
     remote: &Remote,
     dest: &RemoteRef,
     referrers: &[Entry],
@@ -191,7 +188,7 @@ fn update_referrers_tags(
 }
 
 /// A manifest's `artifactType`, else its config's media type (what the referrers list shows).
-fn artifact_type(store: &Store, desc: &Descriptor) -> Result<Option<String>> {
+fn artifact_type(store: &dyn Content, desc: &Descriptor) -> Result<Option<String>> {
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Fields {
@@ -239,7 +236,7 @@ enum Sent {
 
 /// A registry repository as a destination of blobs.
 struct RegistryDest<'p> {
-    store: &'p Store,
+    store: &'p dyn Content,
     remote: Arc<Remote>,
     repository: String,
     /// Each image's stored name -> its target and the tag it gets there.
@@ -322,11 +319,7 @@ impl Destination for RegistryDest<'_> {
         let file = from.open(desc)?;
         // A repository of this registry the store saw the blob in: the registry can mount it
         // from there rather than take it again.
-        let mount_from = match self
-            .store
-            .records()
-            .origins(&desc.digest, &self.remote.registry)
-        {
+        let mount_from = match self.store.sources(&desc.digest, &self.remote.registry) {
             Ok(repos) => repos.into_iter().find(|r| r != &self.repository),
             Err(e) => {
                 tracing::warn!("{what}: the store's record of where blobs came from: {e}");

@@ -48,7 +48,7 @@ use crate::oci::{self, BlobSource, Descriptor};
 
 use super::ingest::{move_into_place, new_ingest_dir, sync_dir};
 use super::verified::Identity;
-use super::{check_bytes, BlobWriter, Lease, Store, BLOBS_DIR, WHOLE};
+use super::{check_bytes, BlobWriter, Store, BLOBS_DIR, WHOLE};
 
 /// Staged blobs after which a batch flushes on its own.
 pub const BATCH_BLOBS: usize = 8192;
@@ -109,7 +109,7 @@ struct State {
 pub struct Batch<'a> {
     store: &'a Store,
     /// Holds every blob before the batch places it, so that gc keeps it.
-    lease: Option<&'a Lease>,
+    lease: Option<&'a dyn crate::content::Lease>,
     /// The store's root, opened when the batch began: its syncfs reports writeback errors
     /// since then.
     fs: File,
@@ -124,7 +124,7 @@ pub struct Batch<'a> {
 impl Store {
     /// A batch committing into this store (see `batch`); `lease`, when given, holds every
     /// blob before the batch places it (gc keeps it until the lease ends).
-    pub fn batch<'a>(&'a self, lease: Option<&'a Lease>) -> Result<Batch<'a>> {
+    pub fn batch<'a>(&'a self, lease: Option<&'a dyn crate::content::Lease>) -> Result<Batch<'a>> {
         let fs = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
@@ -229,7 +229,7 @@ impl<'a> Batch<'a> {
         }
         let root = self.store.root();
         if let Some(lease) = self.lease {
-            lease.hold(WHOLE, staged.keys())?;
+            lease.hold(WHOLE, &staged.keys().collect::<Vec<_>>())?;
         }
         if !staged.is_empty() {
             pause_point("staged");
@@ -425,6 +425,16 @@ impl Writer for Batched<'_> {
     fn commit_named(self: Box<Self>) -> Result<(Digest, bool)> {
         let Batched { writer, batch } = *self;
         batch.stage(writer)
+    }
+}
+
+impl crate::content::Staging for Batch<'_> {
+    fn finish(&self) -> Result<()> {
+        Batch::finish(self)
+    }
+
+    fn placed(&self) -> Vec<(Digest, u64)> {
+        Batch::placed(self)
     }
 }
 

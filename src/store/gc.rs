@@ -122,18 +122,7 @@ pub fn gc_forced(store: &Store, opts: &GcOptions) -> Result<GcReport> {
 /// How far the clocks of processes sharing a store may disagree about when a record changed.
 const RECORD_CLOCK_MARGIN_MS: i64 = 60_000;
 
-/// What an import takes back.
-pub struct TakeBack<'a> {
-    /// Blobs the import placed: the store did not have them before it.
-    pub placed: &'a HashSet<Digest>,
-    /// The import's own lease, which holds nothing here.
-    pub own: &'a str,
-    /// When the import began (`store::now_ms`).
-    pub since_ms: i64,
-    /// Keep a placed referrer (a manifest with a `subject`) whose subject the store has, as
-    /// a successful import does for the signatures an archive carries; gc judges it later.
-    pub keep_referrers: bool,
-}
+pub use crate::content::TakeBack;
 
 /// Removes those of `t.placed` that nothing needs: how an import takes back the blobs it
 /// placed and no image of it reaches (or all of them, when it failed), while a blob another

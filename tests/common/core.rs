@@ -93,7 +93,7 @@ impl Harness {
     /// that what lists or rewrites them all (a rename's records I/O) takes a while.
     pub fn fill_records(&self, src: &Path, n: usize) {
         let imported = layoutfs::archive::import::import(
-            &self.store,
+            &*self.store,
             &layoutfs::archive::import::Source::Dir(src.to_owned()),
             Some("filler"),
         )
@@ -138,7 +138,7 @@ impl Harness {
 
     pub fn import_dir(&self, src: &std::path::Path, repo: &str) {
         layoutfs::archive::import::import(
-            &self.store,
+            &*self.store,
             &layoutfs::archive::import::Source::Dir(src.to_owned()),
             Some(repo),
         )

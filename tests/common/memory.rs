@@ -15,7 +15,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use layoutfs::content::{
-    Catalog, Change, Content, Draft, Ingester, Lease, Provider, Space, Writer,
+    Catalog, Change, Content, Direct, Draft, Ingester, Lease, Provider, Space, Staging, Writer,
 };
 use layoutfs::digest::{Algorithm, Digest, Hasher};
 use layoutfs::error::{Error, Result};
@@ -146,10 +146,15 @@ impl Draft for MemoryDraft {
 /// A lease of content in memory: records what it holds, and lets go when dropped.
 struct MemoryLease {
     id: u64,
+    name: String,
     held: Arc<Mutex<BTreeSet<(u64, String, Digest)>>>,
 }
 
 impl Lease for MemoryLease {
+    fn id(&self) -> &str {
+        &self.name
+    }
+
     fn hold(&self, holder: &str, digests: &[&Digest]) -> Result<()> {
         let mut held = self.held.lock();
         for d in digests {
@@ -194,10 +199,17 @@ impl Content for Memory {
     }
 
     fn lease(&self) -> Result<Box<dyn Lease>> {
+        let id = self.leases.fetch_add(1, Ordering::SeqCst) as u64;
         Ok(Box::new(MemoryLease {
-            id: self.leases.fetch_add(1, Ordering::SeqCst) as u64,
+            id,
+            name: format!("memory-{id}"),
             held: self.held.clone(),
         }))
+    }
+
+    /// Straight in: every commit is visible at once.
+    fn staging<'a>(&'a self, _lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>> {
+        Ok(Box::new(Direct::new(self)))
     }
 
     fn is_read_only(&self) -> bool {

@@ -1,19 +1,19 @@
-//! Where an import's blobs go: a `store::Batch` of the content store, each blob held by the
-//! import's lease before the store is asked whether it has it (so a gc in another process
-//! keeps it), and what was placed counted, so that a failed import can take it back. Formats
-//! and pulls write through this and nothing else. A committed blob is staged in the batch
-//! (checked, not yet durable nor under `blobs/`), seen through this as if stored, and placed
-//! durably by `finish`, which the import calls before it registers anything (see
-//! `store::batch`), or by the batch on its own when enough is staged.
+//! Where an import's blobs go: the `content::Staging` of the content it imports into (the
+//! local store's is a `store::Batch`), each blob held by the import's lease before the content
+//! is asked whether it has it (so a gc in another process keeps it), and what was placed
+//! counted, so that a failed import can take it back. Formats and pulls write through this
+//! and nothing else. A committed blob is staged (in the store: checked, not yet durable nor
+//! under `blobs/`), seen through this as if stored, and made durable and visible by `finish`,
+//! which the import calls before it registers anything (see `store::batch`), or by the batch
+//! on its own when enough is staged.
 
 use std::collections::HashSet;
 use std::io::Read;
 
-use crate::content::{Ingester, Provider, Writer};
+use crate::content::{Ingester, Lease, Provider, Staging, Writer, WHOLE};
 use crate::digest::{Algorithm, Digest};
 use crate::error::Result;
 use crate::oci::Descriptor;
-use crate::store::{Batch, Lease, WHOLE};
 
 /// The blobs an import placed (they were not in the store before).
 #[derive(Debug, Default)]
@@ -41,16 +41,16 @@ impl Written {
 
 /// The store an import writes into, seen through the content interfaces.
 pub struct Intake<'a> {
-    batch: &'a Batch<'a>,
+    batch: &'a dyn Staging,
     ingester: &'a dyn Ingester,
     provider: &'a dyn Provider,
-    lease: &'a Lease,
+    lease: &'a dyn Lease,
 }
 
 impl<'a> Intake<'a> {
     /// Writes into `batch` and looks through it (staged blobs, then its store), holding every
     /// blob met in `lease` (the batch's own).
-    pub fn new(batch: &'a Batch<'a>, lease: &'a Lease) -> Intake<'a> {
+    pub fn new(batch: &'a dyn Staging, lease: &'a dyn Lease) -> Intake<'a> {
         Intake {
             batch,
             ingester: batch,
@@ -67,7 +67,7 @@ impl<'a> Intake<'a> {
 
     /// Holds `digest` for the import: call it before `has`.
     pub fn hold(&self, digest: &Digest) -> Result<()> {
-        self.lease.hold(WHOLE, [digest])
+        self.lease.hold(WHOLE, &[digest])
     }
 
     /// The size of blob `digest` in the store, if it is there.

@@ -19,12 +19,12 @@ use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use crate::content::{Content, TakeBack};
 use crate::digest::Digest;
 use crate::error::{Error, IoContext, Result};
 use crate::oci::{Descriptor, ImageIndex, OnMissing, ANNOTATION_IMAGE_NAME};
 use crate::reference::{check_repository, Reference};
-use crate::store::gc::{remove_unneeded, TakeBack};
-use crate::store::{now_ms, pause_point, Store};
+use crate::store::{now_ms, pause_point};
 
 use format::docker::ArchiveStream;
 use format::oci::{Layout, LayoutStream};
@@ -161,12 +161,16 @@ pub struct ImportOptions<'a> {
 }
 
 /// Imports `source`; `name` is the repository for images named only by tag or digest.
-pub fn import(store: &Store, source: &Source, name: Option<&str>) -> Result<Imported> {
+pub fn import(store: &dyn Content, source: &Source, name: Option<&str>) -> Result<Imported> {
     import_with(store, source, &ImportOptions { name, oci: false })
 }
 
 /// Imports `source` as `opts` say.
-pub fn import_with(store: &Store, source: &Source, opts: &ImportOptions<'_>) -> Result<Imported> {
+pub fn import_with(
+    store: &dyn Content,
+    source: &Source,
+    opts: &ImportOptions<'_>,
+) -> Result<Imported> {
     let repository = match opts.name {
         Some(n) => {
             check_repository(n).map_err(|why| {
@@ -211,7 +215,7 @@ pub struct Naming<'a> {
 /// Imports `input` into `store`; `label` names it in errors, `repository` takes the images
 /// named only by tag or digest.
 pub fn import_from(
-    store: &Store,
+    store: &dyn Content,
     input: Input<'_>,
     label: &str,
     repository: Option<&str>,
@@ -225,7 +229,7 @@ pub fn import_from(
 
 /// Imports `input` into `store` as `naming` says; `label` names it in errors.
 pub fn import_named(
-    store: &Store,
+    store: &dyn Content,
     input: Input<'_>,
     label: &str,
     naming: &Naming<'_>,
@@ -235,8 +239,8 @@ pub fn import_named(
     // are registered: a gc in another process keeps them (see store::leases).
     let lease = store.lease()?;
     let since_ms = now_ms();
-    let batch = store.batch(Some(&lease))?;
-    let intake = Intake::new(&batch, &lease);
+    let batch = store.staging(&*lease)?;
+    let intake = Intake::new(&*batch, &*lease);
     let on_missing = match &input {
         Input::Blobs { on_missing, .. } => *on_missing,
         _ => OnMissing::Fail,
@@ -253,7 +257,7 @@ pub fn import_named(
             pause_point("registering");
             register(
                 store,
-                store.records(),
+                store.catalog(),
                 &index,
                 repository,
                 label,
@@ -268,7 +272,7 @@ pub fn import_named(
             since_ms,
             keep_referrers,
         };
-        remove_unneeded(store, &t)
+        store.take_back(&t)
     };
     match result {
         Ok((images, reached)) => Ok(succeeded(images, &reached, written, label, take_back)),
@@ -276,10 +280,9 @@ pub fn import_named(
             // Take back the blobs this import placed that nothing else needs: the store is as
             // it was (a blob another import also wrote meanwhile, or an image uses, stays).
             match take_back(&written.placed, false) {
-                Ok(r) if !r.blobs.is_empty() => tracing::info!(
-                    "import failed: removed the {} blobs it had placed",
-                    r.blobs.len()
-                ),
+                Ok(r) if !r.is_empty() => {
+                    tracing::info!("import failed: removed the {} blobs it had placed", r.len())
+                }
                 Ok(_) => {}
                 Err(c) => tracing::warn!("import failed, and so did removing its blobs: {c}"),
             }
@@ -317,7 +320,7 @@ fn read(input: Input<'_>, intake: &Intake<'_>) -> Result<ImageIndex> {
 /// `index` with every image converted to OCI media types (`convert::to_oci`), the new
 /// indexes and manifests written through `intake`; a name pinned to an image's old digest
 /// names the new one. The old blobs, reached by no image now, are taken back at the end.
-fn to_oci(store: &Store, intake: &Intake<'_>, mut index: ImageIndex) -> Result<ImageIndex> {
+fn to_oci(store: &dyn Content, intake: &Intake<'_>, mut index: ImageIndex) -> Result<ImageIndex> {
     let mut put = |d: &Descriptor, bytes: &[u8]| intake.put(&d.digest, bytes);
     for d in &mut index.manifests {
         let mut new = crate::convert::to_oci(store, &mut put, d)?;
@@ -340,18 +343,18 @@ fn succeeded(
     reached: &HashSet<Digest>,
     mut written: Written,
     label: &str,
-    take_back: impl Fn(&HashSet<Digest>, bool) -> Result<crate::store::gc::GcReport>,
+    take_back: impl Fn(&HashSet<Digest>, bool) -> Result<Vec<(Digest, u64)>>,
 ) -> Imported {
     let unreached: HashSet<Digest> = written.placed.difference(reached).cloned().collect();
     if !unreached.is_empty() {
         match take_back(&unreached, true) {
-            Ok(r) => {
-                for (digest, size) in &r.blobs {
+            Ok(removed) => {
+                for (digest, size) in &removed {
                     written.take_back(digest, *size);
                 }
                 tracing::info!(
                     "removed {} blobs of {label} that no image reaches",
-                    r.blobs.len()
+                    removed.len()
                 );
             }
             Err(e) => {
