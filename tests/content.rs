@@ -11,6 +11,7 @@ use common::gen::LayoutBuilder;
 use common::layout_dir::LayoutDir;
 use common::Env;
 use layoutfs::archive::{ExportOptions, Plan};
+use layoutfs::content::Provider;
 use layoutfs::error::Error;
 use layoutfs::layout::Entry;
 use layoutfs::progress::Progress;
@@ -32,36 +33,49 @@ fn a_layout_directory_as_a_provider_exports_what_the_store_exports() {
             ..m.clone()
         },
     }];
-    let opts = ExportOptions {
-        platform: None,
-        docker_manifest: false,
-        verify: true,
-    };
-    let plan = Plan::new(&provider, &entries, &opts).unwrap();
-    let out_path = env.path("dir.tar");
-    let out = File::create(&out_path).unwrap();
-    plan.write(&provider, &out, true, &Progress::hidden())
-        .unwrap();
-    drop(out);
+    let (plan, out_path) = (plan(&provider, &entries), env.path("dir.tar"));
+    export_to(&plan, &provider, &out_path).unwrap();
     assert_eq!(
         std::fs::read(&out_path).unwrap(),
         std::fs::read(&from_store).unwrap()
     );
 
     // A damaged blob in the directory is caught as the store's would be.
-    let layer = std::fs::read_dir(b.dir.join("blobs/sha256"))
+    flip_first_byte_of_blob_sized(&b.dir, 30_000);
+    let err = export_to(&plan, &provider, &out_path).unwrap_err();
+    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+}
+
+/// Damages the blob of `size` bytes in layout `dir` (its first byte flipped).
+fn flip_first_byte_of_blob_sized(dir: &std::path::Path, size: u64) {
+    let layer = std::fs::read_dir(dir.join("blobs/sha256"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| std::fs::metadata(p).unwrap().len() == 30_000)
+        .find(|p| std::fs::metadata(p).unwrap().len() == size)
         .unwrap();
     let mut bytes = std::fs::read(&layer).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&layer, bytes).unwrap();
-    let out = File::create(&out_path).unwrap();
-    let err = plan
-        .write(&provider, &out, true, &Progress::hidden())
-        .unwrap_err();
-    assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
+}
+
+/// The export plan of `entries` from `provider`, blobs verified as they are sent.
+fn plan(provider: &dyn Provider, entries: &[Entry]) -> Plan {
+    let opts = ExportOptions {
+        platform: None,
+        docker_manifest: false,
+        verify: true,
+    };
+    Plan::new(provider, entries, &opts).unwrap()
+}
+
+/// Writes the archive of `plan` from `provider` to `path`.
+fn export_to(
+    plan: &Plan,
+    provider: &dyn Provider,
+    path: &std::path::Path,
+) -> layoutfs::error::Result<()> {
+    let out = File::create(path).unwrap();
+    plan.write(provider, &out, true, &Progress::hidden())
 }
 
 /// Import and export over the content interfaces alone: a layout imported into content held
@@ -103,14 +117,7 @@ fn content_in_memory_imports_and_exports_what_the_store_does() {
     // A layer damaged in the source: refused, nothing registered.
     let mut bad = LayoutBuilder::new(&env.path("bad"));
     bad.small_image("2.0", 1, 10_000, 9);
-    let layer = std::fs::read_dir(bad.dir.join("blobs/sha256"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| std::fs::metadata(p).unwrap().len() == 10_000)
-        .unwrap();
-    let mut bytes = std::fs::read(&layer).unwrap();
-    bytes[0] ^= 1;
-    std::fs::write(&layer, bytes).unwrap();
+    flip_first_byte_of_blob_sized(&bad.dir, 10_000);
     let source = layoutfs::archive::Source::Dir(bad.dir.clone());
     let err = layoutfs::archive::import(&memory, &source, Some("bad")).unwrap_err();
     assert!(matches!(err, Error::DigestMismatch { .. }), "{err}");
