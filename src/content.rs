@@ -5,14 +5,17 @@
 //! what an earlier writer of a digest left), and a
 //! `Catalog` keeps the image records (name -> target descriptor, with a change counter).
 //!
-//! The mount asks for a little more, and takes it as one `Content`: blobs written at any
-//! offset and named at commit (`Draft`, the bytes of a file copied in), a `Lease` that keeps
-//! what it holds from gc, what the provider verified before (`Provider::trusts`), and the
-//! space left. The local store implements all of them (`Store`, its `Records`, its `Lease`);
-//! import, export, the registry commands and the mount's core take the interfaces, and
+//! The mount, import and the registry commands ask for a little more, and take it as one
+//! `Content`: blobs written at any offset and named at commit (`Draft`, the bytes of a file
+//! copied in), a `Lease` that keeps what it holds from gc, where one import writes
+//! (`Staging`) and how it takes back what it placed, what the provider verified before
+//! (`Provider::trusts`), where blobs were seen on registries, and the space left. The local
+//! store implements all of them (`Store`, its `Records`, its `Lease`, its `Batch`); the
+//! mount's core, import, export and the registry commands take the interfaces, and
 //! tests/common/memory.rs is a second implementation that the conformance suite
-//! (tests/store.rs) and the mount's core tests (tests/fs_memory.rs) run against. A
-//! registry-backed provider or a read-only catalog plugs in here.
+//! (tests/store.rs), the write side's model (tests/fs_model.rs) and an import and export
+//! (tests/content.rs) run against. A registry-backed provider or a read-only catalog plugs
+//! in here.
 
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
