@@ -377,6 +377,31 @@ impl Remote {
         what: &str,
     ) -> Result<Option<Fetched>, Failure> {
         let url = format!("{}://{}/v2/{repository}/{path}", self.scheme, self.wire);
+        let headers = self.small_headers(repository, accept, what)?;
+        let res = self
+            .http
+            .get(&url)
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| self.failure(what, OciDistributionError::RequestError(e)))?;
+        let status = res.status();
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.error_answer(res, url, what).await);
+        }
+        self.read_small(res, what).await.map(Some)
+    }
+
+    /// The headers of a `get_small` request: `Accept` and, if there is one, `Authorization`.
+    fn small_headers(
+        &self,
+        repository: &str,
+        accept: &[&str],
+        what: &str,
+    ) -> Result<HeaderMap, Failure> {
         let mut headers = HeaderMap::new();
         headers.insert(
             ACCEPT,
@@ -391,49 +416,46 @@ impl Remote {
                 .map_err(|_| Failure::fatal(format!("{what}: bad credential")))?;
             headers.insert(AUTHORIZATION, v);
         }
-        let res = self
-            .http
-            .get(&url)
-            .headers(headers)
-            .send()
-            .await
-            .map_err(|e| self.failure(what, OciDistributionError::RequestError(e)))?;
-        let status = res.status();
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            let code = status.as_u16();
-            let retry_after = res
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            // What an error says is read up to `ERROR_BODY` bytes: a registry may send forever.
-            let mut res = res;
-            let mut body = Vec::new();
-            while body.len() < ERROR_BODY {
-                match res.chunk().await {
-                    Ok(Some(c)) => body.extend_from_slice(&c),
-                    _ => break,
-                }
+        Ok(headers)
+    }
+
+    /// The failure an unsuccessful answer to `url` says, with its `Retry-After`; the body is
+    /// read up to `ERROR_BODY` bytes for the message.
+    async fn error_answer(&self, mut res: reqwest::Response, url: String, what: &str) -> Failure {
+        let code = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        // What an error says is read up to `ERROR_BODY` bytes: a registry may send forever.
+        let mut body = Vec::new();
+        while body.len() < ERROR_BODY {
+            match res.chunk().await {
+                Ok(Some(c)) => body.extend_from_slice(&c),
+                _ => break,
             }
-            body.truncate(ERROR_BODY);
-            let e = match serde_json::from_slice::<oci_client::errors::OciEnvelope>(&body) {
-                Ok(envelope) if (400..500).contains(&code) && code != 401 => {
-                    OciDistributionError::RegistryError { envelope, url }
-                }
-                _ => OciDistributionError::ServerError {
-                    code,
-                    url,
-                    message: String::from_utf8_lossy(&body).into_owned(),
-                },
-            };
-            let mut f = self.failure(what, e);
-            f.retry_after = retry_after;
-            return Err(f);
         }
+        body.truncate(ERROR_BODY);
+        let e = match serde_json::from_slice::<oci_client::errors::OciEnvelope>(&body) {
+            Ok(envelope) if (400..500).contains(&code) && code != 401 => {
+                OciDistributionError::RegistryError { envelope, url }
+            }
+            _ => OciDistributionError::ServerError {
+                code,
+                url,
+                message: String::from_utf8_lossy(&body).into_owned(),
+            },
+        };
+        let mut f = self.failure(what, e);
+        f.retry_after = retry_after;
+        f
+    }
+
+    /// The body of a successful `get_small` answer with its media type and digest header,
+    /// refused once it is over `MAX_MANIFEST` bytes (said or read).
+    async fn read_small(&self, mut res: reqwest::Response, what: &str) -> Result<Fetched, Failure> {
         let header = |name: &str| {
             res.headers()
                 .get(name)
@@ -454,7 +476,6 @@ impl Remote {
             }
         }
         let mut bytes = Vec::new();
-        let mut res = res;
         loop {
             match res.chunk().await {
                 Ok(Some(chunk)) => {
@@ -467,11 +488,11 @@ impl Remote {
                 Err(e) => return Err(self.failure(what, OciDistributionError::RequestError(e))),
             }
         }
-        Ok(Some(Fetched {
+        Ok(Fetched {
             bytes,
             content_type,
             digest_header,
-        }))
+        })
     }
 
     /// `e` in one line about `what` (none when empty: the caller names it), and whether
@@ -497,75 +518,75 @@ impl Remote {
                 }
                 f
             }
-            OciDistributionError::RegistryError { envelope, .. } => {
-                let busy = envelope
-                    .errors
-                    .iter()
-                    .any(|e| e.code == OciErrorCode::Toomanyrequests);
-                let unknown = envelope.errors.iter().any(|e| {
-                    matches!(
-                        e.code,
-                        OciErrorCode::ManifestUnknown
-                            | OciErrorCode::NameUnknown
-                            | OciErrorCode::BlobUnknown
-                    )
-                });
-                let denied = envelope
-                    .errors
-                    .iter()
-                    .any(|e| matches!(e.code, OciErrorCode::Denied | OciErrorCode::Unauthorized));
-                let said = envelope
-                    .errors
-                    .iter()
-                    .map(|e| {
-                        if e.message.is_empty() {
-                            format!("{:?}", e.code)
-                        } else {
-                            e.message.clone()
-                        }
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                if unknown {
-                    Failure::fatal(format!("not found in {host} ({})", one_line(&said)))
-                } else if denied && self.credential.is_some() {
-                    Failure::fatal(format!(
-                        "{host} denied access ({}) to the credential of {}",
-                        one_line(&said),
-                        self.credential.as_ref().map_or("", |(u, _)| u.as_str())
-                    ))
-                } else if denied {
-                    Failure::fatal(format!(
-                        "{host} denied access ({}): if it needs a credential, run layoutfs login {host}",
-                        one_line(&said)
-                    ))
-                } else if busy {
-                    Failure::transient(format!("{host} is busy (429 {})", one_line(&said)))
-                } else {
-                    Failure::fatal(format!("{host} refused: {}", one_line(&said)))
-                }
-            }
+            OciDistributionError::RegistryError { envelope, .. } => self.refusal_of(&envelope),
             OciDistributionError::ServerError { code, message, .. } => {
-                let said = one_line(&message);
-                match code {
-                    401 => self.unauthorized_of(),
-                    403 => Failure::fatal(format!("{host} denied access (403)")),
-                    404 => Failure::fatal(format!("not found in {host}")),
-                    408 | 429 | 500..=599 => Failure::transient(format!(
-                        "{host} answered {code}{}",
-                        if said.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({said})")
-                        }
-                    )),
-                    _ => Failure::fatal(format!("{host} answered {code} ({said})")),
-                }
+                self.status_failure(code, &message)
             }
             OciDistributionError::RequestError(e) => self.transport(&e),
             OciDistributionError::DigestError(e) => Failure::fatal(format!("from {host}: {e}")),
             OciDistributionError::IoError(e) => Failure::transient(format!("from {host}: {e}")),
             other => Failure::fatal(format!("{host}: {}", one_line(&other.to_string()))),
+        }
+    }
+
+    /// What the registry's error envelope says: not found, denied, busy (transient) or refused.
+    fn refusal_of(&self, envelope: &oci_client::errors::OciEnvelope) -> Failure {
+        let host = &self.registry;
+        let busy = envelope
+            .errors
+            .iter()
+            .any(|e| e.code == OciErrorCode::Toomanyrequests);
+        let unknown = envelope.errors.iter().any(|e| {
+            matches!(
+                e.code,
+                OciErrorCode::ManifestUnknown
+                    | OciErrorCode::NameUnknown
+                    | OciErrorCode::BlobUnknown
+            )
+        });
+        let denied = envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Denied | OciErrorCode::Unauthorized));
+        let said = envelope_said(envelope);
+        if unknown {
+            Failure::fatal(format!("not found in {host} ({})", one_line(&said)))
+        } else if denied && self.credential.is_some() {
+            Failure::fatal(format!(
+                "{host} denied access ({}) to the credential of {}",
+                one_line(&said),
+                self.credential.as_ref().map_or("", |(u, _)| u.as_str())
+            ))
+        } else if denied {
+            Failure::fatal(format!(
+                "{host} denied access ({}): if it needs a credential, run layoutfs login {host}",
+                one_line(&said)
+            ))
+        } else if busy {
+            Failure::transient(format!("{host} is busy (429 {})", one_line(&said)))
+        } else {
+            Failure::fatal(format!("{host} refused: {}", one_line(&said)))
+        }
+    }
+
+    /// What an answer with HTTP status `code` and body `message` was: transient for 408,
+    /// 429 and 5xx.
+    fn status_failure(&self, code: u16, message: &str) -> Failure {
+        let host = &self.registry;
+        let said = one_line(message);
+        match code {
+            401 => self.unauthorized_of(),
+            403 => Failure::fatal(format!("{host} denied access (403)")),
+            404 => Failure::fatal(format!("not found in {host}")),
+            408 | 429 | 500..=599 => Failure::transient(format!(
+                "{host} answered {code}{}",
+                if said.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({said})")
+                }
+            )),
+            _ => Failure::fatal(format!("{host} answered {code} ({said})")),
         }
     }
 
@@ -740,6 +761,23 @@ fn find_source<'a, T: std::error::Error + 'static>(
         };
     }
     None
+}
+
+/// What the errors of a registry's envelope say, joined with "; " (an error without a
+/// message by its code).
+fn envelope_said(envelope: &oci_client::errors::OciEnvelope) -> String {
+    envelope
+        .errors
+        .iter()
+        .map(|e| {
+            if e.message.is_empty() {
+                format!("{:?}", e.code)
+            } else {
+                e.message.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `s` on one line, at most 200 characters: what a registry says, fit for a message (its
