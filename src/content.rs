@@ -54,6 +54,9 @@ pub trait Provider: BlobSource + Send + Sync {
     /// Opens the blob `desc` names and checks its size: stored sizes are never trusted.
     fn open(&self, desc: &Descriptor) -> Result<File>;
     /// Opens the file of blob `digest`, never through a link, for a caller that checks it.
+    /// While the blob is unchanged its file keeps its identity (device, inode, size, times),
+    /// and a changed one gets another: a reader (the mount's verifier) remembers what it
+    /// checked by that identity, and hashes again only what changed.
     fn open_file(&self, digest: &Digest) -> io::Result<File>;
     /// Where blob `digest` lives, for messages.
     fn locate(&self, digest: &Digest) -> String;
@@ -68,7 +71,8 @@ pub trait Provider: BlobSource + Send + Sync {
         }))
     }
 
-    /// What the provider's records let a reader trust (by default nothing).
+    /// What the provider's records let a reader trust (by default nothing). With
+    /// `Trust::None`, `trusts` is not asked.
     fn trust(&self) -> Trust {
         Trust::None
     }
@@ -134,6 +138,16 @@ pub trait Writer: Send {
 /// the blob it is verified against at the end (the bytes of a file copied into the mount,
 /// whose name says its digest, or says nothing). Its bytes are the ingester's, not the
 /// caller's memory. Dropped without a commit it leaves nothing behind.
+///
+/// What every draft keeps (tests/store.rs `content_contract`):
+/// - writes come in any order and may rewrite earlier bytes; a hole, and what a truncate
+///   that grows adds, read as zeros; a read past the end is short;
+/// - a write whose end, or a truncate whose size, it cannot hold (past 2^64, past what it
+///   may keep) is refused with an error, never a panic, and never by allocating what the
+///   offset asks;
+/// - `commit` verifies size and digest whatever was hashed before; it fails leaving nothing
+///   visible, or makes the blob durable and visible (a failed writeback is its error); two
+///   drafts committing one digest: one places it, the other gets Ok(false).
 pub trait Draft: Send {
     /// Writes `buf` at `offset`. After an error the draft is not to be committed.
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()>;
@@ -361,8 +375,8 @@ pub trait Content: Provider + Ingester {
     fn lease(&self) -> Result<Box<dyn Lease>>;
     /// Whether nothing can be written (every write then fails).
     fn is_read_only(&self) -> bool;
-    /// Room left where blobs are kept.
-    fn space(&self) -> io::Result<Space>;
+    /// Room left where blobs are kept (an error names where).
+    fn space(&self) -> Result<Space>;
     /// Where an import holding `lease` writes its blobs.
     fn staging<'a>(&'a self, lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>>;
     /// Removes those of `t.placed` that nothing needs (no image, no other lease): how an
@@ -525,8 +539,8 @@ impl Content for Store {
         Store::is_read_only(self)
     }
 
-    fn space(&self) -> io::Result<Space> {
-        crate::store::space(self.root())
+    fn space(&self) -> Result<Space> {
+        crate::store::space(self.root()).map_err(|e| Error::io(self.root(), e))
     }
 
     /// A `store::Batch`: staged in one ingest directory, placed with one syncfs.

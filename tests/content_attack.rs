@@ -13,7 +13,9 @@ use std::sync::Arc;
 
 use common::core::{source_blobs, Harness};
 use common::memory::Memory;
-use layoutfs::content::{Catalog, Content, Draft, Ingester, Lease, Provider, Space, Writer};
+use layoutfs::content::{
+    Catalog, Content, Draft, Ingester, Lease, Provider, Space, Staging, Writer,
+};
 use layoutfs::digest::{Algorithm, Digest};
 use layoutfs::error::Result;
 use layoutfs::fs::{root_ino, Fs, FsError, FsOptions};
@@ -96,8 +98,12 @@ impl Content for Rigged {
         self.read_only
     }
 
-    fn space(&self) -> io::Result<Space> {
+    fn space(&self) -> Result<Space> {
         self.inner.space()
+    }
+
+    fn staging<'a>(&'a self, lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>> {
+        self.inner.staging(lease)
     }
 }
 

@@ -31,6 +31,10 @@ pub enum FsError {
     Busy { digest: Digest, image: String },
     #[error("blob {digest}: a write past its size of {size} bytes")]
     TooLarge { digest: Digest, size: u64 },
+    /// A write or truncate past what a file may hold (`index.json` past its cap, an end past
+    /// u64): the message names it.
+    #[error("{0}")]
+    PastCap(String),
     /// A symbolic link refused (an absolute target, one leaving its repository, a link outside
     /// a repository): the message names it.
     #[error("{0}")]
@@ -79,7 +83,7 @@ impl FsError {
             FsError::NotEmpty => libc::ENOTEMPTY,
             FsError::NotPermitted(_) | FsError::LinkRefused(_) => libc::EPERM,
             FsError::IsLink => libc::ELOOP,
-            FsError::TooLarge { .. } => libc::EFBIG,
+            FsError::TooLarge { .. } | FsError::PastCap(_) => libc::EFBIG,
             FsError::Busy { .. } => libc::EBUSY,
             FsError::Damaged { .. } => libc::EIO,
             FsError::Repository { source, .. } | FsError::Store(source) => store_errno(source),
@@ -97,6 +101,7 @@ impl FsError {
             self,
             FsError::Invalid(_)
                 | FsError::TooLarge { .. }
+                | FsError::PastCap(_)
                 | FsError::NotPermitted(_)
                 | FsError::LinkRefused(_)
                 | FsError::Busy { .. }
@@ -136,6 +141,7 @@ mod tests {
             (FsError::BadHandle(7), libc::EBADF),
             (FsError::LinkRefused("r/l".into()), libc::EPERM),
             (FsError::IsLink, libc::ELOOP),
+            (FsError::PastCap("r/index.json".into()), libc::EFBIG),
             (FsError::CrossRepository("r/x".into()), libc::EXDEV),
             (
                 FsError::ReadThroughPassthrough(digest.clone()),

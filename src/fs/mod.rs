@@ -215,8 +215,10 @@ pub struct Fs {
 }
 
 impl Fs {
-    /// The mount's core over `content` (the local store, or any other `Content`).
-    pub fn new(content: Arc<dyn Content>, options: FsOptions) -> Fs {
+    /// The mount's core over `content` (the local store, or any other `Content`); read-only
+    /// when asked or when the content is.
+    pub fn new(content: Arc<dyn Content>, mut options: FsOptions) -> Fs {
+        options.read_only |= content.is_read_only();
         // SAFETY: geteuid and getegid have no preconditions.
         let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         let lease = if options.read_only {
@@ -1029,9 +1031,7 @@ impl Fs {
     }
 
     pub fn statfs(&self) -> FsResult<Statfs> {
-        self.content()
-            .space()
-            .map_err(|e| FsError::Store(Error::io("the store's filesystem", e)))
+        Ok(self.content().space()?)
     }
 
     fn add_handle(&self, h: Handle) -> u64 {

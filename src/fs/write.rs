@@ -525,7 +525,12 @@ impl super::Fs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
         let (ino, shared) = self.upload_handle(fh)?;
-        let limit = match self.node(ino)? {
+        let node = self.node(ino)?;
+        let end = offset
+            .checked_add(data.len() as u64)
+            .ok_or_else(|| FsError::PastCap(format!("a write at {offset} ends past 2^64")))?;
+        check_cap(&node, end)?;
+        let limit = match node {
             Node::Blob(digest, size) => Some((digest, size)),
             Node::Scratch(id) => self.scratch_blob(id).and_then(|(_, d)| {
                 let size = *self.write.lock().wanted.get(&d)?;
@@ -535,7 +540,7 @@ impl super::Fs {
             _ => return Err(FsError::IsDir),
         };
         if let Some((digest, size)) = limit {
-            if offset + data.len() as u64 > size {
+            if end > size {
                 return Err(FsError::TooLarge { digest, size });
             }
         }
@@ -1242,6 +1247,7 @@ impl super::Fs {
             };
             match (shared, &node) {
                 (Some(s), _) => {
+                    check_cap(&node, size)?;
                     let mut w = s.lock();
                     if let Some(u) = w.upload.as_mut() {
                         u.truncate(size)?;
@@ -1457,6 +1463,23 @@ const HEX64: usize = 64;
 /// `..`, which the kernel never passes as a name to create).
 pub(super) fn is_temporary(name: &str) -> bool {
     name.len() > 1 && name.starts_with('.') && name != ".."
+}
+
+/// Refuses an end past what a layout file may hold (`index.json` 16 MiB, `oci-layout` 4 MiB,
+/// as read at close) when it is written, not at close: whatever keeps an upload's bytes is
+/// never asked to hold more.
+fn check_cap(node: &Node, end: u64) -> FsResult<()> {
+    let (name, repo, cap) = match node {
+        Node::Index(repo) => ("index.json", repo, oci::MAX_INDEX_JSON_SIZE),
+        Node::LayoutFile(repo) => ("oci-layout", repo, oci::MAX_JSON_SIZE),
+        _ => return Ok(()),
+    };
+    if end > cap {
+        return Err(FsError::PastCap(format!(
+            "{repo}/{name}: {end} bytes is more than the {cap} it may hold"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,14 +1,16 @@
 //! Content held in memory: a second implementation of the content interfaces (`Provider`,
 //! `Ingester`, `Catalog`, and `Content` with its `Draft`s and `Lease`s), built only from their
 //! contracts, so that the conformance suite in tests/store.rs tests the contracts and not one
-//! store's accidents, and the mount's core runs over it (tests/fs_memory.rs). Blobs are served
-//! as memfd files, so `open` gives a real `File` as the store's does. Nothing is ever removed
-//! (there is no gc), so a lease only records what it holds.
+//! store's accidents, and the mount's core (tests/fs_model.rs), import and export
+//! (tests/content.rs) run over it. Each blob is one sealed memfd (it can neither grow, shrink
+//! nor be written), opened again through /proc/self/fd for each reader: `open` gives a real
+//! `File` of its own offset, with the same identity while the blob lives, as the store's does.
+//! Nothing is ever removed (there is no gc), so a lease only records what it holds.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
-use std::os::fd::FromRawFd;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
@@ -23,7 +25,50 @@ use layoutfs::oci::{self, BlobSource, Descriptor};
 use layoutfs::reference::{check_repository, Reference, ReferenceError};
 use layoutfs::store::{check_bytes, check_record, now_ms, Image};
 
-type Blobs = Arc<Mutex<HashMap<Digest, Arc<Vec<u8>>>>>;
+/// Each blob's sealed memfd, by digest.
+type Blobs = Arc<Mutex<HashMap<Digest, Arc<File>>>>;
+
+/// The most a draft of content in memory holds: a write or truncate past it is refused.
+const MAX_DRAFT: u64 = 1 << 30;
+
+/// Stores `bytes` as blob `digest` in `blobs` unless it is there: whether it was placed.
+fn place(blobs: &Blobs, digest: &Digest, bytes: &[u8]) -> Result<bool> {
+    let mut blobs = blobs.lock();
+    if blobs.contains_key(digest) {
+        return Ok(false);
+    }
+    let file = sealed_memfd(bytes).map_err(|e| Error::io(format!("memory:{digest}"), e))?;
+    blobs.insert(digest.clone(), Arc::new(file));
+    Ok(true)
+}
+
+/// An anonymous file holding `bytes`, sealed: it can no longer grow, shrink or be written.
+fn sealed_memfd(bytes: &[u8]) -> io::Result<File> {
+    // SAFETY: the name is a NUL-terminated literal; the returned descriptor is owned below.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"layoutfs-memory-blob".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    f.write_all(bytes)?;
+    let seals = libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_WRITE | libc::F_SEAL_SEAL;
+    // SAFETY: F_ADD_SEALS takes a descriptor we own and an integer.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+/// A new open of blob file `f` (its own offset, from the start; the same inode), read-only.
+fn reopen(f: &File) -> io::Result<File> {
+    File::open(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
 
 #[derive(Default)]
 pub struct Memory {
@@ -50,6 +95,14 @@ impl Memory {
     pub fn held(&self) -> usize {
         self.held.lock().len()
     }
+}
+
+/// EFBIG for `what` at `at`: past what a draft in memory holds.
+fn too_large(what: &str, at: u64) -> Error {
+    Error::io(
+        format!("memory: {what} at {at}, past {MAX_DRAFT} bytes"),
+        io::Error::from_raw_os_error(libc::EFBIG),
+    )
 }
 
 /// A blob being drafted, its bytes in memory.
@@ -81,8 +134,11 @@ impl MemoryDraft {
 
 impl Draft for MemoryDraft {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> Result<()> {
-        let start = usize::try_from(offset).map_err(|_| Error::Invalid("offset".into()))?;
-        let end = start + buf.len();
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|end| *end <= MAX_DRAFT)
+            .ok_or_else(|| too_large("a write", offset))?;
+        let (start, end) = (offset as usize, end as usize);
         if self.bytes.len() < end {
             self.bytes.resize(end, 0);
         }
@@ -101,10 +157,10 @@ impl Draft for MemoryDraft {
     }
 
     fn truncate(&mut self, size: u64) -> Result<()> {
-        self.bytes.resize(
-            usize::try_from(size).map_err(|_| Error::Invalid("size".into()))?,
-            0,
-        );
+        if size > MAX_DRAFT {
+            return Err(too_large("a truncate", size));
+        }
+        self.bytes.resize(size as usize, 0);
         Ok(())
     }
 
@@ -132,12 +188,7 @@ impl Draft for MemoryDraft {
 
     fn commit(self: Box<Self>, expected: &Digest, size: Option<u64>) -> Result<bool> {
         self.check(expected, size)?;
-        let mut blobs = self.blobs.lock();
-        if blobs.contains_key(expected) {
-            return Ok(false);
-        }
-        blobs.insert(expected.clone(), Arc::new(self.bytes));
-        Ok(true)
+        place(&self.blobs, expected, &self.bytes)
     }
 
     fn abandon(self: Box<Self>) {}
@@ -217,8 +268,13 @@ impl Content for Memory {
     }
 
     /// What is stored, as used blocks of 4 KiB, with plenty free.
-    fn space(&self) -> io::Result<Space> {
-        let used: u64 = self.blobs.lock().values().map(|b| b.len() as u64).sum();
+    fn space(&self) -> Result<Space> {
+        let used: u64 = self
+            .blobs
+            .lock()
+            .values()
+            .map(|f| f.metadata().map_or(0, |m| m.len()))
+            .sum();
         let total = (1u64 << 40) / 4096;
         let blocks_used = used.div_ceil(4096);
         Ok(Space {
@@ -226,7 +282,7 @@ impl Content for Memory {
             bfree: total - blocks_used,
             bavail: total - blocks_used,
             files: 1 << 20,
-            ffree: (1 << 20) - self.blobs.lock().len() as u64,
+            ffree: (1u64 << 20).saturating_sub(self.blobs.lock().len() as u64),
             bsize: 4096,
             namelen: 255,
             frsize: 4096,
@@ -234,23 +290,14 @@ impl Content for Memory {
     }
 }
 
-/// A sealed-size anonymous file holding `bytes`, at offset 0.
-fn memfd(bytes: &[u8]) -> io::Result<File> {
-    // SAFETY: the name is a NUL-terminated literal; the returned descriptor is owned below.
-    let fd = unsafe { libc::memfd_create(c"layoutfs-memory-blob".as_ptr(), libc::MFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` was just created and nothing else owns it.
-    let mut f = unsafe { File::from_raw_fd(fd) };
-    f.write_all(bytes)?;
-    f.rewind()?;
-    Ok(f)
-}
-
 impl BlobSource for Memory {
     fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
-        Ok(self.blobs.lock().get(digest).map(|b| b.len() as u64))
+        Ok(self
+            .blobs
+            .lock()
+            .get(digest)
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.len()))
     }
 
     fn read_small(&self, desc: &Descriptor) -> Result<Vec<u8>> {
@@ -266,26 +313,31 @@ impl BlobSource for Memory {
 
 impl Provider for Memory {
     fn open(&self, desc: &Descriptor) -> Result<File> {
-        let Some(bytes) = self.blobs.lock().get(&desc.digest).cloned() else {
-            return Err(Error::MissingBlob {
+        let file = self.open_file(&desc.digest).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => Error::MissingBlob {
                 digest: desc.digest.clone(),
                 referrer: None,
-            });
-        };
-        if bytes.len() as u64 != desc.size {
+            },
+            _ => Error::io(self.locate(&desc.digest), e),
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io(self.locate(&desc.digest), e))?
+            .len();
+        if len != desc.size {
             return Err(Error::SizeMismatch {
                 digest: desc.digest.clone(),
                 expected: desc.size,
-                found: bytes.len() as u64,
+                found: len,
             });
         }
-        memfd(&bytes).map_err(|e| Error::io(self.locate(&desc.digest), e))
+        Ok(file)
     }
 
     fn open_file(&self, digest: &Digest) -> io::Result<File> {
-        let bytes = self.blobs.lock().get(digest).cloned();
-        match bytes {
-            Some(b) => memfd(&b),
+        let file = self.blobs.lock().get(digest).cloned();
+        match file {
+            Some(f) => reopen(&f),
             None => Err(io::ErrorKind::NotFound.into()),
         }
     }
@@ -338,11 +390,7 @@ impl Writer for MemoryWriter<'_> {
                 return Err(Error::DigestMismatch { expected, found });
             }
         }
-        let mut blobs = self.memory.blobs.lock();
-        let placed = !blobs.contains_key(&found);
-        if placed {
-            blobs.insert(found.clone(), Arc::new(self.bytes));
-        }
+        let placed = place(&self.memory.blobs, &found, &self.bytes)?;
         Ok((found, placed))
     }
 }
