@@ -242,37 +242,58 @@ pub trait Staging: Provider + Ingester {
 }
 
 /// The staging of a content that has none of its own: every commit goes straight into it,
-/// durable and visible at once; `finish` has nothing to do.
+/// visible at once (as durable as the content's own commits); `finish` has nothing to do.
+/// Each blob is held in the import's lease before its commit makes it visible: a writer that
+/// expects a digest holds that one, and a writer that names its content at the end hashes it
+/// as it passes, to hold the digest before the commit.
 pub struct Direct<'a, C: Provider + Ingester + ?Sized> {
     content: &'a C,
+    lease: &'a dyn Lease,
     placed: parking_lot::Mutex<Vec<(Digest, u64)>>,
 }
 
 impl<'a, C: Provider + Ingester + ?Sized> Direct<'a, C> {
-    pub fn new(content: &'a C) -> Direct<'a, C> {
+    pub fn new(content: &'a C, lease: &'a dyn Lease) -> Direct<'a, C> {
         Direct {
             content,
+            lease,
             placed: parking_lot::Mutex::default(),
         }
     }
 
-    fn recording<'w>(&'w self, inner: Box<dyn Writer + 'w>) -> Box<dyn Writer + 'w> {
+    fn recording<'w>(&'w self, inner: Box<dyn Writer + 'w>, name: Naming) -> Box<dyn Writer + 'w> {
         Box::new(Recording {
             inner,
+            name,
+            lease: self.lease,
             placed: &self.placed,
         })
     }
 }
 
-/// A writer of a `Direct` staging: what its commit places is noted.
+/// What a `Direct` writer's blob will be called.
+enum Naming {
+    /// The digest it must have.
+    Expected(Digest),
+    /// Its hash, taken as the bytes pass.
+    Hashing(Box<crate::digest::Hasher>),
+}
+
+/// A writer of a `Direct` staging: its blob is held before the commit, and noted if placed.
 struct Recording<'w> {
     inner: Box<dyn Writer + 'w>,
+    name: Naming,
+    lease: &'w dyn Lease,
     placed: &'w parking_lot::Mutex<Vec<(Digest, u64)>>,
 }
 
 impl Writer for Recording<'_> {
     fn write_all(&mut self, buf: &[u8]) -> Result<()> {
-        self.inner.write_all(buf)
+        self.inner.write_all(buf)?;
+        if let Naming::Hashing(h) = &mut self.name {
+            h.update(buf);
+        }
+        Ok(())
     }
 
     fn written(&self) -> u64 {
@@ -281,11 +302,16 @@ impl Writer for Recording<'_> {
 
     fn commit_named(self: Box<Self>) -> Result<(Digest, bool)> {
         let size = self.inner.written();
-        let (digest, placed) = self.inner.commit_named()?;
+        let digest = match self.name {
+            Naming::Expected(d) => d,
+            Naming::Hashing(h) => h.finish(),
+        };
+        self.lease.hold(WHOLE, &[&digest])?;
+        let (found, placed) = self.inner.commit_named()?;
         if placed {
-            self.placed.lock().push((digest.clone(), size));
+            self.placed.lock().push((found.clone(), size));
         }
-        Ok((digest, placed))
+        Ok((found, placed))
     }
 }
 
@@ -311,19 +337,38 @@ impl<C: Provider + Ingester + ?Sized> Provider for Direct<'_, C> {
     fn locate(&self, digest: &Digest) -> String {
         self.content.locate(digest)
     }
+
+    fn info(&self, digest: &Digest) -> Result<Option<Info>> {
+        self.content.info(digest)
+    }
+
+    fn trust(&self) -> Trust {
+        self.content.trust()
+    }
+
+    fn trusts(&self, digest: &Digest, file: &File, meta: &Metadata) -> Result<bool> {
+        self.content.trusts(digest, file, meta)
+    }
+
+    fn note_verified(&self, digest: &Digest, meta: &Metadata) -> Result<()> {
+        self.content.note_verified(digest, meta)
+    }
 }
 
 impl<C: Provider + Ingester + ?Sized> Ingester for Direct<'_, C> {
     fn ingest(&self, expected: &Digest, size: Option<u64>) -> Result<Box<dyn Writer + '_>> {
-        Ok(self.recording(self.content.ingest(expected, size)?))
+        let inner = self.content.ingest(expected, size)?;
+        Ok(self.recording(inner, Naming::Expected(expected.clone())))
     }
 
     fn ingest_unnamed(&self, alg: Algorithm) -> Result<Box<dyn Writer + '_>> {
-        Ok(self.recording(self.content.ingest_unnamed(alg)?))
+        let inner = self.content.ingest_unnamed(alg)?;
+        Ok(self.recording(inner, Naming::Hashing(Box::new(alg.hasher()))))
     }
 
     fn resume(&self, expected: &Digest, size: u64) -> Result<Box<dyn Writer + '_>> {
-        Ok(self.recording(self.content.resume(expected, size)?))
+        let inner = self.content.resume(expected, size)?;
+        Ok(self.recording(inner, Naming::Expected(expected.clone())))
     }
 }
 
@@ -341,7 +386,7 @@ impl<C: Provider + Ingester + ?Sized> Staging for Direct<'_, C> {
 pub struct TakeBack<'a> {
     /// Blobs the import placed: the content did not have them before it.
     pub placed: &'a std::collections::HashSet<Digest>,
-    /// The import's own lease (`Lease::id`), which holds nothing here.
+    /// The import's own lease (`Lease::id`), whose holds do not count here.
     pub own: &'a str,
     /// When the import began (`store::now_ms`).
     pub since_ms: i64,
@@ -377,15 +422,14 @@ pub trait Content: Provider + Ingester {
     fn is_read_only(&self) -> bool;
     /// Room left where blobs are kept (an error names where).
     fn space(&self) -> Result<Space>;
-    /// Where an import holding `lease` writes its blobs.
+    /// Where an import holding `lease` (one of this content's, from `lease`) writes its
+    /// blobs: each is held in the lease before it is visible to others.
     fn staging<'a>(&'a self, lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>>;
     /// Removes those of `t.placed` that nothing needs (no image, no other lease): how an
     /// import takes back the blobs it placed and no image of it reaches, or all of them when
-    /// it failed. Returns what was removed. By default nothing (content that never removes
-    /// a blob keeps them).
-    fn take_back(&self, _t: &TakeBack<'_>) -> Result<Vec<(Digest, u64)>> {
-        Ok(Vec::new())
-    }
+    /// it failed, so that a failed import leaves the content as it was. Returns what was
+    /// removed.
+    fn take_back(&self, t: &TakeBack<'_>) -> Result<Vec<(Digest, u64)>>;
     /// Notes that `digests` were seen in `repository` of `registry` (pulled from or pushed
     /// there), for a later push to mount them from there (containerd keeps these as the
     /// `containerd.io/distribution.source` labels of its content). By default forgotten.
@@ -543,8 +587,16 @@ impl Content for Store {
         crate::store::space(self.root()).map_err(|e| Error::io(self.root(), e))
     }
 
-    /// A `store::Batch`: staged in one ingest directory, placed with one syncfs.
+    /// A `store::Batch`: staged in one ingest directory, placed with one syncfs. The lease
+    /// must be one of this store's (`Content::lease`): gc honours no other.
     fn staging<'a>(&'a self, lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>> {
+        if !self.knows_lease(lease.id())? {
+            return Err(Error::Invalid(format!(
+                "lease {}: not a lease of the store at {} (its gc would not keep what it holds)",
+                lease.id(),
+                self.root().display()
+            )));
+        }
         Ok(Box::new(self.batch(Some(lease))?))
     }
 

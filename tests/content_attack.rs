@@ -105,6 +105,10 @@ impl Content for Rigged {
     fn staging<'a>(&'a self, lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>> {
         self.inner.staging(lease)
     }
+
+    fn take_back(&self, t: &layoutfs::content::TakeBack<'_>) -> Result<Vec<(Digest, u64)>> {
+        self.inner.take_back(t)
+    }
 }
 
 /// The mount's core over `content`, with default options (as a caller that only has a

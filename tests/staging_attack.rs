@@ -183,11 +183,14 @@ impl Content for Watched {
     fn is_read_only(&self) -> bool {
         false
     }
-    fn space(&self) -> io::Result<Space> {
+    fn space(&self) -> Result<Space> {
         self.inner.space()
     }
-    fn staging<'a>(&'a self, _lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>> {
-        Ok(Box::new(Direct::new(self)))
+    fn staging<'a>(&'a self, lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>> {
+        Ok(Box::new(Direct::new(self, lease)))
+    }
+    fn take_back(&self, t: &layoutfs::content::TakeBack<'_>) -> Result<Vec<(Digest, u64)>> {
+        self.inner.take_back(t)
     }
 }
 

@@ -49,6 +49,20 @@ impl Leases {
         Leases { conn: None }
     }
 
+    /// Whether `id` names a live lease of this store (on a read-only store, where nothing is
+    /// written and no lease holds anything, any).
+    pub fn knows(&self, id: &str) -> Result<bool> {
+        let Some(conn) = &self.conn else {
+            return Ok(true);
+        };
+        let n: i64 =
+            conn.lock()
+                .query_row("SELECT COUNT(*) FROM leases WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })?;
+        Ok(n > 0)
+    }
+
     /// Starts a lease owned by this process.
     pub fn create(self: &Arc<Self>) -> Result<Lease> {
         let id = process_unique_id(&NEXT_LEASE);

@@ -246,6 +246,11 @@ impl Store {
         self.verified.flush(&self.root)
     }
 
+    /// Whether `id` names a live lease of this store (see `Leases::knows`).
+    pub fn knows_lease(&self, id: &str) -> Result<bool> {
+        self.leases.knows(id)
+    }
+
     /// Starts a lease: what it holds, gc keeps (see `leases`).
     pub fn lease(&self) -> Result<Lease> {
         self.leases.create()

@@ -7,7 +7,7 @@
 //! `File` of its own offset, with the same identity while the blob lives, as the store's does.
 //! Nothing is ever removed (there is no gc), so a lease only records what it holds.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd};
@@ -17,7 +17,8 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use layoutfs::content::{
-    Catalog, Change, Content, Direct, Draft, Ingester, Lease, Provider, Space, Staging, Writer,
+    Catalog, Change, Content, Direct, Draft, Ingester, Lease, Provider, Space, Staging, TakeBack,
+    Writer,
 };
 use layoutfs::digest::{Algorithm, Digest, Hasher};
 use layoutfs::error::{Error, Result};
@@ -89,6 +90,18 @@ impl Memory {
     /// Every blob's digest.
     pub fn digests(&self) -> Vec<Digest> {
         self.blobs.lock().keys().cloned().collect()
+    }
+
+    /// Whether blob `d` is a manifest whose subject is here.
+    fn refers_to_present(&self, d: &Digest) -> bool {
+        let Some(size) = self.blob_size(d).ok().flatten() else {
+            return false;
+        };
+        let desc = Descriptor::new(oci::MEDIA_OCI_MANIFEST, d.clone(), size);
+        self.read_small(&desc)
+            .ok()
+            .and_then(|b| oci::subject_of(&b))
+            .is_some_and(|s| self.blob_size(&s.digest).ok().flatten().is_some())
     }
 
     /// How many (holder, digest) pairs the leases hold now.
@@ -259,8 +272,35 @@ impl Content for Memory {
     }
 
     /// Straight in: every commit is visible at once.
-    fn staging<'a>(&'a self, _lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>> {
-        Ok(Box::new(Direct::new(self)))
+    fn staging<'a>(&'a self, lease: &'a dyn Lease) -> Result<Box<dyn Staging + 'a>> {
+        Ok(Box::new(Direct::new(self, lease)))
+    }
+
+    /// Removes those of `t.placed` that no image reaches and no other lease holds; with
+    /// `keep_referrers`, a placed manifest whose subject is here stays.
+    fn take_back(&self, t: &TakeBack<'_>) -> Result<Vec<(Digest, u64)>> {
+        let mut needed: HashSet<Digest> = self
+            .held
+            .lock()
+            .iter()
+            .filter(|(id, _, _)| format!("memory-{id}") != t.own)
+            .map(|(_, _, d)| d.clone())
+            .collect();
+        for image in self.list()? {
+            for d in oci::closure(self, &image.target, oci::OnMissing::Skip)?.into_keys() {
+                needed.insert(d);
+            }
+        }
+        let mut removed = Vec::new();
+        for d in t.placed {
+            if needed.contains(d) || (t.keep_referrers && self.refers_to_present(d)) {
+                continue;
+            }
+            if let Some(f) = self.blobs.lock().remove(d) {
+                removed.push((d.clone(), f.metadata().map_or(0, |m| m.len())));
+            }
+        }
+        Ok(removed)
     }
 
     fn is_read_only(&self) -> bool {
