@@ -453,21 +453,20 @@ pub struct Summary {
 
 /// Groups sorted `images` into the summaries of their repositories.
 pub fn summarize(images: &[Image]) -> Vec<Summary> {
-    let mut out: Vec<Summary> = Vec::new();
     let mut by_repo: std::collections::BTreeMap<&str, (usize, i64)> = Default::default();
     for i in images {
         let e = by_repo.entry(i.name.repository()).or_insert((0, i64::MIN));
         e.0 += 1;
         e.1 = e.1.max(i.updated);
     }
-    for (repository, (images, updated)) in by_repo {
-        out.push(Summary {
+    by_repo
+        .into_iter()
+        .map(|(repository, (images, updated))| Summary {
             repository: repository.to_owned(),
             images,
             updated,
-        });
-    }
-    out
+        })
+        .collect()
 }
 
 /// One change of the records, made in one transaction: images removed then registered, and
@@ -530,17 +529,11 @@ impl Provider for Store {
 
     fn info(&self, digest: &Digest) -> Result<Option<Info>> {
         use std::os::unix::fs::MetadataExt;
-        let path = self.blob_path(digest);
-        match std::fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => Ok(Some(Info {
-                size: m.size(),
-                blocks: m.blocks(),
-                modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            })),
-            Ok(_) => Err(Error::io(&path, io::Error::other("not a regular file"))),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Error::io(path, e)),
-        }
+        Ok(self.blob_metadata(digest)?.map(|m| Info {
+            size: m.size(),
+            blocks: m.blocks(),
+            modified: m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+        }))
     }
 
     fn trust(&self) -> Trust {

@@ -320,11 +320,13 @@ pub(crate) fn sized(file: File, desc: &Descriptor, at: &str) -> Result<File> {
     Ok(file)
 }
 
-impl BlobSource for Store {
-    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+impl Store {
+    /// The metadata of blob `digest`'s file, never through a link: None when it is not there,
+    /// an error when something else than a regular file is in its place.
+    pub(crate) fn blob_metadata(&self, digest: &Digest) -> Result<Option<fs::Metadata>> {
         let path = self.blob_path(digest);
         match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_file() => Ok(Some(m.size())),
+            Ok(m) if m.is_file() => Ok(Some(m)),
             Ok(_) => Err(Error::io(
                 &path,
                 std::io::Error::other("not a regular file"),
@@ -332,6 +334,12 @@ impl BlobSource for Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Error::io(path, e)),
         }
+    }
+}
+
+impl BlobSource for Store {
+    fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.blob_metadata(digest)?.map(|m| m.size()))
     }
 
     /// Reads a manifest or index and re-hashes it: they are small, and a damaged one would

@@ -582,7 +582,17 @@ pub(super) fn forget_origins_in<'a>(
     tx: &rusqlite::Transaction<'_>,
     digests: impl IntoIterator<Item = &'a Digest>,
 ) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached("DELETE FROM origins WHERE digest = ?1")?;
+    delete_digests_in(tx, "DELETE FROM origins WHERE digest = ?1", digests)
+}
+
+/// Runs `delete` (a statement of one `?1`, a digest) for each of `digests` in `tx`: how gc
+/// drops the rows other tables keep of the blobs it removed.
+pub(super) fn delete_digests_in<'a>(
+    tx: &rusqlite::Transaction<'_>,
+    delete: &'static str,
+    digests: impl IntoIterator<Item = &'a Digest>,
+) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(delete)?;
     for d in digests {
         stmt.execute([d.to_string()])?;
     }

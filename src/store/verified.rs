@@ -313,11 +313,7 @@ pub(super) fn forget_in<'a>(
     tx: &rusqlite::Transaction<'_>,
     digests: impl Iterator<Item = &'a Digest>,
 ) -> rusqlite::Result<()> {
-    let mut del = tx.prepare_cached("DELETE FROM verified WHERE digest = ?1")?;
-    for d in digests {
-        del.execute([d.to_string()])?;
-    }
-    Ok(())
+    super::records::delete_digests_in(tx, "DELETE FROM verified WHERE digest = ?1", digests)
 }
 
 fn no_table(e: &rusqlite::Error) -> bool {

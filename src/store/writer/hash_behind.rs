@@ -242,6 +242,14 @@ mod tests {
     const MIB: usize = 1 << 20;
 
     /// `n` bytes that differ from MiB to MiB and from `seed` to `seed`.
+    /// A new hash-behind writer of `store`, named at commit.
+    fn writer(store: &crate::store::Store) -> crate::store::BlobWriter {
+        store
+            .ingest_unnamed(Algorithm::Sha256)
+            .unwrap()
+            .hash_behind()
+    }
+
     fn content(n: usize, seed: u8) -> Vec<u8> {
         (0..n as u32)
             .map(|i| ((i.wrapping_mul(2_654_435_761) >> 13) as u8) ^ seed)
@@ -257,10 +265,7 @@ mod tests {
                 let store = &store;
                 s.spawn(move || {
                     let data = content(4 * MIB + 100, i as u8);
-                    let mut w = store
-                        .ingest_unnamed(Algorithm::Sha256)
-                        .unwrap()
-                        .hash_behind();
+                    let mut w = writer(store);
                     for (n, chunk) in data.chunks(MIB).enumerate() {
                         w.write_at((n * MIB) as u64, chunk).unwrap();
                         assert!(RUNNING.load(Ordering::Acquire) <= MAX_RUNNING);
@@ -283,10 +288,7 @@ mod tests {
         let (_tmp, store) = crate::store::tests::store();
         let mut data = content(3 * MIB, 1);
         // A rewrite of the middle while the first bytes may still be hashed behind.
-        let mut w = store
-            .ingest_unnamed(Algorithm::Sha256)
-            .unwrap()
-            .hash_behind();
+        let mut w = writer(&store);
         for (n, chunk) in data.chunks(MIB).enumerate() {
             w.write_at((n * MIB) as u64, chunk).unwrap();
         }
@@ -297,10 +299,7 @@ mod tests {
         assert_eq!(d, Digest::of(Algorithm::Sha256, &data));
 
         // Truncated, then appended to: from the file; truncated to nothing: hashed anew.
-        let mut w = store
-            .ingest_unnamed(Algorithm::Sha256)
-            .unwrap()
-            .hash_behind();
+        let mut w = writer(&store);
         w.write_at(0, &data).unwrap();
         w.truncate(2 * MIB as u64).unwrap();
         w.write_at(2 * MIB as u64, &data[..MIB]).unwrap();
